@@ -1,0 +1,933 @@
+"""Anomaly-detection datasets: one `Sample` list from any common layout, one torch dataset.
+
+Everything funnels into ``list[Sample]``; training, evaluation and shot sampling only ever
+see that list, so a new layout needs a reader and nothing else.
+
+Layouts (`load_samples` tries them in this order when ``format`` is not given):
+
+=========  ===========================================================================
+``jsonl``  a ``.jsonl`` file of ``{"image_path", "label", "class_name", "mask_path"}``
+           records, paths relative to ``root`` (default: the file's folder). The AA-CLIP
+           reference format; ``defect_type`` / ``specie_name`` are read when present.
+``meta``   a ``.json`` file, or a folder holding ``meta.json``, in the APRIL-GAN /
+           AnomalyCLIP form ``{"train"|"test": {class: [{img_path, mask_path, cls_name,
+           specie_name, anomaly}]}}``, paths relative to the file's folder.
+``visa``   a folder with ``split_csv/1cls.csv`` (columns object, split, label, image,
+           mask), or, without the csv, ``<class>/Data/Images/{Normal,Anomaly}`` with masks
+           in ``<class>/Data/Masks/Anomaly`` (then there is no split: all images).
+``bmad``   BMAD medical: ``{train,valid,test}/good/img`` and ``test/Ungood/{img,label}``,
+           either in the folder itself (one class, named after the folder) or in each
+           sub-folder.
+``mvtec``  ``<class>/{train,test}/<defect>/*`` with ``<class>/ground_truth/<defect>/``
+           masks named ``<stem>_mask.*`` or ``<stem>.*``; ``good`` or ``ok`` is normal.
+           Also reads MPDD (same layout) and BTAD (``NN/test/{ok,ko}``, masks with the
+           image's stem); ``format="mpdd"`` and ``"btad"`` are aliases.
+``polyp``  ``images/`` and ``masks/`` (matched by stem), anomalies only: the colonoscopy
+           sets (CVC-ClinicDB, CVC-ColonDB, CVC-300, Kvasir). No split: all images.
+``folder`` a generic layout for your own data: ``normal/`` and ``anomaly/`` with an
+           optional ``masks/`` matched by stem (``<stem>`` or ``<stem>_mask``), in the
+           folder itself (class = folder name) or in each ``<class>/`` sub-folder.
+           No split: all images.
+=========  ===========================================================================
+
+Auto-detection on a folder checks ``meta.json`` and ``split_csv/1cls.csv`` first, then the
+folder itself and its direct sub-folders against visa, bmad, mvtec, polyp, folder, in that
+order (bmad before mvtec because ``test/good/img`` also looks like an MVTec defect folder).
+
+Spec strings: ``PATH[::key=value]...`` with keys ``format``, ``split``, ``classes``
+(comma-separated), ``root`` (base folder of relative paths) and ``name`` (class name for
+single-class layouts). Example: ``data/mvtec::classes=bottle,cable``. Pass a list of specs
+to combine datasets.
+
+Masks follow SPEC section 7: grey-scale, resized with nearest, binarised with ``!= 0``;
+normal images get all-zero masks; anomalies without a mask are kept with
+``has_mask=False`` so pixel metrics can skip them instead of faking them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .image_io import IMAGE_EXTENSIONS, BadInputError, MissingFileError, load_image, load_mask
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Sample",
+    "BadInputError",
+    "MissingFileError",
+    "FORMATS",
+    "REFERENCE_CLASS_NAMES",
+    "AnomalyDataset",
+    "load_samples",
+    "parse_spec",
+    "detect_format",
+    "read_jsonl",
+    "read_meta_json",
+    "read_mvtec",
+    "read_visa",
+    "read_bmad",
+    "read_polyp",
+    "read_folder",
+    "check_classes_have_anomalies",
+    "verify_samples",
+    "summarize_samples",
+    "to_hf_dataset",
+    "from_hf_dataset",
+]
+
+# Folder names that mean "normal" in the folder layouts (compared case-insensitively).
+NORMAL_FOLDER_NAMES: tuple[str, ...] = ("good", "ok", "normal")
+# Folder-name to class-name map for the single-class medical / colonoscopy sets, so the
+# class names match the AA-CLIP reference metadata (and hence its prompts and tables).
+REFERENCE_CLASS_NAMES: dict[str, str] = {
+    "Brain_AD": "Brain",
+    "Liver_AD": "Liver",
+    "Retina_RESC_AD": "Retina",
+    "CVC-ClinicDB": "Colon_clinicDB",
+    "CVC-ColonDB": "Colon_colonDB",
+}
+_SPEC_KEYS = ("format", "split", "classes", "root", "name")
+_LABEL_WORDS = {"normal": 0, "good": 0, "ok": 0, "anomaly": 1, "anomalous": 1, "abnormal": 1, "ko": 1}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: where it is, whether it is anomalous, its class and (optionally) its mask."""
+
+    image_path: str
+    label: int
+    class_name: str
+    mask_path: str | None = None
+    defect_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.label not in (0, 1) or isinstance(self.label, float) and not self.label.is_integer():
+            raise BadInputError(f"label must be 0 (normal) or 1 (anomaly), got {self.label!r}", self.image_path, "label")
+        object.__setattr__(self, "label", int(self.label))
+        if not isinstance(self.class_name, str) or not self.class_name:
+            raise BadInputError(f"class_name must be a non-empty string, got {self.class_name!r}", self.image_path, "class_name")
+
+    @property
+    def has_mask(self) -> bool:
+        """True when the pixel truth is known: normal images (all zero) or anomalies with a mask."""
+        return self.label == 0 or self.mask_path is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _BadFiles:
+    """Raise on the first problem, or (``skip=True``) log it, count it and carry on."""
+
+    def __init__(self, skip: bool, source: str, max_logged: int = 10):
+        self.skip, self.source, self.max_logged = skip, source, max_logged
+        self.count = 0
+
+    def __call__(self, err: BadInputError) -> None:
+        if not self.skip:
+            raise err
+        self.count += 1
+        if self.count <= self.max_logged:
+            logger.warning("skipping bad entry: %s", err)
+
+    def done(self) -> None:
+        if self.count:
+            logger.warning("skipped %d bad entr%s in %s", self.count, "y" if self.count == 1 else "ies", self.source)
+
+
+def _located(err: BadInputError, where: str) -> BadInputError:
+    """Re-wrap an error with the record that referenced the file."""
+    cls = MissingFileError if isinstance(err, MissingFileError) else BadInputError
+    return cls(f"{err.reason} (referenced by {where})", err.path, err.field)
+
+
+def _join(root: str, path: str) -> str:
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(root, path))
+
+
+def _check_exists(sample: Sample, where: str) -> None:
+    if not os.path.isfile(sample.image_path):
+        raise MissingFileError(f"image does not exist (referenced by {where})", sample.image_path, "image_path")
+    if sample.mask_path is not None and not os.path.isfile(sample.mask_path):
+        raise MissingFileError(f"mask does not exist (referenced by {where})", sample.mask_path, "mask_path")
+
+
+def _parse_label(value: Any) -> int | None:
+    """0/1, 0.0/1.0, booleans, "0"/"1" and the words normal/anomaly (good/ok/ko...)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("0", "1", "0.0", "1.0"):
+            return int(float(text))
+        return _LABEL_WORDS.get(text)
+    return None
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _list_images(folder: str) -> list[str]:
+    if not os.path.isdir(folder):
+        return []
+    return [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if _is_image(n) and os.path.isfile(os.path.join(folder, n))]
+
+
+def _subdirs(folder: str) -> list[str]:
+    if not os.path.isdir(folder):
+        return []
+    return [n for n in sorted(os.listdir(folder)) if not n.startswith(".") and os.path.isdir(os.path.join(folder, n))]
+
+
+def _mask_index(folder: str) -> dict[str, str]:
+    """stem -> mask path for ``<stem>_mask.<ext>`` (preferred) and ``<stem>.<ext>`` files."""
+    index: dict[str, str] = {}
+    preferred: set[str] = set()
+    for path in _list_images(folder):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem.endswith("_mask"):
+            index[stem[: -len("_mask")]] = path
+            preferred.add(stem[: -len("_mask")])
+        elif stem not in preferred:
+            index.setdefault(stem, path)
+    return index
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_jsonl(path: str | os.PathLike, root: str | os.PathLike | None = None, *, check_files: bool = True, skip_bad_files: bool = False) -> list[Sample]:
+    """Read the AA-CLIP reference JSON-lines metadata (paths relative to ``root``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise MissingFileError("metadata file does not exist", path, None)
+    root = os.path.dirname(path) if root is None else os.fspath(root)
+    bad = _BadFiles(skip_bad_files, path)
+    samples: list[Sample] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"line {n} of {path}"
+            try:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise BadInputError(f"line {n}: not valid JSON ({err.msg}); expected one JSON object per line", path) from None
+                if not isinstance(rec, dict):
+                    raise BadInputError(f"line {n}: expected a JSON object, got {type(rec).__name__}", path)
+                sample = _record_to_sample(rec, root, path, f"line {n}", ("image_path", "label", "class_name", "mask_path"))
+                if check_files:
+                    _check_exists(sample, where)
+                samples.append(sample)
+            except BadInputError as err:
+                bad(err)
+    bad.done()
+    return samples
+
+
+def _record_to_sample(rec: dict, root: str, source: str, where: str, fields: tuple[str, str, str, str], default_class: str | None = None) -> Sample:
+    """Validate one metadata record; ``fields`` names image, label, class and mask keys."""
+    f_img, f_label, f_cls, f_mask = fields
+
+    def fail(field: str, expected: str, got: Any) -> BadInputError:
+        return BadInputError(f"{where}: expected {expected}, got {got!r}", source, field)
+
+    img = rec.get(f_img)
+    if not isinstance(img, str) or not img:
+        raise fail(f_img, "a non-empty image path string", img)
+    label = _parse_label(rec.get(f_label))
+    if label is None:
+        raise fail(f_label, "0 or 1 (normal / anomaly)", rec.get(f_label, "<missing>"))
+    cls = rec.get(f_cls, default_class)
+    if not isinstance(cls, str) or not cls:
+        raise fail(f_cls, "a non-empty class name string", cls)
+    mask = rec.get(f_mask)
+    if mask is not None and not isinstance(mask, str):
+        raise fail(f_mask, "a mask path string, empty or null", mask)
+    defect = rec.get("defect_type", rec.get("specie_name"))
+    defect = str(defect) if defect not in (None, "") else None
+    return Sample(_join(root, img), label, cls, _join(root, mask) if mask else None, defect)
+
+
+def read_meta_json(path: str | os.PathLike, split: str = "test", root: str | os.PathLike | None = None, *, check_files: bool = True, skip_bad_files: bool = False) -> list[Sample]:
+    """Read an APRIL-GAN / AnomalyCLIP ``meta.json`` (paths relative to its folder)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "meta.json")
+    if not os.path.isfile(path):
+        raise MissingFileError("metadata file does not exist", path, None)
+    root = os.path.dirname(path) if root is None else os.fspath(root)
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except json.JSONDecodeError as err:
+        raise BadInputError(f"not valid JSON at line {err.lineno} ({err.msg})", path) from None
+    if not isinstance(meta, dict) or split not in meta:
+        have = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
+        raise BadInputError(f"expected a top-level key {split!r} (the split), found {have}", path, split)
+    by_class = meta[split]
+    if not isinstance(by_class, dict):
+        raise BadInputError(f"expected {{class: [records]}} under {split!r}, got {type(by_class).__name__}", path, split)
+    bad = _BadFiles(skip_bad_files, path)
+    samples: list[Sample] = []
+    for cls in sorted(by_class):
+        records = by_class[cls]
+        if not isinstance(records, list):
+            raise BadInputError(f"expected a list of records for class {cls!r}", path, f"{split}.{cls}")
+        for i, rec in enumerate(records):
+            where = f"{split}.{cls}[{i}]"
+            try:
+                if not isinstance(rec, dict):
+                    raise BadInputError(f"{where}: expected a JSON object, got {type(rec).__name__}", path)
+                sample = _record_to_sample(rec, root, path, where, ("img_path", "anomaly", "cls_name", "mask_path"), default_class=cls)
+                if check_files:
+                    _check_exists(sample, f"{where} of {path}")
+                samples.append(sample)
+            except BadInputError as err:
+                bad(err)
+    bad.done()
+    return samples
+
+
+def _class_dirs(root: str, is_class: Callable[[str], bool]) -> list[str]:
+    """The folder itself when it is a class folder, else its sub-folders that are."""
+    if is_class(root):
+        return [root]
+    return [os.path.join(root, n) for n in _subdirs(root) if is_class(os.path.join(root, n))]
+
+
+def _class_name(folder: str, override: str | None) -> str:
+    name = os.path.basename(os.path.normpath(folder))
+    return override or REFERENCE_CLASS_NAMES.get(name, name)
+
+
+def _empty_class_error(folder: str, expected: str) -> BadInputError:
+    return BadInputError(f"class folder holds no images; expected {expected}", folder, "images")
+
+
+def _is_mvtec_class(folder: str) -> bool:
+    return any(_subdirs(os.path.join(folder, s)) for s in ("train", "test"))
+
+
+def read_mvtec(root: str | os.PathLike, split: str = "test", *, class_name: str | None = None, normal_names: Sequence[str] = NORMAL_FOLDER_NAMES, skip_bad_files: bool = False) -> list[Sample]:
+    """Read the MVTec-AD layout (also MPDD and BTAD): ``<class>/<split>/<defect>/*``.
+
+    An anomalous image needs its mask when ``ground_truth/<defect>/`` exists (a missing one
+    is an error: probably a mis-named file); without that folder the defect type has
+    image-level labels only.
+    """
+    root = os.fspath(root)
+    classes = _class_dirs(root, _is_mvtec_class)
+    if not classes:
+        raise BadInputError("no MVTec-style class folder (<class>/{train,test}/<defect>/) found", root)
+    normal = {n.lower() for n in normal_names}
+    bad = _BadFiles(skip_bad_files, root)
+    samples: list[Sample] = []
+    for cdir in classes:
+        cls = class_name if len(classes) == 1 and class_name else os.path.basename(os.path.normpath(cdir))
+        split_dir = os.path.join(cdir, split)
+        if not os.path.isdir(split_dir):
+            bad(MissingFileError(f"class {cls!r} has no {split!r} folder", split_dir, "split"))
+            continue
+        if _list_images(split_dir) and not _subdirs(split_dir):
+            bad(BadInputError(f"images lie directly in {split!r}; expected one sub-folder per defect type (good = normal)", split_dir))
+            continue
+        n_before, no_mask = len(samples), 0
+        for defect in _subdirs(split_dir):
+            label = 0 if defect.lower() in normal else 1
+            gt_dir = os.path.join(cdir, "ground_truth", defect)
+            masks = _mask_index(gt_dir) if label else {}
+            for img in _list_images(os.path.join(split_dir, defect)):
+                mask = None
+                if label and os.path.isdir(gt_dir):
+                    mask = masks.get(_stem(img))
+                    if mask is None:
+                        bad(MissingFileError(f"no mask for this image; expected {_stem(img)}_mask.png or {_stem(img)}.png in {gt_dir}", img, "mask_path"))
+                        continue
+                elif label:
+                    no_mask += 1
+                samples.append(Sample(img, label, cls, mask, defect))
+        if len(samples) == n_before:
+            bad(_empty_class_error(split_dir, "<defect>/*.png images"))
+        if no_mask:
+            logger.warning("class %r: %d anomalous image(s) without a ground_truth folder: image-level labels only", cls, no_mask)
+    bad.done()
+    return samples
+
+
+def _is_visa_class(folder: str) -> bool:
+    return os.path.isdir(os.path.join(folder, "Data", "Images"))
+
+
+def read_visa(root: str | os.PathLike, split: str = "test", *, csv_path: str | None = None, check_files: bool = True, skip_bad_files: bool = False) -> list[Sample]:
+    """Read VisA: ``split_csv/1cls.csv`` when present, else the ``Data/Images`` folders (no split)."""
+    root = os.fspath(root)
+    csv_path = csv_path or os.path.join(root, "split_csv", "1cls.csv")
+    bad = _BadFiles(skip_bad_files, root)
+    samples: list[Sample] = []
+    if os.path.isfile(csv_path):
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or [])
+            if missing:
+                raise BadInputError(f"missing column(s) {sorted(missing)}; expected object,split,label,image,mask", csv_path, "header")
+            for n, row in enumerate(reader, start=2):
+                if row["split"] != split:
+                    continue
+                try:
+                    rec = {"image": row["image"], "label": row["label"], "object": row["object"], "mask": row["mask"] or None}
+                    sample = _record_to_sample(rec, root, csv_path, f"line {n}", ("image", "label", "object", "mask"))
+                    if sample.label == 0:  # VisA lists no mask for normal images; never trust one
+                        sample = Sample(sample.image_path, 0, sample.class_name, None, "good")
+                    else:
+                        sample = Sample(sample.image_path, 1, sample.class_name, sample.mask_path, "anomaly")
+                    if check_files:
+                        _check_exists(sample, f"line {n} of {csv_path}")
+                    samples.append(sample)
+                except BadInputError as err:
+                    bad(err)
+        if not samples:
+            raise BadInputError(f"no rows with split {split!r}", csv_path, "split")
+        bad.done()
+        return samples
+    classes = _class_dirs(root, _is_visa_class)
+    if not classes:
+        raise BadInputError("neither split_csv/1cls.csv nor <class>/Data/Images/ found; expected the VisA layout", root)
+    logger.info("VisA without split_csv/1cls.csv: reading every image (split %r ignored)", split)
+    for cdir in classes:
+        cls = os.path.basename(os.path.normpath(cdir))
+        images = os.path.join(cdir, "Data", "Images")
+        n_before = len(samples)
+        for img in _list_images(os.path.join(images, "Normal")):
+            samples.append(Sample(img, 0, cls, None, "good"))
+        masks = _mask_index(os.path.join(cdir, "Data", "Masks", "Anomaly"))
+        for img in _list_images(os.path.join(images, "Anomaly")):
+            mask = masks.get(_stem(img))
+            if mask is None:
+                bad(MissingFileError(f"no mask for this image in {cdir}/Data/Masks/Anomaly", img, "mask_path"))
+                continue
+            samples.append(Sample(img, 1, cls, mask, "anomaly"))
+        if len(samples) == n_before:
+            bad(_empty_class_error(images, "Normal/ and Anomaly/ images"))
+    bad.done()
+    return samples
+
+
+def _is_bmad_class(folder: str) -> bool:
+    return any(os.path.isdir(os.path.join(folder, s, "good", "img")) for s in ("train", "valid", "test"))
+
+
+def read_bmad(root: str | os.PathLike, split: str = "test", *, class_name: str | None = None, skip_bad_files: bool = False) -> list[Sample]:
+    """Read a BMAD medical set: ``<split>/good/img`` and ``<split>/Ungood/{img,label}``."""
+    root = os.fspath(root)
+    classes = _class_dirs(root, _is_bmad_class)
+    if not classes:
+        raise BadInputError("no BMAD layout ({train,valid,test}/good/img) found", root)
+    bad = _BadFiles(skip_bad_files, root)
+    samples: list[Sample] = []
+    for cdir in classes:
+        cls = _class_name(cdir, class_name if len(classes) == 1 else None)
+        sdir = os.path.join(cdir, split)
+        if not os.path.isdir(sdir):
+            bad(MissingFileError(f"class {cls!r} has no {split!r} folder", sdir, "split"))
+            continue
+        n_before = len(samples)
+        for sub in _subdirs(sdir):
+            label = 0 if sub.lower() in NORMAL_FOLDER_NAMES else 1
+            masks = _mask_index(os.path.join(sdir, sub, "label")) if label else {}
+            for img in _list_images(os.path.join(sdir, sub, "img")):
+                mask = masks.get(_stem(img)) if label else None
+                if label and mask is None and os.path.isdir(os.path.join(sdir, sub, "label")):
+                    bad(MissingFileError(f"no mask for this image in {os.path.join(sdir, sub, 'label')}", img, "mask_path"))
+                    continue
+                samples.append(Sample(img, label, cls, mask, sub))
+        if len(samples) == n_before:
+            bad(_empty_class_error(sdir, "good/img/ and Ungood/img/ images"))
+    bad.done()
+    return samples
+
+
+def _is_polyp_class(folder: str) -> bool:
+    return os.path.isdir(os.path.join(folder, "images")) and os.path.isdir(os.path.join(folder, "masks"))
+
+
+def read_polyp(root: str | os.PathLike, *, class_name: str | None = None, skip_bad_files: bool = False) -> list[Sample]:
+    """Read a polyp / colonoscopy set: ``images/`` and ``masks/``, all anomalous."""
+    root = os.fspath(root)
+    classes = _class_dirs(root, _is_polyp_class)
+    if not classes:
+        raise BadInputError("no images/ + masks/ folders found; expected the polyp layout", root)
+    bad = _BadFiles(skip_bad_files, root)
+    samples: list[Sample] = []
+    for cdir in classes:
+        cls = _class_name(cdir, class_name if len(classes) == 1 else None)
+        masks = _mask_index(os.path.join(cdir, "masks"))
+        images = _list_images(os.path.join(cdir, "images"))
+        if not images:
+            bad(_empty_class_error(os.path.join(cdir, "images"), "images/*.png"))
+        for img in images:
+            mask = masks.get(_stem(img))
+            if mask is None:
+                bad(MissingFileError(f"no mask for this image in {os.path.join(cdir, 'masks')}", img, "mask_path"))
+                continue
+            samples.append(Sample(img, 1, cls, mask, "polyp"))
+    bad.done()
+    return samples
+
+
+def _is_generic_class(folder: str) -> bool:
+    return os.path.isdir(os.path.join(folder, "normal")) or os.path.isdir(os.path.join(folder, "anomaly"))
+
+
+def read_folder(root: str | os.PathLike, *, class_name: str | None = None, skip_bad_files: bool = False) -> list[Sample]:
+    """Read the generic layout: ``normal/``, ``anomaly/`` and optional ``masks/`` (by stem)."""
+    root = os.fspath(root)
+    classes = _class_dirs(root, _is_generic_class)
+    if not classes:
+        raise BadInputError("no normal/ or anomaly/ folder found; expected the generic folder layout", root)
+    bad = _BadFiles(skip_bad_files, root)
+    samples: list[Sample] = []
+    for cdir in classes:
+        cls = class_name if len(classes) == 1 and class_name else os.path.basename(os.path.normpath(cdir))
+        masks = _mask_index(os.path.join(cdir, "masks"))
+        normals = _list_images(os.path.join(cdir, "normal"))
+        anomalies = _list_images(os.path.join(cdir, "anomaly"))
+        if not normals and not anomalies:
+            bad(_empty_class_error(cdir, "normal/*.png and/or anomaly/*.png"))
+        samples.extend(Sample(p, 0, cls, None, "good") for p in normals)
+        samples.extend(Sample(p, 1, cls, masks.get(_stem(p)), "anomaly") for p in anomalies)
+        unmatched = len(masks) - sum(_stem(p) in masks for p in anomalies)
+        if unmatched:
+            logger.warning("class %r: %d mask(s) in %s match no anomaly image by stem", cls, unmatched, os.path.join(cdir, "masks"))
+    bad.done()
+    return samples
+
+
+# --------------------------------------------------------------------------- entry point
+
+FORMATS: dict[str, str] = {
+    "jsonl": "AA-CLIP reference JSON-lines",
+    "meta": "APRIL-GAN / AnomalyCLIP meta.json",
+    "visa": "VisA (split_csv/1cls.csv or Data/Images)",
+    "bmad": "BMAD medical ({split}/good/img, Ungood/{img,label})",
+    "mvtec": "MVTec-AD folders (also MPDD, BTAD)",
+    "mpdd": "alias of mvtec",
+    "btad": "alias of mvtec",
+    "polyp": "images/ + masks/, anomalies only",
+    "folder": "generic normal/ + anomaly/ [+ masks/]",
+}
+_FOLDER_PROBES: tuple[tuple[str, Callable[[str], bool]], ...] = (
+    ("visa", _is_visa_class),
+    ("bmad", _is_bmad_class),
+    ("mvtec", _is_mvtec_class),
+    ("polyp", _is_polyp_class),
+    ("folder", _is_generic_class),
+)
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Name the layout of ``path`` (see the module docstring for the order)."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        ext = os.path.splitext(path)[1].lower()
+        if ext == ".jsonl":
+            return "jsonl"
+        if ext == ".json":
+            return "meta"
+        if ext == ".csv":
+            return "visa"
+        raise BadInputError("unknown metadata file type; expected .jsonl, .json (meta.json) or .csv (VisA split)", path)
+    if not os.path.isdir(path):
+        raise MissingFileError("dataset path does not exist", path)
+    if os.path.isfile(os.path.join(path, "meta.json")):
+        return "meta"
+    if os.path.isfile(os.path.join(path, "split_csv", "1cls.csv")):
+        return "visa"
+    children = [os.path.join(path, n) for n in _subdirs(path)]
+    for name, probe in _FOLDER_PROBES:
+        if probe(path) or any(probe(c) for c in children):
+            return name
+    raise BadInputError(f"cannot recognise the dataset layout; expected one of: {', '.join(k for k in FORMATS if 'alias' not in FORMATS[k])}", path)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """Split ``PATH::key=value::...`` into the path and its options."""
+    path, *parts = str(spec).split("::")
+    options: dict[str, str] = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in _SPEC_KEYS:
+            raise BadInputError(f"bad spec option {part!r}; expected key=value with key in {list(_SPEC_KEYS)}", path, "spec")
+        options[key] = value.strip()
+    return path, options
+
+
+def load_samples(
+    spec_or_path: str | os.PathLike | Sequence[str | os.PathLike],
+    split: str = "test",
+    *,
+    format: str | None = None,
+    classes: Iterable[str] | None = None,
+    root: str | os.PathLike | None = None,
+    class_name: str | None = None,
+    skip_bad_files: bool = False,
+    check_files: bool = True,
+) -> list[Sample]:
+    """Read samples from any supported layout or spec string (a list is concatenated).
+
+    Spec options (``::format=...``) override the keyword arguments for that spec. The result
+    keeps each reader's order: class by class, files sorted by name.
+    """
+    if isinstance(spec_or_path, (list, tuple)):
+        out: list[Sample] = []
+        for spec in spec_or_path:
+            out.extend(load_samples(spec, split, format=format, classes=classes, root=root, class_name=class_name, skip_bad_files=skip_bad_files, check_files=check_files))
+        return out
+    path, opts = parse_spec(os.fspath(spec_or_path))
+    split = opts.get("split", split)
+    fmt = opts.get("format", format) or detect_format(path)
+    root = opts.get("root", root)
+    class_name = opts.get("name", class_name)
+    if "classes" in opts:
+        classes = [c for c in opts["classes"].split(",") if c]
+    if fmt not in FORMATS:
+        raise BadInputError(f"unknown format {fmt!r}; choose from {sorted(FORMATS)}", path, "format")
+    if fmt == "jsonl":
+        samples = read_jsonl(path, root, check_files=check_files, skip_bad_files=skip_bad_files)
+    elif fmt == "meta":
+        samples = read_meta_json(path, split, root, check_files=check_files, skip_bad_files=skip_bad_files)
+    elif fmt == "visa":
+        csv_path = path if os.path.isfile(path) else None
+        vroot = root or (os.path.dirname(os.path.dirname(os.path.abspath(path))) if csv_path else path)
+        samples = read_visa(vroot, split, csv_path=csv_path, check_files=check_files, skip_bad_files=skip_bad_files)
+    elif fmt == "bmad":
+        samples = read_bmad(path, split, class_name=class_name, skip_bad_files=skip_bad_files)
+    elif fmt in ("mvtec", "mpdd", "btad"):
+        samples = read_mvtec(path, split, class_name=class_name, skip_bad_files=skip_bad_files)
+    elif fmt == "polyp":
+        samples = read_polyp(path, class_name=class_name, skip_bad_files=skip_bad_files)
+    else:
+        samples = read_folder(path, class_name=class_name, skip_bad_files=skip_bad_files)
+    if classes is not None:
+        wanted = list(classes)
+        have = sorted({s.class_name for s in samples})
+        unknown = [c for c in wanted if c not in have]
+        if unknown:
+            raise BadInputError(f"unknown class(es) {unknown}; the data has {have}", path, "classes")
+        samples = [s for s in samples if s.class_name in set(wanted)]
+    if not samples:
+        raise BadInputError(f"no samples found for split {split!r} (format {fmt!r})", path)
+    return samples
+
+
+def summarize_samples(samples: Sequence[Sample]) -> dict[str, dict[str, int]]:
+    """``{class: {"normal", "anomaly", "with_mask"}}`` counts, for logs and tables."""
+    out: dict[str, dict[str, int]] = {}
+    for s in samples:
+        row = out.setdefault(s.class_name, {"normal": 0, "anomaly": 0, "with_mask": 0})
+        row["anomaly" if s.label else "normal"] += 1
+        row["with_mask"] += int(s.label == 1 and s.mask_path is not None)
+    return dict(sorted(out.items()))
+
+
+def check_classes_have_anomalies(samples: Sequence[Sample], *, require_normals: bool = False) -> None:
+    """Raise naming every class without anomalous (or, optionally, normal) images.
+
+    Image AUROC and the 1:1 shot sampler need both kinds; catching this up front beats a
+    NaN metric hours later.
+    """
+    counts = summarize_samples(samples)
+    no_anom = [c for c, r in counts.items() if r["anomaly"] == 0]
+    no_norm = [c for c, r in counts.items() if r["normal"] == 0] if require_normals else []
+    problems = []
+    if no_anom:
+        problems.append(f"class(es) without anomalous images: {no_anom}")
+    if no_norm:
+        problems.append(f"class(es) without normal images: {no_norm}")
+    if problems:
+        raise BadInputError("; ".join(problems), None, "label")
+
+
+def verify_samples(samples: Sequence[Sample], *, skip_bad_files: bool = False, check_masks: bool = True, progress: bool = True) -> list[Sample]:
+    """Decode every image (and mask) once; return the readable ones.
+
+    Catches corrupt or truncated files and masks whose size differs from their image
+    before a long run starts. With ``skip_bad_files`` the bad samples are dropped (logged
+    and counted); otherwise the first one raises.
+    """
+    from tqdm.auto import tqdm
+
+    bad = _BadFiles(skip_bad_files, f"{len(samples)} samples")
+    good: list[Sample] = []
+    for s in tqdm(samples, desc="verifying images", disable=not progress):
+        try:
+            with load_image(s.image_path) as im:
+                size = im.size
+            if check_masks and s.label == 1 and s.mask_path is not None:
+                with load_mask(s.mask_path) as m:
+                    if m.size != size:
+                        raise BadInputError(f"mask is {m.size[0]}x{m.size[1]} but its image {s.image_path} is {size[0]}x{size[1]}", s.mask_path, "mask_path")
+            good.append(s)
+        except BadInputError as err:
+            bad(err)
+    bad.done()
+    return good
+
+
+# --------------------------------------------------------------------------- torch dataset
+
+
+def _is_hf_processor(obj: Any) -> bool:
+    try:
+        from transformers.image_processing_utils import BaseImageProcessor
+        from transformers.processing_utils import ProcessorMixin
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(obj, (ProcessorMixin, BaseImageProcessor))
+
+
+class AnomalyDataset(torch.utils.data.Dataset):
+    """Samples -> ``dict(pixel_values, mask, label, class_name, index, has_mask)``.
+
+    Args:
+        samples: the list from `load_samples`.
+        processor_or_transform: an `AAClipProcessor` / HF image processor (called with
+            ``images=..., return_tensors="pt"``) or any callable ``PIL.Image -> (C, H, W)``
+            tensor. The mask is resized (nearest) to the output's ``(H, W)``.
+        with_masks: load masks; if False the ``mask`` key is absent and ``has_mask`` False.
+        augment: optional joint augmentation ``(pixel_values, mask) -> (pixel_values, mask)``
+            applied after preprocessing (geometric transforms must move both alike).
+        image_augment: optional ``PIL.Image -> PIL.Image`` applied before preprocessing
+            (photometric jitter, which must not touch the mask).
+        mask_size_mismatch: ``"error"`` (default; a mask of another size usually means a
+            mis-paired file) or ``"resize"`` (nearest resize to the image size, logged).
+        high_bit_depth: forwarded to `load_image`.
+
+    ``has_mask`` is False only for anomalous samples without a mask; their ``mask`` is all
+    zero and must not be scored. Non-binary masks are binarised with ``!= 0``; the count is
+    kept in ``num_non_binary_masks`` (per worker process) and the first one is logged.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        processor_or_transform: Callable[..., Any],
+        with_masks: bool = True,
+        augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        image_augment: Callable[[Image.Image], Image.Image] | None = None,
+        mask_size_mismatch: Literal["error", "resize"] = "error",
+        high_bit_depth: Literal["range", "max"] = "range",
+    ):
+        if mask_size_mismatch not in ("error", "resize"):
+            raise ValueError(f"mask_size_mismatch must be 'error' or 'resize', got {mask_size_mismatch!r}")
+        self.samples = list(samples)
+        self.transform = processor_or_transform
+        self.with_masks = with_masks
+        self.augment = augment
+        self.image_augment = image_augment
+        self.mask_size_mismatch = mask_size_mismatch
+        self.high_bit_depth = high_bit_depth
+        self.num_non_binary_masks = 0
+        self.num_resized_masks = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _pixel_values(self, image: Image.Image, sample: Sample) -> torch.Tensor:
+        if _is_hf_processor(self.transform):
+            out = self.transform(images=[image], return_tensors="pt")["pixel_values"]
+        else:
+            out = self.transform(image)
+            if isinstance(out, dict) or hasattr(out, "keys"):
+                out = out["pixel_values"]
+        out = torch.as_tensor(out)
+        if out.ndim == 4 and out.shape[0] == 1:
+            out = out[0]
+        if out.ndim != 3:
+            raise BadInputError(f"the transform returned shape {tuple(out.shape)}; expected (C, H, W)", sample.image_path, "pixel_values")
+        return out
+
+    def _mask(self, sample: Sample, image_size: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
+        if sample.label == 0 or sample.mask_path is None:
+            return torch.zeros(out_hw, dtype=torch.float32)
+        mask = load_mask(sample.mask_path)
+        if mask.size != image_size:
+            if self.mask_size_mismatch == "error":
+                raise BadInputError(
+                    f"mask is {mask.size[0]}x{mask.size[1]} but its image {sample.image_path} is "
+                    f"{image_size[0]}x{image_size[1]}; expected equal sizes (pass mask_size_mismatch='resize' to resize)",
+                    sample.mask_path,
+                    "mask_path",
+                )
+            self.num_resized_masks += 1
+            logger.info("resizing mask %s from %s to its image size %s", sample.mask_path, mask.size, image_size)
+        arr = np.asarray(mask)
+        nonzero = arr[arr != 0]
+        if nonzero.size and nonzero.min() != nonzero.max():
+            self.num_non_binary_masks += 1
+            if self.num_non_binary_masks == 1:
+                logger.warning("mask %s is not binary (several non-zero values); binarising with != 0", sample.mask_path)
+        resized = mask.resize((out_hw[1], out_hw[0]), Image.NEAREST)
+        return torch.from_numpy((np.asarray(resized) != 0).astype(np.float32))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        image = load_image(sample.image_path, high_bit_depth=self.high_bit_depth)
+        image_size = image.size
+        if self.image_augment is not None:
+            image = self.image_augment(image)
+        pixel_values = self._pixel_values(image, sample)
+        item: dict[str, Any] = {"label": sample.label, "class_name": sample.class_name, "index": index}
+        if self.with_masks:
+            mask = self._mask(sample, image_size, tuple(pixel_values.shape[-2:]))
+            if self.augment is not None:
+                pixel_values, mask = self.augment(pixel_values, mask)
+            item["mask"] = mask
+            item["has_mask"] = sample.has_mask
+        else:
+            if self.augment is not None:
+                pixel_values, _ = self.augment(pixel_values, torch.zeros(pixel_values.shape[-2:]))
+            item["has_mask"] = False
+        item["pixel_values"] = pixel_values
+        return item
+
+
+# --------------------------------------------------------------------------- Hugging Face datasets
+
+
+def _hf_features():
+    from datasets import ClassLabel, Features, Value
+    from datasets import Image as HFImage
+
+    return Features(
+        {
+            "image": HFImage(),
+            "mask": HFImage(),
+            "label": ClassLabel(names=["normal", "anomaly"]),
+            "class_name": Value("string"),
+            "defect_type": Value("string"),
+            "image_path": Value("string"),
+        }
+    )
+
+
+def to_hf_dataset(samples: Sequence[Sample], *, embed_images: bool = False):
+    """Samples -> `datasets.Dataset` with ``Image()`` columns ``image`` and ``mask``.
+
+    With ``embed_images=False`` the columns reference the files (cheap; `push_to_hub`
+    embeds them on upload); ``True`` reads the bytes in, so the dataset is self-contained
+    after ``save_to_disk``. Masks of normal images and mask-less anomalies are ``None``.
+    """
+    from datasets import Dataset
+
+    def enc(path: str | None):
+        if path is None:
+            return None
+        if not embed_images:
+            return path
+        with open(path, "rb") as f:
+            return {"bytes": f.read(), "path": os.path.basename(path)}
+
+    rows = {
+        "image": [enc(s.image_path) for s in samples],
+        "mask": [enc(s.mask_path) if s.label == 1 else None for s in samples],
+        "label": [s.label for s in samples],
+        "class_name": [s.class_name for s in samples],
+        "defect_type": [s.defect_type for s in samples],
+        "image_path": [s.image_path for s in samples],
+    }
+    return Dataset.from_dict(rows, features=_hf_features())
+
+
+def from_hf_dataset(
+    ds,
+    cache_dir: str | os.PathLike,
+    *,
+    image_column: str = "image",
+    mask_column: str | None = "mask",
+    label_column: str = "label",
+    class_column: str = "class_name",
+    defect_column: str | None = "defect_type",
+) -> list[Sample]:
+    """A `datasets.Dataset` -> samples, writing embedded images under ``cache_dir``.
+
+    Image bytes are written as they are (no re-encoding) to
+    ``cache_dir/<class>/<row>_{image,mask}<ext>``; rows that only reference an existing
+    file use it in place. Labels may be 0/1 integers, booleans, or a `ClassLabel` / string
+    whose name is normal/good/ok versus anomaly/anomalous/abnormal/ko.
+    """
+    from datasets import ClassLabel
+    from datasets import Image as HFImage
+
+    cache_dir = os.fspath(cache_dir)
+    for col in (image_column, label_column, class_column):
+        if col not in ds.column_names:
+            raise BadInputError(f"the dataset has no column {col!r}; columns are {ds.column_names}", None, col)
+    raw_cols = [c for c in (image_column, mask_column) if c and c in ds.column_names and isinstance(ds.features[c], HFImage)]
+    for col in raw_cols:
+        ds = ds.cast_column(col, HFImage(decode=False))
+    label_feature = ds.features[label_column]
+
+    def label_of(value: Any, row: int) -> int:
+        if isinstance(label_feature, ClassLabel) and not isinstance(value, str):
+            value = label_feature.int2str(int(value))
+            if set(label_feature.names) == {"0", "1"}:
+                value = int(value)
+        parsed = _parse_label(value)
+        if parsed is None:
+            raise BadInputError(f"row {row}: expected a label 0/1 or normal/anomaly, got {value!r}", None, label_column)
+        return parsed
+
+    def materialise(value: Any, row: int, cls: str, kind: str, col: str) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = {"path": value, "bytes": None}
+        if not isinstance(value, dict):
+            raise BadInputError(f"row {row}: expected an Image() value or a path, got {type(value).__name__}", None, col)
+        if value.get("bytes"):
+            ext = os.path.splitext(value.get("path") or "")[1].lower()
+            folder = os.path.join(cache_dir, cls)
+            os.makedirs(folder, exist_ok=True)
+            out = os.path.join(folder, f"{row:06d}_{kind}{ext if ext in IMAGE_EXTENSIONS else '.png'}")
+            with open(out, "wb") as f:
+                f.write(value["bytes"])
+            return out
+        path = value.get("path")
+        if not path or not os.path.isfile(path):
+            raise MissingFileError(f"row {row}: the {kind} has no bytes and its path does not exist", path, col)
+        return path
+
+    samples = []
+    for row, rec in enumerate(ds):
+        cls = rec[class_column]
+        if not isinstance(cls, str) or not cls:
+            raise BadInputError(f"row {row}: expected a non-empty class name, got {cls!r}", None, class_column)
+        safe_cls = cls.replace(os.sep, "_")
+        label = label_of(rec[label_column], row)
+        image = materialise(rec[image_column], row, safe_cls, "image", image_column)
+        mask = materialise(rec.get(mask_column), row, safe_cls, "mask", mask_column) if mask_column and mask_column in rec and label else None
+        defect = rec.get(defect_column) if defect_column else None
+        samples.append(Sample(image, label, cls, mask, defect))
+    return samples

@@ -1,0 +1,57 @@
+"""`aaclip info`: versions, devices, and what an AA-CLIP folder holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", help="an AA-CLIP model folder to describe")
+
+
+def describe_environment() -> dict:
+    import torch
+    import transformers
+
+    from .version import __version__
+
+    return {
+        "aaclip_hf": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    }
+
+
+def describe_model(path: str | Path) -> dict:
+    from .modeling import AAClipConfig
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json; is it an AA-CLIP model folder?")
+    config = AAClipConfig.from_pretrained(str(path))
+    vision, text = config.vision_config, config.text_config
+    return {
+        "path": str(path),
+        "vision": f"{vision.num_hidden_layers} layers x {vision.hidden_size}, {vision.image_size} px, patch {vision.patch_size}",
+        "text": f"{text.num_hidden_layers} layers x {text.hidden_size}",
+        "hidden_act": vision.hidden_act,
+        "adapters": {"text": config.text_adapter_layers, "vision": config.vision_adapter_layers},
+        "feature_layers": list(config.feature_layers),
+        "stored_anchor_classes": list(config.anchor_class_names),
+        "decision_threshold": config.decision_threshold,
+        "files": sorted(p.name for p in path.iterdir()),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    info = {"environment": describe_environment()}
+    if args.model:
+        info["model"] = describe_model(args.model)
+    print(json.dumps(info, indent=2))
+    return 0
