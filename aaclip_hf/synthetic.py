@@ -151,7 +151,7 @@ def _wood(rng: np.random.Generator, n: int) -> _Layers:
 def _carpet(rng: np.random.Generator, n: int) -> _Layers:
     y, x = _grid(n)
     fibres = rng.random((n, n)).astype(np.float32)
-    fibres = np.asarray(Image.fromarray(fibres).filter(ImageFilter.BoxBlur(0.6)))
+    fibres = 0.5 * fibres + 0.125 * sum(np.roll(fibres, sh, ax) for sh in (-1, 1) for ax in (0, 1))
     weave = 0.5 + 0.5 * np.sin(2 * np.pi * n / 4 * x) * np.sin(2 * np.pi * n / 4 * y)
     t = 0.55 * fibres + 0.2 * weave + 0.25 * _smooth_noise(rng, n, 6)
     img = _mix((95, 20, 30), (190, 60, 65), np.clip(t, 0, 1))
@@ -165,7 +165,7 @@ def _tile(rng: np.random.Generator, n: int) -> _Layers:
     ty, tx = (y + oy) / pitch, (x + ox) / pitch
     shade = rng.uniform(-0.12, 0.12, (8, 8)).astype(np.float32)
     tile_shade = shade[ty.astype(int) % 8, tx.astype(int) % 8]
-    grout = np.minimum(np.abs(ty % 1 - 0.5), np.abs(tx % 1 - 0.5)) > 0.45
+    grout = np.maximum(np.abs(ty % 1 - 0.5), np.abs(tx % 1 - 0.5)) > 0.46
     speckle = (rng.random((n, n)) < 0.04).astype(np.float32)
     img = _mix((195, 105, 70), (150, 70, 45), np.clip(0.5 + tile_shade + 0.6 * speckle - 0.25, 0, 1))
     img[grout] = (225, 220, 205)
@@ -331,7 +331,7 @@ def _apply_defect(kind: str, layers: _Layers, rng: np.random.Generator) -> np.nd
         bend = n * rng.uniform(-0.08, 0.08)
         t = np.linspace(-0.5, 0.5, 24)
         pts = [(px + length * u * np.cos(angle) - bend * (1 - 4 * u * u) * np.sin(angle), py + length * u * np.sin(angle) + bend * (1 - 4 * u * u) * np.cos(angle)) for u in t]
-        region = _draw_mask(n, lambda d: d.line(pts, fill=255, width=max(1, round(n / 80)), joint="curve")) & fg
+        region = _draw_mask(n, lambda d: d.line(pts, fill=255, width=max(1, round(n / 96)), joint="curve")) & fg
         img[region] = _contrast_colour(img[region], (30, 30, 30), (240, 240, 232))
     elif kind == "crack":
         pts, ang = [(px, py)], rng.uniform(0, 2 * np.pi)
@@ -343,9 +343,9 @@ def _apply_defect(kind: str, layers: _Layers, rng: np.random.Generator) -> np.nd
         for _ in range(3):
             bang += rng.uniform(-0.5, 0.5)
             branch.append((branch[-1][0] + n * 0.03 * np.cos(bang), branch[-1][1] + n * 0.03 * np.sin(bang)))
-        width = max(1, round(n / 100))
+        width = max(1, round(n / 64))
         region = _draw_mask(n, lambda d: (d.line(pts, fill=255, width=width), d.line(branch, fill=255, width=width))) & fg
-        img[region] = np.float32((18, 14, 10))
+        img[region] = _contrast_colour(img[region], (18, 14, 10), (235, 230, 220))
     elif kind == "hole":
         ra, rb = n * rng.uniform(0.045, 0.075), n * rng.uniform(0.035, 0.06)
         region = _draw_mask(n, lambda d: d.ellipse((px - ra, py - rb, px + ra, py + rb), fill=255)) & fg
@@ -367,7 +367,8 @@ def _apply_defect(kind: str, layers: _Layers, rng: np.random.Generator) -> np.nd
         if texture:
             w, h = n * rng.uniform(0.16, 0.26), n * rng.uniform(0.12, 0.2)
             region = _draw_mask(n, lambda d: d.rectangle((px - w / 2, py - h / 2, px + w / 2, py + h / 2), fill=255))
-            img[region] = img.reshape(-1, 3).mean(0)  # the pattern is missing: a smooth patch
+            # The pattern is torn out and a flat backing shows through.
+            img[region] = _contrast_colour(img, (60, 60, 60), (205, 205, 205))
         else:
             edge = fg & ~_erode(fg, max(1, int(0.03 * n)))
             ex, ey = _pick(rng, edge)
