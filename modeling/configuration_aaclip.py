@@ -72,6 +72,8 @@ class AAClipConfig(PreTrainedConfig):
         anchor_class_names (`list[str]`): class names whose text anchors are stored in the weights;
             `"object"` (the generic anchor) is always first.
         decision_threshold (`float`, *optional*): image-score threshold set by `aaclip calibrate`.
+        include_text_model (`bool`, defaults to `True`): `False` builds an inference-only model without the
+            text tower and heads: it scores images against its stored anchors only.
     """
 
     model_type = "aaclip"
@@ -104,6 +106,7 @@ class AAClipConfig(PreTrainedConfig):
     default_domain: str = "industrial"
     anchor_class_names: list[str] | None = None
     decision_threshold: float | None = None
+    include_text_model: bool = True
 
     def __post_init__(self, **kwargs):
         # Mutable defaults cannot be dataclass defaults; fill them here.

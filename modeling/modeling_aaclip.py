@@ -206,7 +206,8 @@ class AAClipPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, AAClipModel):
-            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            if module.config.include_text_model:
+                init.constant_(module.logit_scale, self.config.logit_scale_init_value)
             init.zeros_(module.text_anchors)
 
 
@@ -232,19 +233,19 @@ class AAClipModel(AAClipPreTrainedModel):
         text_config, vision_config = config.text_config, config.vision_config
         slope = config.adapter_negative_slope
 
-        self.text_model = CLIPTextModel._from_config(text_config)
         self.vision_model = CLIPVisionModel._from_config(vision_config)
-        _inject_adapters(self.text_model, config.text_adapter_layers, config.text_adapter_weight, slope)
         _inject_adapters(self.vision_model, config.vision_adapter_layers, config.vision_adapter_weight, slope)
-
-        # CLIP's own heads, kept so the backbone stays a complete CLIP (plain-CLIP anchors, stage-1 features).
+        # CLIP's own image head, kept so the backbone stays a complete CLIP (stage-1 features, CLIP parity).
         self.visual_projection = nn.Linear(vision_config.hidden_size, config.projection_dim, bias=False)
-        self.text_projection = nn.Linear(text_config.hidden_size, config.projection_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
 
-        # AA-CLIP heads. The text head always has LeakyReLU; the patch/image heads only with projector_activation.
-        if config.text_head == "adapter":
-            self.text_projector = AAClipProjection(text_config.hidden_size, config.projection_dim, True, slope)
+        if config.include_text_model:
+            self.text_model = CLIPTextModel._from_config(text_config)
+            _inject_adapters(self.text_model, config.text_adapter_layers, config.text_adapter_weight, slope)
+            self.text_projection = nn.Linear(text_config.hidden_size, config.projection_dim, bias=False)
+            self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+            # The AA-CLIP text head always has LeakyReLU (the patch/image heads only with projector_activation).
+            if config.text_head == "adapter":
+                self.text_projector = AAClipProjection(text_config.hidden_size, config.projection_dim, True, slope)
         self.seg_projections = nn.ModuleList(
             AAClipProjection(vision_config.hidden_size, config.projection_dim, config.projector_activation, slope)
             for _ in config.feature_layers
@@ -262,10 +263,12 @@ class AAClipModel(AAClipPreTrainedModel):
 
     def adapter_modules(self) -> list[nn.Module]:
         """Every module AA-CLIP adds to CLIP (text/vision adapters and heads), in a fixed order."""
-        modules = [layer.adapter for layer in self._adapted_layers(self.text_model)]
+        modules = []
+        if self.config.include_text_model:
+            modules += [layer.adapter for layer in self._adapted_layers(self.text_model)]
+            if self.config.text_head == "adapter":
+                modules.append(self.text_projector)
         modules += [layer.adapter for layer in self._adapted_layers(self.vision_model)]
-        if self.config.text_head == "adapter":
-            modules.append(self.text_projector)
         return modules + list(self.seg_projections) + [self.det_projection]
 
     @staticmethod
@@ -334,12 +337,27 @@ class AAClipModel(AAClipPreTrainedModel):
         model.eval()
         return model
 
+    def to_inference_only(self) -> AAClipModel:
+        """A copy without the text tower and heads, keeping the stored anchors (smaller, faster to load).
+
+        Its `save_pretrained` folder loads with `from_pretrained` and runs through the pipeline for the
+        stored classes.
+        """
+        config = self.config.__class__.from_dict(self.config.to_dict())
+        config.include_text_model = False
+        model = self.__class__(config).to(device=self.device, dtype=self.dtype)
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        if missing:
+            raise RuntimeError(f"inference-only copy is missing weights: {missing[:5]}")
+        return model.eval()
+
     # ------------------------------------------------------------------ adapters on/off
 
     @contextlib.contextmanager
     def adapters_disabled(self):
         """Run the towers as plain CLIP (no adapter fusion) inside the block."""
-        layers = self._adapted_layers(self.text_model) + self._adapted_layers(self.vision_model)
+        towers = [self.vision_model] + ([self.text_model] if self.config.include_text_model else [])
+        layers = [layer for tower in towers for layer in self._adapted_layers(tower)]
         previous = [layer.adapter_enabled for layer in layers]
         for layer in layers:
             layer.adapter_enabled = False
@@ -353,6 +371,11 @@ class AAClipModel(AAClipPreTrainedModel):
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Adapted text tower, EOS pooling, then the text head: `(num_texts, E)`, not normalised."""
+        if not self.config.include_text_model:
+            raise ValueError(
+                "this is an inference-only AA-CLIP (include_text_model=False): it has no text tower and scores "
+                f"against its stored anchors only ({self.stored_class_names}); load the full model to add classes"
+            )
         pooled = self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
         if self.config.text_head == "adapter":
             return self.text_projector(pooled)
