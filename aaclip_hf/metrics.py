@@ -104,7 +104,7 @@ def _binary_array(x: Any, name: str) -> np.ndarray:
         raise TypeError(f"{name}: expected binary labels (bool or 0/1), got dtype {arr.dtype}")
     is_bin = (arr == 0) | (arr == 1)
     if not is_bin.all():
-        bad = arr[~is_bin].flat[0]
+        bad = arr[~is_bin].flat[0].item()
         raise ValueError(
             f"{name}: expected binary values {{0, 1}} (or bool), found {bad!r}; "
             "binarise first, e.g. `mask > 0.5` or `mask != 0`"
