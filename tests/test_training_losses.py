@@ -20,7 +20,6 @@ from aaclip_hf.training.losses import (
     segmentation_loss,
     stage1_loss,
     stage2_loss,
-    training_maps,
 )
 
 
@@ -101,16 +100,6 @@ def test_image_losses_hand_computed():
     p1 = 1 / (1 + math.exp(-10 * (0.0 - 0.8)))
     bce = (-math.log(p0) - math.log(1 - p1)) / 2
     assert image_bce_loss(x, anchors, y, temperature=10.0).item() == pytest.approx(bce, rel=1e-10)
-
-
-def test_training_maps_match_manual():
-    torch.manual_seed(0)
-    f = torch.randn(2, 4, 3, dtype=torch.float64)  # 2x2 grid, not normalised on purpose
-    anchors = torch.randn(2, 3, 2, dtype=torch.float64)
-    (m,) = training_maps([f], anchors, (2, 2), temperature=7.0)  # same size: upsample is the identity
-    logits = 7.0 * np.einsum("bne,bek->bnk", f.numpy(), anchors.numpy())
-    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    assert np.allclose(m.permute(0, 2, 3, 1).reshape(2, 4, 2).numpy(), probs)
 
 
 def _random_case(b=4, levels=3, hw=3, e=5, seed=0):

@@ -32,7 +32,6 @@ __all__ = [
     "image_ce_loss",
     "stage1_loss",
     "stage2_loss",
-    "training_maps",
 ]
 
 
@@ -189,26 +188,6 @@ def image_bce_loss(
     sims = torch.einsum("be,bek->bk", image_embeds, anchors)
     logit = temperature * (sims[:, 1] - sims[:, 0])
     return F.binary_cross_entropy_with_logits(logit, labels.to(logit.dtype), reduction=reduction)
-
-
-def training_maps(
-    patch_embeds: Sequence[torch.Tensor], anchors: torch.Tensor, size: tuple[int, int], temperature: float = 100.0
-) -> tuple[torch.Tensor, ...]:
-    """SPEC section 5 training map per level: ``softmax(up_bilinear(temperature * f @ T))``, (B, 2, H, W).
-
-    Features are used as given (the stage-1 DPAM features are deliberately *not* normalised).
-    """
-    maps = []
-    for f in patch_embeds:
-        b, n, _ = f.shape
-        g = int(round(n**0.5))
-        if g * g != n:
-            raise ValueError(f"{n} patch tokens do not form a square grid")
-        logits = temperature * torch.einsum("bne,bek->bnk", f, anchors)
-        logits = logits.permute(0, 2, 1).reshape(b, 2, g, g)
-        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
-        maps.append(logits.softmax(dim=1))
-    return tuple(maps)
 
 
 # --------------------------------------------------------------------------------------------
