@@ -14,6 +14,8 @@ import sys
 # name -> (module, one-line help). Keep sorted by workflow: set up, train, use, publish.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("aaclip_hf.info", "Show versions, devices and what a model folder holds."),
+    "make-synthetic": ("aaclip_hf.synthetic", "Write a synthetic defect dataset (MVTec layout) with exact masks."),
+    "sample-shots": ("aaclip_hf.sampling", "Draw a k-shot split (k/2 normal + k/2 anomalous per class) as JSON-lines."),
 }
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -547,6 +548,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.image_size < 16:
+        print(f"error: --image-size must be at least 16, got {args.image_size}", file=sys.stderr)
+        return 2
     root = generate_synthetic_dataset(
         args.output_dir,
         classes=args.classes,
