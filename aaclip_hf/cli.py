@@ -14,6 +14,9 @@ import sys
 # name -> (module, one-line help). Keep sorted by workflow: set up, train, use, publish.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("aaclip_hf.info", "Show versions, devices and what a model folder holds."),
+    "convert-tokenizer": ("aaclip_hf.conversion.tokenizer", "Write HF CLIP tokenizer files from OpenAI's BPE merges file."),
+    "convert-clip": ("aaclip_hf.conversion.convert_clip", "Convert an OpenAI/OpenCLIP/HF CLIP checkpoint into an AA-CLIP (or CLIP) folder."),
+    "convert-original": ("aaclip_hf.conversion.original", "Convert the reference AA-CLIP checkpoints (backbone + adapters) into an AA-CLIP folder."),
     "make-synthetic": ("aaclip_hf.synthetic", "Write a synthetic defect dataset (MVTec layout) with exact masks."),
     "sample-shots": ("aaclip_hf.sampling", "Draw a k-shot split (k/2 normal + k/2 anomalous per class) as JSON-lines."),
 }
