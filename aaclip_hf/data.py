@@ -50,7 +50,6 @@ import csv
 import json
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -113,7 +112,7 @@ class Sample:
     defect_type: str | None = None
 
     def __post_init__(self) -> None:
-        if self.label not in (0, 1) or isinstance(self.label, float) and not self.label.is_integer():
+        if isinstance(self.label, str) or self.label not in (0, 1):
             raise BadInputError(f"label must be 0 (normal) or 1 (anomaly), got {self.label!r}", self.image_path, "label")
         object.__setattr__(self, "label", int(self.label))
         if not isinstance(self.class_name, str) or not self.class_name:
@@ -145,12 +144,6 @@ class _BadFiles:
     def done(self) -> None:
         if self.count:
             logger.warning("skipped %d bad entr%s in %s", self.count, "y" if self.count == 1 else "ies", self.source)
-
-
-def _located(err: BadInputError, where: str) -> BadInputError:
-    """Re-wrap an error with the record that referenced the file."""
-    cls = MissingFileError if isinstance(err, MissingFileError) else BadInputError
-    return cls(f"{err.reason} (referenced by {where})", err.path, err.field)
 
 
 def _join(root: str, path: str) -> str:
