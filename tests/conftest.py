@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random AA-CLIP models and the bundled processor, all offline."""
+
+from __future__ import annotations
+
+import os
+
+# Read at import time by huggingface_hub: tests never touch the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+from aaclip_hf import AAClipConfig, AAClipModel, AAClipProcessor
+
+TINY_IMAGE_SIZE = 40
+
+
+@pytest.fixture(autouse=True)
+def _isolated_hf_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own HF cache, so no test sees another's downloads or dynamic modules."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+
+
+@pytest.fixture(scope="session")
+def processor() -> AAClipProcessor:
+    proc = AAClipProcessor()
+    proc.image_processor.size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+    return proc
+
+
+def make_tiny_model(seed: int = 0, **overrides) -> AAClipModel:
+    torch.manual_seed(seed)
+    model = AAClipModel(AAClipConfig.tiny(**overrides))
+    model.init_adapter_weights(seed=seed)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_model(processor) -> AAClipModel:
+    model = make_tiny_model()
+    model.update_text_anchors(processor, ["object", "bottle", "pcb1"])
+    return model
+
+
+@pytest.fixture
+def pixel_values() -> torch.Tensor:
+    return torch.randn(3, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
