@@ -1,0 +1,608 @@
+"""Benchmark evaluation: per-class and mean metrics in the paper's table layout (`aaclip evaluate`).
+
+Two image-score protocols:
+
+``reference`` (default; reproduces the reference `test.py`, research/aaclip_original.md sections 6 and 10)
+    Per class, over all its test images: the anomaly maps (at the model's input resolution) are min-max
+    normalised together and the raw image scores ``r`` together; industrial classes score
+    ``0.5 * max(map_norm) + 0.5 * r_norm``, medical classes ``max(map_norm)``. A class whose images all
+    carry one label has no image metric; the reference counts it as 0 in the mean, and so does this
+    protocol (the class row says so).
+``per-image``
+    The model's own per-image ``image_score`` (depends on that image alone, as in deployment). Single-label
+    classes are left out of the image-metric means.
+
+Pixel metrics (AUROC, AP, F1-max, AUPRO) are the same under both protocols (min-max is monotone), computed
+over all pixels of all images of a class with masks: at the model's input size (``--resolution model``,
+the reference; masks resized with PIL nearest and binarised with ``!= 0``) or at each image's own size
+(``--resolution original``; maps bilinearly resized from the patch grid). Anomalous images without a mask are
+left out of the pixel metrics; data without any mask gets image metrics only (said in the notes).
+
+The smoothing domain comes from ``--domain`` or, with ``auto``, from the class name (the reference's medical
+sets: Brain, Liver, Retina, Colon_*/CVC/Kvasir are medical; everything else industrial).
+
+Memory stays bounded: samples are processed class by class (batches may still mix two classes at a class
+boundary), and a class's maps are released as soon as its metrics are computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .data import Sample, load_samples
+from .image_io import BadInputError, load_image, load_mask
+from .metrics import DEFAULT_FPR_LIMIT, image_metrics, pixel_metrics
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "EvaluationResult",
+    "MEDICAL_CLASSES",
+    "PROTOCOLS",
+    "RESOLUTIONS",
+    "domain_for_class",
+    "evaluate",
+    "load_model_and_processor",
+    "reference_image_scores",
+    "resolve_device",
+]
+
+PROTOCOLS = ("reference", "per-image")
+RESOLUTIONS = ("model", "original")
+# The reference's medical test sets (its DOMAINS table); every other class is industrial.
+MEDICAL_CLASSES = frozenset({"Brain", "Liver", "Retina", "CVC-300", "Kvasir", "Colon_clinicDB", "Colon_colonDB"})
+MEDICAL_PREFIXES = ("Colon_", "CVC-")
+# Table columns in the paper's order (pixel-level AUROC/AUPRO, image-level AUROC/AP), then the extras.
+METRIC_COLUMNS = OrderedDict(
+    [
+        ("pixel_auroc", "P-AUROC"),
+        ("pixel_aupro", "P-AUPRO"),
+        ("pixel_ap", "P-AP"),
+        ("pixel_f1_max", "P-F1max"),
+        ("image_auroc", "I-AUROC"),
+        ("image_ap", "I-AP"),
+        ("image_f1_max", "I-F1max"),
+    ]
+)
+IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1_max")
+PIXEL_KEYS = ("pixel_auroc", "pixel_aupro", "pixel_ap", "pixel_f1_max")
+
+
+def domain_for_class(class_name: str, default: str = "industrial") -> str:
+    """`"medical"` for the reference's medical sets (by class name, `dataset/class` keys too), else `default`."""
+    short = class_name.rsplit("/", 1)[-1]
+    if short in MEDICAL_CLASSES or short.startswith(MEDICAL_PREFIXES):
+        return "medical"
+    return default
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """`None`/`"auto"`: CUDA if available, else Apple MPS, else CPU."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def load_model_and_processor(model: str, device: str | None = None, dtype: str | None = None):
+    """An AA-CLIP folder or Hub id -> `(model, processor)` in eval mode on `device` with `dtype`.
+
+    A folder without a processor gets the default one at the model's input size.
+    """
+    from transformers import CLIPImageProcessorPil
+
+    from .modeling import AAClipConfig, AAClipModel, AAClipProcessor
+
+    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "config.json")):
+        raise FileNotFoundError(f"--model {model}: no config.json; expected a folder written by save_pretrained")
+    config = AAClipConfig.from_pretrained(model)
+    if config.model_type != "aaclip":
+        raise ValueError(f"--model {model}: model_type {config.model_type!r}, expected an AA-CLIP model ('aaclip')")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    aaclip = AAClipModel.from_pretrained(model, dtype=DTYPES[dtype] if dtype else torch.float32)
+    aaclip.to(resolve_device(device)).eval()
+    try:
+        processor = AAClipProcessor.from_pretrained(model)
+    except (OSError, ValueError) as error:
+        size = config.vision_config.image_size
+        logger.warning("no processor in %s (%s); using the default preprocessing at %d px", model, error, size)
+        processor = AAClipProcessor(
+            image_processor=CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False)
+        )
+    size = config.vision_config.image_size
+    if tuple(processor.image_size) != (size, size):
+        raise ValueError(
+            f"--model {model}: the processor resizes to {processor.image_size} but the model expects {size}x{size}; "
+            "fix preprocessor_config.json / processor_config.json"
+        )
+    return aaclip, processor
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference image score
+# ----------------------------------------------------------------------------------------------
+
+
+def reference_image_scores(
+    map_max: np.ndarray, map_min: np.ndarray, raw_scores: np.ndarray, domain: str, map_weight: float = 0.5
+) -> np.ndarray:
+    """The reference's per-class image score from per-image map extremes and raw image scores.
+
+    `max(map_norm)` of image i is `(map_max[i] - min_all) / (max_all - min_all)`, with the extremes over all
+    pixels of all the class's maps; `r_norm` min-max normalises `raw_scores` over the class. Industrial:
+    `map_weight * max(map_norm) + (1 - map_weight) * r_norm`; medical: `max(map_norm)`. A constant input (zero
+    range, where the reference divides by zero) normalises to 0.
+    """
+    map_max = np.asarray(map_max, dtype=np.float64)
+    raw = np.asarray(raw_scores, dtype=np.float64)
+    low, high = float(np.min(map_min)), float(np.max(map_max))
+    map_norm = (map_max - low) / (high - low) if high > low else np.zeros_like(map_max)
+    if domain == "medical":
+        return map_norm
+    r_low, r_high = float(raw.min()), float(raw.max())
+    raw_norm = (raw - r_low) / (r_high - r_low) if r_high > r_low else np.zeros_like(raw)
+    return map_weight * map_norm + (1.0 - map_weight) * raw_norm
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """Preprocessed images with their index and original size (masks are read by the consumer)."""
+
+    def __init__(self, samples: Sequence[Sample], processor):
+        self.samples = list(samples)
+        self.processor = processor
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        image = load_image(self.samples[index].image_path)
+        pixel_values = self.processor(images=[image], return_tensors="pt")["pixel_values"][0]
+        return {"pixel_values": pixel_values, "index": index, "size": (image.height, image.width)}
+
+
+def _collate(items: list[dict]) -> dict:
+    return {
+        "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+        "index": torch.tensor([item["index"] for item in items]),
+        "size": torch.tensor([item["size"] for item in items]),
+    }
+
+
+def _read_mask(sample: Sample, image_size: tuple[int, int], out_size: tuple[int, int]) -> np.ndarray:
+    """Ground truth `(H, W)` bool at `out_size`: PIL nearest resize, `!= 0` (the reference's rule)."""
+    if sample.label == 0 or sample.mask_path is None:
+        return np.zeros(out_size, dtype=bool)
+    mask = load_mask(sample.mask_path)
+    if (mask.height, mask.width) != tuple(image_size):
+        raise BadInputError(
+            f"mask is {mask.width}x{mask.height} but its image {sample.image_path} is {image_size[1]}x{image_size[0]}; "
+            "expected equal sizes",
+            sample.mask_path,
+            "mask_path",
+        )
+    if (mask.height, mask.width) != tuple(out_size):
+        mask = mask.resize((out_size[1], out_size[0]), Image.NEAREST)
+    return np.asarray(mask) != 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100.0 * value:.1f}"
+
+
+@dataclass
+class EvaluationResult:
+    """Per-class rows, the class mean, the settings used and plain-language notes. Metric values are fractions."""
+
+    dataset: str
+    protocol: str
+    resolution: str
+    classes: dict[str, dict[str, Any]]
+    mean: dict[str, float]
+    settings: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    split: str = "test"
+
+    def columns(self) -> list[str]:
+        """Metric columns that have a value somewhere (pixel columns vanish for mask-less data)."""
+        return [key for key in METRIC_COLUMNS if any(
+            isinstance(row.get(key), float) and not math.isnan(row[key]) for row in [*self.classes.values(), self.mean]
+        )]
+
+    def to_markdown(self) -> str:
+        columns = self.columns()
+        header = ["Class", "#normal", "#anomalous", *[METRIC_COLUMNS[key] for key in columns]]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        for name, row in self.classes.items():
+            cells = [name, str(row["num_normal"]), str(row["num_anomalous"]), *[_fmt(row.get(key)) for key in columns]]
+            lines.append("| " + " | ".join(cells) + " |")
+        total_normal = sum(row["num_normal"] for row in self.classes.values())
+        total_anomalous = sum(row["num_anomalous"] for row in self.classes.values())
+        cells = ["**Mean**", str(total_normal), str(total_anomalous), *[f"**{_fmt(self.mean.get(key))}**" for key in columns]]
+        lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["format"] = "aaclip-eval/1"
+        data["table_markdown"] = self.to_markdown()
+        return _json_safe(data)
+
+    def save(self, output_dir: str | os.PathLike) -> dict[str, Path]:
+        """Write `results.json` (fractions), `results.csv` and `results.md` (percent, paper layout)."""
+        folder = Path(output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"json": folder / "results.json", "csv": folder / "results.csv", "markdown": folder / "results.md"}
+        paths["json"].write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        with open(paths["csv"], "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["class", "num_normal", "num_anomalous", *[f"{key} (%)" for key in METRIC_COLUMNS]])
+            for name, row in [*self.classes.items(), ("mean", {**self.mean, "num_normal": "", "num_anomalous": ""})]:
+                values = [row.get(key) for key in METRIC_COLUMNS]
+                writer.writerow([name, row["num_normal"], row["num_anomalous"], *[
+                    "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100.0 * v:.4f}" for v in values
+                ]])
+        title = f"# {self.dataset}: {self.protocol} protocol, pixel metrics at {self.resolution} resolution\n\n"
+        notes = "".join(f"- {note}\n" for note in self.notes)
+        paths["markdown"].write_text(
+            title + "Values in %, unweighted mean over classes.\n\n" + self.to_markdown() + "\n\n" + notes,
+            encoding="utf-8",
+        )
+        return paths
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+class _ClassState:
+    """What one class accumulates until its last image is seen."""
+
+    def __init__(self, name: str, indices: list[int], domain: str):
+        self.name = name
+        self.remaining = set(indices)
+        self.domain = domain
+        self.index: list[int] = []
+        self.labels: list[int] = []
+        self.image_score: list[float] = []
+        self.raw_score: list[float] = []
+        self.map_max: list[float] = []
+        self.map_min: list[float] = []
+        self.maps: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        self.without_mask = 0
+
+
+def _class_order(samples: Sequence[Sample]) -> list[Sample]:
+    """Samples grouped by class (first-appearance order), stable within a class."""
+    groups: dict[str, list[Sample]] = OrderedDict()
+    for sample in samples:
+        groups.setdefault(sample.class_name, []).append(sample)
+    return [sample for group in groups.values() for sample in group]
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    processor,
+    samples: Sequence[Sample],
+    *,
+    protocol: str = "reference",
+    resolution: str = "model",
+    batch_size: int = 8,
+    domain: str | None = None,
+    aupro_variant: str = "mvtec",
+    fpr_limit: float = DEFAULT_FPR_LIMIT,
+    num_workers: int = 0,
+    dataset_name: str = "dataset",
+    split: str = "test",
+    progress: bool = True,
+    accelerator=None,
+) -> EvaluationResult | None:
+    """Evaluate `model` on `samples` (see the module docstring for the protocols).
+
+    Args:
+        domain: `None`/`"auto"` (per class name), `"industrial"` or `"medical"`.
+        accelerator: an `accelerate.Accelerator` to shard the images over processes; results are gathered
+            without tail duplicates (`gather_for_metrics`) and returned on the main process (`None` elsewhere).
+    """
+    from tqdm.auto import tqdm
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+    if domain not in (None, "auto", *model.config.blur_kernel_size):
+        raise ValueError(f"domain must be 'auto' or one of {sorted(model.config.blur_kernel_size)}, got {domain!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not samples:
+        raise ValueError("no samples to evaluate")
+    started = time.time()
+    samples = _class_order(samples)
+    class_names = list(OrderedDict.fromkeys(sample.class_name for sample in samples))
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    notes: list[str] = []
+
+    missing = [name for name in class_names if name not in model.stored_class_names]
+    if missing:
+        logger.info("computing text anchors for %d class(es) once: %s", len(missing), missing)
+        model.update_text_anchors(processor, missing)
+        notes.append(f"text anchors computed at evaluation time for: {', '.join(missing)}")
+
+    def class_domain(name: str) -> str:
+        return domain_for_class(name, model.config.default_domain) if domain in (None, "auto") else domain
+
+    states: dict[str, _ClassState] = OrderedDict()
+    for name in class_names:
+        indices = [i for i, sample in enumerate(samples) if sample.class_name == name]
+        states[name] = _ClassState(name, indices, class_domain(name))
+    model_size = tuple(processor.image_size)
+    rows: dict[str, dict[str, Any]] = OrderedDict()
+
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(samples, processor), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=_collate,
+    )
+    is_main = True
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader, device_placement=False)
+        is_main = accelerator.is_main_process
+    bar = tqdm(total=len(samples), desc=f"evaluating {dataset_name}", unit="img", disable=not (progress and is_main))
+    for batch in loader:
+        indices = batch["index"].tolist()
+        pixel_values = batch["pixel_values"].to(device=device, dtype=dtype)
+        names = [samples[i].class_name for i in indices]
+        grids = torch.empty(len(indices), model.config.grid_size, model.config.grid_size, device=device)
+        image_score = torch.empty(len(indices), device=device)
+        raw_score = torch.empty(len(indices), device=device)
+        by_domain: dict[str, list[int]] = OrderedDict()
+        for position, name in enumerate(names):
+            by_domain.setdefault(states[name].domain, []).append(position)
+        for batch_domain, positions in by_domain.items():
+            select = torch.tensor(positions, device=device)
+            grid = model.config.grid_size
+            out = model(
+                pixel_values=pixel_values[select], class_names=[names[p] for p in positions], domain=batch_domain,
+                output_size=(grid, grid),
+            )
+            grids[select] = out.anomaly_map_grid.float()
+            image_score[select] = out.image_score.float()
+            raw_score[select] = out.raw_anomaly_score.float()
+        gathered = {"index": batch["index"].to(device), "size": batch["size"].to(device), "grid": grids,
+                    "image_score": image_score, "raw_score": raw_score}
+        if accelerator is not None:
+            gathered = accelerator.gather_for_metrics(gathered)
+        if not is_main:
+            continue
+        _consume(gathered, samples, states, rows, model_size, resolution, protocol, model.config,
+                 aupro_variant, fpr_limit)
+        bar.update(len(gathered["index"]))
+    bar.close()
+    if not is_main:
+        return None
+    unfinished = [name for name, state in states.items() if state.remaining]
+    if unfinished:
+        raise RuntimeError(f"evaluation ended with images of {unfinished} never scored (a data loader problem)")
+
+    mean, mean_notes = _mean(rows, protocol)
+    notes.extend(mean_notes)
+    if not any("pixel_auroc" in row for row in rows.values()):
+        notes.append("no ground-truth masks in this data: image metrics only (pixel metrics need masks)")
+    settings = {
+        "protocol": protocol,
+        "resolution": resolution,
+        "model_input_size": list(model_size),
+        "domains": {name: state.domain for name, state in states.items()},
+        "blur_kernel_size": dict(model.config.blur_kernel_size),
+        "blur_sigma": dict(model.config.blur_sigma),
+        "image_score_map_weight": model.config.image_score_map_weight,
+        "image_score_mode": dict(model.config.image_score_mode),
+        "aupro_variant": aupro_variant,
+        "fpr_limit": fpr_limit,
+        "mask_resize": "PIL nearest, binarised with != 0" if resolution == "model" else "none (original size)",
+        "map_resize": "bilinear (align_corners=True) from the patch grid",
+        "batch_size": batch_size,
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": str(device),
+        "num_images": len(samples),
+        "seconds": round(time.time() - started, 2),
+    }
+    return EvaluationResult(dataset_name, protocol, resolution, rows, mean, settings, notes, split)
+
+
+def _consume(gathered, samples, states, rows, model_size, resolution, protocol, config, aupro_variant, fpr_limit):
+    """File a (gathered) batch into the per-class states; finish every class whose last image arrived."""
+    from .modeling.modeling_aaclip import upsample_grid
+
+    grids = gathered["grid"].float().cpu()
+    model_maps = upsample_grid(grids, model_size)
+    for row, index in enumerate(gathered["index"].tolist()):
+        sample = samples[index]
+        state = states[sample.class_name]
+        if index not in state.remaining:
+            continue  # a duplicate (padding) that gather_for_metrics did not drop
+        state.remaining.discard(index)
+        model_map = model_maps[row]
+        state.index.append(index)
+        state.labels.append(sample.label)
+        state.image_score.append(float(gathered["image_score"][row]))
+        state.raw_score.append(float(gathered["raw_score"][row]))
+        state.map_max.append(float(model_map.max()))
+        state.map_min.append(float(model_map.min()))
+        if sample.has_mask:
+            image_size = tuple(int(v) for v in gathered["size"][row].tolist())
+            if resolution == "model":
+                pixel_map, out_size = model_map, model_size
+            else:
+                pixel_map, out_size = upsample_grid(grids[row : row + 1], image_size)[0], image_size
+            state.maps.append(pixel_map.numpy().astype(np.float32, copy=True))
+            state.masks.append(_read_mask(sample, image_size, out_size))
+        else:
+            state.without_mask += 1
+        if not state.remaining:
+            rows[state.name] = _finish_class(state, protocol, config, aupro_variant, fpr_limit)
+            state.maps, state.masks = [], []  # release the class's maps
+
+
+def _finish_class(state: _ClassState, protocol: str, config, aupro_variant: str, fpr_limit: float) -> dict[str, Any]:
+    labels = np.asarray(state.labels)
+    if protocol == "reference":
+        scores = reference_image_scores(
+            np.asarray(state.map_max), np.asarray(state.map_min), np.asarray(state.raw_score), state.domain,
+            config.image_score_map_weight,
+        )
+    else:
+        scores = np.asarray(state.image_score, dtype=np.float64)
+    row: dict[str, Any] = {
+        "num_normal": int((labels == 0).sum()),
+        "num_anomalous": int((labels == 1).sum()),
+        "domain": state.domain,
+        "notes": [],
+    }
+    image = image_metrics(scores, labels)
+    if "image_skip_reason" in image:
+        row["notes"].append(image.pop("image_skip_reason"))
+    row.update(image)
+    if state.without_mask:
+        row["notes"].append(f"{state.without_mask} anomalous image(s) without a mask left out of the pixel metrics")
+    if state.maps:
+        pixel = pixel_metrics(state.maps, state.masks, fpr_limit=fpr_limit, aupro_variant=aupro_variant)
+        if "pixel_skip_reason" in pixel:
+            row["notes"].append(pixel.pop("pixel_skip_reason"))
+        row.update(pixel)
+    else:
+        row["notes"].append("no masks: pixel metrics skipped")
+    row["num_pixel_images"] = len(state.maps)
+    return row
+
+
+def _mean(rows: dict[str, dict[str, Any]], protocol: str) -> tuple[dict[str, float], list[str]]:
+    notes = []
+    mean: dict[str, float] = {}
+    single_label = [name for name, row in rows.items() if math.isnan(row.get("image_auroc", math.nan))]
+    for key in METRIC_COLUMNS:
+        values = [row.get(key, math.nan) for row in rows.values()]
+        if key in IMAGE_KEYS and protocol == "reference":
+            values = [0.0 if math.isnan(v) else v for v in values]  # the reference counts them as 0
+        values = [v for v in values if not math.isnan(v)]
+        mean[key] = float(np.mean(values)) if values else math.nan
+    if single_label:
+        if protocol == "reference":
+            notes.append(
+                f"class(es) {single_label} have one image label only: image metrics undefined, counted as 0 in the "
+                "mean as the reference does (use --protocol per-image to leave them out)"
+            )
+        else:
+            notes.append(f"class(es) {single_label} have one image label only: left out of the image-metric means")
+    no_pixel = [name for name, row in rows.items() if math.isnan(row.get("pixel_auroc", math.nan))]
+    if no_pixel and len(no_pixel) < len(rows):
+        notes.append(f"class(es) {no_pixel} have no pixel metrics and are left out of the pixel-metric means")
+    return mean, notes
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: aaclip evaluate
+# ----------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="AA-CLIP folder or Hub id")
+    parser.add_argument("--data", required=True, nargs="+", help="dataset path or spec (PATH[::classes=a,b]...)")
+    parser.add_argument("--split", default="test", help="split to read (default: test)")
+    parser.add_argument("--classes", nargs="+", default=None, help="evaluate only these classes")
+    parser.add_argument("--dataset-name", default=None, help="name in the tables and model card (default: folder name)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="reference",
+                        help="image scores: reference (per-class min-max fusion, the paper's) or per-image (model's own)")
+    parser.add_argument("--resolution", choices=RESOLUTIONS, default="model",
+                        help="pixel metrics at the model input size (reference) or each image's original size")
+    parser.add_argument("--domain", default="auto", help="auto (by class name), industrial or medical")
+    parser.add_argument("--aupro-variant", choices=("mvtec", "cflow"), default="mvtec",
+                        help="mvtec: reference AUPRO (interpolated at the limit, / limit); cflow: APRIL-GAN/AnomalyCLIP")
+    parser.add_argument("--fpr-limit", type=float, default=DEFAULT_FPR_LIMIT, help="AUPRO FPR limit (default 0.3)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-workers", type=int, default=2, help="image loading processes")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype (default float32)")
+    parser.add_argument("--skip-bad-files", action="store_true", help="drop unreadable files (logged) instead of failing")
+    parser.add_argument("--output", required=True, help="folder for results.json, results.csv and results.md")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+        args.device = str(accelerator.device)
+    samples = load_samples(args.data, args.split, classes=args.classes, skip_bad_files=args.skip_bad_files)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    name = args.dataset_name or os.path.basename(os.path.normpath(args.data[0].split("::")[0]))
+    result = evaluate(
+        model, processor, samples, protocol=args.protocol, resolution=args.resolution, batch_size=args.batch_size,
+        domain=args.domain, aupro_variant=args.aupro_variant, fpr_limit=args.fpr_limit,
+        num_workers=args.num_workers, dataset_name=name, split=args.split, progress=not args.no_progress,
+        accelerator=accelerator,
+    )
+    if result is None:
+        return 0
+    result.settings["model"] = args.model
+    result.settings["data"] = list(args.data)
+    paths = result.save(args.output)
+    print(f"\n{name}: {args.protocol} protocol, pixel metrics at {args.resolution} resolution (%)\n")
+    print(result.to_markdown())
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"\nwrote {paths['json']}, {paths['csv']} and {paths['markdown']}")
+    return 0

@@ -1,0 +1,238 @@
+# Copyright 2026 The aaclip-hf authors. Licensed under the Apache License, Version 2.0.
+"""The `zero-shot-anomaly-detection` pipeline for AA-CLIP.
+
+```python
+>>> from transformers import pipeline
+>>> detector = pipeline("zero-shot-anomaly-detection", model="org/aaclip-model", trust_remote_code=True)
+>>> result = detector("bottle.png", class_name="bottle")
+>>> result["score"], result["is_anomaly"], result["label"], result["anomaly_map"].shape  # map at the image's size
+```
+
+This file is pushed to the Hub next to the model (`config.custom_pipelines`), so it imports only torch,
+transformers, numpy and PIL: it works where the `aaclip_hf` package is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import Pipeline
+from transformers.image_utils import load_image
+
+TASK = "zero-shot-anomaly-detection"
+GENERIC_CLASS = "object"
+# Used only when neither the call nor `config.decision_threshold` (set by `aaclip calibrate`) gives one: the
+# image score is in [0, 1] and 0.5 is its midpoint (for the map part, an anomaly logit of 0).
+DEFAULT_THRESHOLD = 0.5
+LABELS = ("normal", "anomaly")
+
+
+def _to_pil(image: Any, timeout: float | None = None) -> Image.Image:
+    """A path/URL, PIL image, numpy array or torch tensor -> an RGB PIL image (EXIF orientation applied)."""
+    if isinstance(image, os.PathLike):
+        image = os.fspath(image)
+    if isinstance(image, str):
+        if not image.startswith(("http://", "https://", "data:image/")) and not os.path.isfile(image):
+            raise FileNotFoundError(f"image: no such file {image!r} (expected a path, URL, PIL image or array)")
+        return load_image(image, timeout=timeout)
+    if isinstance(image, Image.Image):
+        return load_image(image)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+            array = array.transpose(1, 2, 0)  # channels first (torchvision layout) -> channels last
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+            raise ValueError(
+                f"image array must be (H, W), (H, W, 3|4) or (3|4, H, W), got shape {tuple(image.shape)}"
+            )
+        if array.dtype != np.uint8:
+            if np.issubdtype(array.dtype, np.floating):
+                if array.size and (np.nanmin(array) < 0 or np.nanmax(array) > 1):
+                    raise ValueError(
+                        "float image arrays must hold values in [0, 1] (scale them or pass uint8 0..255), "
+                        f"got range [{np.nanmin(array):.3g}, {np.nanmax(array):.3g}]"
+                    )
+                array = np.rint(np.nan_to_num(array) * 255.0)
+            elif array.size and (array.min() < 0 or array.max() > 255):
+                raise ValueError(f"integer image arrays must hold values in 0..255, got dtype {array.dtype}")
+            array = array.astype(np.uint8)
+        return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
+    raise TypeError(
+        f"image must be a path, URL, PIL.Image, numpy array or torch tensor, got {type(image).__name__}"
+    )
+
+
+class AAClipAnomalyDetectionPipeline(Pipeline):
+    r"""
+    Zero-shot anomaly detection and segmentation with AA-CLIP.
+
+    Call arguments:
+        inputs: an image (path, URL, `PIL.Image`, `numpy` array `(H, W[, C])` uint8 or float in [0, 1], torch tensor
+            `(C, H, W)`), a list of them, or dicts `{"image": ..., "class_name": ...}`.
+        class_name (`str` or `list[str]`, *optional*): the object class, one for all images or one per image
+            (mixed classes batch fine). Defaults to the generic `"object"`. Anchors of classes the model has not
+            stored are computed once with the processor's prompt ensemble and cached in the model.
+        threshold (`float`, *optional*): decision threshold on `score`. Defaults to `config.decision_threshold`
+            (written by `aaclip calibrate`), else 0.5.
+        domain (`str`, *optional*): `"industrial"` or `"medical"` smoothing and image score (config default).
+        return_tensors (`bool`, *optional*, defaults to `False`): `anomaly_map` as a torch tensor instead of numpy.
+        batch_size (`int`, *optional*): images per forward pass.
+
+    Returns, per image, a dict:
+        - `score` (`float` in [0, 1]): the model's per-image anomaly score (`AAClipOutput.image_score`; it depends
+          on this image only).
+        - `is_anomaly` (`bool`): `score >= threshold`; `label`: `"anomaly"` or `"normal"`.
+        - `anomaly_map` (`np.ndarray` `(H, W)` float32 at the input image's size): the summed multi-level map,
+          bilinearly resized from the patch grid; larger is more anomalous, unbounded.
+        - `raw_anomaly_score`, `class_name`, `threshold`: for bookkeeping.
+    """
+
+    _load_processor = True
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = False
+
+    def _sanitize_parameters(
+        self,
+        class_name: str | Sequence[str] | None = None,
+        threshold: float | None = None,
+        domain: str | None = None,
+        return_tensors: bool | None = None,
+        timeout: float | None = None,
+        **kwargs,
+    ):
+        if kwargs:
+            raise TypeError(f"unexpected argument(s) for {TASK}: {sorted(kwargs)}")
+        preprocess, forward, postprocess = {}, {}, {}
+        if class_name is not None:
+            preprocess["class_name"] = class_name
+        if timeout is not None:
+            preprocess["timeout"] = timeout
+        if domain is not None:
+            forward["domain"] = domain
+        if threshold is not None:
+            threshold = float(threshold)
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"threshold must be in [0, 1] (scores are), got {threshold}")
+            postprocess["threshold"] = threshold
+        if return_tensors is not None:
+            postprocess["return_tensors"] = bool(return_tensors)
+        return preprocess, forward, postprocess
+
+    # ------------------------------------------------------------------ call
+
+    def __call__(self, inputs, **kwargs):
+        """Run on one image or a list (see the class docstring). A list `class_name` pairs with a list of images."""
+        class_name = kwargs.get("class_name")
+        single = not isinstance(inputs, (list, tuple))
+        if isinstance(class_name, (list, tuple)):
+            images = [inputs] if single else list(inputs)
+            if len(class_name) != len(images):
+                raise ValueError(f"got {len(class_name)} class names for {len(images)} images")
+            inputs = [
+                {"image": image["image"] if isinstance(image, dict) else image, "class_name": name}
+                for image, name in zip(images, class_name)
+            ]
+            kwargs.pop("class_name")
+        elif not single:
+            inputs = list(inputs)
+        self._ensure_anchors(self._requested_classes(inputs, kwargs.get("class_name")))
+        outputs = super().__call__(inputs, **kwargs)
+        return outputs[0] if single and isinstance(outputs, list) else outputs
+
+    @staticmethod
+    def _requested_classes(inputs, default: str | None) -> list[str]:
+        items = inputs if isinstance(inputs, list) else [inputs]
+        names = []
+        for item in items:
+            name = item.get("class_name") if isinstance(item, dict) else None
+            names.append(name or default or GENERIC_CLASS)
+        return list(dict.fromkeys(names))
+
+    def _ensure_anchors(self, class_names: Sequence[str]) -> None:
+        """Compute (once, then cached in the model) the anchors of classes the model has not stored."""
+        model = self.model
+        stored = model.stored_class_names
+        missing = [name for name in class_names if name not in stored]
+        if GENERIC_CLASS in class_names and not bool(model.text_anchors[0].any()):
+            missing.append(GENERIC_CLASS)
+        if not missing:
+            return
+        if not getattr(model.config, "include_text_model", True):
+            raise ValueError(
+                f"class(es) {missing} have no stored anchors and this inference-only model has no text tower; "
+                f"use one of {stored} or load the full model"
+            )
+        if self.processor is None or not hasattr(self.processor, "tokenize_prompts"):
+            raise ValueError(f"class(es) {missing} need anchors but the pipeline has no AA-CLIP processor")
+        model.update_text_anchors(self.processor, list(dict.fromkeys(missing)))
+
+    # ------------------------------------------------------------------ steps
+
+    def preprocess(self, inputs, class_name: str | None = None, timeout: float | None = None) -> dict:
+        if isinstance(inputs, dict):
+            if "image" not in inputs:
+                raise ValueError(f"dict inputs need an 'image' key, got keys {sorted(inputs)}")
+            class_name = inputs.get("class_name") or class_name
+            inputs = inputs["image"]
+        if class_name is not None and not isinstance(class_name, str):
+            raise TypeError(f"class_name must be a string per image, got {type(class_name).__name__}")
+        image = _to_pil(inputs, timeout=timeout)
+        pixel_values = self.processor(images=[image], return_tensors="pt")["pixel_values"]
+        return {
+            "pixel_values": pixel_values,
+            "class_name": class_name or GENERIC_CLASS,
+            "target_size": (image.height, image.width),
+        }
+
+    def _forward(self, model_inputs: dict, domain: str | None = None) -> dict:
+        names = model_inputs["class_name"]
+        names = [names] if isinstance(names, str) else list(names)
+        pixel_values = model_inputs["pixel_values"].to(self.model.dtype)
+        grid = self.model.config.grid_size
+        outputs = self.model(pixel_values=pixel_values, class_names=names, domain=domain, output_size=(grid, grid))
+        return {
+            "anomaly_map_grid": outputs.anomaly_map_grid.float(),
+            "image_score": outputs.image_score.float(),
+            "raw_anomaly_score": outputs.raw_anomaly_score.float(),
+            "target_size": model_inputs["target_size"],
+            "class_name": model_inputs["class_name"],
+        }
+
+    def postprocess(self, model_outputs: dict, threshold: float | None = None, return_tensors: bool = False) -> dict:
+        if threshold is None:
+            threshold = getattr(self.model.config, "decision_threshold", None)
+        if threshold is None:
+            threshold = DEFAULT_THRESHOLD
+        grids = model_outputs["anomaly_map_grid"]
+        outputs = SimpleNamespace(
+            anomaly_map_grid=grids.reshape(-1, *grids.shape[-2:]),
+            image_score=model_outputs["image_score"].reshape(-1),
+            raw_anomaly_score=model_outputs["raw_anomaly_score"].reshape(-1),
+        )
+        size = tuple(int(v) for v in model_outputs["target_size"])
+        result = self.processor.post_process_anomaly_detection(outputs, target_sizes=[size], threshold=threshold)[0]
+        name = model_outputs["class_name"]
+        anomaly_map = result["anomaly_map"]
+        return {
+            "score": result["score"],
+            "is_anomaly": bool(result["is_anomaly"]),
+            "label": LABELS[int(result["is_anomaly"])],
+            "anomaly_map": anomaly_map if return_tensors else anomaly_map.numpy().astype(np.float32, copy=False),
+            "raw_anomaly_score": result["raw_anomaly_score"],
+            "class_name": name if isinstance(name, str) else name[0],
+            "threshold": float(threshold),
+        }
+
+
+__all__ = ["AAClipAnomalyDetectionPipeline", "TASK"]
