@@ -716,6 +716,9 @@ class AnomalyDataset(torch.utils.data.Dataset):
         mask_size_mismatch: ``"error"`` (default; a mask of another size usually means a
             mis-paired file) or ``"resize"`` (nearest resize to the image size, logged).
         high_bit_depth: forwarded to `load_image`.
+        skip_bad_files: decode every file once up front (`verify_samples`) and drop the
+            unreadable ones and those whose mask size differs, logged and counted; without
+            it a bad file raises when its item is loaded.
 
     ``has_mask`` is False only for anomalous samples without a mask; their ``mask`` is all
     zero and must not be scored. Non-binary masks are binarised with ``!= 0``; the count is
@@ -731,10 +734,13 @@ class AnomalyDataset(torch.utils.data.Dataset):
         image_augment: Callable[[Image.Image], Image.Image] | None = None,
         mask_size_mismatch: Literal["error", "resize"] = "error",
         high_bit_depth: Literal["range", "max"] = "range",
+        skip_bad_files: bool = False,
     ):
         if mask_size_mismatch not in ("error", "resize"):
             raise ValueError(f"mask_size_mismatch must be 'error' or 'resize', got {mask_size_mismatch!r}")
         self.samples = list(samples)
+        if skip_bad_files:
+            self.samples = verify_samples(self.samples, skip_bad_files=True, check_masks=with_masks and mask_size_mismatch == "error")
         self.transform = processor_or_transform
         self.with_masks = with_masks
         self.augment = augment

@@ -365,6 +365,10 @@ def test_verify_samples_skips_corrupt(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert verify_samples(samples, skip_bad_files=True, progress=False) == samples[:1]
     assert "skipped 1 bad entry" in caplog.text
+    ds = AnomalyDataset(samples, _to_tensor(4), skip_bad_files=True)
+    assert len(ds) == 1 and ds[0]["label"] == 0
+    with pytest.raises(BadInputError, match="bad.png"):
+        AnomalyDataset(samples, _to_tensor(4))[1]
 
 
 @pytest.mark.parametrize("embed", [True, False])
