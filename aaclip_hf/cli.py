@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-original": ("aaclip_hf.conversion.original", "Convert the reference AA-CLIP checkpoints (backbone + adapters) into an AA-CLIP folder."),
     "make-synthetic": ("aaclip_hf.synthetic", "Write a synthetic defect dataset (MVTec layout) with exact masks."),
     "sample-shots": ("aaclip_hf.sampling", "Draw a k-shot split (k/2 normal + k/2 anomalous per class) as JSON-lines."),
+    "export-onnx": ("aaclip_hf.onnx_export", "Export the vision path with stored anchors to ONNX (dynamic batch, no text tower)."),
 }
 
 
