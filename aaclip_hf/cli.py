@@ -20,6 +20,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-synthetic": ("aaclip_hf.synthetic", "Write a synthetic defect dataset (MVTec layout) with exact masks."),
     "sample-shots": ("aaclip_hf.sampling", "Draw a k-shot split (k/2 normal + k/2 anomalous per class) as JSON-lines."),
     "export-onnx": ("aaclip_hf.onnx_export", "Export the vision path with stored anchors to ONNX (dynamic batch, no text tower)."),
+    "bench": ("aaclip_hf.bench", "Run the performance benchmarks and write a markdown + JSON report."),
+    "train": ("aaclip_hf.training", "Two-stage AA-CLIP training (text, then vision) with Accelerate."),
+    "evaluate": ("aaclip_hf.evaluation", "Per-class and mean AUROC/AP/F1-max/AUPRO in the paper's protocol and table layout."),
+    "detect": ("aaclip_hf.detect", "Score your images: overlays (image | heat map | decision contour), JSON and CSV."),
+    "calibrate": ("aaclip_hf.calibrate", "Set the model's decision threshold from a few normal (and anomalous) images."),
+    "push": ("aaclip_hf.hub", "Upload a model folder to the Hub with remote code, pipeline code and a model card."),
+    "demo": ("aaclip_hf.demo", "The offline end-to-end demo: synthetic data, train, zero-shot eval, detect, Hub folder."),
 }
 
 

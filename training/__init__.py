@@ -1,0 +1,46 @@
+"""Two-stage AA-CLIP training (SPEC section 6): losses, DPAM stage-1 features, augmentation, trainer.
+
+Run it as ``aaclip train ...``, ``python -m aaclip_hf.training ...`` or, on several devices,
+``accelerate launch -m aaclip_hf.training ...`` (docs/training.md).
+"""
+
+from .augment import AugmentConfig, augment_batch, sample_seed
+from .dpam import Stage1FeatureCache, Stage1Features, dpam_features
+from .losses import (
+    BatchReducer,
+    dice_loss,
+    disentangle_loss_paper,
+    disentangle_loss_reference,
+    focal_loss,
+    image_bce_loss,
+    image_ce_loss,
+    segmentation_loss,
+    stage1_loss,
+    stage2_loss,
+)
+from .trainer import NonFiniteLossError, Trainer, TrainingArguments, add_arguments, run, train
+
+__all__ = [
+    "AugmentConfig",
+    "BatchReducer",
+    "NonFiniteLossError",
+    "Stage1FeatureCache",
+    "Stage1Features",
+    "Trainer",
+    "TrainingArguments",
+    "add_arguments",
+    "augment_batch",
+    "dice_loss",
+    "disentangle_loss_paper",
+    "disentangle_loss_reference",
+    "dpam_features",
+    "focal_loss",
+    "image_bce_loss",
+    "image_ce_loss",
+    "run",
+    "sample_seed",
+    "segmentation_loss",
+    "stage1_loss",
+    "stage2_loss",
+    "train",
+]

@@ -1,0 +1,761 @@
+"""Two-stage AA-CLIP training with Accelerate (SPEC section 6; docs/training.md).
+
+Stage 1 ("text") trains the text adapters and the text head against frozen DPAM visual features;
+stage 2 ("vision") trains the vision adapters, the per-level ``seg_projections`` and the
+``det_projection`` against text anchors computed once with the stage-1 text branch. Every
+backbone weight has ``requires_grad=False``.
+
+Design choices that make the run exact and reproducible:
+
+* **Global batch.** ``--text-batch-size`` / ``--vision-batch-size`` are *global* batch sizes. Each
+  epoch's order is a permutation drawn from (seed, stage, epoch); consecutive global batches are
+  split in contiguous per-process shards. The losses reduce over the global batch (see
+  ``losses.BatchReducer``) and the gradients of the trainable parameters are averaged over
+  processes, so N processes equal one process with the same global batch (up to float rounding).
+  The model is not wrapped in DDP: only the small trainable set is all-reduced, and the model's
+  own methods (anchors, DPAM features, vision features) are called directly.
+* **Augmentation** is seeded per (seed, stage, epoch, dataset index): independent of the number
+  of processes, workers and of resuming mid-epoch.
+* **Checkpoints** (``accelerator.save_state``: optimizer, scheduler, RNG states, plus the trainable
+  weights, stored anchors and the position in the run) are written to a temporary folder and
+  renamed atomically; the previous one is deleted only afterwards. ``--resume`` continues from
+  the newest complete one at the exact batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, augment_batch, sample_seed
+from .dpam import DPAM_MODES, Stage1FeatureCache, dpam_features
+from .losses import BatchReducer, stage1_loss, stage2_loss
+
+logger = logging.getLogger("aaclip_hf.training")
+
+STAGES = ("text", "vision")
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss is NaN/inf and ``--skip-nonfinite`` is off."""
+
+
+# ----------------------------------------------------------------------------------------------
+# arguments
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingArguments:
+    """Every knob of a run; the defaults are the paper's / reference's (SPEC section 6)."""
+
+    model: str
+    train_data: list[str]
+    output_dir: str
+    split: str = "test"
+    shots: str = "full"
+    stage: str = "both"
+    text_epochs: int = 5
+    vision_epochs: int = 20
+    text_lr: float = 1e-5
+    vision_lr: float = 5e-4
+    adam_betas: tuple[float, float] = (0.5, 0.999)
+    adam_eps: float = 1e-8
+    text_batch_size: int = 16
+    vision_batch_size: int = 2
+    text_milestones: list[int] = field(default_factory=list)
+    vision_milestones: list[int] = field(default_factory=lambda: [16000, 32000])
+    lr_gamma: float = 0.5
+    disentangle_weight: float = 0.1
+    focal_gamma: float = 2.0
+    stage1_loss: str = "reference"
+    dpam_mode: str = "per_image"
+    dpam_start_layer: int | None = None
+    cache_stage1_features: bool = False
+    image_size: int | None = None
+    hidden_act: str | None = None
+    augment: bool = True
+    aug_rotation: float = 30.0
+    aug_rotation_p: float = 0.5
+    aug_translate: float = 0.15
+    aug_translate_p: float = 0.5
+    aug_hflip_p: float = 0.5
+    aug_vflip_p: float = 0.5
+    aug_jitter: float = 0.5
+    aug_jitter_p: float = 0.7
+    seed: int = 111
+    mixed_precision: str = "no"
+    cpu: bool = False
+    resume: str | None = None
+    overwrite_output_dir: bool = False
+    checkpointing_steps: int = 0
+    max_steps: int | None = None
+    num_workers: int = 4
+    skip_bad_files: bool = False
+    skip_nonfinite: bool = False
+    log_every: int = 10
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.stage not in ("text", "vision", "both"):
+            raise ValueError(f"--stage must be text, vision or both, got {self.stage!r}")
+        if self.stage1_loss not in ("reference", "paper"):
+            raise ValueError(f"--stage1-loss must be reference or paper, got {self.stage1_loss!r}")
+        if self.dpam_mode not in DPAM_MODES:
+            raise ValueError(f"--dpam-mode must be one of {DPAM_MODES}, got {self.dpam_mode!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        for name in ("text_batch_size", "vision_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.cache_stage1_features:
+            Stage1FeatureCache.check_valid(self.dpam_mode, self.augment)
+
+    @property
+    def stages(self) -> list[str]:
+        return list(STAGES) if self.stage == "both" else [self.stage]
+
+    def augment_config(self, stage: str) -> AugmentConfig:
+        return AugmentConfig(
+            rotation_degrees=self.aug_rotation, rotation_p=self.aug_rotation_p, translate=self.aug_translate,
+            translate_p=self.aug_translate_p, hflip_p=self.aug_hflip_p, vflip_p=self.aug_vflip_p,
+            color_jitter=stage == "vision", brightness=self.aug_jitter, contrast=self.aug_jitter,
+            saturation=self.aug_jitter, jitter_p=self.aug_jitter_p,
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`aaclip train` flags (every hyper-parameter at the paper's default)."""
+    d = TrainingArguments(model="", train_data=[], output_dir="")
+    a = parser.add_argument
+    g = parser.add_argument_group("model and data")
+    g.add_argument("--model", required=True, help="HF CLIP id/folder (adapters start fresh) or an AA-CLIP model folder")
+    g.add_argument("--train-data", required=True, nargs="+", help="dataset folder / metadata file / spec PATH::key=value (several are combined)")
+    g.add_argument("--split", default=d.split, help="split of the training data (default 'test': the reference trains on the other dataset's test split)")
+    g.add_argument("--shots", default=d.shots, help="images per class, k/2 normal + k/2 anomalous (2, 16, 64) or 'full'")
+    g.add_argument("--stage", default=d.stage, choices=["text", "vision", "both"], help="which stage(s) to run")
+    g.add_argument("--image-size", type=int, default=None, help="input size when building from a plain CLIP (paper: 518); default: the model's")
+    g.add_argument("--hidden-act", default=None, help="override both towers' activation when building from CLIP ('gelu' = the reference)")
+    g.add_argument("--output", "--output-dir", dest="output_dir", required=True, help="output folder (model, processor, logs, checkpoints)")
+    g.add_argument("--skip-bad-files", action="store_true", help="skip unreadable images/masks (logged) instead of stopping")
+    g.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader worker processes")
+    o = parser.add_argument_group("optimisation (SPEC section 6)")
+    o.add_argument("--text-epochs", type=int, default=d.text_epochs)
+    o.add_argument("--vision-epochs", type=int, default=d.vision_epochs)
+    o.add_argument("--text-lr", type=float, default=d.text_lr)
+    o.add_argument("--vision-lr", type=float, default=d.vision_lr)
+    o.add_argument("--adam-betas", type=float, nargs=2, default=list(d.adam_betas), metavar=("B1", "B2"))
+    o.add_argument("--adam-eps", type=float, default=d.adam_eps)
+    o.add_argument("--text-batch-size", type=int, default=d.text_batch_size, help="global batch size of stage 1 (split over processes)")
+    o.add_argument("--vision-batch-size", type=int, default=d.vision_batch_size, help="global batch size of stage 2 (split over processes)")
+    o.add_argument("--text-milestones", type=int, nargs="*", default=d.text_milestones, help="MultiStepLR milestones of stage 1, in steps (reference: none)")
+    o.add_argument("--vision-milestones", type=int, nargs="*", default=d.vision_milestones, help="MultiStepLR milestones of stage 2, in steps")
+    o.add_argument("--lr-gamma", type=float, default=d.lr_gamma, help="MultiStepLR decay factor")
+    o.add_argument("--disentangle-weight", type=float, default=d.disentangle_weight, help="gamma of the disentangle loss")
+    o.add_argument("--focal-gamma", type=float, default=d.focal_gamma)
+    o.add_argument("--stage1-loss", default=d.stage1_loss, choices=["reference", "paper"])
+    o.add_argument("--dpam-mode", default=d.dpam_mode, choices=list(DPAM_MODES))
+    o.add_argument("--dpam-start-layer", type=int, default=None, help="first V-V layer (1-based); default: the first feature level (6 for ViT-L)")
+    o.add_argument("--cache-stage1-features", action="store_true", help="keep stage-1 DPAM features in CPU memory (needs --no-augment, per_image)")
+    o.add_argument("--max-steps", type=int, default=None, help="stop each stage after this many optimizer steps (tests, demos)")
+    o.add_argument("--seed", type=int, default=d.seed)
+    o.add_argument("--skip-nonfinite", action="store_true", help="skip steps whose loss is NaN/inf instead of stopping")
+    u = parser.add_argument_group("augmentation (SPEC section 6)")
+    u.add_argument("--no-augment", dest="augment", action="store_false", help="turn all augmentation off")
+    u.add_argument("--aug-rotation", type=float, default=d.aug_rotation, help="max rotation in degrees")
+    u.add_argument("--aug-rotation-p", type=float, default=d.aug_rotation_p)
+    u.add_argument("--aug-translate", type=float, default=d.aug_translate, help="max shift as a fraction of the side")
+    u.add_argument("--aug-translate-p", type=float, default=d.aug_translate_p)
+    u.add_argument("--aug-hflip-p", type=float, default=d.aug_hflip_p)
+    u.add_argument("--aug-vflip-p", type=float, default=d.aug_vflip_p)
+    u.add_argument("--aug-jitter", type=float, default=d.aug_jitter, help="stage-2 brightness/contrast/saturation strength")
+    u.add_argument("--aug-jitter-p", type=float, default=d.aug_jitter_p, help="probability of each stage-2 colour jitter")
+    r = parser.add_argument_group("run")
+    r.add_argument("--mixed-precision", default=d.mixed_precision, choices=["no", "bf16", "fp16"])
+    r.add_argument("--cpu", action="store_true", help="force the CPU even if an accelerator is present")
+    r.add_argument("--resume", nargs="?", const="latest", default=None, help="resume from the newest checkpoint in the output folder (or from PATH)")
+    r.add_argument("--overwrite-output-dir", action="store_true", help="start fresh even if the output folder holds checkpoints")
+    r.add_argument("--checkpointing-steps", type=int, default=d.checkpointing_steps, help="also checkpoint every N steps (0: at each epoch end only)")
+    r.add_argument("--log-every", type=int, default=d.log_every, help="log the loss every N steps")
+    r.add_argument("--push-to-hub", action="store_true")
+    r.add_argument("--hub-model-id", default=None)
+    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def arguments_from_namespace(ns: argparse.Namespace) -> TrainingArguments:
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    kwargs = {k: v for k, v in vars(ns).items() if k in names}
+    kwargs["adam_betas"] = tuple(kwargs["adam_betas"])
+    kwargs["shots"] = str(kwargs["shots"])
+    return TrainingArguments(**kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    from aaclip_hf.image_io import BadInputError
+
+    try:
+        train(arguments_from_namespace(args))
+    except (BadInputError, NonFiniteLossError, ValueError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpointed state
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved in every checkpoint (``stage_index`` counts the stages of this run)."""
+
+    stage_index: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    stage_step: int = 0
+    global_step: int = 0
+    anchors_ready: bool = False
+    data_fingerprint: str = ""
+    stages: list[str] = field(default_factory=list)
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+class TrainableWeights:
+    """The AA-CLIP parameters (adapters, heads) and stored anchors, for ``save_state``."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def state_dict(self) -> dict:
+        params = {name: p.detach().cpu().clone() for name, p in _named_adapter_params(self.model)}
+        return {"params": params, "text_anchors": self.model.text_anchors.detach().cpu().clone(),
+                "anchor_class_names": list(self.model.config.anchor_class_names)}
+
+    def load_state_dict(self, state: dict) -> None:
+        named = dict(_named_adapter_params(self.model))
+        if set(named) != set(state["params"]):
+            raise ValueError(f"checkpoint parameters {sorted(set(state['params']) ^ set(named))[:5]} do not match the model")
+        with torch.no_grad():
+            for name, value in state["params"].items():
+                named[name].copy_(value)
+            device = self.model.text_anchors.device
+            self.model.text_anchors = state["text_anchors"].to(device)
+            self.model.config.anchor_class_names = list(state["anchor_class_names"])
+
+
+def _named_adapter_params(model) -> list[tuple[str, torch.nn.Parameter]]:
+    ids = {id(p) for m in model.adapter_modules() for p in m.parameters()}
+    return [(n, p) for n, p in model.named_parameters() if id(p) in ids]
+
+
+def stage_parameters(model, stage: str, use_masks: bool = True) -> list[torch.nn.Parameter]:
+    """What a stage trains: text adapters + text head, or vision adapters + seg/det projections.
+
+    Without masks the seg projections get no gradient and are left out of stage 2.
+    """
+    if stage == "text":
+        modules = [layer.adapter for layer in model.text_model.encoder.layers if hasattr(layer, "adapter")]
+        if model.config.text_head == "adapter":
+            modules.append(model.text_projector)
+    elif stage == "vision":
+        modules = [layer.adapter for layer in model.vision_model.encoder.layers if hasattr(layer, "adapter")]
+        if use_masks:
+            modules += list(model.seg_projections)
+        modules.append(model.det_projection)
+    else:
+        raise ValueError(f"unknown stage {stage!r}")
+    return [p for m in modules for p in m.parameters()]
+
+
+def set_trainable(model, params: Sequence[torch.nn.Parameter]) -> None:
+    """``requires_grad`` True exactly on ``params`` (everything else, backbone included, frozen)."""
+    wanted = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in wanted)
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+# ----------------------------------------------------------------------------------------------
+
+
+def epoch_batches(num_samples: int, global_batch: int, seed: int, stage: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This process's shard of each global batch of one epoch (a seeded permutation, no drop_last).
+
+    A global batch is split into ``world`` contiguous shards (the first ones one larger when it
+    does not divide); a final batch smaller than ``world`` is dropped (it cannot be sharded).
+    """
+    g = torch.Generator().manual_seed(sample_seed(seed, 1_000_000 + stage, epoch))
+    order = torch.randperm(num_samples, generator=g).tolist()
+    out = []
+    for start in range(0, num_samples, global_batch):
+        chunk = order[start : start + global_batch]
+        if len(chunk) < world:
+            continue
+        out.append([int(i) for i in np.array_split(np.asarray(chunk), world)[rank]])
+    return out
+
+
+def _collate(items: list[dict]) -> dict:
+    batch = {
+        "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+        "label": torch.tensor([int(it["label"]) for it in items]),
+        "class_name": [it["class_name"] for it in items],
+        "index": [int(it["index"]) for it in items],
+        "has_mask": torch.tensor([bool(it["has_mask"]) for it in items]),
+    }
+    if "mask" in items[0]:
+        batch["mask"] = torch.stack([it["mask"] for it in items])
+    return batch
+
+
+def _fingerprint(samples) -> str:
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(f"{s.image_path}|{s.label}|{s.class_name}|{s.mask_path}\n".encode())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# model loading
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_aaclip_dir(path: str) -> bool:
+    cfg = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg):
+        return False
+    with open(cfg, encoding="utf-8") as f:
+        return json.load(f).get("model_type") == "aaclip"
+
+
+def processor_for_size(image_size: int):
+    from transformers import CLIPImageProcessorPil
+
+    from aaclip_hf import AAClipProcessor
+
+    return AAClipProcessor(
+        image_processor=CLIPImageProcessorPil(size={"height": image_size, "width": image_size}, do_center_crop=False)
+    )
+
+
+def load_model_and_processor(args: TrainingArguments):
+    """An AA-CLIP model folder as it is, or a fresh AA-CLIP on a plain CLIP (adapters xavier, seeded)."""
+    from aaclip_hf import AAClipModel, AAClipProcessor
+
+    if os.path.isdir(args.model) and _is_aaclip_dir(args.model):
+        if args.image_size is not None or args.hidden_act is not None:
+            raise ValueError("--image-size / --hidden-act only apply when building from a plain CLIP model")
+        model = AAClipModel.from_pretrained(args.model)
+        try:
+            processor = AAClipProcessor.from_pretrained(args.model)
+        except (OSError, ValueError):
+            processor = processor_for_size(model.config.vision_config.image_size)
+    else:
+        overrides = {}
+        if args.image_size is not None:
+            overrides["image_size"] = args.image_size
+        if args.hidden_act is not None:
+            overrides["hidden_act"] = args.hidden_act
+        model = AAClipModel.from_clip_pretrained(args.model, seed=args.seed, **overrides)
+        processor = processor_for_size(model.config.vision_config.image_size)
+    size = model.config.vision_config.image_size
+    if tuple(processor.image_size) != (size, size):
+        raise ValueError(f"the processor resizes to {processor.image_size} but the model expects {size}x{size}; "
+                         "fix preprocessor_config.json in the model folder")
+    return model, processor
+
+
+# ----------------------------------------------------------------------------------------------
+# the trainer
+# ----------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Runs the requested stages; see the module docstring. ``Trainer(args).train()``."""
+
+    def __init__(self, args: TrainingArguments, model=None, processor=None, samples=None):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        args.validate()
+        self.args = args
+        self.accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu)
+        acc = self.accelerator
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+        logger.setLevel(logging.INFO if acc.is_main_process else logging.WARNING)
+        logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
+        set_seed(args.seed)
+        self.world = acc.num_processes
+        self.rank = acc.process_index
+        for name in ("text_batch_size", "vision_batch_size"):
+            if getattr(args, name) % self.world:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} (a global batch) is not divisible "
+                                 f"by the {self.world} processes")
+        if model is None:
+            model, processor = load_model_and_processor(args)
+        self.model = model.to(acc.device)
+        self.processor = processor
+        self.samples = samples if samples is not None else self._load_samples()
+        self.use_masks = any(s.label == 1 and s.mask_path is not None for s in self.samples)
+        self._describe_data()
+        self.reducer = self._make_reducer()
+        self.state = TrainState(stages=args.stages, data_fingerprint=_fingerprint(self.samples))
+        self.weights = TrainableWeights(self.model)
+        set_trainable(self.model, [])
+        self.optimizers: dict[str, Any] = {}
+        self.schedulers: dict[str, Any] = {}
+        for stage in args.stages:
+            params = stage_parameters(self.model, stage, self.use_masks)
+            lr = args.text_lr if stage == "text" else args.vision_lr
+            opt = torch.optim.Adam(params, lr=lr, betas=tuple(args.adam_betas), eps=args.adam_eps)
+            milestones = args.text_milestones if stage == "text" else args.vision_milestones
+            self.optimizers[stage] = acc.prepare_optimizer(opt)
+            self.schedulers[stage] = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=args.lr_gamma)
+        acc.register_for_checkpointing(self.state, self.weights, *self.schedulers.values())
+        self.checkpoint_root = os.path.join(args.output_dir, "checkpoints")
+        self.log_path = os.path.join(args.output_dir, "train_log.jsonl")
+        self.cache = Stage1FeatureCache() if args.cache_stage1_features else None
+        self.image_mean = list(processor.image_processor.image_mean)
+        self.image_std = list(processor.image_processor.image_std)
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _load_samples(self):
+        from aaclip_hf.data import load_samples
+        from aaclip_hf.sampling import sample_shots
+
+        samples = load_samples(self.args.train_data, self.args.split, skip_bad_files=self.args.skip_bad_files)
+        return sample_shots(samples, self.args.shots, seed=self.args.seed)
+
+    def _describe_data(self) -> None:
+        from aaclip_hf.data import summarize_samples
+
+        counts = summarize_samples(self.samples)
+        n_anom = sum(r["anomaly"] for r in counts.values())
+        n_masked = sum(r["with_mask"] for r in counts.values())
+        logger.info("training data: %d images, %d classes (%s), %d anomalous, %d with masks",
+                    len(self.samples), len(counts), ", ".join(counts), n_anom, n_masked)
+        if not self.use_masks:
+            logger.warning("no anomaly has a mask: training with the image-level loss only (no segmentation loss; "
+                           "stage 2 leaves the seg projections untouched)")
+        elif n_masked < n_anom:
+            logger.warning("%d anomalous images have no mask: they get the image loss only", n_anom - n_masked)
+
+    def _make_reducer(self) -> BatchReducer:
+        if self.world == 1:
+            return BatchReducer()
+
+        def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+            return t
+
+        return BatchReducer(world_size=self.world, all_reduce_sum=all_reduce_sum)
+
+    def _dataset(self):
+        from aaclip_hf.data import AnomalyDataset
+
+        return AnomalyDataset(self.samples, self.processor, with_masks=self.use_masks)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _checkpoints(self) -> list[str]:
+        if not os.path.isdir(self.checkpoint_root):
+            return []
+        names = [n for n in os.listdir(self.checkpoint_root) if n.startswith(CHECKPOINT_PREFIX)]
+        return [os.path.join(self.checkpoint_root, n) for n in sorted(names, key=lambda n: int(n[len(CHECKPOINT_PREFIX):]))]
+
+    def save_checkpoint(self) -> str:
+        """``save_state`` into a temporary folder, atomic rename, then drop older checkpoints."""
+        acc = self.accelerator
+        final = os.path.join(self.checkpoint_root, f"{CHECKPOINT_PREFIX}{self.state.global_step}")
+        tmp = os.path.join(self.checkpoint_root, f".tmp-{CHECKPOINT_PREFIX}{self.state.global_step}")
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(tmp)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            with open(os.path.join(tmp, "trainer_state.json"), "w", encoding="utf-8") as f:
+                json.dump(self.state.state_dict(), f, indent=2)
+            old = [p for p in self._checkpoints() if p != final]
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for path in old:
+                shutil.rmtree(path, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def _resume(self) -> None:
+        args, acc = self.args, self.accelerator
+        if args.resume is None:
+            if self._checkpoints() and not args.overwrite_output_dir:
+                raise FileExistsError(f"{self.checkpoint_root} holds checkpoints; pass --resume to continue or "
+                                      "--overwrite-output-dir to start again")
+            return
+        path = self._checkpoints()[-1] if args.resume == "latest" and self._checkpoints() else None
+        if args.resume != "latest":
+            path = args.resume
+        if path is None:
+            logger.info("--resume: no checkpoint in %s yet, starting from the beginning", self.checkpoint_root)
+            return
+        stages, fingerprint = list(self.state.stages), self.state.data_fingerprint
+        acc.load_state(path)
+        if list(self.state.stages) != stages:
+            raise ValueError(f"checkpoint {path} is from a run with stages {self.state.stages}, this run has {stages}")
+        if self.state.data_fingerprint != fingerprint:
+            raise ValueError(f"checkpoint {path} was trained on other data (fingerprint {self.state.data_fingerprint} "
+                             f"vs {fingerprint}); same --train-data/--shots/--seed are needed to resume")
+        logger.info("resumed from %s: stage %s, epoch %d, batch %d, step %d", path,
+                    self.state.stages[self.state.stage_index] if self.state.stage_index < len(stages) else "done",
+                    self.state.epoch, self.state.step_in_epoch, self.state.global_step)
+
+    # ------------------------------------------------------------------ steps
+
+    def _stage1_terms(self, batch: dict, pixel_values: torch.Tensor, masks: torch.Tensor | None) -> dict:
+        args, model = self.args, self.model
+        names = batch["class_name"]
+        if self.cache is not None and self.cache.has_all(batch["index"]):
+            feats = self.cache.get(batch["index"], pixel_values.device, torch.float32)
+        else:
+            with self.accelerator.autocast():
+                feats = dpam_features(model, pixel_values, args.dpam_start_layer, args.dpam_mode)
+            if self.cache is not None:
+                self.cache.put(batch["index"], feats)
+        local_classes = list(dict.fromkeys(names))
+        owners = None
+        if args.stage1_loss == "paper":
+            gathered = [None] * self.world
+            if self.world > 1:
+                torch.distributed.all_gather_object(gathered, local_classes)
+            else:
+                gathered = [local_classes]
+            owners: dict[str, int] = {}
+            for classes in gathered:
+                for c in classes:
+                    owners[c] = owners.get(c, 0) + 1
+        with self.accelerator.autocast():
+            class_anchors = model.compute_text_anchors(local_classes, self.processor).float()
+        index = torch.tensor([local_classes.index(n) for n in names], device=class_anchors.device)
+        sample_anchors = class_anchors[index]
+        levels = feats.patch_embeds[-1:] if args.stage1_loss == "reference" else feats.patch_embeds
+        maps = ()
+        if masks is not None:
+            maps = model.training_maps([f.float() for f in levels], sample_anchors, tuple(masks.shape[-2:]))
+        return stage1_loss(
+            maps, masks, batch["has_mask"].to(pixel_values.device) if masks is not None else None, sample_anchors,
+            variant=args.stage1_loss, disentangle_weight=args.disentangle_weight, focal_gamma=args.focal_gamma,
+            image_embeds=feats.image_embeds.float(), labels=batch["label"].to(pixel_values.device),
+            class_anchors=class_anchors, class_keys=local_classes, key_owners=owners,
+            temperature=model.config.similarity_temperature, reducer=self.reducer,
+        )
+
+    def _stage2_terms(self, batch: dict, pixel_values: torch.Tensor, masks: torch.Tensor | None) -> dict:
+        model = self.model
+        with self.accelerator.autocast():
+            patch_embeds, image_embeds = model.get_vision_features(pixel_values)
+        anchors = model.anchors_for(batch["class_name"]).float()
+        maps = ()
+        if masks is not None:
+            maps = model.training_maps([f.float() for f in patch_embeds], anchors, tuple(masks.shape[-2:]))
+        return stage2_loss(
+            maps, masks, batch["has_mask"].to(pixel_values.device) if masks is not None else None,
+            image_embeds.float(), anchors, batch["label"].to(pixel_values.device),
+            focal_gamma=self.args.focal_gamma, reducer=self.reducer,
+        )
+
+    def _reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Average the trainable gradients over processes (one flat all-reduce)."""
+        if self.world == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+        flat /= self.world
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def train_step(self, stage: str, batch: dict, epoch: int) -> dict[str, float] | None:
+        """One optimizer step on this process's shard; returns the global-batch loss terms (None if skipped)."""
+        args, acc = self.args, self.accelerator
+        device = acc.device
+        pixel_values = batch["pixel_values"].to(device)
+        masks = batch["mask"].to(device) if self.use_masks else None
+        if args.augment:
+            stage_no = STAGES.index(stage)
+            seeds = [sample_seed(args.seed, stage_no * 100_000 + epoch, i) for i in batch["index"]]
+            pixel_values, masks = augment_batch(pixel_values, masks, seeds, args.augment_config(stage),
+                                                self.image_mean, self.image_std)
+        terms = self._stage1_terms(batch, pixel_values, masks) if stage == "text" else self._stage2_terms(batch, pixel_values, masks)
+        values = torch.stack([terms[k].detach().float() for k in sorted(terms)])
+        values = self.reducer.global_sum(values) / self.world
+        logged = {k: float(v) for k, v in zip(sorted(terms), values)}
+        optimizer = self.optimizers[stage]
+        if not math.isfinite(logged["loss"]):
+            where = f"stage {stage}, epoch {epoch}, step {self.state.global_step + 1}"
+            if args.skip_nonfinite:
+                logger.warning("non-finite loss (%s) at %s: step skipped (--skip-nonfinite)", logged["loss"], where)
+                optimizer.zero_grad(set_to_none=True)
+                return None
+            last = self._checkpoints()
+            raise NonFiniteLossError(
+                f"the loss became {logged['loss']} at {where}; stopped. The last good checkpoint is "
+                f"{last[-1] if last else '(none yet)'}; continue with --resume (consider a lower learning rate or "
+                "--mixed-precision no), or pass --skip-nonfinite to skip such steps"
+            )
+        acc.backward(terms["loss"])
+        self._reduce_grads(optimizer.optimizer.param_groups[0]["params"])
+        optimizer.step()
+        self.schedulers[stage].step()
+        optimizer.zero_grad(set_to_none=True)
+        return logged
+
+    # ------------------------------------------------------------------ stages
+
+    def _start_stage(self, stage: str) -> None:
+        model = self.model
+        set_trainable(model, stage_parameters(model, stage, self.use_masks))
+        if stage == "vision" and not self.state.anchors_ready:
+            classes = sorted({s.class_name for s in self.samples})
+            with torch.no_grad():
+                anchors = model.compute_text_anchors(classes, self.processor)
+            model.store_text_anchors(classes, anchors)
+            self.state.anchors_ready = True
+            logger.info("stage 2 anchors computed once with the stage-1 text branch for %d classes", len(classes))
+        model.train()
+
+    def _log(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def train(self) -> str:
+        from tqdm.auto import tqdm
+
+        args, acc, state = self.args, self.accelerator, self.state
+        if acc.is_main_process:
+            os.makedirs(args.output_dir, exist_ok=True)
+            if args.resume is None and args.overwrite_output_dir:
+                shutil.rmtree(self.checkpoint_root, ignore_errors=True)
+                if os.path.exists(self.log_path):
+                    os.remove(self.log_path)
+        acc.wait_for_everyone()
+        self._resume()
+        if acc.is_main_process:
+            with open(os.path.join(args.output_dir, "training_args.json"), "w", encoding="utf-8") as f:
+                json.dump({**dataclasses.asdict(args), "num_processes": self.world}, f, indent=2)
+            for path in os.listdir(self.checkpoint_root) if os.path.isdir(self.checkpoint_root) else []:
+                if path.startswith(".tmp-"):  # an interrupted save
+                    shutil.rmtree(os.path.join(self.checkpoint_root, path), ignore_errors=True)
+        dataset = self._dataset()
+        for stage_index, stage in enumerate(args.stages):
+            if stage_index < state.stage_index:
+                continue
+            epochs = args.text_epochs if stage == "text" else args.vision_epochs
+            global_batch = args.text_batch_size if stage == "text" else args.vision_batch_size
+            per_epoch = len(epoch_batches(len(dataset), global_batch, args.seed, stage_index, 0, 0, self.world))
+            total = epochs * per_epoch if args.max_steps is None else min(epochs * per_epoch, args.max_steps)
+            self._start_stage(stage)
+            logger.info("stage %d/%d (%s): %d epochs x %d steps, global batch %d (%d per process), lr %g",
+                        stage_index + 1, len(args.stages), stage, epochs, per_epoch, global_batch,
+                        global_batch // self.world, self.schedulers[stage].get_last_lr()[0])
+            bar = tqdm(total=total, initial=state.stage_step, desc=f"stage {stage_index + 1} ({stage})",
+                       disable=not (acc.is_main_process and args.progress), dynamic_ncols=True)
+            stop = state.stage_step >= total
+            while state.epoch < epochs and not stop:
+                batches = epoch_batches(len(dataset), global_batch, args.seed, stage_index, state.epoch, self.rank, self.world)
+                loader = torch.utils.data.DataLoader(
+                    dataset, batch_sampler=batches[state.step_in_epoch :], num_workers=args.num_workers,
+                    collate_fn=_collate, persistent_workers=False,
+                )
+                started = time.time()
+                for batch in loader:
+                    logged = self.train_step(stage, batch, state.epoch)
+                    state.step_in_epoch += 1
+                    state.stage_step += 1
+                    state.global_step += 1
+                    bar.update(1)
+                    if logged is not None:
+                        bar.set_postfix(loss=f"{logged['loss']:.4f}")
+                        if state.stage_step % max(1, args.log_every) == 0 or state.stage_step == 1:
+                            record = {"stage": stage, "epoch": state.epoch, "step": state.global_step,
+                                      "lr": self.schedulers[stage].get_last_lr()[0], **logged}
+                            self._log(record)
+                            logger.info(json.dumps(record))
+                    if state.stage_step >= total:
+                        stop = True
+                        break
+                    if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
+                        self.save_checkpoint()
+                epoch_done = state.step_in_epoch >= len(batches)
+                if epoch_done:
+                    logger.info("stage %s epoch %d done in %.1fs", stage, state.epoch, time.time() - started)
+                    state.epoch += 1
+                    state.step_in_epoch = 0
+                finished = stop or state.epoch >= epochs
+                if finished:
+                    state.stage_index = stage_index + 1
+                    state.epoch = state.step_in_epoch = state.stage_step = 0
+                self.save_checkpoint()
+                if finished:
+                    break
+            bar.close()
+        return self._finish()
+
+    def _finish(self) -> str:
+        args, acc, model = self.args, self.accelerator, self.model
+        acc.wait_for_everyone()
+        classes = ["object"] + sorted({s.class_name for s in self.samples} - {"object"})
+        model.update_text_anchors(self.processor, classes)
+        set_trainable(model, [])
+        model.eval()
+        if acc.is_main_process:
+            model.save_pretrained(args.output_dir)
+            self.processor.save_pretrained(args.output_dir)
+            logger.info("saved the trained model and processor (anchors for %d classes) to %s", len(classes), args.output_dir)
+            if args.push_to_hub:
+                repo = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
+                model.push_to_hub(repo)
+                self.processor.push_to_hub(repo)
+                logger.info("pushed to the Hub as %s", repo)
+        acc.wait_for_everyone()
+        acc.end_training()
+        return args.output_dir
+
+
+def train(args: TrainingArguments, **kwargs) -> str:
+    """Run the stages of ``args``; returns the output folder. ``kwargs`` go to :class:`Trainer`."""
+    return Trainer(args, **kwargs).train()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aaclip_hf.training", description="Two-stage AA-CLIP training.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
