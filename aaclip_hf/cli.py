@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). Keep sorted by workflow: set up, train, use, publish.
@@ -55,7 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     sub_parser = argparse.ArgumentParser(prog=f"aaclip {name}", description=help_text)
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        # Clear input errors (they name the file/field) without a traceback; AACLIP_DEBUG=1 shows it.
+        if os.environ.get("AACLIP_DEBUG"):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"aaclip {name}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

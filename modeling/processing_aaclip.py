@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from transformers import CLIPImageProcessorPil, CLIPTokenizer
 from transformers.feature_extraction_utils import BatchFeature
@@ -157,24 +156,25 @@ class AAClipProcessor(ProcessorMixin):
         return BatchFeature(data, tensor_type=return_tensors)
 
     def preprocess_masks(self, masks, size: int | tuple[int, int] | None = None) -> torch.Tensor:
-        """Ground-truth masks -> `(B, H, W)` float {0, 1}: nearest resize, then `!= 0` (the reference's rule)."""
-        size = (size, size) if isinstance(size, int) else tuple(size or self.image_size)
-        if isinstance(masks, (Image.Image, np.ndarray, torch.Tensor)) and not (
-            isinstance(masks, (np.ndarray, torch.Tensor)) and masks.ndim == 3
-        ):
+        """Ground-truth masks -> `(B, H, W)` float {0, 1}: PIL nearest resize and `!= 0`, as the reference does.
+
+        (torch's `interpolate(mode="nearest")` samples different source pixels than PIL and would move edges.)
+        """
+        height, width = (size, size) if isinstance(size, int) else tuple(size or self.image_size)
+        if isinstance(masks, Image.Image) or (isinstance(masks, (np.ndarray, torch.Tensor)) and masks.ndim == 2):
             masks = [masks]
         out = []
         for index, mask in enumerate(masks):
-            if isinstance(mask, Image.Image):
-                array = np.asarray(mask.convert("L") if mask.mode not in ("L", "1", "I", "I;16", "F") else mask)
-            else:
-                array = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
+            if isinstance(mask, torch.Tensor):
+                mask = mask.detach().cpu().numpy()
+            array = np.asarray(mask)
             if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
                 array = array.max(axis=-1)
             if array.ndim != 2:
                 raise ValueError(f"mask {index} must be 2-D (height, width), got shape {array.shape}")
-            binary = torch.from_numpy((array != 0).astype(np.float32))[None, None]
-            out.append(F.interpolate(binary, size=size, mode="nearest")[0, 0])
+            binary = Image.fromarray(((array != 0) * 255).astype(np.uint8))
+            resized = np.asarray(binary.resize((width, height), Image.NEAREST)) != 0
+            out.append(torch.from_numpy(resized.astype(np.float32)))
         return torch.stack(out)
 
     # ------------------------------------------------------------------ prompts (SPEC section 3)

@@ -38,7 +38,7 @@ def test_images_match_the_reference_torchvision_pipeline():
 def test_masks_are_resized_nearest_and_stay_binary(processor):
     mask = np.zeros((60, 90), dtype=np.uint8)
     mask[10:30, 20:50] = 255
-    mask[40, 80] = 7  # any non-zero value is a defect pixel
+    mask[41, 81] = 7  # any non-zero value is a defect pixel; PIL nearest samples pixel centres: 2 * 20 + 1
     out = processor.preprocess_masks([Image.fromarray(mask), mask.astype(np.float32) / 255.0], size=(30, 45))
     assert out.shape == (2, 30, 45) and out.dtype == torch.float32
     assert set(out.unique().tolist()) <= {0.0, 1.0}
@@ -46,6 +46,11 @@ def test_masks_are_resized_nearest_and_stay_binary(processor):
     expected[5:15, 10:25] = 1
     expected[20, 40] = 1
     torch.testing.assert_close(out[0], expected)
+    # The reference resizes PIL masks with PIL's NEAREST (torchvision Resize on a PIL image).
+    rng = np.random.default_rng(0)
+    odd = (rng.random((90, 70)) > 0.5).astype(np.uint8) * 255
+    reference = np.asarray(Image.fromarray(odd).resize((37, 51), Image.NEAREST)) != 0
+    torch.testing.assert_close(processor.preprocess_masks(odd, size=(51, 37))[0], torch.from_numpy(reference.astype(np.float32)))
     with pytest.raises(ValueError, match=r"mask 0 must be 2-D"):
         processor.preprocess_masks([np.zeros((2, 3, 4, 5))])
 
