@@ -218,7 +218,7 @@ class _SortedScores:
         """(tie key, region id) of descending positions [lo, hi)."""
         if self.fast:
             k = self._desc[lo:hi]
-            return (k >> _SHIFT32 if need_tie else None), k & _LOW32
+            return (k >> _SHIFT32 if need_tie else None), (k & _LOW32).view(np.int64)
         return (self._scores_desc[lo:hi] if need_tie else None), self._regions_desc[lo:hi]
 
     def score_at(self, i: int) -> float:
@@ -267,8 +267,11 @@ def _sweep(
     num_neg = n - num_pos
     tp_carry = 0
     pro_carry = 0.0
-    last_tp, last_fp = 0, 0
-    auc_twice = 0  # exact integer: sum over points of dFP * (TP_k + TP_{k-1})
+    last_tp, last_cnt = 0, 0  # TP and TP + FP at the previous group end
+    # Exact integer 2 * P * N * AUROC = sum over tie groups g of pos_g * (2 * #negatives scored
+    # below g + neg_g) (Mann-Whitney U with ties counted half); only groups with positives move
+    # U, AP and F1, so those sums run over them alone.
+    auc_twice = 0
     ap_sum = 0.0
     best_f1, best_idx = -1.0, -1
     do_pro = region_weight is not None
@@ -283,10 +286,11 @@ def _sweep(
             is_end[-1] = bool(tie[-1] != nxt[0])
         else:
             is_end[-1] = True
-        pos = reg != 0
-        tp = np.cumsum(pos, dtype=np.int64)
+        del tie
+        tp = np.cumsum(reg != 0, dtype=np.int64)
         tp += tp_carry
         ends = np.flatnonzero(is_end)
+        del is_end
         if do_pro:
             pro = np.cumsum(region_weight[reg])
             pro += pro_carry
@@ -295,17 +299,22 @@ def _sweep(
         if ends.size == 0:
             continue
         tp_e = tp[ends]
-        fp_e = (ends + (lo + 1)) - tp_e
-        tps = np.concatenate(([last_tp], tp_e))
-        fps = np.concatenate(([last_fp], fp_e))
-        auc_twice += int(np.sum(np.diff(fps) * (tps[1:] + tps[:-1])))
-        ap_sum += float(np.sum(np.diff(tps) * (tp_e / (tp_e + fp_e))))
-        f1 = (2.0 * tp_e) / (tp_e + fp_e + num_pos)
-        j = f1.size - 1 - int(np.argmax(f1[::-1]))  # lowest threshold among ties
-        if f1[j] >= best_f1:
-            best_f1, best_idx = float(f1[j]), lo + int(ends[j])
+        cnt_e = ends + (lo + 1)  # TP + FP at each group end
+        dtp = np.diff(tp_e, prepend=last_tp)
+        sel = np.flatnonzero(dtp)
+        if sel.size:
+            tp_s, cnt_s, pos_g = tp_e[sel], cnt_e[sel], dtp[sel]
+            fp_s = cnt_s - tp_s
+            prev = sel - 1
+            fp_prev = np.where(sel > 0, cnt_e[prev] - tp_e[prev], last_cnt - last_tp)
+            auc_twice += int(np.sum(pos_g * (2 * (num_neg - fp_s) + (fp_s - fp_prev))))
+            ap_sum += float(np.sum(pos_g * (tp_s / cnt_s)))
+            f1 = (2.0 * tp_s) / (cnt_s + num_pos)
+            j = f1.size - 1 - int(np.argmax(f1[::-1]))  # lowest threshold among ties
+            if f1[j] >= best_f1:
+                best_f1, best_idx = float(f1[j]), lo + int(ends[sel[j]])
         if do_pro:
-            xs = np.concatenate(([px], fp_e / num_neg))
+            xs = np.concatenate(([px], (cnt_e - tp_e) / num_neg))
             ys = np.concatenate(([py], np.minimum(pro[ends] / num_regions, 1.0)))
             over = np.flatnonzero(xs[1:] > fpr_limit)
             k = int(over[0]) if over.size else xs.size - 1
@@ -317,7 +326,7 @@ def _sweep(
                 do_pro = False
             else:
                 px, py = float(xs[-1]), float(ys[-1])
-        last_tp, last_fp = int(tp_e[-1]), int(fp_e[-1])
+        last_tp, last_cnt = int(tp_e[-1]), int(cnt_e[-1])
     out = {
         "auroc": auc_twice / (2.0 * num_pos * num_neg),
         "ap": ap_sum / num_pos,
