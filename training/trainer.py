@@ -266,6 +266,29 @@ class TrainableWeights:
             self.model.config.anchor_class_names = list(state["anchor_class_names"])
 
 
+def _load_state_weights_only(accelerator, path: str) -> None:
+    """``accelerator.load_state`` with every file read by ``torch.load(weights_only=True)``.
+
+    accelerate unpickles registered custom states (``custom_checkpoint_*.pkl``: our TrainState, trainable
+    weights and schedulers) with ``weights_only=False``, which would run code from a tampered checkpoint.
+    They hold only tensors, numbers, strings and containers, so they load under the safe unpickler; a file
+    that needs more is refused with `UnsafeCheckpointError` naming it.
+    """
+    import accelerate.accelerator as acc_module
+
+    from aaclip_hf.conversion.loading import safe_torch_load
+
+    def load_custom_state(obj, input_dir, index: int = 0) -> None:
+        obj.load_state_dict(safe_torch_load(os.path.join(input_dir, f"custom_checkpoint_{index}.pkl")))
+
+    original = acc_module.load_custom_state
+    acc_module.load_custom_state = load_custom_state
+    try:
+        accelerator.load_state(path)
+    finally:
+        acc_module.load_custom_state = original
+
+
 def _named_adapter_params(model) -> list[tuple[str, torch.nn.Parameter]]:
     ids = {id(p) for m in model.adapter_modules() for p in m.parameters()}
     return [(n, p) for n, p in model.named_parameters() if id(p) in ids]
@@ -448,8 +471,18 @@ class Trainer:
         from aaclip_hf.data import load_samples
         from aaclip_hf.sampling import sample_shots
 
-        samples = load_samples(self.args.train_data, self.args.split, skip_bad_files=self.args.skip_bad_files)
-        return sample_shots(samples, self.args.shots, seed=self.args.seed)
+        from aaclip_hf.data import verify_samples
+
+        args = self.args
+        samples = load_samples(args.train_data, args.split, skip_bad_files=args.skip_bad_files)
+        # Pre-flight scan: decode every image and mask once now, so a bad file stops the run (or, with
+        # --skip-bad-files, is dropped, logged and counted) before training starts, never hours in. Skipping
+        # happens before the shots are drawn, so a k-shot set keeps its 1:1 ratio.
+        show = args.progress and self.accelerator.is_main_process
+        if args.skip_bad_files:
+            samples = verify_samples(samples, skip_bad_files=True, progress=show)
+        samples = sample_shots(samples, args.shots, seed=args.seed)
+        return samples if args.skip_bad_files else verify_samples(samples, progress=show)
 
     def _describe_data(self) -> None:
         from aaclip_hf.data import summarize_samples
@@ -524,7 +557,7 @@ class Trainer:
             logger.info("--resume: no checkpoint in %s yet, starting from the beginning", self.checkpoint_root)
             return
         stages, fingerprint = list(self.state.stages), self.state.data_fingerprint
-        acc.load_state(path)
+        _load_state_weights_only(acc, path)
         if list(self.state.stages) != stages:
             raise ValueError(f"checkpoint {path} is from a run with stages {self.state.stages}, this run has {stages}")
         if self.state.data_fingerprint != fingerprint:
@@ -712,7 +745,10 @@ class Trainer:
                     if state.stage_step >= total:
                         stop = True
                         break
-                    if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
+                    # Not on an epoch's last batch: the epoch-end checkpoint follows at once, and saving one step
+                    # twice would delete the only complete checkpoint before its replacement is in place.
+                    last_batch = state.step_in_epoch >= len(batches)
+                    if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0 and not last_batch:
                         self.save_checkpoint()
                 epoch_done = state.step_in_epoch >= len(batches)
                 if epoch_done:
