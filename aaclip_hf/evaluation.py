@@ -587,6 +587,12 @@ def run(args: argparse.Namespace) -> int:
         accelerator = Accelerator()
         args.device = str(accelerator.device)
     samples = load_samples(args.data, args.split, classes=args.classes, skip_bad_files=args.skip_bad_files)
+    skipped = 0
+    if args.skip_bad_files:  # decode every file up front: a corrupt image is dropped here instead of ending the run
+        from .data import verify_samples
+
+        kept = verify_samples(samples, skip_bad_files=True, progress=not args.no_progress)
+        skipped, samples = len(samples) - len(kept), kept
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     name = args.dataset_name or os.path.basename(os.path.normpath(args.data[0].split("::")[0]))
     result = evaluate(
@@ -597,6 +603,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if result is None:
         return 0
+    if skipped:
+        result.notes.append(f"{skipped} image(s) skipped as unreadable or with a mask of another size (--skip-bad-files)")
     result.settings["model"] = args.model
     result.settings["data"] = list(args.data)
     paths = result.save(args.output)
