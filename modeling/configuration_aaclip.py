@@ -178,6 +178,20 @@ class AAClipConfig(PreTrainedConfig):
         if self.decision_threshold is not None and not 0.0 <= self.decision_threshold <= 1.0:
             raise ValueError(f"decision_threshold must be in [0, 1] (image scores are), got {self.decision_threshold}")
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """Refuse another architecture's `config.json` (BERT, ViT, plain CLIP): transformers would only warn and
+        `AAClipModel.from_pretrained` would then run on random weights."""
+        config_dict, unused = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        found = config_dict.get("model_type", cls.model_type)
+        if found != cls.model_type:
+            hint = " Build AA-CLIP on it with AAClipModel.from_clip_pretrained or `aaclip convert-clip`." if found == "clip" else ""
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: config.json has model_type {found!r}, expected {cls.model_type!r} "
+                f"(a folder written by AAClipModel.save_pretrained).{hint}"
+            )
+        return config_dict, unused
+
     @property
     def num_levels(self) -> int:
         return len(self.feature_layers)
