@@ -280,7 +280,10 @@ def infer_clip_config(
     vocab = canon["token_embedding.weight"].shape[0]
     vision_mlp = canon["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
     text_mlp = canon["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
-    logit_scale = float(canon["logit_scale"].float().reshape(())) if "logit_scale" in canon else math.log(1 / 0.07)
+    # CLIP's initial value when absent (or shape-only, on the meta device); the loaded weight wins anyway.
+    logit_scale = math.log(1 / 0.07)
+    if "logit_scale" in canon and not canon["logit_scale"].is_meta:
+        logit_scale = float(canon["logit_scale"].float().reshape(()))
     text_config = dict(
         hidden_size=text_width,
         intermediate_size=text_mlp,

@@ -176,7 +176,7 @@ def clip_view(model) -> CLIPModel:
     missing = wanted - set(state)
     if missing:
         raise ConversionError(f"model lacks CLIP tensors {sorted(missing)[:5]}")
-    reference.load_state_dict(state, strict=False)
+    reference.load_state_dict(state, strict=False, assign=True)  # shares storage: no second copy of ViT-L
     return reference.float().eval()
 
 
@@ -242,7 +242,7 @@ def open_clip_reference(
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
     model = cls(config.projection_dim, vision_cfg=vision_cfg, text_cfg=text_cfg, quick_gelu=hidden_act == "quick_gelu")
     resize_pos_embed(state, model)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=True)
     return model.float().eval()
 
 

@@ -159,6 +159,37 @@ def test_mapping_report_and_config(oc_quick):
     assert infer_clip_config(oc_quick.state_dict()).vision_config.num_attention_heads == 1
 
 
+def test_fp16_openai_weights_are_upcast(oc_quick, tmp_path):
+    # OpenAI archives hold fp16 tensors: the converter computes in fp32 on the same (fp16-rounded) values.
+    half = {k: v.half() for k, v in oc_quick.state_dict().items()}
+    torch.save(half, tmp_path / "fp16.pt")
+    source = load_clip_source(tmp_path / "fp16.pt", text_heads=HEADS, vision_heads=HEADS)
+    assert all(p.dtype == torch.float32 for p in source.model.parameters())
+    rounded = make_open_clip(quick_gelu=True)
+    rounded.load_state_dict({k: v.float() for k, v in half.items()})
+    assert max(embedding_diffs(source.model, rounded)) < ATOL
+
+
+def test_vit_l14_336_config_from_shapes():
+    """The real OpenAI ViT-L/14-336 layout (shapes only, on the meta device) gives the HF/paper config."""
+    from aaclip_hf.modeling.configuration_aaclip import VIT_L14_518_VISION_CONFIG, VIT_L14_TEXT_CONFIG
+
+    with torch.device("meta"):
+        vit_l = open_clip.CLIP(**open_clip.get_model_config("ViT-L-14-336"), quick_gelu=True)
+    state = vit_l.state_dict()
+    config = infer_clip_config(state)
+    for key, value in VIT_L14_TEXT_CONFIG.items():
+        assert getattr(config.text_config, key) == value, key
+    for key, value in VIT_L14_518_VISION_CONFIG.items():
+        assert getattr(config.vision_config, key) == (336 if key == "image_size" else value), key
+    assert config.projection_dim == 768 and config.vision_config.layer_norm_eps == 1e-5
+    hf_state, report = convert_clip_state_dict(state)
+    with torch.device("meta"):
+        hf_model = CLIPModel(config)
+    expected = {k: v.shape for k, v in hf_model.state_dict().items() if not k.endswith("position_ids")}
+    assert {k: v.shape for k, v in hf_state.items()} == expected and not report.dropped
+
+
 def test_square_text_projection_missing_transpose_is_caught_by_value(oc_quick, tmp_path):
     assert oc_quick.text_projection.shape[0] == oc_quick.text_projection.shape[1]  # no shape error possible
     path = tmp_path / "sd.pt"
@@ -521,3 +552,29 @@ def test_convert_tokenizer_cli_matches_open_clip(tmp_path):
         expected = [49406, *reference.encode(text), 49407]
         assert tokenizer(text)["input_ids"] == expected, text
     assert len(tokenizer) == VOCAB
+
+
+@pytest.mark.slow
+def test_vit_l14_336_full_size_reference_conversion(tmp_path):
+    """Random weights at the real ViT-L/14-336 size, stored like OpenAI's (fp16), converted to the reference
+    setting at 518 px: the open_clip check runs at full size. Several GB of RAM, minutes on 2 CPU cores."""
+    torch.manual_seed(0)
+    vit_l = open_clip.CLIP(**open_clip.get_model_config("ViT-L-14-336"), quick_gelu=True).eval()
+    torch.save({k: v.half() for k, v in vit_l.state_dict().items()}, tmp_path / "ViT-L-14-336px.pt")
+    del vit_l
+    generator = torch.Generator().manual_seed(1)
+    text = {f"{i}.fc.0.weight": 0.03 * torch.randn(768, 768, generator=generator) for i in range(4)}
+    image = {f"layer_adapters.{i}.fc.0.weight": 0.03 * torch.randn(1024, 1024, generator=generator) for i in range(6)}
+    image.update({f"seg_proj.{j}.fc.weight": 0.03 * torch.randn(768, 1024, generator=generator) for j in range(4)})
+    image["det_proj.fc.weight"] = 0.03 * torch.randn(768, 1024, generator=generator)
+    torch.save({"epoch": 5, "text_adapter": text, "text_optimizer": {}}, tmp_path / "text_adapter.pth")
+    torch.save({"epoch": 15, "image_adapter": image, "image_optimizer": {}}, tmp_path / "image_adapter_15.pth")
+    lines: list[str] = []
+    model = convert_original(tmp_path / "ViT-L-14-336px.pt", tmp_path / "out", text_adapter=tmp_path / "text_adapter.pth",
+                             image_adapter=tmp_path / "image_adapter_15.pth", print_fn=lines.append)
+    config = model.config
+    assert config.vision_config.image_size == 518 and config.grid_size == 37
+    assert config.feature_layers == [6, 12, 18, 24] and config.vision_config.hidden_act == "gelu"
+    assert (config.text_adapter_layers, config.vision_adapter_layers) == (3, 6)
+    assert model.vision_model.embeddings.position_embedding.weight.shape == (1370, 1024)
+    assert any(line.startswith("Verification against open_clip (518 px, gelu") for line in lines)
