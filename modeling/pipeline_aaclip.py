@@ -31,6 +31,13 @@ GENERIC_CLASS = "object"
 # image score is in [0, 1] and 0.5 is its midpoint (for the map part, an anomaly logit of 0).
 DEFAULT_THRESHOLD = 0.5
 LABELS = ("normal", "anomaly")
+# PIL modes whose convert("RGB") clips instead of scaling (16-bit PNG/TIFF scans, 32-bit int, float).
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+try:  # the installed package's reader (16-bit scaled, alpha on black, errors name the file); absent on the Hub
+    from aaclip_hf.image_io import load_image as _read_image_file
+except ImportError:
+    _read_image_file = None
 
 
 def _to_pil(image: Any, timeout: float | None = None) -> Image.Image:
@@ -40,8 +47,18 @@ def _to_pil(image: Any, timeout: float | None = None) -> Image.Image:
     if isinstance(image, str):
         if not image.startswith(("http://", "https://", "data:image/")) and not os.path.isfile(image):
             raise FileNotFoundError(f"image: no such file {image!r} (expected a path, URL, PIL image or array)")
-        return load_image(image, timeout=timeout)
+        if _read_image_file is not None and os.path.isfile(image):
+            return _read_image_file(image)
+        try:
+            return load_image(image, timeout=timeout)
+        except (OSError, ValueError) as error:  # UnidentifiedImageError and truncated files are OSErrors
+            raise ValueError(f"image {image!r}: not a complete, readable image file ({error})") from None
     if isinstance(image, Image.Image):
+        if image.mode in HIGH_BIT_MODES:  # stretch the image's own min..max to 0..255, as aaclip_hf.image_io does
+            array = np.asarray(image, dtype=np.float64)
+            low, high = float(np.nanmin(array)), float(np.nanmax(array))
+            array = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+            image = Image.fromarray(np.clip(np.rint(np.nan_to_num(array)), 0, 255).astype(np.uint8))
         return load_image(image)
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
