@@ -468,10 +468,8 @@ class Trainer:
     # ------------------------------------------------------------------ setup helpers
 
     def _load_samples(self):
-        from aaclip_hf.data import load_samples
+        from aaclip_hf.data import load_samples, verify_samples
         from aaclip_hf.sampling import sample_shots
-
-        from aaclip_hf.data import verify_samples
 
         args = self.args
         samples = load_samples(args.train_data, args.split, skip_bad_files=args.skip_bad_files)
@@ -490,6 +488,14 @@ class Trainer:
         counts = summarize_samples(self.samples)
         n_anom = sum(r["anomaly"] for r in counts.values())
         n_masked = sum(r["with_mask"] for r in counts.values())
+        if n_anom == 0:
+            from aaclip_hf.image_io import BadInputError
+
+            raise BadInputError(f"the training data ({len(self.samples)} images) has no anomalous image (label 1); AA-CLIP "
+                                "learns from normal and anomalous examples", None, "label")
+        only_normal = [c for c, r in counts.items() if r["anomaly"] == 0]
+        if only_normal:
+            logger.warning("class(es) %s have no anomalous image: they take part as normal examples only", only_normal)
         logger.info("training data: %d images, %d classes (%s), %d anomalous, %d with masks",
                     len(self.samples), len(counts), ", ".join(counts), n_anom, n_masked)
         if not self.use_masks:
