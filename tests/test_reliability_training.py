@@ -1,0 +1,345 @@
+"""Reliability of `aaclip train` (issue 7, items 1-3): a crash at any point of a checkpoint write leaves a
+complete latest checkpoint and `--resume` ends with the same weights as an uninterrupted run; a non-finite
+loss stops with the last good checkpoint kept; bad files are caught by a pre-flight scan before any step;
+`--resume` never unpickles code. (kill -9 at a random step, 2 processes = 1 and `--skip-nonfinite` are in
+tests/test_training_trainer.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aaclip_hf import AAClipConfig, AAClipModel
+from aaclip_hf.conversion.loading import UnsafeCheckpointError, safe_torch_load
+from aaclip_hf.image_io import BadInputError
+from aaclip_hf.synthetic import generate_synthetic_dataset
+from aaclip_hf.training import trainer as trainer_mod
+from aaclip_hf.training.trainer import NonFiniteLossError, Trainer, TrainingArguments, processor_for_size
+
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl",
+                    "custom_checkpoint_1.pkl")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: fast on a shared box, and bit-identical to the OMP_NUM_THREADS=1 subprocess."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rel_train")
+    torch.manual_seed(0)
+    model = AAClipModel(AAClipConfig.tiny())
+    model.init_adapter_weights(seed=0)
+    processor = processor_for_size(model.config.vision_config.image_size)
+    model.update_text_anchors(processor, ["object"])
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    generate_synthetic_dataset(root / "data", classes=["stripes", "disc"], image_size=32, n_train_good=0,
+                               n_test_good=4, n_test_defect_per_kind=1,
+                               defect_kinds=["hole", "stain", "scratch", "color_spot"], progress=False)
+    return root
+
+
+def _args(setup, out, **kw) -> TrainingArguments:
+    """Both stages, 4 steps each (16 images, global batch 4)."""
+    base = dict(model=str(setup / "model"), train_data=[str(setup / "data")], output_dir=str(out), text_epochs=1,
+                vision_epochs=1, text_batch_size=4, vision_batch_size=4, vision_milestones=[2], num_workers=0,
+                progress=False, log_every=1)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def _weights(out) -> dict[str, torch.Tensor]:
+    return load_file(os.path.join(out, "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference(setup, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    Trainer(_args(setup, out)).train()
+    return _weights(out)
+
+
+def _assert_identical(out, reference) -> None:
+    got = _weights(out)
+    assert got.keys() == reference.keys()
+    for key in got:
+        assert torch.equal(got[key], reference[key]), key
+
+
+def _checkpoints(out) -> list[str]:
+    root = os.path.join(out, "checkpoints")
+    names = [n for n in os.listdir(root) if n.startswith("checkpoint-")] if os.path.isdir(root) else []
+    return sorted(names, key=lambda n: int(n.split("-")[1]))
+
+
+def _assert_complete(folder) -> dict:
+    """Every file a resume reads is there and loads with the safe unpickler (accelerate's allow-list adds the
+    numpy RNG state types)."""
+    from accelerate.utils import load
+
+    for name in CHECKPOINT_FILES:
+        assert os.path.isfile(os.path.join(folder, name)), f"{folder} lacks {name}"
+    for name in os.listdir(folder):
+        if name.endswith((".pkl", ".bin")):
+            load(os.path.join(folder, name), map_location="cpu", weights_only=True)
+    return json.load(open(os.path.join(folder, "trainer_state.json")))
+
+
+class Crash(BaseException):
+    """Stands in for the process dying (not an Exception, so nothing in the trainer can catch it)."""
+
+
+def _arm_on_save(monkeypatch, target: int) -> dict:
+    """Count `save_checkpoint` calls; `flag["armed"]` is True during the `target`-th one."""
+    flag = {"calls": 0, "armed": False}
+    original = Trainer.save_checkpoint
+
+    def counting(self):
+        flag["calls"] += 1
+        flag["armed"] = flag["calls"] == target
+        try:
+            return original(self)
+        finally:
+            flag["armed"] = False
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", counting)
+    return flag
+
+
+@pytest.mark.parametrize("point", ["inside_save_state", "before_rename", "deleting_previous"])
+def test_crash_during_checkpoint_write_keeps_a_complete_latest_and_resume_is_identical(setup, tmp_path, reference,
+                                                                                         monkeypatch, point):
+    """The 3rd checkpoint write (after step 3) dies: half-way through accelerate's files, just before the
+    atomic rename, or half-way through deleting the previous checkpoint."""
+    import accelerate.accelerator as acc_module
+
+    args = _args(setup, tmp_path, checkpointing_steps=1)
+    with monkeypatch.context() as m:
+        flag = _arm_on_save(m, target=3)
+        if point == "inside_save_state":
+            real = acc_module.save_custom_state
+
+            def torn(obj, path, index=0, **kw):
+                real(obj, path, index, **kw)
+                if flag["armed"] and index == 1:  # the trainable weights: leave half the file, then die
+                    file = os.path.join(path, f"custom_checkpoint_{index}.pkl")
+                    data = open(file, "rb").read()
+                    open(file, "wb").write(data[: len(data) // 2])
+                    raise Crash(point)
+
+            m.setattr(acc_module, "save_custom_state", torn)
+        elif point == "before_rename":
+            real_replace = os.replace
+
+            def replace(src, dst):
+                if flag["armed"]:
+                    raise Crash(point)
+                return real_replace(src, dst)
+
+            m.setattr(trainer_mod.os, "replace", replace)
+        else:
+            real_rmtree = shutil.rmtree
+
+            def rmtree(path, *a, **kw):
+                if flag["armed"] and os.path.basename(path) == "checkpoint-2":
+                    os.remove(os.path.join(path, "optimizer.bin"))  # part-deleted, then die
+                    raise Crash(point)
+                return real_rmtree(path, *a, **kw)
+
+            m.setattr(trainer_mod.shutil, "rmtree", rmtree)
+        with pytest.raises(Crash):
+            Trainer(args).train()
+    latest = _checkpoints(tmp_path)[-1]
+    expected_latest = "checkpoint-3" if point == "deleting_previous" else "checkpoint-2"
+    assert latest == expected_latest
+    state = _assert_complete(tmp_path / "checkpoints" / latest)
+    assert state["global_step"] == int(latest.split("-")[1])
+    leftovers = [n for n in os.listdir(tmp_path / "checkpoints") if n.startswith(".tmp-")]
+    assert bool(leftovers) == (point != "deleting_previous")
+
+    Trainer(dataclasses.replace(args, resume="latest")).train()
+    _assert_identical(tmp_path, reference)
+    assert not [n for n in os.listdir(tmp_path / "checkpoints") if n.startswith(".tmp-")]  # cleaned on resume
+
+
+DIE_IN_SAVE = textwrap.dedent(
+    """
+    import os, sys
+    import torch
+    torch.set_num_threads(1)
+    import accelerate.accelerator as acc_module
+    from aaclip_hf.training import trainer
+
+    real, saves = acc_module.save_custom_state, []
+    def torn(obj, path, index=0, **kw):
+        real(obj, path, index, **kw)
+        saves.append(index)
+        if saves.count(0) == 3 and index == 1:  # third checkpoint, after the weights file: kill the process
+            os._exit(137)
+    acc_module.save_custom_state = torn
+    sys.exit(trainer.main(sys.argv[1:]))
+    """
+)
+
+
+def test_process_killed_inside_a_checkpoint_write_then_resume(setup, tmp_path, reference):
+    """A real death (os._exit: no cleanup, no exception handling) in the middle of accelerate's writes."""
+    args = _args(setup, tmp_path, checkpointing_steps=1)
+    argv = ["--model", args.model, "--train-data", *args.train_data, "--output", args.output_dir,
+            "--text-epochs", "1", "--vision-epochs", "1", "--text-batch-size", "4", "--vision-batch-size", "4",
+            "--vision-milestones", "2", "--num-workers", "0", "--no-progress", "--checkpointing-steps", "1"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", DIE_IN_SAVE, *argv], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 137, done.stderr[-2000:]
+    assert _checkpoints(tmp_path) == ["checkpoint-2"]
+    _assert_complete(tmp_path / "checkpoints" / "checkpoint-2")
+    assert os.path.isdir(tmp_path / "checkpoints" / ".tmp-checkpoint-3")
+    assert not (tmp_path / "model.safetensors").exists()
+    Trainer(dataclasses.replace(args, resume="latest")).train()
+    _assert_identical(tmp_path, reference)
+
+
+def test_no_step_is_checkpointed_twice(setup, tmp_path, monkeypatch):
+    """Saving a step again would delete its only complete checkpoint before the new one is in place; with
+    checkpoints every step, the epoch-end save must not repeat the last batch's."""
+    steps = []
+    original = Trainer.save_checkpoint
+
+    def record(self):
+        steps.append(self.state.global_step)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", record)
+    Trainer(_args(setup, tmp_path, checkpointing_steps=1)).train()
+    assert steps == list(range(1, 9))
+
+
+def test_nonfinite_loss_stops_keeps_last_good_checkpoint_and_resume_is_identical(setup, tmp_path, reference,
+                                                                                  monkeypatch):
+    args = _args(setup, tmp_path, checkpointing_steps=1)
+    with monkeypatch.context() as m:
+        calls = {"n": 0}
+        original = Trainer._stage1_terms
+
+        def nan_at_step_3(self, *a, **k):
+            terms = original(self, *a, **k)
+            calls["n"] += 1
+            return {key: value * float("nan") for key, value in terms.items()} if calls["n"] == 3 else terms
+
+        m.setattr(Trainer, "_stage1_terms", nan_at_step_3)
+        with pytest.raises(NonFiniteLossError, match=r"nan at stage text, epoch 0, step 3.*checkpoint-2.*--resume"):
+            Trainer(args).train()
+    assert _checkpoints(tmp_path) == ["checkpoint-2"]
+    state = _assert_complete(tmp_path / "checkpoints" / "checkpoint-2")
+    assert state["global_step"] == 2
+    weights = safe_torch_load(tmp_path / "checkpoints" / "checkpoint-2" / "custom_checkpoint_1.pkl")["params"]
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    Trainer(dataclasses.replace(args, resume="latest")).train()
+    _assert_identical(tmp_path, reference)
+
+
+# ---------------------------------------------------------------------------------- pre-flight scan
+
+
+@pytest.fixture
+def data_copy(setup, tmp_path):
+    folder = tmp_path / "data"
+    shutil.copytree(setup / "data", folder)
+    return folder
+
+
+def test_corrupt_image_is_caught_before_the_first_step(setup, data_copy, tmp_path, monkeypatch, capsys):
+    bad = data_copy / "disc" / "test" / "stain" / "000.png"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])  # a truncated download
+    monkeypatch.setattr(Trainer, "train_step", lambda *a, **k: pytest.fail("a step ran before the data was checked"))
+    out = tmp_path / "out"
+    argv = ["--model", str(setup / "model"), "--train-data", str(data_copy), "--output", str(out), "--no-progress",
+            "--num-workers", "0"]
+    assert trainer_mod.main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "truncated" in err and "image_path" in err
+    assert not (out / "checkpoints").exists()
+
+
+def test_mask_of_another_size_is_caught_before_the_first_step(setup, data_copy, tmp_path):
+    from PIL import Image
+
+    mask = data_copy / "stripes" / "ground_truth" / "hole" / "000_mask.png"
+    Image.new("L", (20, 10), 255).save(mask)
+    with pytest.raises(BadInputError, match=r"mask is 20x10 but its image .*000.png is 32x32") as info:
+        Trainer(_args(setup, tmp_path / "out", train_data=[str(data_copy)]))
+    assert info.value.path == str(mask) and info.value.field == "mask_path"
+
+
+def test_skip_bad_files_drops_counts_and_trains(setup, data_copy, tmp_path, caplog):
+    (data_copy / "disc" / "test" / "good" / "001.png").write_text("not a png")
+    trainer = Trainer(_args(setup, tmp_path / "out", train_data=[str(data_copy)], skip_bad_files=True))
+    assert len(trainer.samples) == 15
+    assert not any(s.image_path.endswith(os.path.join("good", "001.png")) and s.class_name == "disc"
+                   for s in trainer.samples)
+    assert "skipped 1 bad entry" in caplog.text and "001.png" in caplog.text
+    trainer.train()
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_training_data_without_anomalies_is_a_clear_error(setup, tmp_path):
+    from aaclip_hf.data import load_samples
+
+    normal = [s for s in load_samples(str(setup / "data")) if s.label == 0]
+    with pytest.raises(BadInputError, match="has no anomalous image"):
+        Trainer(_args(setup, tmp_path), samples=normal)
+
+
+def test_class_with_normal_images_only_is_named_and_trains(setup, tmp_path, caplog):
+    from aaclip_hf.data import load_samples
+
+    samples = [s for s in load_samples(str(setup / "data")) if not (s.class_name == "disc" and s.label == 1)]
+    trainer = Trainer(_args(setup, tmp_path), samples=samples)
+    assert "['disc'] have no anomalous image" in caplog.text
+    trainer.train()
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------- safe resume
+
+
+class _Payload:
+    """Unpickling this object would run `touch marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("victim", ["custom_checkpoint_0.pkl", "optimizer.bin"])
+def test_resume_refuses_a_checkpoint_that_would_run_code(setup, tmp_path, victim):
+    args = _args(setup, tmp_path, stage="text", checkpointing_steps=1, max_steps=1)
+    Trainer(args).train()
+    marker = tmp_path / "pwned"
+    checkpoint = tmp_path / "checkpoints" / _checkpoints(tmp_path)[-1]
+    torch.save({"state": _Payload(marker)}, checkpoint / victim)
+    with pytest.raises((UnsafeCheckpointError, pickle.UnpicklingError)) as info:
+        Trainer(dataclasses.replace(args, resume="latest", max_steps=2)).train()
+    assert not marker.exists(), "the checkpoint's pickle ran code"
+    if victim.startswith("custom"):
+        assert isinstance(info.value, UnsafeCheckpointError) and victim in str(info.value)
