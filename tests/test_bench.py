@@ -1,0 +1,72 @@
+"""The benchmark harness: memory measurement, goal checks, report rendering (timings are never asserted)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("aaclip_benchmarks_run_test", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_peak_memory_sees_a_native_allocation():
+    import torch
+
+    bench = _bench()
+    with bench.PeakMemory() as memory:
+        block = torch.ones(64 * 2**20 // 4 * 4)  # 256 MiB of float32, touched
+        del block
+    assert memory.delta >= 200 * 2**20, memory.to_dict()  # tracemalloc would report ~0 here
+    with bench.PeakMemory() as idle:
+        pass
+    assert idle.delta < 64 * 2**20
+
+
+def test_goals_and_markdown_from_a_report():
+    bench = _bench()
+    report = {
+        "preset": "full", "model": "m", "settings": {"matmul_repeats": 3},
+        "machine": {"cpu": "cpu", "simd": ["avx2"], "logical_cpus": 2, "torch": "2", "torch_threads": 2, "cuda": None},
+        "started": "now", "total_seconds": 60.0, "load_average_start": (1.0, 1, 1), "load_average_end": (1.0, 1, 1),
+        "flops": {"vision_forward_per_image": {"terms": {"mlp": 2e9}, "elementwise_estimate": 1e8, "total": 2e9},
+                  "text_anchors_per_class_77_tokens": {"total": 1e9}},
+        "parameters": {"full_parameters": 100, "inference_only_parameters": 70},
+        "peak": {"gflops": 100.0, "matrix_size": 2048},
+        "vision_sdpa": {"attn": "sdpa", "batches": {"1": {"seconds_per_image": 0.04, "gflops_per_second": 50.0,
+                                                          "memory": {"peak_delta": 2**30}}}},
+        "stage1": {"speedup": 4.5, "image_size": 224, "num_images": 2, "batch_size": 2, "epochs": 5,
+                   "predicted_speedup_at_default_size": 4.9, "seconds_recomputed": 9.0, "seconds_cached": 2.0,
+                   "memory_recomputed": {"peak_delta": 0}, "memory_cached": {"peak_delta": 0},
+                   "max_abs_loss_diff": 0.0, "dpam_seconds_per_image": 1.0, "text_seconds_per_step": 0.1,
+                   "flop_scale_to_default_size": 6.0},
+    }
+    goals = {g["goal"]: g for g in bench.evaluate_goals(report)}
+    assert goals["vision forward >= 85 % of the measured fp32 matmul peak"]["met"] is False  # 50 of 100
+    assert "50 %" in goals["vision forward >= 85 % of the measured fp32 matmul peak"]["value"]
+    assert goals["inference-only model >= 25 % fewer parameters"]["met"] is True  # 30 % fewer
+    assert goals["stage 1 (5 epochs) with cached frozen features >= 4x faster"]["met"] is True
+    report["goals"] = list(goals.values())
+    text = bench.to_markdown(report)
+    assert "| sdpa | 1 | 0.04 | 50.0 | 50 % | 1.00 GiB |" in text
+    json.dumps(report)
+
+
+@pytest.mark.slow
+def test_smoke_preset_runs_every_worker(tmp_path):
+    proc = subprocess.run([sys.executable, str(RUN_PY), "--preset", "smoke", "--output", str(tmp_path)],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert not [k for k, v in report.items() if isinstance(v, dict) and "error" in v]
+    assert report["stage1"]["max_abs_loss_diff"] < 1e-6  # the feature cache is exact
+    assert report["stage2_plain"]["grad_norm"] == pytest.approx(report["stage2_checkpointing"]["grad_norm"], rel=1e-5)
+    assert (tmp_path / "report.md").read_text().startswith("# AA-CLIP benchmark report")
