@@ -167,6 +167,11 @@ def convert_clip_state_dict(
     """
     report = MappingReport()
     canon = canonicalize_keys(state_dict)
+    if any(key.startswith(("vision_model.", "text_model.")) for key in canon):
+        raise ConversionError(
+            f"{source}: this is already an HF CLIPModel state dict; pass the folder holding it and its "
+            "config.json (or the Hub repo id) instead of the weights file"
+        )
     if "visual.proj" not in canon:
         raise ConversionError(
             f"{source}: no 'visual.proj' key; only ViT CLIP checkpoints are supported "

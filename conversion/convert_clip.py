@@ -105,9 +105,10 @@ def load_clip_source(
     path = Path(src)
     if path.is_dir() or (not path.exists() and str(src).count("/") == 1 and not str(src).endswith((".pt", ".pth", ".bin", ".safetensors"))):
         config = CLIPConfig.from_pretrained(str(src))
-        act = hidden_act or config.text_config.hidden_act
-        if config.text_config.hidden_act != config.vision_config.hidden_act and hidden_act is None:
-            act = config.vision_config.hidden_act
+        acts = {config.text_config.hidden_act, config.vision_config.hidden_act}
+        if hidden_act is None and len(acts) > 1:
+            raise ConversionError(f"{src}: the towers use different activations {sorted(acts)}; pass --hidden-act")
+        act = hidden_act or acts.pop()
         config.text_config.hidden_act = act
         config.vision_config.hidden_act = act
         model = CLIPModel.from_pretrained(str(src), config=config).float().eval()
@@ -326,17 +327,19 @@ def aaclip_fields_for(clip_config: CLIPConfig, **overrides) -> dict:
 
 def default_processor(image_size: int):
     """The bundled offline ``AAClipProcessor`` (reference preprocessing) resizing to ``image_size``."""
-    from transformers import CLIPImageProcessorPil
-
     from aaclip_hf.modeling.processing_aaclip import AAClipProcessor
 
     processor = AAClipProcessor()
-    if processor.image_size != (image_size, image_size):
-        settings = processor.image_processor.to_dict()
-        settings.pop("image_processor_type", None)
-        settings["size"] = {"height": image_size, "width": image_size}
-        processor = AAClipProcessor(image_processor=CLIPImageProcessorPil(**settings))
+    processor.image_processor.size = {"height": image_size, "width": image_size}
     return processor
+
+
+def plain_clip_processor(image_size: int):
+    """A stock ``CLIPProcessor`` with the same preprocessing and tokenizer, for ``--clip-only`` folders."""
+    from transformers import CLIPProcessor
+
+    processor = default_processor(image_size)
+    return CLIPProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer)
 
 
 def save_output(model, processor, output_dir: str | Path, push_to_hub: str | None = None, private: bool | None = None,
@@ -380,7 +383,7 @@ def convert_clip(
     act = source.hidden_act
     if clip_only:
         model = resize_clip_model(clip_model, image_size)
-        processor = None
+        processor = plain_clip_processor(image_size)
     else:
         processor = default_processor(image_size)
         fields = aaclip_fields_for(clip_model.config, feature_layers=feature_layers)

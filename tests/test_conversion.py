@@ -273,6 +273,9 @@ def test_bad_layouts_are_refused_with_the_key(oc_quick):
     state = {k: v for k, v in oc_quick.state_dict().items() if k != "visual.proj"}
     with pytest.raises(ConversionError, match="only ViT"):
         convert_clip_state_dict(state, source="x.pt")
+    hf_state, _ = convert_clip_state_dict(oc_quick.state_dict())
+    with pytest.raises(ConversionError, match="x.bin.*already an HF CLIPModel"):
+        convert_clip_state_dict(hf_state, source="x.bin")
 
 
 def test_malicious_pickle_is_refused(tmp_path):
@@ -318,6 +321,10 @@ def test_clip_only_cli_at_new_size_matches_open_clip(oc_gelu, tmp_path, capsys):
     assert "Mapped" in printed and "Verification against open_clip (48 px, gelu" in printed
     model = CLIPModel.from_pretrained(str(out)).eval()
     assert model.config.vision_config.image_size == 48
+    from transformers import CLIPProcessor
+
+    assert CLIPProcessor.from_pretrained(str(out))(images=[torch.zeros(3, 10, 20)], return_tensors="pt")[
+        "pixel_values"].shape == (1, 3, 48, 48)
     assert model.vision_model.embeddings.position_embedding.weight.shape == (1 + 6 * 6, WIDTH)
     assert max(embedding_diffs(model, open_clip_at(oc_gelu, 48, quick_gelu=False), image_size=48)) < ATOL
 
@@ -337,6 +344,10 @@ def test_convert_clip_to_aaclip_folder(oc_quick, tmp_path):
     assert {"configuration_aaclip.py", "modeling_aaclip.py", "tokenizer.json"} <= set(os.listdir(out))
     assert max(embedding_diffs(clip_view(model), open_clip_at(oc_quick, 40, quick_gelu=True), image_size=40)) < ATOL
     assert model.stored_class_names == ["object"] and bool(model.text_anchors[0].any())
+    from transformers import AutoProcessor
+
+    pixels = AutoProcessor.from_pretrained(str(out))(images=[torch.zeros(3, 10, 20)], return_tensors="pt")
+    assert pixels["pixel_values"].shape == (1, 3, 40, 40)
 
 
 def test_hf_clip_folder_source(oc_gelu, tmp_path):
