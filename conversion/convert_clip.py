@@ -89,6 +89,17 @@ def clip_model_from_state_dict(hf_state_dict: dict[str, torch.Tensor], config: C
     return model.float().eval()
 
 
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def is_hf_source(src: str | Path) -> bool:
+    """A folder, or a name shaped like a Hub repo id (``owner/name``) that is not a local weights file."""
+    path = Path(src)
+    if path.is_dir():
+        return True
+    return not path.exists() and str(src).count("/") == 1 and not str(src).endswith(WEIGHT_FILE_SUFFIXES)
+
+
 def load_clip_source(
     src: str | Path,
     hidden_act: str | None = None,
@@ -103,7 +114,7 @@ def load_clip_source(
     if hidden_act is not None and hidden_act not in HIDDEN_ACTS:
         raise ValueError(f"hidden_act must be one of {HIDDEN_ACTS}, got {hidden_act!r}")
     path = Path(src)
-    if path.is_dir() or (not path.exists() and str(src).count("/") == 1 and not str(src).endswith((".pt", ".pth", ".bin", ".safetensors"))):
+    if is_hf_source(src):
         config = CLIPConfig.from_pretrained(str(src))
         acts = {config.text_config.hidden_act, config.vision_config.hidden_act}
         if hidden_act is None and len(acts) > 1:

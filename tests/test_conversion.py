@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 open_clip = pytest.importorskip("open_clip")
 
-from transformers import AutoModel, CLIPConfig, CLIPModel  # noqa: E402
+from transformers import AutoModel, CLIPModel  # noqa: E402
 
 from aaclip_hf.cli import main as cli_main  # noqa: E402
 from aaclip_hf.conversion import convert_clip as convert_clip_module  # noqa: E402
