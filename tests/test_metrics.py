@@ -317,6 +317,12 @@ def test_accumulator_matches_one_shot_and_takes_tensors():
     acc.merge(other)
     assert len(acc) == 6 and acc.num_pixels == maps.size
     assert acc.compute() == M.pixel_metrics(maps, masks)
+    bf = M.PixelMetricAccumulator()
+    bf.update(torch.from_numpy(maps).bfloat16(), torch.from_numpy(masks))
+    assert bf.compute()["pixel_auroc"] == pytest.approx(
+        roc_auc_score(masks.ravel(), torch.from_numpy(maps).bfloat16().float().numpy().ravel()), abs=TOL
+    )
+    assert M.image_metrics(torch.tensor([0.2, 0.8]), torch.tensor([False, True]))["image_auroc"] == 1.0
     acc.reset()
     with pytest.raises(ValueError, match="no images"):
         acc.compute()
