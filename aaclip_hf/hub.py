@@ -35,12 +35,17 @@ __all__ = [
     "prepare_hub_folder",
     "push_folder_to_hub",
     "push_model_to_hub",
+    "read_training_summary",
     "register_pipeline",
     "save_for_hub",
 ]
 
 PIPELINE_FILE = "pipeline_aaclip.py"
 TRAINING_SUMMARY_FILE = "training_summary.json"
+TRAINING_ARGS_FILE = "training_args.json"  # written by `aaclip train`
+# training_args.json fields shown in the card (besides the mapped model / stage / epochs).
+TRAINING_ARGS_SHOWN = ("text_lr", "vision_lr", "text_batch_size", "vision_batch_size", "image_size", "stage1_loss",
+                       "dpam_mode", "mixed_precision", "num_processes")
 CARD_TAGS = ["anomaly-detection", "zero-shot-anomaly-detection", "anomaly-segmentation", "clip", "aa-clip"]
 DEFAULT_BASE_MODEL = "openai/clip-vit-large-patch14-336"
 CUSTOM_PIPELINE_ENTRY = {
@@ -183,6 +188,26 @@ def load_json(path: str | os.PathLike, what: str) -> dict:
     return data
 
 
+def read_training_summary(folder: str | os.PathLike) -> dict | None:
+    """The folder's `training_summary.json`, else its `training_args.json` (from `aaclip train`) in that form."""
+    folder = Path(folder)
+    if (folder / TRAINING_SUMMARY_FILE).is_file():
+        return load_json(folder / TRAINING_SUMMARY_FILE, "training summary")
+    if not (folder / TRAINING_ARGS_FILE).is_file():
+        return None
+    args = load_json(folder / TRAINING_ARGS_FILE, "training arguments")
+    summary = {
+        "base_model": args.get("model"),
+        "train_data": args.get("train_data"),
+        "shots": args.get("shots"),
+        "stages": {"both": "text + vision", "text": "text only", "vision": "vision only"}.get(args.get("stage"), args.get("stage")),
+        "epochs": {"text": args.get("text_epochs"), "vision": args.get("vision_epochs")},
+        "seed": args.get("seed"),
+    }
+    summary.update({key: args[key] for key in TRAINING_ARGS_SHOWN if args.get(key) is not None})
+    return summary
+
+
 def _eval_runs(eval_results: dict | Sequence[dict] | None) -> list[dict]:
     if eval_results is None:
         return []
@@ -248,7 +273,7 @@ def _eval_markdown(eval_results: dict | Sequence[dict] | None) -> str:
 
 def _training_markdown(summary: dict | None) -> str:
     if not summary:
-        return "No training summary was found next to the weights (`training_summary.json`)."
+        return "No training summary was found next to the weights (`training_summary.json` or `training_args.json`)."
     lines = []
     readable = {
         "base_model": "base model",
@@ -402,8 +427,7 @@ def prepare_hub_folder(
     _add_pipeline_code(folder)
     if isinstance(eval_results, (str, os.PathLike)):
         eval_results = load_json(eval_results, "eval results")
-    summary_path = folder / TRAINING_SUMMARY_FILE
-    summary = load_json(summary_path, "training summary") if summary_path.is_file() else None
+    summary = read_training_summary(folder)
     config = AAClipConfig.from_pretrained(folder)
     card = build_model_card(
         config,

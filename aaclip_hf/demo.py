@@ -1,0 +1,392 @@
+"""`aaclip demo` (what `make demo` runs): the whole workflow, offline, in a few minutes on a laptop CPU.
+
+1. Generate the synthetic defect dataset (MVTec layout, exact masks; `aaclip_hf.synthetic`).
+2. Build a small AA-CLIP. Offline, no pretrained CLIP weights can be downloaded, so the default is a tiny
+   **randomly initialised** CLIP: the numbers show that training works and transfers to unseen classes, not
+   what the paper's ViT-L/14 reaches. `--model openai/clip-vit-large-patch14-336` (or a local CLIP / AA-CLIP
+   folder) runs the same steps on real weights where they can be had (a GPU is advisable).
+3. Evaluate the untrained model zero-shot on the held-out classes.
+4. Train both stages on the training classes with the training module (`aaclip_hf.training`).
+5. Evaluate the trained model on the held-out classes; print both tables side by side.
+6. Calibrate a decision threshold per held-out class on a few of its normal images (`aaclip calibrate` rule).
+7. Run detection on sample held-out images and write overlays.
+8. Save a Hub-ready folder (weights, processor, remote code, pipeline code, model card) and reload it with
+   `pipeline(..., trust_remote_code=True)` in a fresh Python process; check it gives the same scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["DemoSettings", "QUICK", "FULL", "run_demo"]
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Sizes of one demo run (synthetic data, tiny backbone, training length)."""
+
+    image_size: int = 128             # synthetic images (px)
+    n_train_good: int = 4             # normal train-split images per class (used for calibration)
+    n_test_good: int = 6              # normal test images per class
+    n_test_defect_per_kind: int = 2   # defective test images per class and defect kind
+    model_image_size: int = 96        # tiny CLIP input size
+    patch_size: int = 8
+    hidden_size: int = 64
+    num_layers: int = 4
+    text_epochs: int = 3
+    vision_epochs: int = 20
+    text_batch_size: int = 8
+    vision_batch_size: int = 4
+    text_lr: float = 1e-3             # a random tiny text tower needs larger steps than the paper's 1e-5
+    vision_lr: float = 5e-4           # the paper's
+    train_classes: tuple[str, ...] | None = None   # None: the synthetic module's suggested split
+    held_out_classes: tuple[str, ...] | None = None
+    detect_images_per_class: int = 3
+
+
+FULL = DemoSettings()
+QUICK = DemoSettings(
+    image_size=64, n_train_good=2, n_test_good=2, n_test_defect_per_kind=1, model_image_size=32, hidden_size=32,
+    num_layers=4, text_epochs=1, vision_epochs=1, train_classes=("stripes", "disc"), held_out_classes=("carpet", "bottle"),
+    detect_images_per_class=2,
+)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _banner(step: int, total: int, message: str) -> None:
+    _say(f"\n[{step}/{total}] {message}")
+
+
+def build_tiny_model(settings: DemoSettings, seed: int):
+    """A tiny random CLIP (real tokenizer vocabulary) wrapped as AA-CLIP, and its processor."""
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    from .modeling import AAClipModel, AAClipProcessor
+
+    width = settings.hidden_size
+    common = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=settings.num_layers,
+                  num_attention_heads=4, projection_dim=width)
+    clip_config = CLIPConfig(
+        text_config=dict(common, vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407),
+        vision_config=dict(common, image_size=settings.model_image_size, patch_size=settings.patch_size),
+        projection_dim=width,
+    )
+    torch.manual_seed(seed)
+    clip = CLIPModel(clip_config).eval()
+    layers = settings.num_layers
+    processor = AAClipProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"height": settings.model_image_size, "width": settings.model_image_size}, do_center_crop=False
+        )
+    )
+    model = AAClipModel.from_clip_pretrained(
+        clip, processor=processor, seed=seed, text_adapter_layers=1, vision_adapter_layers=max(1, layers // 2),
+        feature_layers=list(range(1, layers + 1)),
+    )
+    return model, processor
+
+
+def load_base_model(name: str, seed: int):
+    """`--model`: an AA-CLIP folder as it is, or AA-CLIP built on a CLIP (Hub id or folder) at 518 px."""
+    from .evaluation import load_model_and_processor
+    from .modeling import AAClipModel, AAClipProcessor
+
+    config_path = Path(name) / "config.json"
+    if config_path.is_file() and json.loads(config_path.read_text()).get("model_type") == "aaclip":
+        return load_model_and_processor(name, device="cpu")
+    processor = AAClipProcessor()
+    model = AAClipModel.from_clip_pretrained(name, processor=processor, seed=seed, image_size=518)
+    return model, processor
+
+
+def _side_by_side(untrained, trained) -> str:
+    from .evaluation import METRIC_COLUMNS
+
+    columns = [key for key in METRIC_COLUMNS if key in trained.columns()]
+    header = ["Class", *[f"{METRIC_COLUMNS[key]} before -> after" for key in columns]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * len(columns)) + "|"]
+
+    def cell(before, after):
+        fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"  # noqa: E731
+        return f"{fmt(before)} -> {fmt(after)}"
+
+    for name in trained.classes:
+        lines.append("| " + " | ".join([name, *[cell(untrained.classes[name].get(k), trained.classes[name].get(k))
+                                               for k in columns]]) + " |")
+    lines.append("| " + " | ".join(["**Mean**", *[f"**{cell(untrained.mean.get(k), trained.mean.get(k))}**"
+                                                  for k in columns]]) + " |")
+    return "\n".join(lines)
+
+
+RELOAD_SCRIPT = """
+import json, sys
+from transformers import pipeline
+folder, images, classes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+detector = pipeline("zero-shot-anomaly-detection", model=folder, trust_remote_code=True, device="cpu")
+results = detector(images, class_name=classes, batch_size=4)
+print(json.dumps({"pipeline_module": type(detector).__module__,
+                  "scores": [r["score"] for r in results], "labels": [r["label"] for r in results],
+                  "map_shapes": [list(r["anomaly_map"].shape) for r in results]}))
+"""
+
+
+def reload_in_fresh_process(folder: Path, images: list[str], classes: list[str], timeout: float = 600) -> dict:
+    """Load `folder` with `pipeline(..., trust_remote_code=True)` in a new interpreter and score `images`."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(
+        [sys.executable, "-c", RELOAD_SCRIPT, str(folder.resolve()), json.dumps(images), json.dumps(classes)],
+        capture_output=True, text=True, env=env, cwd=str(folder.resolve().parent), timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"reloading {folder} in a fresh process failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_demo(
+    output_dir: str | os.PathLike = "demo_output",
+    model_name: str | None = None,
+    quick: bool = False,
+    seed: int = 111,
+    settings: DemoSettings | None = None,
+    progress: bool = True,
+    num_threads: int | None = None,
+) -> dict:
+    """Run the demo (see the module docstring); returns a summary dict (also written to `summary.json`).
+
+    `num_threads`: torch intra-op threads for the run (default: 1 for the tiny model, torch's default otherwise).
+    """
+
+    settings = settings or (QUICK if quick else FULL)
+    if model_name is None and num_threads is None:
+        # Tiny tensors gain nothing from intra-op threads, and on a busy machine idle-spinning threads cost up to
+        # 10x (measured); real models keep torch's default.
+        num_threads = 1
+    previous_threads = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        return _run_demo(output_dir, model_name, settings, seed, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progress: bool) -> dict:
+    from .data import load_samples
+    from .detect import calibrate_threshold, collect_images, detect, make_pipeline, score_images
+    from .evaluation import evaluate
+    from .hub import save_for_hub
+    from .synthetic import SYNTHETIC_HELD_OUT_CLASSES, SYNTHETIC_PROMPT_NAMES, SYNTHETIC_TRAIN_CLASSES, generate_synthetic_dataset
+    from .training.trainer import TrainingArguments, Trainer
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    total = 8
+    train_classes = list(settings.train_classes or SYNTHETIC_TRAIN_CLASSES)
+    held_out = list(settings.held_out_classes or SYNTHETIC_HELD_OUT_CLASSES)
+
+    def lap(name: str, since: float) -> float:
+        timings[name] = round(time.perf_counter() - since, 1)
+        return time.perf_counter()
+
+    # 1. data
+    t = time.perf_counter()
+    _banner(1, total, f"synthetic defect dataset: train on {', '.join(train_classes)}; zero-shot test on {', '.join(held_out)}")
+    data_root = out / "data"
+    generate_synthetic_dataset(
+        data_root, classes=train_classes + held_out, image_size=settings.image_size,
+        n_train_good=settings.n_train_good, n_test_good=settings.n_test_good,
+        n_test_defect_per_kind=settings.n_test_defect_per_kind, seed=0, progress=progress,
+    )
+    train_samples = load_samples(str(data_root), "test", classes=train_classes)
+    test_samples = load_samples(str(data_root), "test", classes=held_out)
+    _say(f"    {data_root}: {len(train_samples)} training images, {len(test_samples)} held-out test images")
+    t = lap("data", t)
+
+    # 2. model
+    if model_name is None:
+        _banner(2, total, "a tiny AA-CLIP on a RANDOMLY INITIALISED CLIP: no pretrained weights can be downloaded here, "
+                "so expect modest absolute numbers; the point is the gain from training on unseen classes")
+        model, processor = build_tiny_model(settings, seed)
+        base_description = (f"random tiny CLIP (vision {settings.num_layers}x{settings.hidden_size}, "
+                            f"{settings.model_image_size}px, patch {settings.patch_size})")
+    else:
+        _banner(2, total, f"AA-CLIP on {model_name}")
+        model, processor = load_base_model(model_name, seed)
+        base_description = model_name
+    processor.class_name_table.update(SYNTHETIC_PROMPT_NAMES)
+    device = "cuda" if torch.cuda.is_available() and model_name is not None else "cpu"
+    model.to(device).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    _say(f"    {n_params / 1e6:.2f} M parameters, input {model.config.vision_config.image_size} px, device {device}")
+    t = lap("model", t)
+
+    # 3. untrained baseline (on a copy, so its held-out anchors do not leak into training)
+    _banner(3, total, "zero-shot evaluation of the UNTRAINED model on the held-out classes")
+    baseline = evaluate(copy.deepcopy(model), processor, test_samples, protocol="reference", batch_size=16,
+                        dataset_name="synthetic (held-out)", progress=progress)
+    baseline.save(out / "eval_untrained")
+    t = lap("evaluate untrained", t)
+
+    # 4. training
+    _banner(4, total, f"training stage 1 (text, {settings.text_epochs} epochs) and stage 2 (vision, "
+            f"{settings.vision_epochs} epochs) on {len(train_classes)} classes")
+    model_dir = out / "trained_model"
+    args = TrainingArguments(
+        model=base_description, train_data=[str(data_root)], output_dir=str(model_dir), split="test", shots="full",
+        text_epochs=settings.text_epochs, vision_epochs=settings.vision_epochs, text_lr=settings.text_lr,
+        vision_lr=settings.vision_lr, text_batch_size=settings.text_batch_size,
+        vision_batch_size=settings.vision_batch_size, seed=seed, num_workers=0, cpu=device == "cpu",
+        overwrite_output_dir=True, progress=progress, log_every=1000,
+    )
+    Trainer(args, model=model, processor=processor, samples=train_samples).train()
+    model.eval()
+    t = lap("train", t)
+
+    # 5. trained
+    _banner(5, total, "zero-shot evaluation of the TRAINED model on the held-out classes")
+    trained = evaluate(model, processor, test_samples, protocol="reference", batch_size=16,
+                       dataset_name="synthetic (held-out)", progress=progress)
+    trained.save(out / "eval_trained")
+    comparison = _side_by_side(baseline, trained)
+    (out / "comparison.md").write_text(
+        "# Zero-shot on held-out synthetic classes: untrained -> trained (%, reference protocol)\n\n" + comparison + "\n",
+        encoding="utf-8",
+    )
+    _say("\n" + comparison + "\n")
+    t = lap("evaluate trained", t)
+
+    # 6. calibration, per held-out class, on its normal train-split images (never used for training or testing)
+    _banner(6, total, "calibrating a decision threshold per held-out class on a few of its normal images")
+    pipe = make_pipeline(model, processor)
+    thresholds = {}
+    for name in held_out:
+        files = collect_images([data_root / name / "train" / "good"])
+        scores = [r["score"] for _, _, r in score_images(pipe, files, name, progress=False)]
+        thresholds[name], details = calibrate_threshold(scores)
+        _say(f"    {name}: threshold {thresholds[name]:.4f} (largest of {len(scores)} normal scores + {details['margin']})")
+    t = lap("calibrate", t)
+
+    # 7. detection overlays on sample held-out test images: one normal, then one per defect kind
+    _banner(7, total, "detecting anomalies on sample held-out images (overlays)")
+    detect_dir = out / "detect"
+    records, images, classes = [], [], []
+    for name in held_out:
+        normals = [s for s in test_samples if s.class_name == name and s.label == 0][:1]
+        defects = {}
+        for sample in test_samples:
+            if sample.class_name == name and sample.label == 1:
+                defects.setdefault(sample.defect_type, sample)
+        chosen = normals + list(defects.values())[: settings.detect_images_per_class - 1]
+        records += detect(model, processor, [s.image_path for s in chosen], detect_dir / name, class_name=name,
+                          threshold=thresholds[name], progress=False)
+        images += [s.image_path for s in chosen]
+        classes += [name] * len(chosen)
+    for record in records:
+        _say(f"    {Path(record['image']).relative_to(data_root)}: score {record['score']:.3f} -> {record['label']}")
+    t = lap("detect", t)
+
+    # 8. Hub-ready folder + fresh-process reload
+    _banner(8, total, "saving a Hub-ready folder and reloading it with the pipeline in a fresh process")
+    hub_dir = out / "hub_model"
+    training_summary = {
+        "base_model": base_description if model_name is None else model_name,
+        "train_data": "aaclip_hf.synthetic (seed 0)",
+        "train_classes": train_classes,
+        "shots": "full",
+        "stages": "text + vision",
+        "epochs": {"text": settings.text_epochs, "vision": settings.vision_epochs},
+        "seed": seed,
+    }
+    save_for_hub(model, processor, hub_dir, repo_id="your-name/aaclip-demo", training_summary=training_summary,
+                 eval_results=trained.to_dict() | {"dataset": "synthetic-held-out"},
+                 base_model=model_name)
+    in_process = [r["score"] for r in pipe(images, class_name=classes, batch_size=4)]
+    reloaded = reload_in_fresh_process(hub_dir, images, classes)
+    max_diff = max(abs(a - b) for a, b in zip(in_process, reloaded["scores"]))
+    if max_diff > 1e-4:
+        raise RuntimeError(f"the reloaded pipeline disagrees with the in-process model (max score diff {max_diff:.2e})")
+    _say(f"    fresh process: {reloaded['pipeline_module']} reproduced all {len(images)} scores "
+         f"(max difference {max_diff:.1e})")
+    lap("hub folder + reload", t)
+    timings["total"] = round(time.perf_counter() - started, 1)
+
+    summary = {
+        "base_model": training_summary["base_model"],
+        "train_classes": train_classes,
+        "held_out_classes": held_out,
+        "untrained_mean": baseline.to_dict()["mean"],
+        "trained_mean": trained.to_dict()["mean"],
+        "decision_thresholds": thresholds,
+        "detections": [{k: r[k] for k in ("image", "class_name", "score", "label")} for r in records],
+        "reload_max_score_difference": max_diff,
+        "seconds": timings,
+        "outputs": {
+            "comparison": str(out / "comparison.md"),
+            "eval_untrained": str(out / "eval_untrained"),
+            "eval_trained": str(out / "eval_trained"),
+            "overlays": [str(detect_dir / name / "overlays") for name in held_out],
+            "detections": [str(detect_dir / name / "detections.csv") for name in held_out],
+            "hub_folder": str(hub_dir),
+            "model_card": str(hub_dir / "README.md"),
+            "trained_model": str(model_dir),
+        },
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    places = [
+        (out / "comparison.md", "metric table, untrained -> trained (held-out classes)"),
+        (detect_dir / "<class>" / "overlays", "image | heat map | decision contour, one PNG per image"),
+        (detect_dir / "<class>" / "detections.csv", "score and decision per image"),
+        (hub_dir, f"Hub-ready model, README.md = model card; publish: aaclip push {hub_dir} your-name/aaclip-demo"),
+        (out / "data", "the synthetic dataset (MVTec layout)"),
+    ]
+    width = max(len(str(path)) for path, _ in places)
+    steps = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items() if k != "total")
+    _say(f"\nDone in {timings['total']:.0f} s ({steps}). Where to look:")
+    for path, what in places:
+        _say(f"  {str(path):<{width}}  {what}")
+    _say("Next: `make test`, then the README's real-CLIP commands (convert, train on a GPU, evaluate, detect, push).")
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None,
+                        help="CLIP Hub id / folder, or an AA-CLIP folder (default: a tiny random CLIP, fully offline)")
+    parser.add_argument("--output", default="demo_output", help="output folder (default: demo_output)")
+    parser.add_argument("--quick", action="store_true", help="a smaller run (tests; well under a minute)")
+    parser.add_argument("--seed", type=int, default=111, help="seed of model init and training (paper: 111)")
+    parser.add_argument("--text-epochs", type=int, default=None, help="override stage-1 epochs")
+    parser.add_argument("--vision-epochs", type=int, default=None, help="override stage-2 epochs")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    settings = QUICK if args.quick else FULL
+    overrides = {k: v for k, v in (("text_epochs", args.text_epochs), ("vision_epochs", args.vision_epochs)) if v}
+    settings = dataclasses.replace(settings, **overrides)
+    run_demo(args.output, args.model, settings=settings, seed=args.seed, progress=not args.no_progress)
+    return 0

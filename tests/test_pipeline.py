@@ -1,0 +1,145 @@
+"""The zero-shot-anomaly-detection pipeline: inputs, batching, maps at the input size, anchors, thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from aaclip_hf.hub import register_pipeline
+from aaclip_hf.modeling.pipeline_aaclip import DEFAULT_THRESHOLD, TASK, AAClipAnomalyDetectionPipeline
+
+from .conftest import make_tiny_model
+
+
+def _image(height=30, width=50, seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def pipe(tiny_model, processor):
+    return AAClipAnomalyDetectionPipeline(model=tiny_model, processor=processor, device="cpu")
+
+
+def test_matches_the_model_and_resizes_the_map_to_the_input(pipe, tiny_model, processor):
+    image = _image(30, 50)
+    result = pipe(image, class_name="bottle")
+    with torch.no_grad():
+        out = tiny_model(**processor(images=[image], return_tensors="pt"), class_names=["bottle"])
+    # Independent oracle: the summed grid, bilinearly resized (align_corners=True) to (height, width).
+    expected = F.interpolate(out.anomaly_map_grid[:, None], size=(30, 50), mode="bilinear", align_corners=True)[0, 0]
+    assert result["anomaly_map"].shape == (30, 50)
+    assert isinstance(result["anomaly_map"], np.ndarray) and result["anomaly_map"].dtype == np.float32
+    np.testing.assert_allclose(result["anomaly_map"], expected.numpy(), rtol=1e-5, atol=1e-5)
+    assert result["score"] == pytest.approx(float(out.image_score[0]), abs=1e-6)
+    assert result["raw_anomaly_score"] == pytest.approx(float(out.raw_anomaly_score[0]), abs=1e-6)
+    assert result["class_name"] == "bottle"
+    assert result["is_anomaly"] == (result["score"] >= DEFAULT_THRESHOLD)
+    assert result["label"] == ("anomaly" if result["is_anomaly"] else "normal")
+    tensor_result = pipe(image, class_name="bottle", return_tensors=True)
+    assert isinstance(tensor_result["anomaly_map"], torch.Tensor)
+
+
+def test_paths_pil_arrays_and_tensors_give_the_same_result(pipe, tmp_path):
+    image = _image(24, 36, seed=3)
+    path = tmp_path / "img.png"
+    image.save(path)
+    array = np.asarray(image)
+    inputs = [str(path), path, image, array, array.astype(np.float32) / 255.0, torch.from_numpy(array).permute(2, 0, 1)]
+    scores = [pipe(item, class_name="bottle")["score"] for item in inputs]
+    np.testing.assert_allclose(scores, scores[0], atol=1e-6)
+    gray = pipe(np.asarray(image.convert("L")), class_name="bottle")
+    assert gray["anomaly_map"].shape == (24, 36)
+
+
+def test_batched_mixed_classes_equal_one_by_one(pipe):
+    images = [_image(30, 50, 0), _image(20, 20, 1), _image(41, 17, 2)]
+    classes = ["bottle", "pcb1", "object"]
+    batched = pipe(images, class_name=classes, batch_size=2)
+    single = [pipe(image, class_name=name) for image, name in zip(images, classes)]
+    assert [r["class_name"] for r in batched] == classes
+    for b, s, image in zip(batched, single, images):
+        assert b["score"] == pytest.approx(s["score"], abs=1e-6)
+        assert b["anomaly_map"].shape == (image.height, image.width)
+        np.testing.assert_allclose(b["anomaly_map"], s["anomaly_map"], atol=1e-5)
+    # Same via dict inputs; a list with one class name for all.
+    as_dicts = pipe([{"image": im, "class_name": c} for im, c in zip(images, classes)], batch_size=3)
+    assert [r["score"] for r in as_dicts] == pytest.approx([r["score"] for r in batched], abs=1e-6)
+    same_class = pipe(images, class_name="bottle", batch_size=3)
+    assert {r["class_name"] for r in same_class} == {"bottle"}
+
+
+def test_threshold_default_config_and_override(pipe, tiny_model):
+    image = _image()
+    score = pipe(image, class_name="bottle")["score"]
+    assert pipe(image, class_name="bottle")["threshold"] == DEFAULT_THRESHOLD
+    tiny_model.config.decision_threshold = min(1.0, score + 1e-3)
+    result = pipe(image, class_name="bottle")
+    assert result["threshold"] == pytest.approx(score + 1e-3) and not result["is_anomaly"]
+    assert result["label"] == "normal"
+    result = pipe(image, class_name="bottle", threshold=max(0.0, score - 1e-3))
+    assert result["is_anomaly"] and result["label"] == "anomaly"
+    with pytest.raises(ValueError, match="threshold"):
+        pipe(image, threshold=1.5)
+
+
+def test_missing_anchors_are_computed_once_and_cached(processor, monkeypatch):
+    model = make_tiny_model()
+    model.update_text_anchors(processor, ["object"])
+    pipe = AAClipAnomalyDetectionPipeline(model=model, processor=processor, device="cpu")
+    calls = []
+    original = model.update_text_anchors
+    monkeypatch.setattr(model, "update_text_anchors", lambda proc, names: (calls.append(list(names)), original(proc, names)))
+    images = [_image(seed=i) for i in range(3)]
+    pipe(images, class_name=["widget", "gear", "widget"], batch_size=2)
+    pipe(images[0], class_name="widget")
+    assert calls == [["widget", "gear"]]
+    assert {"widget", "gear"} <= set(model.stored_class_names)
+    with torch.no_grad():
+        expected = model.compute_text_anchors(["widget"], processor)
+    torch.testing.assert_close(model.anchors_for(["widget"]), expected)
+
+
+def test_generic_anchor_is_computed_when_never_stored(processor):
+    model = make_tiny_model()  # text_anchors all zero: "object" never computed
+    pipe = AAClipAnomalyDetectionPipeline(model=model, processor=processor, device="cpu")
+    result = pipe(_image())
+    assert result["class_name"] == "object" and bool(model.text_anchors[0].any())
+
+
+def test_inference_only_model_refuses_unknown_classes(tiny_model, processor):
+    small = tiny_model.to_inference_only()
+    pipe = AAClipAnomalyDetectionPipeline(model=small, processor=processor, device="cpu")
+    assert 0.0 <= pipe(_image(), class_name="bottle")["score"] <= 1.0
+    with pytest.raises(ValueError, match="inference-only"):
+        pipe(_image(), class_name="never_seen")
+
+
+def test_bad_inputs_say_what_is_wrong(pipe, tmp_path):
+    missing = tmp_path / "nope.png"
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        pipe(str(missing))
+    with pytest.raises(ValueError, match="shape"):
+        pipe(np.zeros((4, 5, 6, 7), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pipe(np.full((8, 8, 3), 2.0, dtype=np.float32))
+    with pytest.raises(ValueError, match="2 class names for 3 images"):
+        pipe([_image()] * 3, class_name=["a", "b"])
+    with pytest.raises(TypeError, match="unexpected"):
+        pipe(_image(), colour="red")
+
+
+def test_registered_task_loads_a_saved_folder_in_process(tiny_model, processor, tmp_path):
+    from transformers import pipeline
+
+    register_pipeline()
+    tiny_model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    detector = pipeline(TASK, model=str(tmp_path), device="cpu")
+    assert isinstance(detector, AAClipAnomalyDetectionPipeline)
+    direct = AAClipAnomalyDetectionPipeline(model=tiny_model, processor=processor, device="cpu")
+    image = _image()
+    assert detector(image, class_name="bottle")["score"] == pytest.approx(direct(image, class_name="bottle")["score"], abs=1e-6)
