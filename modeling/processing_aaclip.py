@@ -83,6 +83,20 @@ CLASS_NAME_TABLE = {
 }
 
 
+# PIL modes whose convert("RGB") clips instead of scaling: 16-bit PNG/TIFF scans, 32-bit integer, float.
+HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _scale_high_bit(image):
+    """A high-bit-depth PIL image stretched from its own min..max to 8 bit (PIL would clip it: a scan turns white)."""
+    if not isinstance(image, Image.Image) or image.mode not in HIGH_BIT_MODES:
+        return image
+    array = np.asarray(image, dtype=np.float64)
+    low, high = float(np.nanmin(array)), float(np.nanmax(array))
+    array = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+    return Image.fromarray(np.clip(np.rint(np.nan_to_num(array)), 0, 255).astype(np.uint8)).convert("RGB")
+
+
 class AAClipProcessor(ProcessorMixin):
     r"""
     Wraps a `CLIPImageProcessorPil` (518 px, bicubic, no crop, OpenAI mean/std) and a `CLIPTokenizer`, and owns the
@@ -150,6 +164,7 @@ class AAClipProcessor(ProcessorMixin):
             raise ValueError("AAClipProcessor needs images and/or text")
         data = {}
         if images is not None:
+            images = [_scale_high_bit(i) for i in images] if isinstance(images, (list, tuple)) else _scale_high_bit(images)
             data.update(self.image_processor(images, return_tensors=return_tensors, **kwargs))
         if text is not None:
             data.update(self.tokenize(text if isinstance(text, list) else [text]))
