@@ -298,6 +298,8 @@ def test_skip_bad_files_drops_counts_and_trains(setup, data_copy, tmp_path, capl
     assert "skipped 1 bad entry" in caplog.text and "001.png" in caplog.text
     trainer.train()
     assert (tmp_path / "out" / "model.safetensors").is_file()
+    # the trained model is safetensors only; pickles live in checkpoints/ (optimizer/RNG state, read weights-only)
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
 
 
 def test_training_data_without_anomalies_is_a_clear_error(setup, tmp_path):
