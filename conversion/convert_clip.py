@@ -116,6 +116,8 @@ def load_clip_source(
     path = Path(src)
     if is_hf_source(src):
         config = CLIPConfig.from_pretrained(str(src))
+        if config.model_type != "clip":  # transformers only warns, then loads nothing: a random CLIP
+            raise ConversionError(f"{src}: config.json has model_type {config.model_type!r}; expected a CLIP model ('clip')")
         acts = {config.text_config.hidden_act, config.vision_config.hidden_act}
         if hidden_act is None and len(acts) > 1:
             raise ConversionError(f"{src}: the towers use different activations {sorted(acts)}; pass --hidden-act")
