@@ -332,3 +332,8 @@ def test_another_architecture_state_dict_is_refused_by_the_converters(foreign, t
         read_reference_checkpoint(foreign / "bert.pth", "text_adapter")
     code, err = _cli(capsys, "convert-clip", foreign / "bert.pth", tmp_path / "o")
     assert code == 2 and "bert.pth" in err and "visual.proj" in err, err
+    for arch in ("bert", "vit"):  # an HF folder of another architecture: refused, not converted to a random CLIP
+        with pytest.raises(ValueError, match=f"model_type '{arch}'; expected a CLIP model"):
+            load_clip_source(foreign / arch)
+    code, err = _cli(capsys, "convert-clip", foreign / "vit", tmp_path / "o")
+    assert code == 2 and "model_type 'vit'" in err and not (tmp_path / "o" / "config.json").exists(), err
