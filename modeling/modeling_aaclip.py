@@ -305,6 +305,8 @@ class AAClipModel(AAClipPreTrainedModel):
         """
         clip_model = clip if isinstance(clip, CLIPModel) else CLIPModel.from_pretrained(clip)
         clip_config = clip_model.config
+        if clip_config.model_type != "clip":  # transformers only warns and returns a random CLIP
+            raise ValueError(f"{clip}: config.json has model_type {clip_config.model_type!r}; expected a CLIP model ('clip')")
         image_size = overrides.pop("image_size", clip_config.vision_config.image_size)
         hidden_act = overrides.pop("hidden_act", None)
         config = AAClipConfig.from_clip_config(clip_config, **overrides)
