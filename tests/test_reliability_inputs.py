@@ -318,6 +318,12 @@ def test_another_architecture_folder_is_refused(foreign, dataset, tmp_path, caps
         AAClipModel.from_pretrained(foreign / arch)
     code, err = _cli(capsys, "evaluate", "--model", foreign / arch, "--data", dataset, "--output", tmp_path / "o")
     assert code == 2 and str(foreign / arch) in err and f"model_type '{arch}'" in err, err
+    # as the CLIP backbone of a new AA-CLIP (`aaclip train --model` with a non-AA-CLIP folder)
+    with pytest.raises(ValueError, match=f"model_type '{arch}'; expected a CLIP model"):
+        AAClipModel.from_clip_pretrained(str(foreign / arch))
+    code, err = _cli(capsys, "train", "--model", foreign / arch, "--train-data", dataset, "--output", tmp_path / "t",
+                     "--num-workers", "0", "--no-progress")
+    assert code == 2 and f"model_type '{arch}'" in err and not (tmp_path / "t" / "checkpoints").exists(), err
 
 
 def test_another_architecture_state_dict_is_refused_by_the_converters(foreign, tmp_path, capsys):
