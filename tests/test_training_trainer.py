@@ -103,9 +103,14 @@ def _first_batch(trainer, stage, size):
     return _collate([dataset[i] for i in range(size)])
 
 
-@pytest.mark.parametrize("stage", ["text", "vision"])
-def test_one_step_changes_exactly_the_stage_parameters(setup, tmp_path, stage):
-    trainer = Trainer(_args(setup, tmp_path, stage=stage))
+@pytest.mark.parametrize(
+    "stage,extra",
+    [("text", {}), ("vision", {}), ("text", {"stage1_loss": "paper", "dpam_mode": "batch_axis"}),
+     ("vision", {"mixed_precision": "bf16"})],
+    ids=["text", "vision", "text-paper-batch_axis", "vision-bf16"],
+)
+def test_one_step_changes_exactly_the_stage_parameters(setup, tmp_path, stage, extra):
+    trainer = Trainer(_args(setup, tmp_path, stage=stage, **extra))
     model = trainer.model
     trainer._start_stage(stage)
     backbone = [n for n, p in model.named_parameters() if ".adapter." not in n and not n.startswith(
@@ -267,3 +272,16 @@ def test_cli_defaults_are_the_paper_setting():
     assert COMMANDS["train"][0] == "aaclip_hf.training"
     with pytest.raises(ValueError, match="per_image"):
         dataclasses.replace(args, cache_stage1_features=True, augment=False, dpam_mode="batch_axis").validate()
+
+
+def test_cached_stage1_features_give_the_same_run(setup, tmp_path):
+    """Without augmentation, per-image DPAM features are fixed: caching them changes nothing."""
+    kw = dict(stage="text", augment=False, text_epochs=2)
+    plain = Trainer(_args(setup, tmp_path / "plain", **kw))
+    plain.train()
+    cached = Trainer(_args(setup, tmp_path / "cached", cache_stage1_features=True, **kw))
+    cached.train()
+    assert len(cached.cache) == 16
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "cached")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["text_projector.fc.weight"], _weights_initial(setup)["text_projector.fc.weight"])

@@ -417,6 +417,20 @@ def load_model_and_processor(args: TrainingArguments):
 # ----------------------------------------------------------------------------------------------
 
 
+def _make_accelerator(accelerator_cls, args: TrainingArguments):
+    """An ``Accelerator``; in a single process that already made one with other settings (a notebook, a
+    test session), the process-wide state is reset first instead of failing."""
+    try:
+        return accelerator_cls(mixed_precision=args.mixed_precision, cpu=args.cpu)
+    except ValueError as err:
+        from accelerate.state import AcceleratorState, PartialState
+
+        if "already been initialized" not in str(err) or PartialState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return accelerator_cls(mixed_precision=args.mixed_precision, cpu=args.cpu)
+
+
 class Trainer:
     """Runs the requested stages; see the module docstring. ``Trainer(args).train()``."""
 
@@ -426,7 +440,7 @@ class Trainer:
 
         args.validate()
         self.args = args
-        self.accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu)
+        self.accelerator = _make_accelerator(Accelerator, args)
         acc = self.accelerator
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
         logger.setLevel(logging.INFO if acc.is_main_process else logging.WARNING)
