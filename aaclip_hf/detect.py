@@ -206,7 +206,7 @@ def detect(
             heat_range, heat_label = (0.0, 1.0), "anomaly probability"
         verdict = "ANOMALY" if is_anomaly else "normal"
         title = (
-            f"{path.name}  [{result['class_name']}]  score {result['score']:.3f} "
+            f"{path.parent.name}/{path.name}  [{result['class_name']}]  score {result['score']:.3f} "
             f"{'>=' if is_anomaly else '<'} {threshold:.3f}: {verdict}"
         )
         overlay = out / "overlays" / f"{names[path]}.png"

@@ -319,6 +319,7 @@ class _ClassState:
         self.maps: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
         self.without_mask = 0
+        self.masked_anomalies = 0
 
 
 def _class_order(samples: Sequence[Sample]) -> list[Sample]:
@@ -487,6 +488,7 @@ def _consume(gathered, samples, states, rows, model_size, resolution, protocol, 
                 pixel_map, out_size = upsample_grid(grids[row : row + 1], image_size)[0], image_size
             state.maps.append(pixel_map.numpy().astype(np.float32, copy=True))
             state.masks.append(_read_mask(sample, image_size, out_size))
+            state.masked_anomalies += sample.label
         else:
             state.without_mask += 1
         if not state.remaining:
@@ -515,14 +517,14 @@ def _finish_class(state: _ClassState, protocol: str, config, aupro_variant: str,
     row.update(image)
     if state.without_mask:
         row["notes"].append(f"{state.without_mask} anomalous image(s) without a mask left out of the pixel metrics")
-    if state.maps:
+    if state.masked_anomalies:
         pixel = pixel_metrics(state.maps, state.masks, fpr_limit=fpr_limit, aupro_variant=aupro_variant)
         if "pixel_skip_reason" in pixel:
             row["notes"].append(pixel.pop("pixel_skip_reason"))
         row.update(pixel)
     else:
-        row["notes"].append("no masks: pixel metrics skipped")
-    row["num_pixel_images"] = len(state.maps)
+        row["notes"].append("no anomalous image with a mask: pixel metrics skipped")
+    row["num_pixel_images"] = len(state.maps) if state.masked_anomalies else 0
     return row
 
 
