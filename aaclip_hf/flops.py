@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["FlopReport", "vision_forward_flops", "text_anchor_flops", "model_forward_flops", "parameter_bytes"]
+__all__ = [
+    "FlopReport", "vision_forward_flops", "text_anchor_flops", "model_forward_flops", "parameter_bytes",
+    "memory_traffic_floor", "vision_side_parameters",
+]
 
 
 @dataclass
@@ -125,3 +128,37 @@ def parameter_bytes(config, dtype_bytes: int = 4) -> dict[str, int]:
         counts[f"{name}_parameters"] = sum(p.numel() for p in model.parameters())
         counts[f"{name}_bytes"] = counts[f"{name}_parameters"] * dtype_bytes
     return counts
+
+
+def memory_traffic_floor(config, batch_size: int = 1, dtype_bytes: int = 4, fused_attention: bool = True) -> dict[str, int]:
+    """Lower bound on DRAM bytes of one inference forward of a batch (vision side), by a simple model.
+
+    Weights of the vision side are read once per batch. Per image and layer, each activation tensor is written
+    once and read once (2 x its size): LN1 out, q, k, v, attention out, out-proj out, residual, LN2 out,
+    fc2 out, residual (10 x T x D), fc1 out and GELU out (2 x T x F), adapter out and rescale (2 x T x D in
+    adapted layers). Eager attention also writes and reads the scores and the softmax probabilities
+    (4 x heads x T^2 per layer); a fused (flash) kernel keeps them on chip. Caches and fusion beyond this are
+    ignored, so real traffic is higher; the point is the order of magnitude against the FLOPs.
+    """
+    vision = config.vision_config
+    tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+    width, mlp, heads = vision.hidden_size, vision.intermediate_size, vision.num_attention_heads
+    layers, adapted = vision.num_hidden_layers, config.vision_adapter_layers
+    per_image = layers * (10 * tokens * width + 2 * tokens * mlp) + adapted * 2 * tokens * width
+    if not fused_attention:
+        per_image += layers * 2 * heads * tokens * tokens
+    activations = 2 * per_image * dtype_bytes * batch_size
+    weights = vision_side_parameters(config) * dtype_bytes
+    return {"weights": weights, "activations": activations, "total": weights + activations}
+
+
+def vision_side_parameters(config) -> int:
+    """Parameters an inference forward reads: vision tower, adapters, seg/det heads (no text tower, no visual_projection)."""
+    import torch
+
+    from .modeling import AAClipModel
+
+    cfg = config.__class__.from_dict({**config.to_dict(), "include_text_model": False})
+    with torch.device("meta"):
+        model = AAClipModel(cfg)
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("visual_projection"))

@@ -630,7 +630,7 @@ def _get(report: dict, *keys, default=None):
 
 def evaluate_goals(report: dict) -> list[dict]:
     goals = []
-    peak = _get(report, "peak", "gflops")
+    peak = attainable_peak(report)
     best = None
     for key in ("vision_sdpa", "vision_eager"):
         for batch, row in (_get(report, key, "batches", default={}) or {}).items():
@@ -642,7 +642,8 @@ def evaluate_goals(report: dict) -> list[dict]:
             "goal": "vision forward >= 85 % of the measured fp32 matmul peak",
             "value": f"{100 * fraction:.0f} % ({best[2]:.1f} of {peak:.1f} GFLOP/s, {best[0]}, batch {best[1]})",
             "met": fraction >= 0.85,
-            "reason": "about a quarter of the FLOPs are attention matmuls over 64-wide heads, plus softmax over "
+            "reason": "18 % of the FLOPs are attention matmuls over 64-wide heads (less efficient than the square "
+                      "peak matmul), plus softmax over "
                       "16 x 1370^2 scores per layer, GELU, 2 layer norms and the adapters' norm rescale: memory-bound "
                       "elementwise work that the FLOP count does not credit; other processes shared the 2 cores "
                       "(load average in the report)",
@@ -691,6 +692,13 @@ def evaluate_goals(report: dict) -> list[dict]:
     return goals
 
 
+def attainable_peak(report: dict) -> float | None:
+    """The best matmul throughput measured in the run (start or end): on a shared machine the lower one was
+    measured under more contention, and a forward pass must not look faster than the machine can go."""
+    values = [v for v in (_get(report, "peak", "gflops"), _get(report, "peak_end", "gflops")) if v]
+    return max(values) if values else None
+
+
 def _gib(value: float | None) -> str:
     return "-" if value is None else f"{value / 2**30:.2f} GiB"
 
@@ -726,12 +734,13 @@ def to_markdown(report: dict) -> str:
     text = report["flops"]["text_anchors_per_class_77_tokens"]
     lines += ["", f"Recomputing one class's anchors (16 prompts x 77 tokens, the reference's padding): "
               f"{text['total'] / 1e9:.1f} GFLOP."]
-    peak = _get(report, "peak", "gflops")
+    peak = attainable_peak(report)
     if peak:
         lines += ["", "## Vision forward (inference, stored anchors)", "",
                   f"fp32 matmul peak: **{peak:.1f} GFLOP/s** ({report['peak']['matrix_size']}^2 matrices, best of "
-                  f"{report['settings']['matmul_repeats']}, measured before the forward passes"
-                  + (f"; {report['peak_end']['gflops']:.1f} GFLOP/s again at the end of the run" if "gflops" in
+                  f"{report['settings']['matmul_repeats']}; the higher of {report['peak']['gflops']:.1f} GFLOP/s "
+                  "before the forward passes"
+                  + (f" and {report['peak_end']['gflops']:.1f} GFLOP/s at the end of the run" if "gflops" in
                      (report.get("peak_end") or {}) else "") + ").", ""]
     if report.get("vision_sdpa") or report.get("vision_eager"):
         lines += ["| attention | batch | s/image | GFLOP/s | % of matmul peak | peak memory (delta) |",
@@ -857,10 +866,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's)")
     parser.add_argument("--gpu", action="store_true", help="only the CUDA section, added to an existing report")
     parser.add_argument("--gpu-batches", default="1,8,32", help="batch sizes of the CUDA section")
+    parser.add_argument("--render", action="store_true", help="only rewrite report.md (and goals) from report.json")
 
 
 def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
+    if args.render:
+        report = json.loads((output / "report.json").read_text())
+        report["goals"] = evaluate_goals(report)
+        (output / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        (output / "report.md").write_text(to_markdown(report))
+        print(output / "report.md")
+        return 0
     if args.gpu:
         return run_gpu(output, [int(b) for b in args.gpu_batches.split(",")])
     only = [s.strip() for s in args.only.split(",")] if args.only else None

@@ -51,3 +51,20 @@ def test_vit_l_518_flops_hand_computed():
     report = vision_forward_flops(AAClipConfig(), with_scores=False)
     assert report.total == expected
     assert 1.0e12 < report.total < 1.1e12  # ~1.05 TFLOP per image
+
+
+def test_memory_traffic_floor_vit_l_518_hand_computed():
+    from aaclip_hf.flops import memory_traffic_floor, vision_side_parameters
+
+    config = AAClipConfig()
+    t, d, f = 1370, 1024, 4096
+    per_image = 24 * (10 * t * d + 2 * t * f) + 6 * 2 * t * d
+    fused = memory_traffic_floor(config, batch_size=4)
+    assert fused["activations"] == 4 * 2 * 4 * per_image
+    eager = memory_traffic_floor(config, batch_size=1, fused_attention=False)
+    assert eager["activations"] == 2 * 4 * (per_image + 24 * 2 * 16 * t * t)
+    # vision side: ViT-L/14 vision tower at 518 px + 6 adapters + 5 heads (visual_projection unused)
+    params = vision_side_parameters(config)
+    tower = 3 * 14 * 14 * d + d + 1370 * d + 2 * 2 * d + 24 * (4 * (d * d + d) + 2 * d * f + f + d + 4 * d)
+    assert params == tower + 6 * d * d + 5 * d * 768
+    assert fused["weights"] == 4 * params
