@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -56,6 +56,7 @@ class DemoSettings:
 
 
 FULL = DemoSettings()
+PAPER_TEXT_LR = 1e-5
 QUICK = DemoSettings(
     image_size=64, n_train_good=2, n_test_good=2, n_test_defect_per_kind=1, model_image_size=32, hidden_size=32,
     num_layers=4, text_epochs=1, vision_epochs=1, train_classes=("stripes", "disc"), held_out_classes=("carpet", "bottle"),
@@ -171,6 +172,8 @@ def run_demo(
     """
 
     settings = settings or (QUICK if quick else FULL)
+    if model_name is not None and settings.text_lr == FULL.text_lr:
+        settings = replace(settings, text_lr=PAPER_TEXT_LR)  # a pretrained text tower: the paper's step size
     if model_name is None and num_threads is None:
         # Tiny tensors gain nothing from intra-op threads, and on a busy machine idle-spinning threads cost up to
         # 10x (measured); real models keep torch's default.
