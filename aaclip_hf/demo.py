@@ -57,6 +57,7 @@ class DemoSettings:
 
 FULL = DemoSettings()
 PAPER_TEXT_LR = 1e-5
+PAPER_IMAGE_SIZE = 518
 QUICK = DemoSettings(
     image_size=64, n_train_good=2, n_test_good=2, n_test_defect_per_kind=1, model_image_size=32, hidden_size=32,
     num_layers=4, text_epochs=1, vision_epochs=1, train_classes=("stripes", "disc"), held_out_classes=("carpet", "bottle"),
@@ -102,15 +103,30 @@ def build_tiny_model(settings: DemoSettings, seed: int):
 
 
 def load_base_model(name: str, seed: int):
-    """`--model`: an AA-CLIP folder as it is, or AA-CLIP built on a CLIP (Hub id or folder) at 518 px."""
+    """`--model`: an AA-CLIP folder as it is, or AA-CLIP built on a CLIP (Hub id or folder; patch-14 CLIPs at 518 px)."""
     from .evaluation import load_model_and_processor
     from .modeling import AAClipModel, AAClipProcessor
 
     config_path = Path(name) / "config.json"
     if config_path.is_file() and json.loads(config_path.read_text()).get("model_type") == "aaclip":
         return load_model_and_processor(name, device="cpu")
-    processor = AAClipProcessor()
-    model = AAClipModel.from_clip_pretrained(name, processor=processor, seed=seed, image_size=518)
+    from transformers import CLIPImageProcessorPil, CLIPModel
+
+    clip = CLIPModel.from_pretrained(name)
+    # The paper runs ViT-L/14 at 518 px (37 x 37 patches); other CLIPs keep their own input size.
+    size = PAPER_IMAGE_SIZE if clip.config.vision_config.patch_size == 14 else clip.config.vision_config.image_size
+    processor = AAClipProcessor(
+        image_processor=CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False)
+    )
+    vision_layers = clip.config.vision_config.num_hidden_layers
+    text_layers = clip.config.text_config.num_hidden_layers
+    # The paper's choices for ViT-L/14 (levels 6/12/18/24, 6 vision and 3 text adapters) as fractions of the depth.
+    overrides = dict(
+        feature_layers=sorted({max(1, round(vision_layers * k / 4)) for k in (1, 2, 3, 4)}),
+        vision_adapter_layers=max(1, round(vision_layers / 4)),
+        text_adapter_layers=max(1, round(text_layers / 4)),
+    )
+    model = AAClipModel.from_clip_pretrained(clip, processor=processor, seed=seed, image_size=size, **overrides)
     return model, processor
 
 
