@@ -108,8 +108,11 @@ def export_onnx(
     output_path.parent.mkdir(parents=True, exist_ok=True)
     if not bool(model.text_anchors.abs().sum() > 0):
         raise ValueError("the model has no computed anchors (all zero); run model.update_text_anchors(processor) first")
-    previous_impl = model.config._attn_implementation
-    model.set_attn_implementation("eager")  # plain MatMul/Softmax graph; onnxruntime fuses attention itself
+    # Plain MatMul/Softmax attention in the graph (onnxruntime fuses it itself). Set on the vision tower only:
+    # an inference-only model has no text tower to switch.
+    tower = model.vision_model
+    previous_impl = tower.config._attn_implementation
+    tower.set_attn_implementation("eager")
     was_training = model.training
     model.eval()
     try:
@@ -133,7 +136,7 @@ def export_onnx(
                 dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
             )
     finally:
-        model.set_attn_implementation(previous_impl)
+        tower.set_attn_implementation(previous_impl)
         model.train(was_training)
     _write_metadata(output_path, model, wrapper.domain, fixed_class)
     return output_path

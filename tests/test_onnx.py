@@ -72,3 +72,11 @@ def test_export_onnx_cli(tiny_model, tmp_path, capsys):
     assert "onnxruntime vs torch" in printed and (tmp_path / "out.onnx").is_file()
     with pytest.raises(SystemExit, match="no config.json"):
         cli.main(["export-onnx", str(tmp_path), str(tmp_path / "y.onnx")])
+
+
+def test_onnx_from_inference_only_model(tiny_model, tmp_path):
+    lean = tiny_model.to_inference_only()
+    path = export_onnx(lean, tmp_path / "lean.onnx")
+    diffs = check_onnx(lean, path, batch_size=2)
+    assert max(diffs.values()) <= 1e-4, diffs
+    assert lean.vision_model.config._attn_implementation == tiny_model.vision_model.config._attn_implementation
