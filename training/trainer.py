@@ -586,6 +586,12 @@ class Trainer:
         logger.info("resumed from %s: stage %s, epoch %d, batch %d, step %d", path,
                     self.state.stages[self.state.stage_index] if self.state.stage_index < len(stages) else "done",
                     self.state.epoch, self.state.step_in_epoch, self.state.global_step)
+        if acc.is_main_process and os.path.isfile(self.log_path):
+            # steps logged after the checkpoint are redone: drop their records so the log reads as one run
+            with open(self.log_path, encoding="utf-8") as f:
+                kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= self.state.global_step]
+            with open(self.log_path, "w", encoding="utf-8") as f:
+                f.writelines(kept)
 
     # ------------------------------------------------------------------ steps
 
