@@ -56,14 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     sub_parser = argparse.ArgumentParser(prog=f"aaclip {name}", description=help_text)
     module.add_arguments(sub_parser)
     args = sub_parser.parse_args(argv[1:])
-    # Also input errors: an invalid config.json field (strict dataclass validation) and a refused unsafe checkpoint.
-    from huggingface_hub.errors import StrictDataclassError
-
-    from .conversion.loading import UnsafeCheckpointError
+    from huggingface_hub.errors import StrictDataclassError  # an invalid config.json field: an input error too
 
     try:
         return int(module.run(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError, StrictDataclassError, UnsafeCheckpointError) as error:
+    except (ValueError, KeyError, FileNotFoundError, StrictDataclassError) as error:
         # Clear input errors (they name the file/field) without a traceback; AACLIP_DEBUG=1 shows it.
         if os.environ.get("AACLIP_DEBUG"):
             raise
