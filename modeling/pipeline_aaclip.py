@@ -215,6 +215,7 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
     def _forward(self, model_inputs: dict, domain: str | None = None) -> dict:
         names = model_inputs["class_name"]
         names = [names] if isinstance(names, str) else list(names)
+        self._ensure_anchors(list(dict.fromkeys(names)))  # no-op unless inputs came from a generator or dataset
         pixel_values = model_inputs["pixel_values"].to(self.model.dtype)
         grid = self.model.config.grid_size
         outputs = self.model(pixel_values=pixel_values, class_names=names, domain=domain, output_size=(grid, grid))

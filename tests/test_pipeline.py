@@ -47,7 +47,7 @@ def test_paths_pil_arrays_and_tensors_give_the_same_result(pipe, tmp_path):
     image = _image(24, 36, seed=3)
     path = tmp_path / "img.png"
     image.save(path)
-    array = np.asarray(image)
+    array = np.array(image)
     inputs = [str(path), path, image, array, array.astype(np.float32) / 255.0, torch.from_numpy(array).permute(2, 0, 1)]
     scores = [pipe(item, class_name="bottle")["score"] for item in inputs]
     np.testing.assert_allclose(scores, scores[0], atol=1e-6)
@@ -143,3 +143,11 @@ def test_registered_task_loads_a_saved_folder_in_process(tiny_model, processor, 
     direct = AAClipAnomalyDetectionPipeline(model=tiny_model, processor=processor, device="cpu")
     image = _image()
     assert detector(image, class_name="bottle")["score"] == pytest.approx(direct(image, class_name="bottle")["score"], abs=1e-6)
+
+
+def test_generator_inputs_with_per_item_classes(pipe):
+    images = [_image(seed=i) for i in range(3)]
+    items = ({"image": im, "class_name": name} for im, name in zip(images, ["bottle", "screw", "bottle"]))
+    streamed = list(pipe(items, batch_size=2))
+    assert [r["class_name"] for r in streamed] == ["bottle", "screw", "bottle"]
+    assert streamed[1]["score"] == pytest.approx(pipe(images[1], class_name="screw")["score"], abs=1e-6)
