@@ -285,3 +285,17 @@ def test_cached_stage1_features_give_the_same_run(setup, tmp_path):
     a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "cached")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["text_projector.fc.weight"], _weights_initial(setup)["text_projector.fc.weight"])
+
+
+def test_aaclip_train_cli_end_to_end(setup, tmp_path):
+    from aaclip_hf.cli import main
+
+    out = tmp_path / "cli"
+    argv = ["train", "--model", str(setup / "model"), "--train-data", str(setup / "data"), "--output", str(out),
+            "--shots", "2", "--text-batch-size", "4", "--max-steps", "1", "--num-workers", "0", "--no-progress"]
+    assert main(argv) == 0
+    trained = AAClipModel.from_pretrained(out)
+    assert trained.stored_class_names == ["object", "disc", "stripes"]
+    assert json.load(open(out / "training_args.json"))["shots"] == "2"
+    bad = [str(tmp_path / "bad") if a == str(out) else a for a in argv] + ["--vision-lr", "0"]
+    assert main(bad) == 2  # a clear one-line error, no traceback

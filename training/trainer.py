@@ -121,9 +121,17 @@ class TrainingArguments:
             raise ValueError(f"--dpam-mode must be one of {DPAM_MODES}, got {self.dpam_mode!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
-        for name in ("text_batch_size", "vision_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        positive = ("text_batch_size", "vision_batch_size", "text_lr", "vision_lr", "log_every")
+        non_negative = ("text_epochs", "vision_epochs", "checkpointing_steps", "num_workers", "disentangle_weight",
+                        "focal_gamma")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        for name in non_negative:
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
         if self.cache_stage1_features:
             Stage1FeatureCache.check_valid(self.dpam_mode, self.augment)
 
@@ -707,7 +715,8 @@ class Trainer:
                 anchors = model.compute_text_anchors(classes, self.processor)
             model.store_text_anchors(classes, anchors)
             self.state.anchors_ready = True
-            logger.info("stage 2 anchors computed once with the stage-1 text branch for %d classes", len(classes))
+            source = "the stage-1 text branch" if "text" in self.args.stages else "the model's current text branch (no stage 1 in this run)"
+            logger.info("stage 2 anchors computed once with %s for %d classes", source, len(classes))
         model.train()
 
     def _log(self, record: dict) -> None:
