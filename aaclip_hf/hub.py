@@ -53,6 +53,8 @@ CUSTOM_PIPELINE_ENTRY = {
     "pt": ["AutoModel"],
     "type": "multimodal",
 }
+# Training state that stays local (optimizer checkpoints, VCS data).
+NOT_UPLOADED = shutil.ignore_patterns("checkpoints", "checkpoint-*", ".tmp-*", ".git", "*.tmp")
 # Files a complete folder must hold (weights may be sharded: checked separately).
 REQUIRED_FILES = (
     "config.json",
@@ -466,7 +468,7 @@ def push_folder_to_hub(
         raise FileNotFoundError(f"model folder {source} does not exist")
     with tempfile.TemporaryDirectory(prefix="aaclip-push-") as tmp:
         staging = Path(tmp) / source.resolve().name
-        shutil.copytree(source, staging, ignore=shutil.ignore_patterns("checkpoints", "checkpoint-*", ".git", "*.tmp"))
+        shutil.copytree(source, staging, ignore=NOT_UPLOADED)
         prepare_hub_folder(staging, repo_id=repo_id, eval_results=eval_results, base_model=base_model, license=license)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True, token=token)
@@ -538,7 +540,7 @@ def run(args: argparse.Namespace) -> int:
         target = Path(args.dry_run)
         if target.exists() and any(target.iterdir()):
             raise FileExistsError(f"--dry-run folder {target} is not empty")
-        shutil.copytree(args.model_dir, target, dirs_exist_ok=True)
+        shutil.copytree(args.model_dir, target, dirs_exist_ok=True, ignore=NOT_UPLOADED)
         prepare_hub_folder(
             target, repo_id=args.repo_id, eval_results=eval_results, base_model=args.base_model, license=args.license
         )

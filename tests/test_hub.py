@@ -196,7 +196,8 @@ class _RecordingApi:
         return SimpleNamespace(repo_id=repo_id)
 
     def upload_folder(self, *, repo_id, folder_path, commit_message=None, token=None, **_):
-        files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.is_file()}
+        root = Path(folder_path)
+        files = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
         self.calls.append(("upload_folder", repo_id, files, commit_message))
         return SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{FAKE_SHA}")
 
@@ -211,6 +212,8 @@ def recording_api(monkeypatch):
 
 
 def test_push_uploads_model_processor_code_pipeline_and_card(saved_model, recording_api, tmp_path):
+    (saved_model / "checkpoints" / "checkpoint-10").mkdir(parents=True)  # training state stays local
+    (saved_model / "checkpoints" / "checkpoint-10" / "optimizer.bin").write_bytes(b"x")
     before = sorted(p.name for p in saved_model.iterdir())
     (tmp_path / "results.json").write_text(json.dumps(EVAL_RESULTS))
     url = hub.push_folder_to_hub(saved_model, "acme/aaclip-tiny", private=True, eval_results=tmp_path / "results.json")
@@ -240,6 +243,6 @@ def test_push_cli(saved_model, recording_api, tmp_path, capsys):
     (tmp_path / "results.json").write_text(json.dumps(EVAL_RESULTS))
     dry = tmp_path / "dry"
     assert main(["push", str(saved_model), "acme/x", "--dry-run", str(dry), "--eval-results", str(tmp_path / "results.json")]) == 0
-    assert EXPECTED_FILES <= {p.name for p in dry.iterdir()} and not recording_api.calls
+    assert EXPECTED_FILES == {p.name for p in dry.iterdir()} and not recording_api.calls
     assert main(["push", str(saved_model), "acme/x", "--private"]) == 0
     assert recording_api.calls[0][2] is True and "trust_remote_code=True" in capsys.readouterr().out
