@@ -5,12 +5,26 @@ AA-CLIP folder uses this installed code and never needs `trust_remote_code`.
 """
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .modeling import AAClipConfig, AAClipModel, AAClipOutput, AAClipProcessor
+from .modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
 from .version import __version__
 
 AutoConfig.register(AAClipConfig.model_type, AAClipConfig, exist_ok=True)
 AutoModel.register(AAClipConfig, AAClipModel, exist_ok=True)
 AutoProcessor.register(AAClipConfig, AAClipProcessor, exist_ok=True)
+# In-process task; Hub folders ship the same class as remote code (`config.custom_pipelines`).
+PIPELINE_REGISTRY.register_pipeline(
+    TASK, pipeline_class=AAClipAnomalyDetectionPipeline, pt_model=AutoModel, type="multimodal"
+)
 
-__all__ = ["AAClipConfig", "AAClipModel", "AAClipOutput", "AAClipProcessor", "__version__"]
+__all__ = [
+    "AAClipAnomalyDetectionPipeline",
+    "AAClipConfig",
+    "AAClipModel",
+    "AAClipOutput",
+    "AAClipProcessor",
+    "TASK",
+    "__version__",
+]

@@ -36,7 +36,6 @@ __all__ = [
     "push_folder_to_hub",
     "push_model_to_hub",
     "read_training_summary",
-    "register_pipeline",
     "save_for_hub",
 ]
 
@@ -160,16 +159,6 @@ The card's `license` field ({{ license }}) refers to these weights; check the li
 {{ citation }}
 ```
 """
-
-
-def register_pipeline() -> None:
-    """Register the `zero-shot-anomaly-detection` task in this process (idempotent)."""
-    from transformers import AutoModel
-    from transformers.pipelines import PIPELINE_REGISTRY
-
-    PIPELINE_REGISTRY.register_pipeline(
-        TASK, pipeline_class=AAClipAnomalyDetectionPipeline, pt_model=AutoModel, type="multimodal"
-    )
 
 
 # ----------------------------------------------------------------------------------------------

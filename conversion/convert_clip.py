@@ -364,9 +364,15 @@ def save_output(model, processor, output_dir: str | Path, push_to_hub: str | Non
         processor.save_pretrained(str(output_dir))
     print_fn(f"Saved {type(model).__name__} to {output_dir}")
     if push_to_hub:
-        url = model.push_to_hub(push_to_hub, private=private)
-        if processor is not None:
-            processor.push_to_hub(push_to_hub, private=private)
+        if not isinstance(model, CLIPModel):
+            # An AAClipModel: the package's push also uploads the pipeline code and a generated model card.
+            from ..hub import push_folder_to_hub
+
+            url = push_folder_to_hub(output_dir, push_to_hub, private=bool(private))
+        else:
+            url = model.push_to_hub(push_to_hub, private=private)
+            if processor is not None:
+                processor.push_to_hub(push_to_hub, private=private)
         print_fn(f"Pushed to the Hub: {push_to_hub} ({url})")
     return output_dir
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 
-class UnsafeCheckpointError(RuntimeError):
-    """The file would need unpickling arbitrary Python objects, which can run code."""
+class UnsafeCheckpointError(ValueError):
+    """The file would need unpickling arbitrary Python objects, which can run code (a bad input, refused)."""
 
 
 def is_torchscript_archive(path: str | Path) -> bool:

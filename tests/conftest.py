@@ -8,6 +8,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny tensors gain nothing from intra-op threads and lose a lot on a busy 2-core machine; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ import torch
 from aaclip_hf import AAClipConfig, AAClipModel, AAClipProcessor
 
 TINY_IMAGE_SIZE = 40
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

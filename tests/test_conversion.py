@@ -11,6 +11,7 @@ adapters are checked by what they compute, not only by where they are stored.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -278,7 +279,7 @@ def test_bad_layouts_are_refused_with_the_key(oc_quick):
         convert_clip_state_dict(hf_state, source="x.bin")
 
 
-def test_malicious_pickle_is_refused(tmp_path):
+def test_malicious_pickle_is_refused(tmp_path, capsys):
     marker = tmp_path / "pwned"
 
     class Payload:
@@ -290,9 +291,9 @@ def test_malicious_pickle_is_refused(tmp_path):
         torch.save(obj, tmp_path / name)
     with pytest.raises(UnsafeCheckpointError, match="evil.pt.*refusing"):
         load_clip_source(tmp_path / "evil.pt")
-    with pytest.raises(UnsafeCheckpointError, match="evil_adapter.pth"):
-        cli_main(["convert-original", "--clip", str(tmp_path / "evil_adapter.pth"), "--output", str(tmp_path / "o")])
-    assert not marker.exists()
+    assert cli_main(["convert-original", "--clip", str(tmp_path / "evil_adapter.pth"), "--output", str(tmp_path / "o")]) == 2
+    assert "evil_adapter.pth" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------- position table
@@ -376,14 +377,20 @@ def test_push_to_hub_with_mocked_hub(oc_quick, tmp_path, monkeypatch):
     def no_card(*args, **kwargs):
         raise EntryNotFoundError("no card")
 
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        commits.append((repo_id, sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())))
+        return SimpleNamespace(commit_url=f"https://hub/{repo_id}/commit/1", oid="1" * 40, pr_url=None)
+
     monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     monkeypatch.setattr(huggingface_hub.ModelCard, "load", classmethod(lambda cls, *a, **k: no_card()))
     torch.save(oc_quick.state_dict(), tmp_path / "sd.pt")
     assert cli_main(["convert-clip", str(tmp_path / "sd.pt"), str(tmp_path / "out"), "--image-size", "40",
                      "--push-to-hub", "acme/aaclip-tiny", "--no-verify", *HEAD_FLAGS]) == 0
     pushed = {path for repo, paths in commits for path in paths}
     assert all(repo == "acme/aaclip-tiny" for repo, _ in commits)
-    assert {"model.safetensors", "config.json", "modeling_aaclip.py", "tokenizer.json", "processor_config.json"} <= pushed
+    assert {"model.safetensors", "config.json", "modeling_aaclip.py", "tokenizer.json", "processor_config.json",
+            "pipeline_aaclip.py", "README.md"} <= pushed
 
 
 # ---------------------------------------------------------------- reference AA-CLIP checkpoints

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from aaclip_hf.hub import register_pipeline
 from aaclip_hf.modeling.pipeline_aaclip import DEFAULT_THRESHOLD, TASK, AAClipAnomalyDetectionPipeline
 
 from .conftest import make_tiny_model
@@ -135,8 +134,7 @@ def test_bad_inputs_say_what_is_wrong(pipe, tmp_path):
 def test_registered_task_loads_a_saved_folder_in_process(tiny_model, processor, tmp_path):
     from transformers import pipeline
 
-    register_pipeline()
-    tiny_model.save_pretrained(tmp_path)
+    tiny_model.save_pretrained(tmp_path)  # the task is registered by `import aaclip_hf`
     processor.save_pretrained(tmp_path)
     detector = pipeline(TASK, model=str(tmp_path), device="cpu")
     assert isinstance(detector, AAClipAnomalyDetectionPipeline)

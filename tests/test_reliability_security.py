@@ -125,10 +125,10 @@ def _dynamic_modules() -> list[str]:
 def test_no_trust_remote_code_needed_with_the_package_installed(tmp_path, processor):
     """Hub folders carry remote code (auto_map, custom_pipelines), but the installed classes are used and no
     remote code is ever imported: Auto classes resolve through the registration, the pipeline through
-    `pipeline_class` (Hub folder) or `register_pipeline()` (any folder)."""
+    `pipeline_class` (Hub folder) or the task `import aaclip_hf` registers (any folder)."""
     from transformers import AutoConfig, AutoModel, AutoProcessor, pipeline
 
-    from aaclip_hf.hub import register_pipeline, save_for_hub
+    from aaclip_hf.hub import save_for_hub
     from aaclip_hf.modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
 
     model = make_tiny_model()
@@ -148,8 +148,7 @@ def test_no_trust_remote_code_needed_with_the_package_installed(tmp_path, proces
     pipe = pipeline(TASK, model=str(hub), pipeline_class=AAClipAnomalyDetectionPipeline)  # ... and the way around it
     assert type(pipe.model).__module__.startswith("aaclip_hf") and type(pipe).__module__.startswith("aaclip_hf")
     assert pipe(image)["score"] == pytest.approx(expected, abs=1e-6)
-    register_pipeline()
-    pipe = pipeline(TASK, model=str(tmp_path / "plain"))
+    pipe = pipeline(TASK, model=str(tmp_path / "plain"))  # registered by `import aaclip_hf`
     assert type(pipe.model).__module__.startswith("aaclip_hf")
     assert pipe(image)["score"] == pytest.approx(expected, abs=1e-6)
     assert _dynamic_modules() == []

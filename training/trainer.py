@@ -812,9 +812,10 @@ class Trainer:
             self.processor.save_pretrained(args.output_dir)
             logger.info("saved the trained model and processor (anchors for %d classes) to %s", len(classes), args.output_dir)
             if args.push_to_hub:
+                from ..hub import push_folder_to_hub  # uploads pipeline code and a model card too
+
                 repo = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
-                model.push_to_hub(repo)
-                self.processor.push_to_hub(repo)
+                push_folder_to_hub(args.output_dir, repo)
                 logger.info("pushed to the Hub as %s", repo)
         acc.wait_for_everyone()
         acc.end_training()
