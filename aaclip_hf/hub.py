@@ -80,8 +80,7 @@ CITATION = """@InProceedings{Ma_2025_CVPR,
     title     = {AA-CLIP: Enhancing Zero-Shot Anomaly Detection via Anomaly-Aware CLIP},
     booktitle = {Proceedings of the Computer Vision and Pattern Recognition Conference (CVPR)},
     month     = {June},
-    year      = {2025},
-    pages     = {4744-4754}
+    year      = {2025}
 }"""
 
 CARD_TEMPLATE = """---
