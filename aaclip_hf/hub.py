@@ -22,7 +22,6 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from .modeling import AAClipConfig
 from .modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline

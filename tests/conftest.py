@@ -47,6 +47,24 @@ def tiny_model(processor) -> AAClipModel:
     return model
 
 
+@pytest.fixture(scope="session")
+def training_root(tmp_path_factory):
+    """A saved tiny AA-CLIP (`model/`) and a small synthetic defect set (`data/`) for training tests."""
+    from aaclip_hf.synthetic import generate_synthetic_dataset
+    from aaclip_hf.training.trainer import processor_for_size
+
+    root = tmp_path_factory.mktemp("train")
+    model = make_tiny_model(seed=0)
+    processor = processor_for_size(model.config.vision_config.image_size)
+    model.update_text_anchors(processor, ["object"])
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    generate_synthetic_dataset(root / "data", classes=["stripes", "disc"], image_size=32, n_train_good=0,
+                               n_test_good=4, n_test_defect_per_kind=1,
+                               defect_kinds=["hole", "stain", "scratch", "color_spot"], progress=False)
+    return root
+
+
 @pytest.fixture
 def pixel_values() -> torch.Tensor:
     return torch.randn(3, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, generator=torch.Generator().manual_seed(1))

@@ -24,14 +24,6 @@ from aaclip_hf.image_io import BadInputError
 from aaclip_hf.visualize import apply_colormap, contour_overlay, detection_figure
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def _save(path, height, width, seed=0, exif_orientation=None):
     rng = np.random.default_rng(seed)

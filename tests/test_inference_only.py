@@ -56,7 +56,7 @@ def test_default_vit_l_inference_only_has_at_least_25_percent_fewer_parameters()
     counts = parameter_bytes(AAClipConfig())
     full, lean = counts["full_parameters"], counts["inference_only_parameters"]
     config = AAClipConfig()
-    text, vision = config.text_config, config.vision_config
+    text = config.text_config
     # Independent count of what is dropped: CLIP text tower + text_projection + AA-CLIP text adapters/head + logit_scale.
     d, f, layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
     per_layer = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 4 * d  # attention, MLP, two layer norms

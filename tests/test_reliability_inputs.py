@@ -26,13 +26,6 @@ from .conftest import make_tiny_model
 LONG_CLASS = " ".join(["very"] * 80) + " long part name"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):

@@ -19,45 +19,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aaclip_hf import AAClipConfig, AAClipModel
 from aaclip_hf.conversion.loading import UnsafeCheckpointError, safe_torch_load
 from aaclip_hf.image_io import BadInputError
-from aaclip_hf.synthetic import generate_synthetic_dataset
 from aaclip_hf.training import trainer as trainer_mod
-from aaclip_hf.training.trainer import NonFiniteLossError, Trainer, TrainingArguments, processor_for_size
+from aaclip_hf.training.trainer import NonFiniteLossError, Trainer, TrainingArguments
 
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl",
                     "custom_checkpoint_1.pkl")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: fast on a shared box, and bit-identical to the OMP_NUM_THREADS=1 subprocess."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rel_train")
-    torch.manual_seed(0)
-    model = AAClipModel(AAClipConfig.tiny())
-    model.init_adapter_weights(seed=0)
-    processor = processor_for_size(model.config.vision_config.image_size)
-    model.update_text_anchors(processor, ["object"])
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
-    generate_synthetic_dataset(root / "data", classes=["stripes", "disc"], image_size=32, n_train_good=0,
-                               n_test_good=4, n_test_defect_per_kind=1,
-                               defect_kinds=["hole", "stain", "scratch", "color_spot"], progress=False)
-    return root
-
-
-def _args(setup, out, **kw) -> TrainingArguments:
+def _args(training_root, out, **kw) -> TrainingArguments:
     """Both stages, 4 steps each (16 images, global batch 4)."""
-    base = dict(model=str(setup / "model"), train_data=[str(setup / "data")], output_dir=str(out), text_epochs=1,
+    base = dict(model=str(training_root / "model"), train_data=[str(training_root / "data")], output_dir=str(out), text_epochs=1,
                 vision_epochs=1, text_batch_size=4, vision_batch_size=4, vision_milestones=[2], num_workers=0,
                 progress=False, log_every=1)
     base.update(kw)
@@ -69,9 +44,9 @@ def _weights(out) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def reference(setup, tmp_path_factory):
+def reference(training_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
-    Trainer(_args(setup, out)).train()
+    Trainer(_args(training_root, out)).train()
     return _weights(out)
 
 
@@ -123,13 +98,13 @@ def _arm_on_save(monkeypatch, target: int) -> dict:
 
 
 @pytest.mark.parametrize("point", ["inside_save_state", "before_rename", "deleting_previous"])
-def test_crash_during_checkpoint_write_keeps_a_complete_latest_and_resume_is_identical(setup, tmp_path, reference,
+def test_crash_during_checkpoint_write_keeps_a_complete_latest_and_resume_is_identical(training_root, tmp_path, reference,
                                                                                          monkeypatch, point):
     """The 3rd checkpoint write (after step 3) dies: half-way through accelerate's files, just before the
     atomic rename, or half-way through deleting the previous checkpoint."""
     import accelerate.accelerator as acc_module
 
-    args = _args(setup, tmp_path, checkpointing_steps=1)
+    args = _args(training_root, tmp_path, checkpointing_steps=1)
     with monkeypatch.context() as m:
         flag = _arm_on_save(m, target=3)
         if point == "inside_save_state":
@@ -198,9 +173,9 @@ DIE_IN_SAVE = textwrap.dedent(
 )
 
 
-def test_process_killed_inside_a_checkpoint_write_then_resume(setup, tmp_path, reference):
+def test_process_killed_inside_a_checkpoint_write_then_resume(training_root, tmp_path, reference):
     """A real death (os._exit: no cleanup, no exception handling) in the middle of accelerate's writes."""
-    args = _args(setup, tmp_path, checkpointing_steps=1)
+    args = _args(training_root, tmp_path, checkpointing_steps=1)
     argv = ["--model", args.model, "--train-data", *args.train_data, "--output", args.output_dir,
             "--text-epochs", "1", "--vision-epochs", "1", "--text-batch-size", "4", "--vision-batch-size", "4",
             "--vision-milestones", "2", "--num-workers", "0", "--no-progress", "--checkpointing-steps", "1"]
@@ -216,7 +191,7 @@ def test_process_killed_inside_a_checkpoint_write_then_resume(setup, tmp_path, r
     _assert_identical(tmp_path, reference)
 
 
-def test_no_step_is_checkpointed_twice(setup, tmp_path, monkeypatch):
+def test_no_step_is_checkpointed_twice(training_root, tmp_path, monkeypatch):
     """Saving a step again would delete its only complete checkpoint before the new one is in place; with
     checkpoints every step, the epoch-end save must not repeat the last batch's."""
     steps = []
@@ -227,13 +202,13 @@ def test_no_step_is_checkpointed_twice(setup, tmp_path, monkeypatch):
         return original(self)
 
     monkeypatch.setattr(Trainer, "save_checkpoint", record)
-    Trainer(_args(setup, tmp_path, checkpointing_steps=1)).train()
+    Trainer(_args(training_root, tmp_path, checkpointing_steps=1)).train()
     assert steps == list(range(1, 9))
 
 
-def test_nonfinite_loss_stops_keeps_last_good_checkpoint_and_resume_is_identical(setup, tmp_path, reference,
+def test_nonfinite_loss_stops_keeps_last_good_checkpoint_and_resume_is_identical(training_root, tmp_path, reference,
                                                                                   monkeypatch):
-    args = _args(setup, tmp_path, checkpointing_steps=1)
+    args = _args(training_root, tmp_path, checkpointing_steps=1)
     with monkeypatch.context() as m:
         calls = {"n": 0}
         original = Trainer._stage1_terms
@@ -259,19 +234,19 @@ def test_nonfinite_loss_stops_keeps_last_good_checkpoint_and_resume_is_identical
 
 
 @pytest.fixture
-def data_copy(setup, tmp_path):
+def data_copy(training_root, tmp_path):
     folder = tmp_path / "data"
-    shutil.copytree(setup / "data", folder)
+    shutil.copytree(training_root / "data", folder)
     return folder
 
 
-def test_corrupt_image_is_caught_before_the_first_step(setup, data_copy, tmp_path, monkeypatch, capsys):
+def test_corrupt_image_is_caught_before_the_first_step(training_root, data_copy, tmp_path, monkeypatch, capsys):
     bad = data_copy / "disc" / "test" / "stain" / "000.png"
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2])  # a truncated download
     monkeypatch.setattr(Trainer, "train_step", lambda *a, **k: pytest.fail("a step ran before the data was checked"))
     out = tmp_path / "out"
-    argv = ["--model", str(setup / "model"), "--train-data", str(data_copy), "--output", str(out), "--no-progress",
+    argv = ["--model", str(training_root / "model"), "--train-data", str(data_copy), "--output", str(out), "--no-progress",
             "--num-workers", "0"]
     assert trainer_mod.main(argv) == 2
     err = capsys.readouterr().err
@@ -279,19 +254,19 @@ def test_corrupt_image_is_caught_before_the_first_step(setup, data_copy, tmp_pat
     assert not (out / "checkpoints").exists()
 
 
-def test_mask_of_another_size_is_caught_before_the_first_step(setup, data_copy, tmp_path):
+def test_mask_of_another_size_is_caught_before_the_first_step(training_root, data_copy, tmp_path):
     from PIL import Image
 
     mask = data_copy / "stripes" / "ground_truth" / "hole" / "000_mask.png"
     Image.new("L", (20, 10), 255).save(mask)
     with pytest.raises(BadInputError, match=r"mask is 20x10 but its image .*000.png is 32x32") as info:
-        Trainer(_args(setup, tmp_path / "out", train_data=[str(data_copy)]))
+        Trainer(_args(training_root, tmp_path / "out", train_data=[str(data_copy)]))
     assert info.value.path == str(mask) and info.value.field == "mask_path"
 
 
-def test_skip_bad_files_drops_counts_and_trains(setup, data_copy, tmp_path, caplog):
+def test_skip_bad_files_drops_counts_and_trains(training_root, data_copy, tmp_path, caplog):
     (data_copy / "disc" / "test" / "good" / "001.png").write_text("not a png")
-    trainer = Trainer(_args(setup, tmp_path / "out", train_data=[str(data_copy)], skip_bad_files=True))
+    trainer = Trainer(_args(training_root, tmp_path / "out", train_data=[str(data_copy)], skip_bad_files=True))
     assert len(trainer.samples) == 15
     assert not any(s.image_path.endswith(os.path.join("good", "001.png")) and s.class_name == "disc"
                    for s in trainer.samples)
@@ -302,19 +277,19 @@ def test_skip_bad_files_drops_counts_and_trains(setup, data_copy, tmp_path, capl
     assert not [p.name for p in (tmp_path / "out").iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
 
 
-def test_training_data_without_anomalies_is_a_clear_error(setup, tmp_path):
+def test_training_data_without_anomalies_is_a_clear_error(training_root, tmp_path):
     from aaclip_hf.data import load_samples
 
-    normal = [s for s in load_samples(str(setup / "data")) if s.label == 0]
+    normal = [s for s in load_samples(str(training_root / "data")) if s.label == 0]
     with pytest.raises(BadInputError, match="has no anomalous image"):
-        Trainer(_args(setup, tmp_path), samples=normal)
+        Trainer(_args(training_root, tmp_path), samples=normal)
 
 
-def test_class_with_normal_images_only_is_named_and_trains(setup, tmp_path, caplog):
+def test_class_with_normal_images_only_is_named_and_trains(training_root, tmp_path, caplog):
     from aaclip_hf.data import load_samples
 
-    samples = [s for s in load_samples(str(setup / "data")) if not (s.class_name == "disc" and s.label == 1)]
-    trainer = Trainer(_args(setup, tmp_path), samples=samples)
+    samples = [s for s in load_samples(str(training_root / "data")) if not (s.class_name == "disc" and s.label == 1)]
+    trainer = Trainer(_args(training_root, tmp_path), samples=samples)
     assert "['disc'] have no anomalous image" in caplog.text
     trainer.train()
     assert (tmp_path / "model.safetensors").is_file()
@@ -334,8 +309,8 @@ class _Payload:
 
 
 @pytest.mark.parametrize("victim", ["custom_checkpoint_0.pkl", "optimizer.bin"])
-def test_resume_refuses_a_checkpoint_that_would_run_code(setup, tmp_path, victim):
-    args = _args(setup, tmp_path, stage="text", checkpointing_steps=1, max_steps=1)
+def test_resume_refuses_a_checkpoint_that_would_run_code(training_root, tmp_path, victim):
+    args = _args(training_root, tmp_path, stage="text", checkpointing_steps=1, max_steps=1)
     Trainer(args).train()
     marker = tmp_path / "pwned"
     checkpoint = tmp_path / "checkpoints" / _checkpoints(tmp_path)[-1]

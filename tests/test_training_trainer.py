@@ -16,10 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aaclip_hf import AAClipConfig, AAClipModel
-from aaclip_hf.data import Sample, load_samples
-from aaclip_hf.synthetic import generate_synthetic_dataset
-from aaclip_hf.training import trainer as trainer_mod
+from aaclip_hf import AAClipModel
+from aaclip_hf.data import load_samples
 from aaclip_hf.training.trainer import (
     NonFiniteLossError,
     Trainer,
@@ -28,41 +26,16 @@ from aaclip_hf.training.trainer import (
     add_arguments,
     arguments_from_namespace,
     epoch_batches,
-    processor_for_size,
 )
 
 PYTHON = sys.executable
 ACCELERATE = os.path.join(os.path.dirname(PYTHON), "accelerate")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core box: one intra-op thread is ~20x faster than oversubscribed
-    threads, and matches the subprocess runs below (OMP_NUM_THREADS=1) operation for operation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    torch.manual_seed(0)
-    model = AAClipModel(AAClipConfig.tiny())
-    model.init_adapter_weights(seed=0)
-    processor = processor_for_size(model.config.vision_config.image_size)
-    model.update_text_anchors(processor, ["object"])
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
-    generate_synthetic_dataset(root / "data", classes=["stripes", "disc"], image_size=32, n_train_good=0,
-                               n_test_good=4, n_test_defect_per_kind=1,
-                               defect_kinds=["hole", "stain", "scratch", "color_spot"], progress=False)
-    return root
-
-
-def _args(setup, out, **kw) -> TrainingArguments:
-    base = dict(model=str(setup / "model"), train_data=[str(setup / "data")], output_dir=str(out),
+def _args(training_root, out, **kw) -> TrainingArguments:
+    base = dict(model=str(training_root / "model"), train_data=[str(training_root / "data")], output_dir=str(out),
                 text_epochs=2, vision_epochs=1, text_batch_size=4, vision_batch_size=4, vision_milestones=[2],
                 num_workers=0, progress=False, log_every=1)
     base.update(kw)
@@ -89,11 +62,11 @@ def _snapshot(model) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def reference_run(setup, tmp_path_factory):
+def reference_run(training_root, tmp_path_factory):
     """An uninterrupted single-process run; its final weights are the yardstick below."""
     out = tmp_path_factory.mktemp("ref")
     t0 = time.time()
-    Trainer(_args(setup, out)).train()
+    Trainer(_args(training_root, out)).train()
     print(f"reference run: {time.time() - t0:.1f}s")
     return _weights(out)
 
@@ -109,8 +82,8 @@ def _first_batch(trainer, stage, size):
      ("vision", {"mixed_precision": "bf16"})],
     ids=["text", "vision", "text-paper-batch_axis", "vision-bf16"],
 )
-def test_one_step_changes_exactly_the_stage_parameters(setup, tmp_path, stage, extra):
-    trainer = Trainer(_args(setup, tmp_path, stage=stage, **extra))
+def test_one_step_changes_exactly_the_stage_parameters(training_root, tmp_path, stage, extra):
+    trainer = Trainer(_args(training_root, tmp_path, stage=stage, **extra))
     model = trainer.model
     trainer._start_stage(stage)
     backbone = [n for n, p in model.named_parameters() if ".adapter." not in n and not n.startswith(
@@ -134,9 +107,9 @@ def test_one_step_changes_exactly_the_stage_parameters(setup, tmp_path, stage, e
     assert all(p.grad is None for n, p in model.named_parameters() if n in backbone)
 
 
-def test_resume_mid_run_is_identical(setup, tmp_path, reference_run, monkeypatch):
+def test_resume_mid_run_is_identical(training_root, tmp_path, reference_run, monkeypatch):
     """Crash after 6 steps (inside stage 1, epoch 2) with checkpoints every 2 steps; resume; compare."""
-    args = _args(setup, tmp_path, checkpointing_steps=2)
+    args = _args(training_root, tmp_path, checkpointing_steps=2)
     calls = {"n": 0}
     original = Trainer.train_step
 
@@ -165,8 +138,8 @@ def test_resume_mid_run_is_identical(setup, tmp_path, reference_run, monkeypatch
     assert steps == list(range(1, 13))
 
 
-def test_kill_9_then_resume_is_identical(setup, tmp_path, reference_run):
-    args = _args(setup, tmp_path, checkpointing_steps=1)
+def test_kill_9_then_resume_is_identical(training_root, tmp_path, reference_run):
+    args = _args(training_root, tmp_path, checkpointing_steps=1)
     cmd = [PYTHON, "-m", "aaclip_hf.training", *_cli(args)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -195,8 +168,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one(setup, tmp_path, reference_run):
-    args = _args(setup, tmp_path)
+def test_two_processes_equal_one(training_root, tmp_path, reference_run):
+    args = _args(training_root, tmp_path)
     env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
@@ -210,11 +183,11 @@ def test_two_processes_equal_one(setup, tmp_path, reference_run):
     print(f"2 processes vs 1: max |diff| = {worst:.2e}")
     assert worst < 1e-5
     trained = [k for k in got if ".adapter." in k or k.startswith(("seg_", "det_", "text_projector"))]
-    assert trained and all(not torch.equal(got[k], _weights_initial(setup)[k]) for k in trained)
+    assert trained and all(not torch.equal(got[k], _weights_initial(training_root)[k]) for k in trained)
 
 
-def _weights_initial(setup):
-    return _weights(setup / "model")
+def _weights_initial(training_root):
+    return _weights(training_root / "model")
 
 
 def test_epoch_batches_shards_form_the_global_batch():
@@ -227,10 +200,10 @@ def test_epoch_batches_shards_form_the_global_batch():
     assert len(epoch_batches(9, 4, 3, 0, 0, 0, 2)) == 2
 
 
-def test_maskless_data_trains_image_loss_only(setup, tmp_path, caplog):
+def test_maskless_data_trains_image_loss_only(training_root, tmp_path, caplog):
     samples = [s if s.label == 0 else dataclasses.replace(s, mask_path=None)
-               for s in load_samples(str(setup / "data"))]
-    trainer = Trainer(_args(setup, tmp_path, stage="vision"), samples=samples)
+               for s in load_samples(str(training_root / "data"))]
+    trainer = Trainer(_args(training_root, tmp_path, stage="vision"), samples=samples)
     assert "image-level loss only" in caplog.text
     trainer._start_stage("vision")
     before = _snapshot(trainer.model)
@@ -241,13 +214,13 @@ def test_maskless_data_trains_image_loss_only(setup, tmp_path, caplog):
     assert "det_projection.fc.weight" in changed and not any(k.startswith("seg_projections") for k in changed)
 
 
-def test_nonfinite_loss_stops_or_skips(setup, tmp_path, monkeypatch):
+def test_nonfinite_loss_stops_or_skips(training_root, tmp_path, monkeypatch):
     def nan_terms(self, batch, pixel_values, masks):
         loss = self.model.det_projection.fc.weight.sum() * float("nan")
         return {"loss": loss, "image": loss}
 
     monkeypatch.setattr(Trainer, "_stage2_terms", nan_terms)
-    args = _args(setup, tmp_path, stage="vision")
+    args = _args(training_root, tmp_path, stage="vision")
     with pytest.raises(NonFiniteLossError, match="--resume"):
         Trainer(args).train()
     trainer = Trainer(dataclasses.replace(args, skip_nonfinite=True, overwrite_output_dir=True))
@@ -274,24 +247,24 @@ def test_cli_defaults_are_the_paper_setting():
         dataclasses.replace(args, cache_stage1_features=True, augment=False, dpam_mode="batch_axis").validate()
 
 
-def test_cached_stage1_features_give_the_same_run(setup, tmp_path):
+def test_cached_stage1_features_give_the_same_run(training_root, tmp_path):
     """Without augmentation, per-image DPAM features are fixed: caching them changes nothing."""
     kw = dict(stage="text", augment=False, text_epochs=2)
-    plain = Trainer(_args(setup, tmp_path / "plain", **kw))
+    plain = Trainer(_args(training_root, tmp_path / "plain", **kw))
     plain.train()
-    cached = Trainer(_args(setup, tmp_path / "cached", cache_stage1_features=True, **kw))
+    cached = Trainer(_args(training_root, tmp_path / "cached", cache_stage1_features=True, **kw))
     cached.train()
     assert len(cached.cache) == 16
     a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "cached")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(a["text_projector.fc.weight"], _weights_initial(setup)["text_projector.fc.weight"])
+    assert not torch.equal(a["text_projector.fc.weight"], _weights_initial(training_root)["text_projector.fc.weight"])
 
 
-def test_aaclip_train_cli_end_to_end(setup, tmp_path):
+def test_aaclip_train_cli_end_to_end(training_root, tmp_path):
     from aaclip_hf.cli import main
 
     out = tmp_path / "cli"
-    argv = ["train", "--model", str(setup / "model"), "--train-data", str(setup / "data"), "--output", str(out),
+    argv = ["train", "--model", str(training_root / "model"), "--train-data", str(training_root / "data"), "--output", str(out),
             "--shots", "2", "--text-batch-size", "4", "--max-steps", "1", "--num-workers", "0", "--no-progress"]
     assert main(argv) == 0
     trained = AAClipModel.from_pretrained(out)

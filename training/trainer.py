@@ -151,7 +151,6 @@ class TrainingArguments:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`aaclip train` flags (every hyper-parameter at the paper's default)."""
     d = TrainingArguments(model="", train_data=[], output_dir="")
-    a = parser.add_argument
     g = parser.add_argument_group("model and data")
     g.add_argument("--model", required=True, help="HF CLIP id/folder (adapters start fresh) or an AA-CLIP model folder")
     g.add_argument("--train-data", required=True, nargs="+", help="dataset folder / metadata file / spec PATH::key=value (several are combined)")
