@@ -660,13 +660,14 @@ def evaluate_goals(report: dict) -> list[dict]:
             "goal": "vision forward >= 85 % of the measured fp32 matmul peak",
             "value": f"{100 * fraction:.0f} % ({best[2]:.1f} of {peak:.1f} GFLOP/s, {best[0]}, batch {best[1]})",
             "met": fraction >= 0.85,
-            "reason": "18 % of the FLOPs are attention matmuls over 64-wide heads (less efficient than the square "
-                      "peak matmul), plus softmax over "
-                      "16 x 1370^2 scores per layer, GELU, 2 layer norms and the adapters' norm rescale: memory-bound "
-                      "elementwise work that the FLOP count does not credit; other processes shared the 2 cores "
-                      "(load average in the report)",
-            "remedy": "a fused attention kernel with bf16 matmuls (AMX/AVX512-BF16 CPUs or a GPU: benchmarks/gpu.sh), "
-                      "torch.compile to fuse the elementwise chains, and an otherwise idle machine",
+            "reason": "18 % of the FLOPs (ViT-L at 518 px) are attention matmuls over 64-wide heads, less efficient "
+                      "than the square peak matmul; softmax over heads x tokens^2 scores per layer, GELU, 2 layer "
+                      "norms and the adapters' norm rescale are memory-bound work the FLOP count does not credit; "
+                      "glibc's allocator page-faults the activations afresh on every call (docs/performance.md); "
+                      "other processes shared the 2 cores (load average above)",
+            "remedy": "MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ or jemalloc (about 2x at batch 1 measured by "
+                      "hand), torch.compile to fuse the elementwise chains, bf16 matmuls on AMX/AVX512-BF16 CPUs or "
+                      "a GPU (benchmarks/gpu.sh), an otherwise idle machine",
         })
     reduction = _get(report, "save", "parameter_reduction") or (
         1 - report["parameters"]["inference_only_parameters"] / report["parameters"]["full_parameters"])
