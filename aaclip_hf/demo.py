@@ -164,6 +164,7 @@ print(json.dumps({"pipeline_module": type(detector).__module__,
 def reload_in_fresh_process(folder: Path, images: list[str], classes: list[str], timeout: float = 600) -> dict:
     """Load `folder` with `pipeline(..., trust_remote_code=True)` in a new interpreter and score `images`."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    images = [str(Path(image).resolve()) for image in images]  # the child runs in another working directory
     proc = subprocess.run(
         [sys.executable, "-c", RELOAD_SCRIPT, str(folder.resolve()), json.dumps(images), json.dumps(classes)],
         capture_output=True, text=True, env=env, cwd=str(folder.resolve().parent), timeout=timeout,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from aaclip_hf.demo import run_demo
 
 
-def test_quick_demo_runs_end_to_end(tmp_path, capsys):
-    out = tmp_path / "demo"
+def test_quick_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = Path("demo")  # relative, as `make demo` passes it
     summary = run_demo(out, quick=True, progress=False)
     printed = capsys.readouterr().out
     assert "RANDOMLY INITIALISED CLIP" in printed and "Where to look" in printed and "before -> after" in printed
