@@ -132,10 +132,12 @@ def score_images(
     batch_size: int = 8,
     progress: bool = True,
     description: str = "scoring",
+    skipped: list[dict] | None = None,
 ):
     """Yield `(path, PIL image, pipeline result)` for image files, `batch_size` at a time, with a progress bar.
 
-    `class_name`: one name for all images or one per image.
+    `class_name`: one name for all images or one per image. With a `skipped` list, unreadable files are
+    logged, recorded there (`{"image", "error"}`) and left out instead of stopping the run.
     """
     from tqdm.auto import tqdm
 
@@ -147,8 +149,23 @@ def score_images(
     with tqdm(total=len(paths), desc=description, unit="img", disable=not progress) as bar:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            pil_images = [load_image(p) for p in chunk]
             names = list(class_name[start : start + batch_size]) if per_image else class_name
+            readable, pil_images = [], []
+            for index, path in enumerate(chunk):
+                try:
+                    pil_images.append(load_image(path))
+                    readable.append(index)
+                except BadInputError as error:
+                    if skipped is None:
+                        raise
+                    logger.warning("skipping %s: %s", path, error)
+                    skipped.append({"image": str(path), "error": str(error)})
+            bar.update(len(chunk) - len(readable))
+            if not readable:
+                continue
+            chunk = [chunk[i] for i in readable]
+            if per_image:
+                names = [names[i] for i in readable]
             results = pipe(pil_images, batch_size=batch_size, **({"class_name": names} if names else {}), **kwargs)
             for path, image, result in zip(chunk, pil_images, results):
                 yield path, image, result
@@ -170,10 +187,12 @@ def detect(
     max_side: int = 512,
     heatmap_scale: str = "image",
     progress: bool = True,
+    skip_bad_files: bool = False,
 ) -> list[dict[str, Any]]:
     """Score image files and write overlays, `detections.json` and `detections.csv` under `output_dir`.
 
     `class_name` is one name for all images or one per collected image (files in the given order).
+    `skip_bad_files`: unreadable images are logged and listed in `skipped.json` instead of stopping the run.
 
     Returns one record per image: `image`, `class_name`, `score`, `raw_anomaly_score`, `is_anomaly`, `label`,
     `threshold`, `anomalous_area` (fraction of pixels in the decision region), `height`, `width`, `overlay`.
@@ -192,8 +211,11 @@ def detect(
     names = dict(zip(paths, _unique_stems(paths)))
     pipe = make_pipeline(model, processor)
     records = []
+    (out / "skipped.json").unlink(missing_ok=True)  # never report a previous run's skips
+    skipped: list[dict] | None = [] if skip_bad_files else None
     levels = model.config.num_levels
-    for path, image, result in score_images(pipe, paths, class_name, domain, batch_size, progress, "detecting"):
+    scored = score_images(pipe, paths, class_name, domain, batch_size, progress, "detecting", skipped)
+    for path, image, result in scored:
         is_anomaly = result["score"] >= threshold
         probability = anomaly_probability(result["anomaly_map"], levels)
         level = pixel_threshold
@@ -231,6 +253,11 @@ def detect(
             np.save(map_path, result["anomaly_map"].astype(np.float32))
             record["anomaly_map"] = str(map_path)
         records.append(record)
+    if skipped:
+        (out / "skipped.json").write_text(json.dumps(skipped, indent=2) + "\n", encoding="utf-8")
+    if not records:
+        raise BadInputError(f"none of the {len(paths)} image(s) could be read (see {out / 'skipped.json'})",
+                            str(paths[0]), "images")
     (out / "detections.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
     with open(out / "detections.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(records[0]))
@@ -325,6 +352,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-maps", action="store_true", help="also save each anomaly map as .npy")
     parser.add_argument("--max-side", type=int, default=512, help="longest side of each overlay panel in pixels")
     parser.add_argument("--output", required=True, help="folder for overlays/, detections.json and detections.csv")
+    parser.add_argument("--skip-bad-files", action="store_true",
+                        help="log and skip unreadable images (listed in skipped.json) instead of stopping")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -336,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
         model, processor, args.images, args.output, class_name=args.class_name, threshold=args.threshold,
         pixel_threshold=args.pixel_threshold, domain=args.domain, batch_size=args.batch_size,
         save_maps=args.save_maps, max_side=args.max_side, heatmap_scale=args.heatmap_scale,
-        progress=not args.no_progress,
+        progress=not args.no_progress, skip_bad_files=args.skip_bad_files,
     )
     flagged = sum(r["is_anomaly"] for r in records)
     width = max(len(Path(r["image"]).name) for r in records)
@@ -344,6 +373,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{Path(r['image']).name:<{width}}  score {r['score']:.4f}  {r['label']}")
     print(f"\n{flagged} of {len(records)} image(s) anomalous at threshold {records[0]['threshold']:.4f}")
     print(f"overlays in {Path(args.output) / 'overlays'}; scores in {Path(args.output) / 'detections.csv'}")
+    skipped = Path(args.output) / "skipped.json"
+    if skipped.is_file():
+        print(f"{len(json.loads(skipped.read_text()))} unreadable image(s) skipped, listed in {skipped}")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from pathlib import Path
 import math
 
 import numpy as np
@@ -177,3 +178,29 @@ def test_overlay_pieces():
     assert figure.size[0] > 3 * 256
     with pytest.raises(ValueError, match="map"):
         detection_figure(image, np.zeros((5, 5)), region, "title")
+
+
+def test_bad_files_stop_detect_unless_skipped(tiny_model, processor, tmp_path, capsys):
+    from aaclip_hf.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    _save(folder / "a_good.png", 20, 24)
+    (folder / "b_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    _save(folder / "c_good.png", 30, 18, seed=1)
+    with pytest.raises(BadInputError, match="b_corrupt.png"):
+        detect(tiny_model, processor, [folder], tmp_path / "strict", progress=False, batch_size=2)
+    records = detect(tiny_model, processor, [folder], tmp_path / "lenient", progress=False, batch_size=2,
+                     class_name=["bottle", "pcb1", "object"], skip_bad_files=True)
+    assert [Path(r["image"]).name for r in records] == ["a_good.png", "c_good.png"]
+    assert [r["class_name"] for r in records] == ["bottle", "object"]  # per-image names stay aligned
+    skipped = json.loads((tmp_path / "lenient" / "skipped.json").read_text())
+    assert [Path(s["image"]).name for s in skipped] == ["b_corrupt.png"]
+    model_dir = tmp_path / "model"
+    tiny_model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    argv = ["detect", str(folder), "--model", str(model_dir), "--output", str(tmp_path / "cli"), "--device", "cpu",
+            "--no-progress"]
+    assert main(argv) == 2 and "b_corrupt.png" in capsys.readouterr().err
+    assert main(argv + ["--skip-bad-files"]) == 0
+    assert "1 unreadable image(s) skipped" in capsys.readouterr().out
