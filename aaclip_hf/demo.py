@@ -24,12 +24,17 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-__all__ = ["DemoSettings", "QUICK", "FULL", "run_demo"]
+if TYPE_CHECKING:
+    from .evaluation import EvaluationResult
+
+__all__ = ["DemoSettings", "QUICK", "FULL", "LearningComparison", "run_demo", "train_and_compare"]
 
 
 @dataclass(frozen=True)
@@ -188,9 +193,38 @@ def run_demo(
     `num_threads`: torch intra-op threads for the run (default: 1 for the tiny model, torch's default otherwise).
     """
 
-    settings = settings or (QUICK if quick else FULL)
+    settings = _resolve_settings(settings or (QUICK if quick else FULL), model_name)
+    with _demo_threads(model_name, num_threads):
+        return _run_demo(output_dir, model_name, settings, seed, progress)
+
+
+def train_and_compare(
+    output_dir: str | os.PathLike,
+    model_name: str | None = None,
+    quick: bool = False,
+    seed: int = 111,
+    settings: DemoSettings | None = None,
+    progress: bool = True,
+    num_threads: int | None = None,
+) -> "LearningComparison":
+    """Demo steps 1-5 only (data, model, untrained evaluation, training, trained evaluation on the held-out classes).
+
+    The learning-evidence test uses it so that it measures exactly the demo's recipe without the detection and
+    Hub steps. Arguments as `run_demo`.
+    """
+    settings = _resolve_settings(settings or (QUICK if quick else FULL), model_name)
+    with _demo_threads(model_name, num_threads):
+        return _train_and_compare(Path(output_dir), model_name, settings, seed, progress, {}, total=5)
+
+
+def _resolve_settings(settings: DemoSettings, model_name: str | None) -> DemoSettings:
     if model_name is not None and settings.text_lr == FULL.text_lr:
         settings = replace(settings, text_lr=PAPER_TEXT_LR)  # a pretrained text tower: the paper's step size
+    return settings
+
+
+@contextmanager
+def _demo_threads(model_name: str | None, num_threads: int | None):
     if model_name is None and num_threads is None:
         # Tiny tensors gain nothing from intra-op threads, and on a busy machine idle-spinning threads cost up to
         # 10x (measured); real models keep torch's default.
@@ -199,30 +233,47 @@ def run_demo(
     if num_threads:
         torch.set_num_threads(num_threads)
     try:
-        return _run_demo(output_dir, model_name, settings, seed, progress)
+        yield
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progress: bool) -> dict:
+@dataclass
+class LearningComparison:
+    """What demo steps 1-5 produce: the held-out evaluations before and after training, and the trained model."""
+
+    untrained: "EvaluationResult"
+    trained: "EvaluationResult"
+    model: torch.nn.Module
+    processor: object
+    data_root: Path
+    train_classes: list[str]
+    held_out_classes: list[str]
+    train_samples: list
+    test_samples: list
+    base_description: str
+    model_dir: Path
+    seconds: dict[str, float]          # per step, as the demo's summary reports them
+
+
+def _lap(timings: dict[str, float], name: str, since: float) -> float:
+    timings[name] = round(time.perf_counter() - since, 1)
+    return time.perf_counter()
+
+
+def _train_and_compare(out: Path, model_name, settings: DemoSettings, seed: int, progress: bool,
+                       timings: dict[str, float], total: int) -> LearningComparison:
     from .data import load_samples
-    from .detect import calibrate_threshold, collect_images, detect, make_pipeline, score_images
     from .evaluation import evaluate
-    from .hub import save_for_hub
     from .synthetic import SYNTHETIC_HELD_OUT_CLASSES, SYNTHETIC_PROMPT_NAMES, SYNTHETIC_TRAIN_CLASSES, generate_synthetic_dataset
     from .training.trainer import TrainingArguments, Trainer
 
-    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    total = 8
     train_classes = list(settings.train_classes or SYNTHETIC_TRAIN_CLASSES)
     held_out = list(settings.held_out_classes or SYNTHETIC_HELD_OUT_CLASSES)
 
     def lap(name: str, since: float) -> float:
-        timings[name] = round(time.perf_counter() - since, 1)
-        return time.perf_counter()
+        return _lap(timings, name, since)
 
     # 1. data
     t = time.perf_counter()
@@ -296,7 +347,28 @@ def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progres
     if model_name is None:
         _say("    (a random tiny CLIP knows nothing about objects: expect localisation to improve more than image-level "
              "detection; pretrained CLIP weights are what make the paper's numbers)")
-    t = lap("evaluate trained", t)
+    lap("evaluate trained", t)
+    return LearningComparison(baseline, trained, model, processor, data_root, train_classes, held_out,
+                              train_samples, test_samples, base_description, model_dir, timings)
+
+
+def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progress: bool) -> dict:
+    from .detect import calibrate_threshold, collect_images, detect, make_pipeline, score_images
+    from .hub import save_for_hub
+
+    out = Path(output_dir)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    total = 8
+    result = _train_and_compare(out, model_name, settings, seed, progress, timings, total)
+    baseline, trained, model, processor = result.untrained, result.trained, result.model, result.processor
+    data_root, train_classes, held_out = result.data_root, result.train_classes, result.held_out_classes
+    test_samples, base_description, model_dir = result.test_samples, result.base_description, result.model_dir
+
+    def lap(name: str, since: float) -> float:
+        return _lap(timings, name, since)
+
+    t = time.perf_counter()
 
     # 6. calibration, per held-out class, on its normal train-split images (never used for training or testing)
     _banner(6, total, "calibrating a decision threshold per held-out class on a few of its normal images")
