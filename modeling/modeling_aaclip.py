@@ -319,13 +319,12 @@ class AAClipModel(AAClipPreTrainedModel):
         state = clip_model.state_dict()
         position_key = "vision_model.embeddings.position_embedding.weight"
         state[position_key] = resize_position_embedding(state[position_key], config.grid_size)
-        state = {key: value for key, value in state.items() if not key.endswith("position_ids")}
 
         model = cls(config)
         missing, unexpected = model.load_state_dict(state, strict=False)
-        new_keys = {name for name, _ in model.named_parameters() if ".adapter." in name or name.startswith(
-            ("text_projector.", "seg_projections.", "det_projection."))} | {"text_anchors"}
-        not_loaded = set(missing) - new_keys - {k for k in missing if k.endswith("position_ids")}
+        added = {id(parameter) for module in model.adapter_modules() for parameter in module.parameters()}
+        new_keys = {name for name, parameter in model.named_parameters() if id(parameter) in added} | {"text_anchors"}
+        not_loaded = set(missing) - new_keys
         if not_loaded or unexpected:
             raise ValueError(
                 f"CLIP weights do not fit the AA-CLIP backbone: missing {sorted(not_loaded)[:5]}, "
