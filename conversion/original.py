@@ -80,6 +80,14 @@ class AdapterWeights:
     config: dict = field(default_factory=dict)  # AAClipConfig fields read from the keys
     ignored: list[str] = field(default_factory=list)
 
+    def take(self, source: str, state: Mapping[str, torch.Tensor], key: str, target: str,
+             expected: tuple[int, int]) -> None:
+        """Copy `state[key]` (fp32, shape-checked) to the HF name `target` and record the mapping."""
+        tensor = state[key].detach().float()
+        _check_shape(source, key, tensor, expected)
+        self.tensors[target] = tensor.clone()
+        self.mapped.append((f"{source}:{key}", target))
+
 
 def reference_anchor_names(prefixed: bool = True, bare: bool = True) -> list[str]:
     """Class names whose anchors a converted reference model stores (``object`` first)."""
@@ -127,15 +135,10 @@ def convert_text_adapter(
     out = AdapterWeights()
     head = max(indices)
     for index, key in sorted(indices.items()):
-        tensor = state[key].detach().float()
         if index == head:
-            _check_shape(source, key, tensor, (projection_dim, text_width))
-            target = "text_projector.fc.weight"
+            out.take(source, state, key, "text_projector.fc.weight", (projection_dim, text_width))
         else:
-            _check_shape(source, key, tensor, (text_width, text_width))
-            target = f"text_model.encoder.layers.{index}.adapter.fc.weight"
-        out.tensors[target] = tensor.clone()
-        out.mapped.append((f"{source}:{key}", target))
+            out.take(source, state, key, f"text_model.encoder.layers.{index}.adapter.fc.weight", (text_width, text_width))
     out.config = {"text_adapter_layers": head, "text_head": "adapter"}
     return out
 
@@ -174,21 +177,10 @@ def convert_image_adapter(
             f"{source}: projector keys mix '.fc.weight' and '.fc.0.weight'; all projectors share one activation setting"
         )
     for index, key in sorted(layers.items()):
-        tensor = state[key].detach().float()
-        _check_shape(source, key, tensor, (vision_width, vision_width))
-        target = f"vision_model.encoder.layers.{index}.adapter.fc.weight"
-        out.tensors[target] = tensor.clone()
-        out.mapped.append((f"{source}:{key}", target))
+        out.take(source, state, key, f"vision_model.encoder.layers.{index}.adapter.fc.weight", (vision_width, vision_width))
     for index, key in sorted(levels.items()):
-        tensor = state[key].detach().float()
-        _check_shape(source, key, tensor, (projection_dim, vision_width))
-        target = f"seg_projections.{index}.fc.weight"
-        out.tensors[target] = tensor.clone()
-        out.mapped.append((f"{source}:{key}", target))
-    tensor = state[det_key].detach().float()
-    _check_shape(source, det_key, tensor, (projection_dim, vision_width))
-    out.tensors["det_projection.fc.weight"] = tensor.clone()
-    out.mapped.append((f"{source}:{det_key}", "det_projection.fc.weight"))
+        out.take(source, state, key, f"seg_projections.{index}.fc.weight", (projection_dim, vision_width))
+    out.take(source, state, det_key, "det_projection.fc.weight", (projection_dim, vision_width))
     out.config = {
         "vision_adapter_layers": len(layers),
         "projector_activation": activations.pop(),
