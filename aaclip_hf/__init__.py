@@ -11,6 +11,7 @@ from .modeling import AAClipConfig, AAClipModel, AAClipOutput, AAClipProcessor
 from .modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
 from .version import __version__
 
+
 AutoConfig.register(AAClipConfig.model_type, AAClipConfig, exist_ok=True)
 AutoModel.register(AAClipConfig, AAClipModel, exist_ok=True)
 AutoProcessor.register(AAClipConfig, AAClipProcessor, exist_ok=True)

@@ -8,4 +8,5 @@ from __future__ import annotations
 from .detect import add_calibrate_arguments as add_arguments
 from .detect import run_calibrate as run
 
+
 __all__ = ["add_arguments", "run"]

@@ -12,22 +12,47 @@ import importlib
 import os
 import sys
 
+
 # name -> (module, one-line help). Keep sorted by workflow: set up, train, use, publish.
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("aaclip_hf.info", "Show versions, devices and what a model folder holds."),
-    "convert-tokenizer": ("aaclip_hf.conversion.tokenizer", "Write HF CLIP tokenizer files from OpenAI's BPE merges file."),
-    "convert-clip": ("aaclip_hf.conversion.convert_clip", "Convert an OpenAI/OpenCLIP/HF CLIP checkpoint into an AA-CLIP (or CLIP) folder."),
-    "convert-original": ("aaclip_hf.conversion.original", "Convert the reference AA-CLIP checkpoints (backbone + adapters) into an AA-CLIP folder."),
+    "convert-tokenizer": (
+        "aaclip_hf.conversion.tokenizer",
+        "Write HF CLIP tokenizer files from OpenAI's BPE merges file.",
+    ),
+    "convert-clip": (
+        "aaclip_hf.conversion.convert_clip",
+        "Convert an OpenAI/OpenCLIP/HF CLIP checkpoint into an AA-CLIP (or CLIP) folder.",
+    ),
+    "convert-original": (
+        "aaclip_hf.conversion.original",
+        "Convert the reference AA-CLIP checkpoints (backbone + adapters) into an AA-CLIP folder.",
+    ),
     "make-synthetic": ("aaclip_hf.synthetic", "Write a synthetic defect dataset (MVTec layout) with exact masks."),
-    "sample-shots": ("aaclip_hf.sampling", "Draw a k-shot split (k/2 normal + k/2 anomalous per class) as JSON-lines."),
-    "export-onnx": ("aaclip_hf.onnx_export", "Export the vision path with stored anchors to ONNX (dynamic batch, no text tower)."),
+    "sample-shots": (
+        "aaclip_hf.sampling",
+        "Draw a k-shot split (k/2 normal + k/2 anomalous per class) as JSON-lines.",
+    ),
+    "export-onnx": (
+        "aaclip_hf.onnx_export",
+        "Export the vision path with stored anchors to ONNX (dynamic batch, no text tower).",
+    ),
     "bench": ("aaclip_hf.bench", "Run the performance benchmarks and write a markdown + JSON report."),
     "train": ("aaclip_hf.training", "Two-stage AA-CLIP training (text, then vision) with Accelerate."),
-    "evaluate": ("aaclip_hf.evaluation", "Per-class and mean AUROC/AP/F1-max/AUPRO in the paper's protocol and table layout."),
+    "evaluate": (
+        "aaclip_hf.evaluation",
+        "Per-class and mean AUROC/AP/F1-max/AUPRO in the paper's protocol and table layout.",
+    ),
     "detect": ("aaclip_hf.detect", "Score your images: overlays (image | heat map | decision contour), JSON and CSV."),
-    "calibrate": ("aaclip_hf.calibrate", "Set the model's decision threshold from a few normal (and anomalous) images."),
+    "calibrate": (
+        "aaclip_hf.calibrate",
+        "Set the model's decision threshold from a few normal (and anomalous) images.",
+    ),
     "push": ("aaclip_hf.hub", "Upload a model folder to the Hub with remote code, pipeline code and a model card."),
-    "demo": ("aaclip_hf.demo", "The offline end-to-end demo: synthetic data, train, zero-shot eval, detect, Hub folder."),
+    "demo": (
+        "aaclip_hf.demo",
+        "The offline end-to-end demo: synthetic data, train, zero-shot eval, detect, Hub folder.",
+    ),
 }
 
 
@@ -37,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="AA-CLIP zero-shot anomaly detection and segmentation on Hugging Face transformers.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
 

@@ -60,6 +60,7 @@ from PIL import Image
 
 from .image_io import IMAGE_EXTENSIONS, BadInputError, MissingFileError, load_image, load_mask
 
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -113,10 +114,14 @@ class Sample:
 
     def __post_init__(self) -> None:
         if isinstance(self.label, str) or self.label not in (0, 1):
-            raise BadInputError(f"label must be 0 (normal) or 1 (anomaly), got {self.label!r}", self.image_path, "label")
+            raise BadInputError(
+                f"label must be 0 (normal) or 1 (anomaly), got {self.label!r}", self.image_path, "label"
+            )
         object.__setattr__(self, "label", int(self.label))
         if not isinstance(self.class_name, str) or not self.class_name:
-            raise BadInputError(f"class_name must be a non-empty string, got {self.class_name!r}", self.image_path, "class_name")
+            raise BadInputError(
+                f"class_name must be a non-empty string, got {self.class_name!r}", self.image_path, "class_name"
+            )
 
     @property
     def has_mask(self) -> bool:
@@ -178,7 +183,11 @@ def _is_image(name: str) -> bool:
 def _list_images(folder: str) -> list[str]:
     if not os.path.isdir(folder):
         return []
-    return [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if _is_image(n) and os.path.isfile(os.path.join(folder, n))]
+    return [
+        os.path.join(folder, n)
+        for n in sorted(os.listdir(folder))
+        if _is_image(n) and os.path.isfile(os.path.join(folder, n))
+    ]
 
 
 def _subdirs(folder: str) -> list[str]:
@@ -208,7 +217,13 @@ def _stem(path: str) -> str:
 # --------------------------------------------------------------------------- readers
 
 
-def read_jsonl(path: str | os.PathLike, root: str | os.PathLike | None = None, *, check_files: bool = True, skip_bad_files: bool = False) -> list[Sample]:
+def read_jsonl(
+    path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    *,
+    check_files: bool = True,
+    skip_bad_files: bool = False,
+) -> list[Sample]:
     """Read the AA-CLIP reference JSON-lines metadata (paths relative to ``root``)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -225,10 +240,14 @@ def read_jsonl(path: str | os.PathLike, root: str | os.PathLike | None = None, *
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise BadInputError(f"line {n}: not valid JSON ({err.msg}); expected one JSON object per line", path) from None
+                    raise BadInputError(
+                        f"line {n}: not valid JSON ({err.msg}); expected one JSON object per line", path
+                    ) from None
                 if not isinstance(rec, dict):
                     raise BadInputError(f"line {n}: expected a JSON object, got {type(rec).__name__}", path)
-                sample = _record_to_sample(rec, root, path, f"line {n}", ("image_path", "label", "class_name", "mask_path"))
+                sample = _record_to_sample(
+                    rec, root, path, f"line {n}", ("image_path", "label", "class_name", "mask_path")
+                )
                 if check_files:
                     _check_exists(sample, where)
                 samples.append(sample)
@@ -238,7 +257,9 @@ def read_jsonl(path: str | os.PathLike, root: str | os.PathLike | None = None, *
     return samples
 
 
-def _record_to_sample(rec: dict, root: str, source: str, where: str, fields: tuple[str, str, str, str], default_class: str | None = None) -> Sample:
+def _record_to_sample(
+    rec: dict, root: str, source: str, where: str, fields: tuple[str, str, str, str], default_class: str | None = None
+) -> Sample:
     """Validate one metadata record; ``fields`` names image, label, class and mask keys."""
     f_img, f_label, f_cls, f_mask = fields
 
@@ -262,7 +283,14 @@ def _record_to_sample(rec: dict, root: str, source: str, where: str, fields: tup
     return Sample(_join(root, img), label, cls, _join(root, mask) if mask else None, defect)
 
 
-def read_meta_json(path: str | os.PathLike, split: str = "test", root: str | os.PathLike | None = None, *, check_files: bool = True, skip_bad_files: bool = False) -> list[Sample]:
+def read_meta_json(
+    path: str | os.PathLike,
+    split: str = "test",
+    root: str | os.PathLike | None = None,
+    *,
+    check_files: bool = True,
+    skip_bad_files: bool = False,
+) -> list[Sample]:
     """Read an APRIL-GAN / AnomalyCLIP ``meta.json`` (paths relative to its folder)."""
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -280,7 +308,9 @@ def read_meta_json(path: str | os.PathLike, split: str = "test", root: str | os.
         raise BadInputError(f"expected a top-level key {split!r} (the split), found {have}", path, split)
     by_class = meta[split]
     if not isinstance(by_class, dict):
-        raise BadInputError(f"expected {{class: [records]}} under {split!r}, got {type(by_class).__name__}", path, split)
+        raise BadInputError(
+            f"expected {{class: [records]}} under {split!r}, got {type(by_class).__name__}", path, split
+        )
     bad = _BadFiles(skip_bad_files, path)
     samples: list[Sample] = []
     for cls in sorted(by_class):
@@ -292,7 +322,9 @@ def read_meta_json(path: str | os.PathLike, split: str = "test", root: str | os.
             try:
                 if not isinstance(rec, dict):
                     raise BadInputError(f"{where}: expected a JSON object, got {type(rec).__name__}", path)
-                sample = _record_to_sample(rec, root, path, where, ("img_path", "anomaly", "cls_name", "mask_path"), default_class=cls)
+                sample = _record_to_sample(
+                    rec, root, path, where, ("img_path", "anomaly", "cls_name", "mask_path"), default_class=cls
+                )
                 if check_files:
                     _check_exists(sample, f"{where} of {path}")
                 samples.append(sample)
@@ -322,7 +354,14 @@ def _is_mvtec_class(folder: str) -> bool:
     return any(_subdirs(os.path.join(folder, s)) for s in ("train", "test"))
 
 
-def read_mvtec(root: str | os.PathLike, split: str = "test", *, class_name: str | None = None, normal_names: Sequence[str] = NORMAL_FOLDER_NAMES, skip_bad_files: bool = False) -> list[Sample]:
+def read_mvtec(
+    root: str | os.PathLike,
+    split: str = "test",
+    *,
+    class_name: str | None = None,
+    normal_names: Sequence[str] = NORMAL_FOLDER_NAMES,
+    skip_bad_files: bool = False,
+) -> list[Sample]:
     """Read the MVTec-AD layout (also MPDD and BTAD): ``<class>/<split>/<defect>/*``.
 
     An anomalous image needs its mask when ``ground_truth/<defect>/`` exists (a missing one
@@ -343,7 +382,12 @@ def read_mvtec(root: str | os.PathLike, split: str = "test", *, class_name: str 
             bad(MissingFileError(f"class {cls!r} has no {split!r} folder", split_dir, "split"))
             continue
         if _list_images(split_dir) and not _subdirs(split_dir):
-            bad(BadInputError(f"images lie directly in {split!r}; expected one sub-folder per defect type (good = normal)", split_dir))
+            bad(
+                BadInputError(
+                    f"images lie directly in {split!r}; expected one sub-folder per defect type (good = normal)",
+                    split_dir,
+                )
+            )
             continue
         n_before, no_mask = len(samples), 0
         for defect in _subdirs(split_dir):
@@ -355,7 +399,13 @@ def read_mvtec(root: str | os.PathLike, split: str = "test", *, class_name: str 
                 if label and os.path.isdir(gt_dir):
                     mask = masks.get(_stem(img))
                     if mask is None:
-                        bad(MissingFileError(f"no mask for this image; expected {_stem(img)}_mask.png or {_stem(img)}.png in {gt_dir}", img, "mask_path"))
+                        bad(
+                            MissingFileError(
+                                f"no mask for this image; expected {_stem(img)}_mask.png or {_stem(img)}.png in {gt_dir}",
+                                img,
+                                "mask_path",
+                            )
+                        )
                         continue
                 elif label:
                     no_mask += 1
@@ -363,7 +413,9 @@ def read_mvtec(root: str | os.PathLike, split: str = "test", *, class_name: str 
         if len(samples) == n_before:
             bad(_empty_class_error(split_dir, "<defect>/*.png images"))
         if no_mask:
-            logger.warning("class %r: %d anomalous image(s) without a ground_truth folder: image-level labels only", cls, no_mask)
+            logger.warning(
+                "class %r: %d anomalous image(s) without a ground_truth folder: image-level labels only", cls, no_mask
+            )
     bad.done()
     return samples
 
@@ -372,7 +424,14 @@ def _is_visa_class(folder: str) -> bool:
     return os.path.isdir(os.path.join(folder, "Data", "Images"))
 
 
-def read_visa(root: str | os.PathLike, split: str = "test", *, csv_path: str | None = None, check_files: bool = True, skip_bad_files: bool = False) -> list[Sample]:
+def read_visa(
+    root: str | os.PathLike,
+    split: str = "test",
+    *,
+    csv_path: str | None = None,
+    check_files: bool = True,
+    skip_bad_files: bool = False,
+) -> list[Sample]:
     """Read VisA: ``split_csv/1cls.csv`` when present, else the ``Data/Images`` folders (no split)."""
     root = os.fspath(root)
     csv_path = csv_path or os.path.join(root, "split_csv", "1cls.csv")
@@ -383,12 +442,19 @@ def read_visa(root: str | os.PathLike, split: str = "test", *, csv_path: str | N
             reader = csv.DictReader(f)
             missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or [])
             if missing:
-                raise BadInputError(f"missing column(s) {sorted(missing)}; expected object,split,label,image,mask", csv_path, "header")
+                raise BadInputError(
+                    f"missing column(s) {sorted(missing)}; expected object,split,label,image,mask", csv_path, "header"
+                )
             for n, row in enumerate(reader, start=2):
                 if row["split"] != split:
                     continue
                 try:
-                    rec = {"image": row["image"], "label": row["label"], "object": row["object"], "mask": row["mask"] or None}
+                    rec = {
+                        "image": row["image"],
+                        "label": row["label"],
+                        "object": row["object"],
+                        "mask": row["mask"] or None,
+                    }
                     sample = _record_to_sample(rec, root, csv_path, f"line {n}", ("image", "label", "object", "mask"))
                     if sample.label == 0:  # VisA lists no mask for normal images; never trust one
                         sample = Sample(sample.image_path, 0, sample.class_name, None, "good")
@@ -405,7 +471,9 @@ def read_visa(root: str | os.PathLike, split: str = "test", *, csv_path: str | N
         return samples
     classes = _class_dirs(root, _is_visa_class)
     if not classes:
-        raise BadInputError("neither split_csv/1cls.csv nor <class>/Data/Images/ found; expected the VisA layout", root)
+        raise BadInputError(
+            "neither split_csv/1cls.csv nor <class>/Data/Images/ found; expected the VisA layout", root
+        )
     logger.info("VisA without split_csv/1cls.csv: reading every image (split %r ignored)", split)
     for cdir in classes:
         cls = os.path.basename(os.path.normpath(cdir))
@@ -430,7 +498,9 @@ def _is_bmad_class(folder: str) -> bool:
     return any(os.path.isdir(os.path.join(folder, s, "good", "img")) for s in ("train", "valid", "test"))
 
 
-def read_bmad(root: str | os.PathLike, split: str = "test", *, class_name: str | None = None, skip_bad_files: bool = False) -> list[Sample]:
+def read_bmad(
+    root: str | os.PathLike, split: str = "test", *, class_name: str | None = None, skip_bad_files: bool = False
+) -> list[Sample]:
     """Read a BMAD medical set: ``<split>/good/img`` and ``<split>/Ungood/{img,label}``."""
     root = os.fspath(root)
     classes = _class_dirs(root, _is_bmad_class)
@@ -451,7 +521,11 @@ def read_bmad(root: str | os.PathLike, split: str = "test", *, class_name: str |
             for img in _list_images(os.path.join(sdir, sub, "img")):
                 mask = masks.get(_stem(img)) if label else None
                 if label and mask is None and os.path.isdir(os.path.join(sdir, sub, "label")):
-                    bad(MissingFileError(f"no mask for this image in {os.path.join(sdir, sub, 'label')}", img, "mask_path"))
+                    bad(
+                        MissingFileError(
+                            f"no mask for this image in {os.path.join(sdir, sub, 'label')}", img, "mask_path"
+                        )
+                    )
                     continue
                 samples.append(Sample(img, label, cls, mask, sub))
         if len(samples) == n_before:
@@ -464,7 +538,9 @@ def _is_polyp_class(folder: str) -> bool:
     return os.path.isdir(os.path.join(folder, "images")) and os.path.isdir(os.path.join(folder, "masks"))
 
 
-def read_polyp(root: str | os.PathLike, *, class_name: str | None = None, skip_bad_files: bool = False) -> list[Sample]:
+def read_polyp(
+    root: str | os.PathLike, *, class_name: str | None = None, skip_bad_files: bool = False
+) -> list[Sample]:
     """Read a polyp / colonoscopy set: ``images/`` and ``masks/``, all anomalous."""
     root = os.fspath(root)
     classes = _class_dirs(root, _is_polyp_class)
@@ -492,7 +568,9 @@ def _is_generic_class(folder: str) -> bool:
     return os.path.isdir(os.path.join(folder, "normal")) or os.path.isdir(os.path.join(folder, "anomaly"))
 
 
-def read_folder(root: str | os.PathLike, *, class_name: str | None = None, skip_bad_files: bool = False) -> list[Sample]:
+def read_folder(
+    root: str | os.PathLike, *, class_name: str | None = None, skip_bad_files: bool = False
+) -> list[Sample]:
     """Read the generic layout: ``normal/``, ``anomaly/`` and optional ``masks/`` (by stem)."""
     root = os.fspath(root)
     classes = _class_dirs(root, _is_generic_class)
@@ -511,7 +589,12 @@ def read_folder(root: str | os.PathLike, *, class_name: str | None = None, skip_
         samples.extend(Sample(p, 1, cls, masks.get(_stem(p)), "anomaly") for p in anomalies)
         unmatched = len(masks) - sum(_stem(p) in masks for p in anomalies)
         if unmatched:
-            logger.warning("class %r: %d mask(s) in %s match no anomaly image by stem", cls, unmatched, os.path.join(cdir, "masks"))
+            logger.warning(
+                "class %r: %d mask(s) in %s match no anomaly image by stem",
+                cls,
+                unmatched,
+                os.path.join(cdir, "masks"),
+            )
     bad.done()
     return samples
 
@@ -549,7 +632,9 @@ def detect_format(path: str | os.PathLike) -> str:
             return "meta"
         if ext == ".csv":
             return "visa"
-        raise BadInputError("unknown metadata file type; expected .jsonl, .json (meta.json) or .csv (VisA split)", path)
+        raise BadInputError(
+            "unknown metadata file type; expected .jsonl, .json (meta.json) or .csv (VisA split)", path
+        )
     if not os.path.isdir(path):
         raise MissingFileError("dataset path does not exist", path)
     if os.path.isfile(os.path.join(path, "meta.json")):
@@ -560,7 +645,10 @@ def detect_format(path: str | os.PathLike) -> str:
     for name, probe in _FOLDER_PROBES:
         if probe(path) or any(probe(c) for c in children):
             return name
-    raise BadInputError(f"cannot recognise the dataset layout; expected one of: {', '.join(k for k in FORMATS if 'alias' not in FORMATS[k])}", path)
+    raise BadInputError(
+        f"cannot recognise the dataset layout; expected one of: {', '.join(k for k in FORMATS if 'alias' not in FORMATS[k])}",
+        path,
+    )
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -571,7 +659,9 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
         key, sep, value = part.partition("=")
         key = key.strip()
         if not sep or key not in _SPEC_KEYS:
-            raise BadInputError(f"bad spec option {part!r}; expected key=value with key in {list(_SPEC_KEYS)}", path, "spec")
+            raise BadInputError(
+                f"bad spec option {part!r}; expected key=value with key in {list(_SPEC_KEYS)}", path, "spec"
+            )
         options[key] = value.strip()
     return path, options
 
@@ -595,7 +685,18 @@ def load_samples(
     if isinstance(spec_or_path, (list, tuple)):
         out: list[Sample] = []
         for spec in spec_or_path:
-            out.extend(load_samples(spec, split, format=format, classes=classes, root=root, class_name=class_name, skip_bad_files=skip_bad_files, check_files=check_files))
+            out.extend(
+                load_samples(
+                    spec,
+                    split,
+                    format=format,
+                    classes=classes,
+                    root=root,
+                    class_name=class_name,
+                    skip_bad_files=skip_bad_files,
+                    check_files=check_files,
+                )
+            )
         return out
     path, opts = parse_spec(os.fspath(spec_or_path))
     split = opts.get("split", split)
@@ -662,7 +763,9 @@ def check_classes_have_anomalies(samples: Sequence[Sample], *, require_normals: 
         raise BadInputError("; ".join(problems), None, "label")
 
 
-def verify_samples(samples: Sequence[Sample], *, skip_bad_files: bool = False, check_masks: bool = True, progress: bool = True) -> list[Sample]:
+def verify_samples(
+    samples: Sequence[Sample], *, skip_bad_files: bool = False, check_masks: bool = True, progress: bool = True
+) -> list[Sample]:
     """Decode every image (and mask) once; return the readable ones.
 
     Catches corrupt or truncated files and masks whose size differs from their image
@@ -680,7 +783,11 @@ def verify_samples(samples: Sequence[Sample], *, skip_bad_files: bool = False, c
             if check_masks and s.label == 1 and s.mask_path is not None:
                 with load_mask(s.mask_path) as m:
                     if m.size != size:
-                        raise BadInputError(f"mask is {m.size[0]}x{m.size[1]} but its image {s.image_path} is {size[0]}x{size[1]}", s.mask_path, "mask_path")
+                        raise BadInputError(
+                            f"mask is {m.size[0]}x{m.size[1]} but its image {s.image_path} is {size[0]}x{size[1]}",
+                            s.mask_path,
+                            "mask_path",
+                        )
             good.append(s)
         except BadInputError as err:
             bad(err)
@@ -740,7 +847,9 @@ class AnomalyDataset(torch.utils.data.Dataset):
             raise ValueError(f"mask_size_mismatch must be 'error' or 'resize', got {mask_size_mismatch!r}")
         self.samples = list(samples)
         if skip_bad_files:
-            self.samples = verify_samples(self.samples, skip_bad_files=True, check_masks=with_masks and mask_size_mismatch == "error")
+            self.samples = verify_samples(
+                self.samples, skip_bad_files=True, check_masks=with_masks and mask_size_mismatch == "error"
+            )
         self.transform = processor_or_transform
         self.with_masks = with_masks
         self.augment = augment
@@ -764,7 +873,11 @@ class AnomalyDataset(torch.utils.data.Dataset):
         if out.ndim == 4 and out.shape[0] == 1:
             out = out[0]
         if out.ndim != 3:
-            raise BadInputError(f"the transform returned shape {tuple(out.shape)}; expected (C, H, W)", sample.image_path, "pixel_values")
+            raise BadInputError(
+                f"the transform returned shape {tuple(out.shape)}; expected (C, H, W)",
+                sample.image_path,
+                "pixel_values",
+            )
         return out
 
     def _mask(self, sample: Sample, image_size: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
@@ -786,7 +899,9 @@ class AnomalyDataset(torch.utils.data.Dataset):
         if nonzero.size and nonzero.min() != nonzero.max():
             self.num_non_binary_masks += 1
             if self.num_non_binary_masks == 1:
-                logger.warning("mask %s is not binary (several non-zero values); binarising with != 0", sample.mask_path)
+                logger.warning(
+                    "mask %s is not binary (several non-zero values); binarising with != 0", sample.mask_path
+                )
         resized = mask.resize((out_hw[1], out_hw[0]), Image.NEAREST)
         return torch.from_numpy((np.asarray(resized) != 0).astype(np.float32))
 
@@ -883,7 +998,9 @@ def from_hf_dataset(
     for col in (image_column, label_column, class_column):
         if col not in ds.column_names:
             raise BadInputError(f"the dataset has no column {col!r}; columns are {ds.column_names}", None, col)
-    raw_cols = [c for c in (image_column, mask_column) if c and c in ds.column_names and isinstance(ds.features[c], HFImage)]
+    raw_cols = [
+        c for c in (image_column, mask_column) if c and c in ds.column_names and isinstance(ds.features[c], HFImage)
+    ]
     for col in raw_cols:
         ds = ds.cast_column(col, HFImage(decode=False))
     label_feature = ds.features[label_column]
@@ -895,7 +1012,9 @@ def from_hf_dataset(
                 value = int(value)
         parsed = _parse_label(value)
         if parsed is None:
-            raise BadInputError(f"row {row}: expected a label 0/1 or normal/anomaly, got {value!r}", None, label_column)
+            raise BadInputError(
+                f"row {row}: expected a label 0/1 or normal/anomaly, got {value!r}", None, label_column
+            )
         return parsed
 
     def materialise(value: Any, row: int, cls: str, kind: str, col: str) -> str | None:
@@ -904,7 +1023,9 @@ def from_hf_dataset(
         if isinstance(value, str):
             value = {"path": value, "bytes": None}
         if not isinstance(value, dict):
-            raise BadInputError(f"row {row}: expected an Image() value or a path, got {type(value).__name__}", None, col)
+            raise BadInputError(
+                f"row {row}: expected an Image() value or a path, got {type(value).__name__}", None, col
+            )
         if value.get("bytes"):
             ext = os.path.splitext(value.get("path") or "")[1].lower()
             folder = os.path.join(cache_dir, cls)
@@ -926,7 +1047,11 @@ def from_hf_dataset(
         safe_cls = cls.replace(os.sep, "_")
         label = label_of(rec[label_column], row)
         image = materialise(rec[image_column], row, safe_cls, "image", image_column)
-        mask = materialise(rec.get(mask_column), row, safe_cls, "mask", mask_column) if mask_column and mask_column in rec and label else None
+        mask = (
+            materialise(rec.get(mask_column), row, safe_cls, "mask", mask_column)
+            if mask_column and mask_column in rec and label
+            else None
+        )
         defect = rec.get(defect_column) if defect_column else None
         samples.append(Sample(image, label, cls, mask, defect))
     return samples

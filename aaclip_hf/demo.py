@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+
 if TYPE_CHECKING:
     from .evaluation import EvaluationResult
 
@@ -41,11 +42,11 @@ __all__ = ["DemoSettings", "QUICK", "FULL", "LearningComparison", "run_demo", "t
 class DemoSettings:
     """Sizes of one demo run (synthetic data, tiny backbone, training length)."""
 
-    image_size: int = 128             # synthetic images (px)
-    n_train_good: int = 4             # normal train-split images per class (used for calibration)
-    n_test_good: int = 6              # normal test images per class
-    n_test_defect_per_kind: int = 2   # defective test images per class and defect kind
-    model_image_size: int = 96        # tiny CLIP input size
+    image_size: int = 128  # synthetic images (px)
+    n_train_good: int = 4  # normal train-split images per class (used for calibration)
+    n_test_good: int = 6  # normal test images per class
+    n_test_defect_per_kind: int = 2  # defective test images per class and defect kind
+    model_image_size: int = 96  # tiny CLIP input size
     patch_size: int = 8
     hidden_size: int = 64
     num_layers: int = 4
@@ -53,9 +54,9 @@ class DemoSettings:
     vision_epochs: int = 20
     text_batch_size: int = 8
     vision_batch_size: int = 4
-    text_lr: float = 1e-3             # a random tiny text tower needs larger steps than the paper's 1e-5
-    vision_lr: float = 5e-4           # the paper's
-    train_classes: tuple[str, ...] | None = None   # None: the synthetic module's suggested split
+    text_lr: float = 1e-3  # a random tiny text tower needs larger steps than the paper's 1e-5
+    vision_lr: float = 5e-4  # the paper's
+    train_classes: tuple[str, ...] | None = None  # None: the synthetic module's suggested split
     held_out_classes: tuple[str, ...] | None = None
     detect_images_per_class: int = 3
 
@@ -64,8 +65,17 @@ FULL = DemoSettings()
 PAPER_TEXT_LR = 1e-5
 PAPER_IMAGE_SIZE = 518
 QUICK = DemoSettings(
-    image_size=64, n_train_good=2, n_test_good=2, n_test_defect_per_kind=1, model_image_size=32, hidden_size=32,
-    num_layers=4, text_epochs=1, vision_epochs=1, train_classes=("stripes", "disc"), held_out_classes=("carpet", "bottle"),
+    image_size=64,
+    n_train_good=2,
+    n_test_good=2,
+    n_test_defect_per_kind=1,
+    model_image_size=32,
+    hidden_size=32,
+    num_layers=4,
+    text_epochs=1,
+    vision_epochs=1,
+    train_classes=("stripes", "disc"),
+    held_out_classes=("carpet", "bottle"),
     detect_images_per_class=2,
 )
 
@@ -85,8 +95,13 @@ def build_tiny_model(settings: DemoSettings, seed: int):
     from .modeling import AAClipModel, AAClipProcessor
 
     width = settings.hidden_size
-    common = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=settings.num_layers,
-                  num_attention_heads=4, projection_dim=width)
+    common = {
+        "hidden_size": width,
+        "intermediate_size": 2 * width,
+        "num_hidden_layers": settings.num_layers,
+        "num_attention_heads": 4,
+        "projection_dim": width,
+    }
     clip_config = CLIPConfig(
         text_config=dict(common, vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407),
         vision_config=dict(common, image_size=settings.model_image_size, patch_size=settings.patch_size),
@@ -101,7 +116,11 @@ def build_tiny_model(settings: DemoSettings, seed: int):
         )
     )
     model = AAClipModel.from_clip_pretrained(
-        clip, processor=processor, seed=seed, text_adapter_layers=1, vision_adapter_layers=max(1, layers // 2),
+        clip,
+        processor=processor,
+        seed=seed,
+        text_adapter_layers=1,
+        vision_adapter_layers=max(1, layers // 2),
         feature_layers=list(range(1, layers + 1)),
     )
     return model, processor
@@ -126,11 +145,11 @@ def load_base_model(name: str, seed: int):
     vision_layers = clip.config.vision_config.num_hidden_layers
     text_layers = clip.config.text_config.num_hidden_layers
     # The paper's choices for ViT-L/14 (levels 6/12/18/24, 6 vision and 3 text adapters) as fractions of the depth.
-    overrides = dict(
-        feature_layers=sorted({max(1, round(vision_layers * k / 4)) for k in (1, 2, 3, 4)}),
-        vision_adapter_layers=max(1, round(vision_layers / 4)),
-        text_adapter_layers=max(1, round(text_layers / 4)),
-    )
+    overrides = {
+        "feature_layers": sorted({max(1, round(vision_layers * k / 4)) for k in (1, 2, 3, 4)}),
+        "vision_adapter_layers": max(1, round(vision_layers / 4)),
+        "text_adapter_layers": max(1, round(text_layers / 4)),
+    }
     model = AAClipModel.from_clip_pretrained(clip, processor=processor, seed=seed, image_size=size, **overrides)
     return model, processor
 
@@ -147,10 +166,18 @@ def _side_by_side(untrained, trained) -> str:
         return f"{fmt(before)} -> {fmt(after)}"
 
     for name in trained.classes:
-        lines.append("| " + " | ".join([name, *[cell(untrained.classes[name].get(k), trained.classes[name].get(k))
-                                               for k in columns]]) + " |")
-    lines.append("| " + " | ".join(["**Mean**", *[f"**{cell(untrained.mean.get(k), trained.mean.get(k))}**"
-                                                  for k in columns]]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [name, *[cell(untrained.classes[name].get(k), trained.classes[name].get(k)) for k in columns]]
+            )
+            + " |"
+        )
+    lines.append(
+        "| "
+        + " | ".join(["**Mean**", *[f"**{cell(untrained.mean.get(k), trained.mean.get(k))}**" for k in columns]])
+        + " |"
+    )
     return "\n".join(lines)
 
 
@@ -172,7 +199,11 @@ def reload_in_fresh_process(folder: Path, images: list[str], classes: list[str],
     images = [str(Path(image).resolve()) for image in images]  # the child runs in another working directory
     proc = subprocess.run(
         [sys.executable, "-c", RELOAD_SCRIPT, str(folder.resolve()), json.dumps(images), json.dumps(classes)],
-        capture_output=True, text=True, env=env, cwd=str(folder.resolve().parent), timeout=timeout,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(folder.resolve().parent),
+        timeout=timeout,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"reloading {folder} in a fresh process failed:\n{proc.stderr[-3000:]}")
@@ -206,7 +237,7 @@ def train_and_compare(
     settings: DemoSettings | None = None,
     progress: bool = True,
     num_threads: int | None = None,
-) -> "LearningComparison":
+) -> LearningComparison:
     """Demo steps 1-5 only (data, model, untrained evaluation, training, trained evaluation on the held-out classes).
 
     The learning-evidence test uses it so that it measures exactly the demo's recipe without the detection and
@@ -242,8 +273,8 @@ def _demo_threads(model_name: str | None, num_threads: int | None):
 class LearningComparison:
     """What demo steps 1-5 produce: the held-out evaluations before and after training, and the trained model."""
 
-    untrained: "EvaluationResult"
-    trained: "EvaluationResult"
+    untrained: EvaluationResult
+    trained: EvaluationResult
     model: torch.nn.Module
     processor: object
     data_root: Path
@@ -253,7 +284,7 @@ class LearningComparison:
     test_samples: list
     base_description: str
     model_dir: Path
-    seconds: dict[str, float]          # per step, as the demo's summary reports them
+    seconds: dict[str, float]  # per step, as the demo's summary reports them
 
 
 def _lap(timings: dict[str, float], name: str, since: float) -> float:
@@ -261,12 +292,18 @@ def _lap(timings: dict[str, float], name: str, since: float) -> float:
     return time.perf_counter()
 
 
-def _train_and_compare(out: Path, model_name, settings: DemoSettings, seed: int, progress: bool,
-                       timings: dict[str, float], total: int) -> LearningComparison:
+def _train_and_compare(
+    out: Path, model_name, settings: DemoSettings, seed: int, progress: bool, timings: dict[str, float], total: int
+) -> LearningComparison:
     from .data import load_samples
     from .evaluation import evaluate
-    from .synthetic import SYNTHETIC_HELD_OUT_CLASSES, SYNTHETIC_PROMPT_NAMES, SYNTHETIC_TRAIN_CLASSES, generate_synthetic_dataset
-    from .training.trainer import TrainingArguments, Trainer
+    from .synthetic import (
+        SYNTHETIC_HELD_OUT_CLASSES,
+        SYNTHETIC_PROMPT_NAMES,
+        SYNTHETIC_TRAIN_CLASSES,
+        generate_synthetic_dataset,
+    )
+    from .training.trainer import Trainer, TrainingArguments
 
     out.mkdir(parents=True, exist_ok=True)
     train_classes = list(settings.train_classes or SYNTHETIC_TRAIN_CLASSES)
@@ -277,12 +314,21 @@ def _train_and_compare(out: Path, model_name, settings: DemoSettings, seed: int,
 
     # 1. data
     t = time.perf_counter()
-    _banner(1, total, f"synthetic defect dataset: train on {', '.join(train_classes)}; zero-shot test on {', '.join(held_out)}")
+    _banner(
+        1,
+        total,
+        f"synthetic defect dataset: train on {', '.join(train_classes)}; zero-shot test on {', '.join(held_out)}",
+    )
     data_root = out / "data"
     generate_synthetic_dataset(
-        data_root, classes=train_classes + held_out, image_size=settings.image_size,
-        n_train_good=settings.n_train_good, n_test_good=settings.n_test_good,
-        n_test_defect_per_kind=settings.n_test_defect_per_kind, seed=0, progress=progress,
+        data_root,
+        classes=train_classes + held_out,
+        image_size=settings.image_size,
+        n_train_good=settings.n_train_good,
+        n_test_good=settings.n_test_good,
+        n_test_defect_per_kind=settings.n_test_defect_per_kind,
+        seed=0,
+        progress=progress,
     )
     train_samples = load_samples(str(data_root), "test", classes=train_classes)
     test_samples = load_samples(str(data_root), "test", classes=held_out)
@@ -291,11 +337,17 @@ def _train_and_compare(out: Path, model_name, settings: DemoSettings, seed: int,
 
     # 2. model
     if model_name is None:
-        _banner(2, total, "a tiny AA-CLIP on a RANDOMLY INITIALISED CLIP: no pretrained weights can be downloaded here, "
-                "so expect modest absolute numbers; the point is the gain from training on unseen classes")
+        _banner(
+            2,
+            total,
+            "a tiny AA-CLIP on a RANDOMLY INITIALISED CLIP: no pretrained weights can be downloaded here, "
+            "so expect modest absolute numbers; the point is the gain from training on unseen classes",
+        )
         model, processor = build_tiny_model(settings, seed)
-        base_description = (f"random tiny CLIP (vision {settings.num_layers}x{settings.hidden_size}, "
-                            f"{settings.model_image_size}px, patch {settings.patch_size})")
+        base_description = (
+            f"random tiny CLIP (vision {settings.num_layers}x{settings.hidden_size}, "
+            f"{settings.model_image_size}px, patch {settings.patch_size})"
+        )
     else:
         _banner(2, total, f"AA-CLIP on {model_name}")
         model, processor = load_base_model(model_name, seed)
@@ -309,21 +361,44 @@ def _train_and_compare(out: Path, model_name, settings: DemoSettings, seed: int,
 
     # 3. untrained baseline (on a copy, so its held-out anchors do not leak into training)
     _banner(3, total, "zero-shot evaluation of the UNTRAINED model on the held-out classes")
-    baseline = evaluate(copy.deepcopy(model), processor, test_samples, protocol="reference", batch_size=16,
-                        dataset_name="synthetic (held-out)", progress=progress)
+    baseline = evaluate(
+        copy.deepcopy(model),
+        processor,
+        test_samples,
+        protocol="reference",
+        batch_size=16,
+        dataset_name="synthetic (held-out)",
+        progress=progress,
+    )
     baseline.save(out / "eval_untrained")
     t = lap("evaluate untrained", t)
 
     # 4. training
-    _banner(4, total, f"training stage 1 (text, {settings.text_epochs} epochs) and stage 2 (vision, "
-            f"{settings.vision_epochs} epochs) on {len(train_classes)} classes")
+    _banner(
+        4,
+        total,
+        f"training stage 1 (text, {settings.text_epochs} epochs) and stage 2 (vision, "
+        f"{settings.vision_epochs} epochs) on {len(train_classes)} classes",
+    )
     model_dir = out / "trained_model"
     args = TrainingArguments(
-        model=base_description, train_data=[str(data_root)], output_dir=str(model_dir), split="test", shots="full",
-        text_epochs=settings.text_epochs, vision_epochs=settings.vision_epochs, text_lr=settings.text_lr,
-        vision_lr=settings.vision_lr, text_batch_size=settings.text_batch_size,
-        vision_batch_size=settings.vision_batch_size, seed=seed, num_workers=0, cpu=device == "cpu",
-        overwrite_output_dir=True, progress=progress, log_every=1000,
+        model=base_description,
+        train_data=[str(data_root)],
+        output_dir=str(model_dir),
+        split="test",
+        shots="full",
+        text_epochs=settings.text_epochs,
+        vision_epochs=settings.vision_epochs,
+        text_lr=settings.text_lr,
+        vision_lr=settings.vision_lr,
+        text_batch_size=settings.text_batch_size,
+        vision_batch_size=settings.vision_batch_size,
+        seed=seed,
+        num_workers=0,
+        cpu=device == "cpu",
+        overwrite_output_dir=True,
+        progress=progress,
+        log_every=1000,
     )
     Trainer(args, model=model, processor=processor, samples=train_samples).train()
     model.eval()
@@ -331,25 +406,50 @@ def _train_and_compare(out: Path, model_name, settings: DemoSettings, seed: int,
 
     # 5. trained
     _banner(5, total, "zero-shot evaluation of the TRAINED model on the held-out classes")
-    trained = evaluate(model, processor, test_samples, protocol="reference", batch_size=16,
-                       dataset_name="synthetic (held-out)", progress=progress)
+    trained = evaluate(
+        model,
+        processor,
+        test_samples,
+        protocol="reference",
+        batch_size=16,
+        dataset_name="synthetic (held-out)",
+        progress=progress,
+    )
     trained.save(out / "eval_trained")
     comparison = _side_by_side(baseline, trained)
     (out / "comparison.md").write_text(
-        "# Zero-shot on held-out synthetic classes: untrained -> trained (%, reference protocol)\n\n" + comparison + "\n",
+        "# Zero-shot on held-out synthetic classes: untrained -> trained (%, reference protocol)\n\n"
+        + comparison
+        + "\n",
         encoding="utf-8",
     )
     _say("\n" + comparison + "\n")
     pct = lambda result, key: 100 * result.mean.get(key, math.nan)  # noqa: E731
-    _say(f"    on classes never seen in training: mean pixel AUROC {pct(baseline, 'pixel_auroc'):.1f} -> "
-         f"{pct(trained, 'pixel_auroc'):.1f}, AUPRO {pct(baseline, 'pixel_aupro'):.1f} -> {pct(trained, 'pixel_aupro'):.1f}, "
-         f"image AUROC {pct(baseline, 'image_auroc'):.1f} -> {pct(trained, 'image_auroc'):.1f}")
+    _say(
+        f"    on classes never seen in training: mean pixel AUROC {pct(baseline, 'pixel_auroc'):.1f} -> "
+        f"{pct(trained, 'pixel_auroc'):.1f}, AUPRO {pct(baseline, 'pixel_aupro'):.1f} -> {pct(trained, 'pixel_aupro'):.1f}, "
+        f"image AUROC {pct(baseline, 'image_auroc'):.1f} -> {pct(trained, 'image_auroc'):.1f}"
+    )
     if model_name is None:
-        _say("    (a random tiny CLIP knows nothing about objects: expect localisation to improve more than image-level "
-             "detection; pretrained CLIP weights are what make the paper's numbers)")
+        _say(
+            "    (a random tiny CLIP knows nothing about objects: expect localisation to improve more than image-level "
+            "detection; pretrained CLIP weights are what make the paper's numbers)"
+        )
     lap("evaluate trained", t)
-    return LearningComparison(baseline, trained, model, processor, data_root, train_classes, held_out,
-                              train_samples, test_samples, base_description, model_dir, timings)
+    return LearningComparison(
+        baseline,
+        trained,
+        model,
+        processor,
+        data_root,
+        train_classes,
+        held_out,
+        train_samples,
+        test_samples,
+        base_description,
+        model_dir,
+        timings,
+    )
 
 
 def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progress: bool) -> dict:
@@ -378,7 +478,9 @@ def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progres
         files = collect_images([data_root / name / "train" / "good"])
         scores = [r["score"] for _, _, r in score_images(pipe, files, name, progress=False)]
         thresholds[name], details = calibrate_threshold(scores)
-        _say(f"    {name}: threshold {thresholds[name]:.4f} (largest of {len(scores)} normal scores + {details['margin']})")
+        _say(
+            f"    {name}: threshold {thresholds[name]:.4f} (largest of {len(scores)} normal scores + {details['margin']})"
+        )
     t = lap("calibrate", t)
 
     # 7. detection overlays on sample held-out test images: one normal, then one per defect kind
@@ -392,8 +494,15 @@ def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progres
             if sample.class_name == name and sample.label == 1:
                 defects.setdefault(sample.defect_type, sample)
         chosen = normals + list(defects.values())[: settings.detect_images_per_class - 1]
-        records += detect(model, processor, [s.image_path for s in chosen], detect_dir / name, class_name=name,
-                          threshold=thresholds[name], progress=False)
+        records += detect(
+            model,
+            processor,
+            [s.image_path for s in chosen],
+            detect_dir / name,
+            class_name=name,
+            threshold=thresholds[name],
+            progress=False,
+        )
         images += [s.image_path for s in chosen]
         classes += [name] * len(chosen)
     for record in records:
@@ -412,16 +521,26 @@ def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progres
         "epochs": {"text": settings.text_epochs, "vision": settings.vision_epochs},
         "seed": seed,
     }
-    save_for_hub(model, processor, hub_dir, repo_id="your-name/aaclip-demo", training_summary=training_summary,
-                 eval_results=trained.to_dict() | {"dataset": "synthetic-held-out"},
-                 base_model=model_name)
+    save_for_hub(
+        model,
+        processor,
+        hub_dir,
+        repo_id="your-name/aaclip-demo",
+        training_summary=training_summary,
+        eval_results=trained.to_dict() | {"dataset": "synthetic-held-out"},
+        base_model=model_name,
+    )
     in_process = [r["score"] for r in pipe(images, class_name=classes, batch_size=4)]
     reloaded = reload_in_fresh_process(hub_dir, images, classes)
     max_diff = max(abs(a - b) for a, b in zip(in_process, reloaded["scores"]))
     if max_diff > 1e-4:
-        raise RuntimeError(f"the reloaded pipeline disagrees with the in-process model (max score diff {max_diff:.2e})")
-    _say(f"    fresh process: {reloaded['pipeline_module']} reproduced all {len(images)} scores "
-         f"(max difference {max_diff:.1e})")
+        raise RuntimeError(
+            f"the reloaded pipeline disagrees with the in-process model (max score diff {max_diff:.2e})"
+        )
+    _say(
+        f"    fresh process: {reloaded['pipeline_module']} reproduced all {len(images)} scores "
+        f"(max difference {max_diff:.1e})"
+    )
     lap("hub folder + reload", t)
     timings["total"] = round(time.perf_counter() - started, 1)
 
@@ -469,8 +588,11 @@ def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progres
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None,
-                        help="CLIP Hub id / folder, or an AA-CLIP folder (default: a tiny random CLIP, fully offline)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="CLIP Hub id / folder, or an AA-CLIP folder (default: a tiny random CLIP, fully offline)",
+    )
     parser.add_argument("--output", default="demo_output", help="output folder (default: demo_output)")
     parser.add_argument("--quick", action="store_true", help="a smaller run (tests; well under a minute)")
     parser.add_argument("--seed", type=int, default=111, help="seed of model init and training (paper: 111)")

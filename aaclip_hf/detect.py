@@ -46,6 +46,7 @@ from .metrics import binary_metrics
 from .modeling.pipeline_aaclip import DEFAULT_THRESHOLD, AAClipAnomalyDetectionPipeline
 from .visualize import detection_figure
 
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -198,7 +199,9 @@ def detect(
     `threshold`, `anomalous_area` (fraction of pixels in the decision region), `height`, `width`, `overlay`.
     """
     if threshold is None:
-        threshold = model.config.decision_threshold if model.config.decision_threshold is not None else DEFAULT_THRESHOLD
+        threshold = (
+            model.config.decision_threshold if model.config.decision_threshold is not None else DEFAULT_THRESHOLD
+        )
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1] (image scores are), got {threshold}")
     if heatmap_scale not in ("image", "fixed"):
@@ -223,7 +226,10 @@ def detect(
             level = decision_pixel_threshold(model.config, threshold, result["raw_anomaly_score"], domain)
         region = probability >= level
         if heatmap_scale == "image":
-            heat_range, heat_label = (float(probability.min()), float(probability.max())), "anomaly probability (image range)"
+            heat_range, heat_label = (
+                (float(probability.min()), float(probability.max())),
+                "anomaly probability (image range)",
+            )
         else:
             heat_range, heat_label = (0.0, 1.0), "anomaly probability"
         verdict = "ANOMALY" if is_anomaly else "normal"
@@ -232,8 +238,9 @@ def detect(
             f"{'>=' if is_anomaly else '<'} {threshold:.3f}: {verdict}"
         )
         overlay = out / "overlays" / f"{names[path]}.png"
-        detection_figure(image, probability, region, title, max_side=max_side, heat_range=heat_range,
-                         heat_label=heat_label).save(overlay)
+        detection_figure(
+            image, probability, region, title, max_side=max_side, heat_range=heat_range, heat_label=heat_label
+        ).save(overlay)
         record = {
             "image": str(path),
             "class_name": result["class_name"],
@@ -256,8 +263,9 @@ def detect(
     if skipped:
         (out / "skipped.json").write_text(json.dumps(skipped, indent=2) + "\n", encoding="utf-8")
     if not records:
-        raise BadInputError(f"none of the {len(paths)} image(s) could be read (see {out / 'skipped.json'})",
-                            str(paths[0]), "images")
+        raise BadInputError(
+            f"none of the {len(paths)} image(s) could be read (see {out / 'skipped.json'})", str(paths[0]), "images"
+        )
     (out / "detections.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
     with open(out / "detections.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(records[0]))
@@ -338,13 +346,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--model", required=True, help="AA-CLIP folder or Hub id")
     parser.add_argument("--class-name", default=None, help="object class for the prompts (default: generic 'object')")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="decision threshold on the image score (default: the model's calibrated one, else 0.5)")
-    parser.add_argument("--pixel-threshold", type=float, default=None,
-                        help="anomaly-probability level of the drawn region (default: the pixels that alone make the "
-                             "image anomalous, see docs/usage.md)")
-    parser.add_argument("--heatmap-scale", choices=("image", "fixed"), default="image",
-                        help="heat map colours over each image's own probability range (default) or fixed 0..1")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="decision threshold on the image score (default: the model's calibrated one, else 0.5)",
+    )
+    parser.add_argument(
+        "--pixel-threshold",
+        type=float,
+        default=None,
+        help="anomaly-probability level of the drawn region (default: the pixels that alone make the "
+        "image anomalous, see docs/usage.md)",
+    )
+    parser.add_argument(
+        "--heatmap-scale",
+        choices=("image", "fixed"),
+        default="image",
+        help="heat map colours over each image's own probability range (default) or fixed 0..1",
+    )
     parser.add_argument("--domain", default=None, help="industrial or medical (default: the model's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
@@ -352,8 +372,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-maps", action="store_true", help="also save each anomaly map as .npy")
     parser.add_argument("--max-side", type=int, default=512, help="longest side of each overlay panel in pixels")
     parser.add_argument("--output", required=True, help="folder for overlays/, detections.json and detections.csv")
-    parser.add_argument("--skip-bad-files", action="store_true",
-                        help="log and skip unreadable images (listed in skipped.json) instead of stopping")
+    parser.add_argument(
+        "--skip-bad-files",
+        action="store_true",
+        help="log and skip unreadable images (listed in skipped.json) instead of stopping",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -362,10 +385,20 @@ def run(args: argparse.Namespace) -> int:
 
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     records = detect(
-        model, processor, args.images, args.output, class_name=args.class_name, threshold=args.threshold,
-        pixel_threshold=args.pixel_threshold, domain=args.domain, batch_size=args.batch_size,
-        save_maps=args.save_maps, max_side=args.max_side, heatmap_scale=args.heatmap_scale,
-        progress=not args.no_progress, skip_bad_files=args.skip_bad_files,
+        model,
+        processor,
+        args.images,
+        args.output,
+        class_name=args.class_name,
+        threshold=args.threshold,
+        pixel_threshold=args.pixel_threshold,
+        domain=args.domain,
+        batch_size=args.batch_size,
+        save_maps=args.save_maps,
+        max_side=args.max_side,
+        heatmap_scale=args.heatmap_scale,
+        progress=not args.no_progress,
+        skip_bad_files=args.skip_bad_files,
     )
     flagged = sum(r["is_anomaly"] for r in records)
     width = max(len(Path(r["image"]).name) for r in records)
@@ -384,10 +417,18 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normal", required=True, nargs="+", help="normal image files/folders")
     parser.add_argument("--anomalous", nargs="+", default=None, help="anomalous image files/folders (optional)")
     parser.add_argument("--class-name", default=None, help="object class for the prompts (default: 'object')")
-    parser.add_argument("--method", choices=CALIBRATION_METHODS, default="auto",
-                        help="auto: f1 when anomalous images are given, else normal")
-    parser.add_argument("--quantile", type=float, default=DEFAULT_QUANTILE,
-                        help="normal method: quantile of the normal scores (default 1.0 = max)")
+    parser.add_argument(
+        "--method",
+        choices=CALIBRATION_METHODS,
+        default="auto",
+        help="auto: f1 when anomalous images are given, else normal",
+    )
+    parser.add_argument(
+        "--quantile",
+        type=float,
+        default=DEFAULT_QUANTILE,
+        help="normal method: quantile of the normal scores (default 1.0 = max)",
+    )
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="normal method: added to the quantile")
     parser.add_argument("--domain", default=None)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -406,8 +447,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     def scores(paths, what):
         files = collect_images(paths)
-        return [float(r["score"]) for _, _, r in score_images(
-            pipe, files, args.class_name, args.domain, args.batch_size, not args.no_progress, f"scoring {what}")]
+        return [
+            float(r["score"])
+            for _, _, r in score_images(
+                pipe, files, args.class_name, args.domain, args.batch_size, not args.no_progress, f"scoring {what}"
+            )
+        ]
 
     normal = scores(args.normal, "normal")
     anomalous = scores(args.anomalous, "anomalous") if args.anomalous else None
@@ -423,6 +468,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         target = args.output
     save_threshold(target, threshold, details)
     print(f"decision threshold {threshold:.4f} ({details['method']} rule) saved in {Path(target) / 'config.json'}")
-    print(f"on the calibration images: {len(normal) - details['normal_accepted']} of {len(normal)} normal flagged"
-          + (f", {details['anomalous_detected']} of {len(anomalous)} anomalous detected" if anomalous else ""))
+    print(
+        f"on the calibration images: {len(normal) - details['normal_accepted']} of {len(normal)} normal flagged"
+        + (f", {details['anomalous_detected']} of {len(anomalous)} anomalous detected" if anomalous else "")
+    )
     return 0

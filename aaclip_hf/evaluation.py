@@ -48,6 +48,7 @@ from .data import Sample, load_samples
 from .image_io import BadInputError, load_image, load_mask
 from .metrics import DEFAULT_FPR_LIMIT, image_metrics, pixel_metrics
 
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -102,8 +103,14 @@ def resolve_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def load_model_and_processor(model: str, device: str | None = None, dtype: str | None = None):
@@ -239,9 +246,14 @@ class EvaluationResult:
 
     def columns(self) -> list[str]:
         """Metric columns that have a value somewhere (pixel columns vanish for mask-less data)."""
-        return [key for key in METRIC_COLUMNS if any(
-            isinstance(row.get(key), float) and not math.isnan(row[key]) for row in [*self.classes.values(), self.mean]
-        )]
+        return [
+            key
+            for key in METRIC_COLUMNS
+            if any(
+                isinstance(row.get(key), float) and not math.isnan(row[key])
+                for row in [*self.classes.values(), self.mean]
+            )
+        ]
 
     def to_markdown(self) -> str:
         columns = self.columns()
@@ -252,7 +264,12 @@ class EvaluationResult:
             lines.append("| " + " | ".join(cells) + " |")
         total_normal = sum(row["num_normal"] for row in self.classes.values())
         total_anomalous = sum(row["num_anomalous"] for row in self.classes.values())
-        cells = ["**Mean**", str(total_normal), str(total_anomalous), *[f"**{_fmt(self.mean.get(key))}**" for key in columns]]
+        cells = [
+            "**Mean**",
+            str(total_normal),
+            str(total_anomalous),
+            *[f"**{_fmt(self.mean.get(key))}**" for key in columns],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -273,9 +290,17 @@ class EvaluationResult:
             writer.writerow(["class", "num_normal", "num_anomalous", *[f"{key} (%)" for key in METRIC_COLUMNS]])
             for name, row in [*self.classes.items(), ("mean", {**self.mean, "num_normal": "", "num_anomalous": ""})]:
                 values = [row.get(key) for key in METRIC_COLUMNS]
-                writer.writerow([name, row["num_normal"], row["num_anomalous"], *[
-                    "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100.0 * v:.4f}" for v in values
-                ]])
+                writer.writerow(
+                    [
+                        name,
+                        row["num_normal"],
+                        row["num_anomalous"],
+                        *[
+                            "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100.0 * v:.4f}"
+                            for v in values
+                        ],
+                    ]
+                )
         title = f"# {self.dataset}: {self.protocol} protocol, pixel metrics at {self.resolution} resolution\n\n"
         notes = "".join(f"- {note}\n" for note in self.notes)
         paths["markdown"].write_text(
@@ -390,7 +415,10 @@ def evaluate(
     rows: dict[str, dict[str, Any]] = OrderedDict()
 
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(samples, processor), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        _ImageDataset(samples, processor),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
         collate_fn=_collate,
     )
     is_main = True
@@ -412,20 +440,28 @@ def evaluate(
             select = torch.tensor(positions, device=device)
             grid = model.config.grid_size
             out = model(
-                pixel_values=pixel_values[select], class_names=[names[p] for p in positions], domain=batch_domain,
+                pixel_values=pixel_values[select],
+                class_names=[names[p] for p in positions],
+                domain=batch_domain,
                 output_size=(grid, grid),
             )
             grids[select] = out.anomaly_map_grid.float()
             image_score[select] = out.image_score.float()
             raw_score[select] = out.raw_anomaly_score.float()
-        gathered = {"index": batch["index"].to(device), "size": batch["size"].to(device), "grid": grids,
-                    "image_score": image_score, "raw_score": raw_score}
+        gathered = {
+            "index": batch["index"].to(device),
+            "size": batch["size"].to(device),
+            "grid": grids,
+            "image_score": image_score,
+            "raw_score": raw_score,
+        }
         if accelerator is not None:
             gathered = accelerator.gather_for_metrics(gathered)
         if not is_main:
             continue
-        _consume(gathered, samples, states, rows, model_size, resolution, protocol, model.config,
-                 aupro_variant, fpr_limit)
+        _consume(
+            gathered, samples, states, rows, model_size, resolution, protocol, model.config, aupro_variant, fpr_limit
+        )
         bar.update(len(gathered["index"]))
     bar.close()
     if not is_main:
@@ -499,7 +535,10 @@ def _finish_class(state: _ClassState, protocol: str, config, aupro_variant: str,
     labels = np.asarray(state.labels)
     if protocol == "reference":
         scores = reference_image_scores(
-            np.asarray(state.map_max), np.asarray(state.map_min), np.asarray(state.raw_score), state.domain,
+            np.asarray(state.map_max),
+            np.asarray(state.map_min),
+            np.asarray(state.raw_score),
+            state.domain,
             config.image_score_map_weight,
         )
     else:
@@ -561,20 +600,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, nargs="+", help="dataset path or spec (PATH[::classes=a,b]...)")
     parser.add_argument("--split", default="test", help="split to read (default: test)")
     parser.add_argument("--classes", nargs="+", default=None, help="evaluate only these classes")
-    parser.add_argument("--dataset-name", default=None, help="name in the tables and model card (default: folder name)")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="reference",
-                        help="image scores: reference (per-class min-max fusion, the paper's) or per-image (model's own)")
-    parser.add_argument("--resolution", choices=RESOLUTIONS, default="model",
-                        help="pixel metrics at the model input size (reference) or each image's original size")
+    parser.add_argument(
+        "--dataset-name", default=None, help="name in the tables and model card (default: folder name)"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="reference",
+        help="image scores: reference (per-class min-max fusion, the paper's) or per-image (model's own)",
+    )
+    parser.add_argument(
+        "--resolution",
+        choices=RESOLUTIONS,
+        default="model",
+        help="pixel metrics at the model input size (reference) or each image's original size",
+    )
     parser.add_argument("--domain", default="auto", help="auto (by class name), industrial or medical")
-    parser.add_argument("--aupro-variant", choices=("mvtec", "cflow"), default="mvtec",
-                        help="mvtec: reference AUPRO (interpolated at the limit, / limit); cflow: APRIL-GAN/AnomalyCLIP")
+    parser.add_argument(
+        "--aupro-variant",
+        choices=("mvtec", "cflow"),
+        default="mvtec",
+        help="mvtec: reference AUPRO (interpolated at the limit, / limit); cflow: APRIL-GAN/AnomalyCLIP",
+    )
     parser.add_argument("--fpr-limit", type=float, default=DEFAULT_FPR_LIMIT, help="AUPRO FPR limit (default 0.3)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, default=2, help="image loading processes")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype (default float32)")
-    parser.add_argument("--skip-bad-files", action="store_true", help="drop unreadable files (logged) instead of failing")
+    parser.add_argument(
+        "--skip-bad-files", action="store_true", help="drop unreadable files (logged) instead of failing"
+    )
     parser.add_argument("--output", required=True, help="folder for results.json, results.csv and results.md")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -597,15 +652,27 @@ def run(args: argparse.Namespace) -> int:
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     name = args.dataset_name or os.path.basename(os.path.normpath(args.data[0].split("::")[0]))
     result = evaluate(
-        model, processor, samples, protocol=args.protocol, resolution=args.resolution, batch_size=args.batch_size,
-        domain=args.domain, aupro_variant=args.aupro_variant, fpr_limit=args.fpr_limit,
-        num_workers=args.num_workers, dataset_name=name, split=args.split, progress=not args.no_progress,
+        model,
+        processor,
+        samples,
+        protocol=args.protocol,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        domain=args.domain,
+        aupro_variant=args.aupro_variant,
+        fpr_limit=args.fpr_limit,
+        num_workers=args.num_workers,
+        dataset_name=name,
+        split=args.split,
+        progress=not args.no_progress,
         accelerator=accelerator,
     )
     if result is None:
         return 0
     if skipped:
-        result.notes.append(f"{skipped} image(s) skipped as unreadable or with a mask of another size (--skip-bad-files)")
+        result.notes.append(
+            f"{skipped} image(s) skipped as unreadable or with a mask of another size (--skip-bad-files)"
+        )
     result.settings["model"] = args.model
     result.settings["data"] = list(args.data)
     paths = result.save(args.output)

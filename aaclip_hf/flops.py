@@ -17,9 +17,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+
 __all__ = [
-    "FlopReport", "vision_forward_flops", "text_anchor_flops", "model_forward_flops", "parameter_bytes",
-    "memory_traffic_floor", "vision_side_parameters",
+    "FlopReport",
+    "vision_forward_flops",
+    "text_anchor_flops",
+    "model_forward_flops",
+    "parameter_bytes",
+    "memory_traffic_floor",
+    "vision_side_parameters",
 ]
 
 
@@ -53,7 +59,9 @@ def _encoder_terms(
     report.add(f"{prefix}.adapters", adapters * 2 * tokens * width * width)
     # layer norms (2 per layer, ~8 ops/element), softmax (~5/score), gelu (~8/element), residuals, adapter rescale.
     scores = heads * tokens * tokens
-    report.elementwise_estimate += layers * (2 * 8 * tokens * width + 5 * scores + 8 * tokens * mlp + 2 * tokens * width)
+    report.elementwise_estimate += layers * (
+        2 * 8 * tokens * width + 5 * scores + 8 * tokens * mlp + 2 * tokens * width
+    )
 
 
 def vision_forward_flops(config, with_scores: bool = True, domain: str | None = None) -> FlopReport:
@@ -70,8 +78,14 @@ def vision_forward_flops(config, with_scores: bool = True, domain: str | None = 
     report = FlopReport()
     report.add("patch_embedding_conv", 2 * patches * vision.num_channels * vision.patch_size**2 * width)
     _encoder_terms(
-        report, "vision", tokens, width, vision.intermediate_size, vision.num_hidden_layers,
-        config.vision_adapter_layers, vision.num_attention_heads,
+        report,
+        "vision",
+        tokens,
+        width,
+        vision.intermediate_size,
+        vision.num_hidden_layers,
+        config.vision_adapter_layers,
+        vision.num_attention_heads,
     )
     report.add("seg_projections", len(config.feature_layers) * 2 * patches * width * embed)
     report.add("det_projection", 2 * patches * width * embed)
@@ -96,8 +110,14 @@ def text_anchor_flops(config, sentences_per_class: int = 16, context_length: int
     text = config.text_config
     report = FlopReport()
     _encoder_terms(
-        report, "text", context_length, text.hidden_size, text.intermediate_size, text.num_hidden_layers,
-        config.text_adapter_layers, text.num_attention_heads,
+        report,
+        "text",
+        context_length,
+        text.hidden_size,
+        text.intermediate_size,
+        text.num_hidden_layers,
+        config.text_adapter_layers,
+        text.num_attention_heads,
     )
     report.add("text_head", 2 * text.hidden_size * config.projection_dim)
     for name in list(report.terms):
@@ -130,7 +150,9 @@ def parameter_bytes(config, dtype_bytes: int = 4) -> dict[str, int]:
     return counts
 
 
-def memory_traffic_floor(config, batch_size: int = 1, dtype_bytes: int = 4, fused_attention: bool = True) -> dict[str, int]:
+def memory_traffic_floor(
+    config, batch_size: int = 1, dtype_bytes: int = 4, fused_attention: bool = True
+) -> dict[str, int]:
     """Lower bound on DRAM bytes of one inference forward of a batch (vision side), by a simple model.
 
     Weights of the vision side are read once per batch. Per image and layer, each activation tensor is written

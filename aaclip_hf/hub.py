@@ -26,6 +26,7 @@ from pathlib import Path
 from .modeling import AAClipConfig
 from .modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
 
+
 __all__ = [
     "CARD_TAGS",
     "PIPELINE_FILE",
@@ -42,8 +43,17 @@ PIPELINE_FILE = "pipeline_aaclip.py"
 TRAINING_SUMMARY_FILE = "training_summary.json"
 TRAINING_ARGS_FILE = "training_args.json"  # written by `aaclip train`
 # training_args.json fields shown in the card (besides the mapped model / stage / epochs).
-TRAINING_ARGS_SHOWN = ("text_lr", "vision_lr", "text_batch_size", "vision_batch_size", "image_size", "stage1_loss",
-                       "dpam_mode", "mixed_precision", "num_processes")
+TRAINING_ARGS_SHOWN = (
+    "text_lr",
+    "vision_lr",
+    "text_batch_size",
+    "vision_batch_size",
+    "image_size",
+    "stage1_loss",
+    "dpam_mode",
+    "mixed_precision",
+    "num_processes",
+)
 CARD_TAGS = ["anomaly-detection", "zero-shot-anomaly-detection", "anomaly-segmentation", "clip", "aa-clip"]
 DEFAULT_BASE_MODEL = "openai/clip-vit-large-patch14-336"
 CUSTOM_PIPELINE_ENTRY = {
@@ -189,7 +199,9 @@ def read_training_summary(folder: str | os.PathLike) -> dict | None:
         "base_model": args.get("model"),
         "train_data": args.get("train_data"),
         "shots": args.get("shots"),
-        "stages": {"both": "text + vision", "text": "text only", "vision": "vision only"}.get(args.get("stage"), args.get("stage")),
+        "stages": {"both": "text + vision", "text": "text only", "vision": "vision only"}.get(
+            args.get("stage"), args.get("stage")
+        ),
         "epochs": {"text": args.get("text_epochs"), "vision": args.get("vision_epochs")},
         "seed": args.get("seed"),
     }
@@ -306,7 +318,9 @@ def build_model_card(
     from huggingface_hub import ModelCard, ModelCardData
 
     summary = training_summary or {}
-    base_model = base_model or summary.get("base_model") or (DEFAULT_BASE_MODEL if _looks_like_vit_l14(config) else None)
+    base_model = (
+        base_model or summary.get("base_model") or (DEFAULT_BASE_MODEL if _looks_like_vit_l14(config) else None)
+    )
     # Only Hub ids belong in `base_model` metadata; a local path or a description stays in the text.
     base_is_hub_id = bool(base_model) and base_model.count("/") == 1 and not os.path.exists(base_model)
     datasets = summary.get("train_datasets") or []
@@ -322,7 +336,7 @@ def build_model_card(
     )
     vision, text = config.vision_config, config.text_config
     threshold = getattr(config, "decision_threshold", None)
-    anchors = [name for name in config.anchor_class_names]
+    anchors = list(config.anchor_class_names)
     return ModelCard.from_template(
         data,
         template_str=CARD_TEMPLATE,
@@ -486,7 +500,9 @@ def push_model_to_hub(
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
         if training_summary is not None:
-            (folder / TRAINING_SUMMARY_FILE).write_text(json.dumps(training_summary, indent=2) + "\n", encoding="utf-8")
+            (folder / TRAINING_SUMMARY_FILE).write_text(
+                json.dumps(training_summary, indent=2) + "\n", encoding="utf-8"
+            )
         return push_folder_to_hub(
             folder,
             repo_id,
@@ -508,15 +524,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("repo_id", help="Hub repository, e.g. your-name/aaclip-vitl14-visa")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument(
-        "--eval-results", nargs="+", default=None, metavar="JSON",
+        "--eval-results",
+        nargs="+",
+        default=None,
+        metavar="JSON",
         help="results.json file(s) from `aaclip evaluate`; their class means go into the model card",
     )
     parser.add_argument("--base-model", default=None, help="Hub id of the CLIP the model was built on (card metadata)")
-    parser.add_argument("--license", default="mit", help="licence identifier for the card (default: mit, the CLIP weights')")
+    parser.add_argument(
+        "--license", default="mit", help="licence identifier for the card (default: mit, the CLIP weights')"
+    )
     parser.add_argument("--token", default=None, help="Hub token (default: the saved login / HF_TOKEN)")
     parser.add_argument("--commit-message", default=None)
     parser.add_argument(
-        "--dry-run", metavar="DIR", default=None,
+        "--dry-run",
+        metavar="DIR",
+        default=None,
         help="write the completed Hub folder to DIR instead of uploading (check the card and files first)",
     )
 
@@ -531,7 +554,9 @@ def run(args: argparse.Namespace) -> int:
         prepare_hub_folder(
             target, repo_id=args.repo_id, eval_results=eval_results, base_model=args.base_model, license=args.license
         )
-        print(f"Hub-ready folder written to {target} (nothing uploaded); files: {sorted(p.name for p in target.iterdir())}")
+        print(
+            f"Hub-ready folder written to {target} (nothing uploaded); files: {sorted(p.name for p in target.iterdir())}"
+        )
         return 0
     url = push_folder_to_hub(
         args.model_dir,

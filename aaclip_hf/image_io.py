@@ -39,6 +39,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+
 __all__ = ["BadInputError", "MissingFileError", "load_image", "load_mask", "IMAGE_EXTENSIONS"]
 
 # Lower-case file extensions treated as images by the folder readers.

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+
 __all__ = [
     "AUPRO_VARIANTS",
     "PixelMetricAccumulator",
@@ -394,9 +395,7 @@ def binary_metrics(scores: Any, labels: Any, chunk_size: int = DEFAULT_CHUNK_SIZ
     num_pos = int(np.count_nonzero(y))
     if num_pos == 0 or num_pos == y.size:
         which = "positive (1)" if num_pos == y.size else "negative (0)"
-        raise ValueError(
-            f"labels: only {which} labels among {y.size}; AUROC/AP/F1 need both classes"
-        )
+        raise ValueError(f"labels: only {which} labels among {y.size}; AUROC/AP/F1 need both classes")
     data = _SortedScores([s], lambda _: y.astype(np.uint8), s.dtype)
     return _sweep(data, num_pos, chunk_size=_check_chunk(chunk_size))
 
@@ -456,9 +455,7 @@ def _structure(connectivity: int) -> np.ndarray:
     return ndimage.generate_binary_structure(2, connectivity)
 
 
-def _prepare_pixels(
-    maps: Any, masks: Any, connectivity: int
-) -> tuple[_SortedScores, np.ndarray, int]:
+def _prepare_pixels(maps: Any, masks: Any, connectivity: int) -> tuple[_SortedScores, np.ndarray, int]:
     """Validate, label the ground-truth regions and sort. Returns (data, region sizes, #regions)."""
     map_list = _as_image_list(_to_numpy(maps), "maps")
     mask_list = _as_image_list(_to_numpy(masks), "masks")
@@ -613,9 +610,7 @@ class PixelMetricAccumulator:
         start = len(self.maps)
         for i, (m, g) in enumerate(zip(map_list, mask_list)):
             if m.shape != g.shape:
-                raise ValueError(
-                    f"maps[{i}] has shape {tuple(m.shape)} but masks[{i}] has shape {tuple(g.shape)}"
-                )
+                raise ValueError(f"maps[{i}] has shape {tuple(m.shape)} but masks[{i}] has shape {tuple(g.shape)}")
             self.maps.append(np.array(_score_array(m, f"maps[{start + i}]"), dtype=self.dtype, copy=True))
             self.masks.append(np.array(_binary_array(g, f"masks[{start + i}]"), dtype=bool, copy=True))
 

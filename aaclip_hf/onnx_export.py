@@ -32,6 +32,7 @@ from torch import nn
 
 from .modeling.modeling_aaclip import gaussian_kernel1d
 
+
 __all__ = ["AAClipOnnxWrapper", "export_onnx", "add_arguments", "run"]
 
 DEFAULT_OPSET = 17
@@ -59,7 +60,9 @@ class AAClipOnnxWrapper(nn.Module):
         if pad >= grid:
             raise ValueError(f"blur kernel {kernel} needs a patch grid larger than {pad}, got {grid}")
         index = torch.arange(-pad, grid + pad).abs()
-        self.register_buffer("reflect_index", torch.where(index > grid - 1, 2 * (grid - 1) - index, index), persistent=False)
+        self.register_buffer(
+            "reflect_index", torch.where(index > grid - 1, 2 * (grid - 1) - index, index), persistent=False
+        )
         self.register_buffer("taps", gaussian_kernel1d(kernel, sigma, dtype=model.dtype), persistent=False)
         self.grid = grid
 
@@ -107,7 +110,9 @@ def export_onnx(
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     if not bool(model.text_anchors.abs().sum() > 0):
-        raise ValueError("the model has no computed anchors (all zero); run model.update_text_anchors(processor) first")
+        raise ValueError(
+            "the model has no computed anchors (all zero); run model.update_text_anchors(processor) first"
+        )
     # Plain MatMul/Softmax attention in the graph (onnxruntime fuses it itself). Set on the vision tower only:
     # an inference-only model has no text tower to switch.
     tower = model.vision_model
@@ -132,8 +137,15 @@ def export_onnx(
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=FutureWarning)
             torch.onnx.export(
-                wrapper, args, str(output_path), dynamo=False, input_names=names, output_names=OUTPUT_NAMES,
-                dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
+                wrapper,
+                args,
+                str(output_path),
+                dynamo=False,
+                input_names=names,
+                output_names=OUTPUT_NAMES,
+                dynamic_axes=dynamic,
+                opset_version=opset,
+                do_constant_folding=True,
             )
     finally:
         tower.set_attn_implementation(previous_impl)
@@ -166,7 +178,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
     parser.add_argument("--domain", default=None, help="smoothing / image-score domain baked in (default: config)")
     parser.add_argument(
-        "--fixed-class", default=None,
+        "--fixed-class",
+        default=None,
         help="bake one stored class in (graph input: pixel_values only); default: a class_index input",
     )
     parser.add_argument("--check", action="store_true", help="run the graph in onnxruntime against torch")
@@ -187,8 +200,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_onnx(model, path: str | Path, domain: str | None = None, fixed_class: str | None = None,
-               batch_size: int = 3, seed: int = 0) -> dict[str, float]:
+def check_onnx(
+    model,
+    path: str | Path,
+    domain: str | None = None,
+    fixed_class: str | None = None,
+    batch_size: int = 3,
+    seed: int = 0,
+) -> dict[str, float]:
     """Max absolute difference of every output, onnxruntime vs `model.forward`, on random inputs."""
     import onnxruntime as ort
 

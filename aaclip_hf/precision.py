@@ -15,14 +15,20 @@ import warnings
 
 import torch
 
+
 __all__ = ["DTYPE_CHOICES", "resolve_dtype", "dtype_supported", "add_dtype_argument", "cast_for_inference"]
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 _ALIASES = {
     "auto": "auto",
-    "float32": "float32", "fp32": "float32", "float": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16", "half": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
 }
 
 
@@ -65,7 +71,9 @@ def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device = "
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"--dtype must be a floating dtype among float32/bfloat16/float16, got {dtype}")
     if dtype != torch.float32 and not dtype_supported(dtype, device):
-        raise ValueError(f"--dtype {str(dtype).removeprefix('torch.')} is not supported on device {device}; use float32")
+        raise ValueError(
+            f"--dtype {str(dtype).removeprefix('torch.')} is not supported on device {device}; use float32"
+        )
     if device.type == "cpu" and dtype == torch.float16:
         warnings.warn("float16 on CPU is slow and overflow-prone; bfloat16 or float32 is preferred", stacklevel=2)
     return dtype

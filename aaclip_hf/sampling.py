@@ -24,6 +24,7 @@ import numpy as np
 
 from .data import BadInputError, Sample, load_samples, summarize_samples
 
+
 __all__ = ["DEFAULT_SHOT_SEED", "sample_shots", "parse_shots", "write_jsonl"]
 
 DEFAULT_SHOT_SEED = 111  # the reference's utils.setup_seed(111)
@@ -37,7 +38,9 @@ def parse_shots(shots: int | str) -> int | None:
         try:
             shots = int(shots)
         except ValueError:
-            raise BadInputError(f"shots must be an even number (2, 16, 64, ...) or 'full', got {shots!r}", None, "shots") from None
+            raise BadInputError(
+                f"shots must be an even number (2, 16, 64, ...) or 'full', got {shots!r}", None, "shots"
+            ) from None
     if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 2:
         raise BadInputError(f"shots must be an even number >= 2 or 'full', got {shots!r}", None, "shots")
     if shots % 2:
@@ -69,9 +72,17 @@ def sample_shots(samples: Sequence[Sample], shots: int | str, seed: int = DEFAUL
         return [s for cls in sorted(by_class) for s in by_class[cls]]
     half = k // 2
     counts = summarize_samples(samples)
-    short = [f"{c!r} has {r['normal']} normal and {r['anomaly']} anomalous" for c, r in counts.items() if min(r["normal"], r["anomaly"]) < half]
+    short = [
+        f"{c!r} has {r['normal']} normal and {r['anomaly']} anomalous"
+        for c, r in counts.items()
+        if min(r["normal"], r["anomaly"]) < half
+    ]
     if short:
-        raise BadInputError(f"{k}-shot needs {half} normal and {half} anomalous images per class, but class " + "; class ".join(short), None, "shots")
+        raise BadInputError(
+            f"{k}-shot needs {half} normal and {half} anomalous images per class, but class " + "; class ".join(short),
+            None,
+            "shots",
+        )
     out: list[Sample] = []
     for cls in sorted(by_class):
         rng = np.random.default_rng([int(seed), zlib.crc32(cls.encode("utf-8"))])
@@ -82,7 +93,9 @@ def sample_shots(samples: Sequence[Sample], shots: int | str, seed: int = DEFAUL
     return out
 
 
-def write_jsonl(samples: Sequence[Sample], path: str | os.PathLike, relative_to: str | os.PathLike | None = None) -> str:
+def write_jsonl(
+    samples: Sequence[Sample], path: str | os.PathLike, relative_to: str | os.PathLike | None = None
+) -> str:
     """Write samples as reference JSON-lines (``image_path, label, class_name, mask_path``).
 
     Paths are written relative to ``relative_to`` (default: the output file's folder, so
@@ -112,13 +125,26 @@ def write_jsonl(samples: Sequence[Sample], path: str | os.PathLike, relative_to:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", nargs="+", help="dataset folder, metadata file or spec (PATH::classes=a,b); several are combined")
-    parser.add_argument("--shots", required=True, help="images per class, even (k/2 normal + k/2 anomalous), or 'full'")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SHOT_SEED, help=f"random seed (default {DEFAULT_SHOT_SEED}, as the reference)")
+    parser.add_argument(
+        "data", nargs="+", help="dataset folder, metadata file or spec (PATH::classes=a,b); several are combined"
+    )
+    parser.add_argument(
+        "--shots", required=True, help="images per class, even (k/2 normal + k/2 anomalous), or 'full'"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SHOT_SEED,
+        help=f"random seed (default {DEFAULT_SHOT_SEED}, as the reference)",
+    )
     parser.add_argument("--output", required=True, help="JSON-lines file to write")
-    parser.add_argument("--split", default="test", help="split to draw from (default 'test', as the reference's VisA training data)")
+    parser.add_argument(
+        "--split", default="test", help="split to draw from (default 'test', as the reference's VisA training data)"
+    )
     parser.add_argument("--format", default=None, help="dataset layout, if auto-detection is wrong")
-    parser.add_argument("--relative-to", default=None, help="write paths relative to this folder (default: the output file's folder)")
+    parser.add_argument(
+        "--relative-to", default=None, help="write paths relative to this folder (default: the output file's folder)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+
 __all__ = [
     "SYNTHETIC_CLASSES",
     "SYNTHETIC_TEXTURE_CLASSES",
@@ -178,7 +179,12 @@ def _tile(rng: np.random.Generator, n: int) -> _Layers:
 
 def _pose(rng: np.random.Generator) -> tuple[float, float, float, float]:
     """Centre (y, x), scale and rotation jitter of an object."""
-    return 0.5 + rng.uniform(-0.06, 0.06), 0.5 + rng.uniform(-0.06, 0.06), rng.uniform(0.92, 1.08), rng.uniform(-np.pi, np.pi)
+    return (
+        0.5 + rng.uniform(-0.06, 0.06),
+        0.5 + rng.uniform(-0.06, 0.06),
+        rng.uniform(0.92, 1.08),
+        rng.uniform(-np.pi, np.pi),
+    )
 
 
 def _backdrop(rng: np.random.Generator, n: int, colour: Sequence[float], spread: float) -> np.ndarray:
@@ -281,7 +287,9 @@ def _finish(clean: np.ndarray, light: np.ndarray, noise: np.ndarray) -> np.ndarr
     return np.clip(np.rint(clean * light[..., None] + noise), 0, 255).astype(np.uint8)
 
 
-def _photometry(rng: np.random.Generator, n: int, slope: float, offset: float, noise_std: float) -> tuple[np.ndarray, np.ndarray]:
+def _photometry(
+    rng: np.random.Generator, n: int, slope: float, offset: float, noise_std: float
+) -> tuple[np.ndarray, np.ndarray]:
     y, x = _grid(n)
     a, b = rng.uniform(-slope, slope, 2)
     light = 1 + rng.uniform(-offset, offset) + a * (x - 0.5) + b * (y - 0.5)
@@ -331,7 +339,13 @@ def _apply_defect(kind: str, layers: _Layers, rng: np.random.Generator) -> np.nd
         angle, length = rng.uniform(0, np.pi), n * rng.uniform(0.22, 0.36)
         bend = n * rng.uniform(-0.08, 0.08)
         t = np.linspace(-0.5, 0.5, 24)
-        pts = [(px + length * u * np.cos(angle) - bend * (1 - 4 * u * u) * np.sin(angle), py + length * u * np.sin(angle) + bend * (1 - 4 * u * u) * np.cos(angle)) for u in t]
+        pts = [
+            (
+                px + length * u * np.cos(angle) - bend * (1 - 4 * u * u) * np.sin(angle),
+                py + length * u * np.sin(angle) + bend * (1 - 4 * u * u) * np.cos(angle),
+            )
+            for u in t
+        ]
         region = _draw_mask(n, lambda d: d.line(pts, fill=255, width=max(1, round(n / 96)), joint="curve")) & fg
         img[region] = _contrast_colour(img[region], (30, 30, 30), (240, 240, 232))
     elif kind == "crack":
@@ -345,7 +359,9 @@ def _apply_defect(kind: str, layers: _Layers, rng: np.random.Generator) -> np.nd
             bang += rng.uniform(-0.5, 0.5)
             branch.append((branch[-1][0] + n * 0.03 * np.cos(bang), branch[-1][1] + n * 0.03 * np.sin(bang)))
         width = max(1, round(n / 64))
-        region = _draw_mask(n, lambda d: (d.line(pts, fill=255, width=width), d.line(branch, fill=255, width=width))) & fg
+        region = (
+            _draw_mask(n, lambda d: (d.line(pts, fill=255, width=width), d.line(branch, fill=255, width=width))) & fg
+        )
         img[region] = _contrast_colour(img[region], (18, 14, 10), (235, 230, 220))
     elif kind == "hole":
         ra, rb = n * rng.uniform(0.045, 0.075), n * rng.uniform(0.035, 0.06)
@@ -354,8 +370,14 @@ def _apply_defect(kind: str, layers: _Layers, rng: np.random.Generator) -> np.nd
         depth = np.clip(np.hypot((xx - px) / ra, (yy - py) / rb), 0, 1)
         img[yy, xx] = (8 + 30 * depth)[:, None] * np.float32((1.0, 0.95, 0.9))
     elif kind == "stain":
-        blobs = [(px + rng.uniform(-0.04, 0.04) * n, py + rng.uniform(-0.04, 0.04) * n, n * rng.uniform(0.03, 0.055)) for _ in range(int(rng.integers(3, 6)))]
-        region = _draw_mask(n, lambda d: [d.ellipse((bx - r, by - r, bx + r, by + r), fill=255) for bx, by, r in blobs]) & fg
+        blobs = [
+            (px + rng.uniform(-0.04, 0.04) * n, py + rng.uniform(-0.04, 0.04) * n, n * rng.uniform(0.03, 0.055))
+            for _ in range(int(rng.integers(3, 6)))
+        ]
+        region = (
+            _draw_mask(n, lambda d: [d.ellipse((bx - r, by - r, bx + r, by + r), fill=255) for bx, by, r in blobs])
+            & fg
+        )
         stain = np.float32((115, 80, 30)) if rng.random() < 0.5 else np.float32((70, 85, 40))
         img[region] = 0.4 * img[region] + 0.6 * stain
     elif kind == "color_spot":
@@ -428,7 +450,9 @@ def render_defect(
         mask = (defective != normal).any(-1)
         if mask.sum() >= min_pixels:
             return normal, defective, mask
-    raise RuntimeError(f"could not place a visible {kind!r} defect on {class_name!r} at {image_size} px in {max_tries} tries")
+    raise RuntimeError(
+        f"could not place a visible {kind!r} defect on {class_name!r} at {image_size} px in {max_tries} tries"
+    )
 
 
 def generate_synthetic_dataset(
@@ -453,10 +477,12 @@ def generate_synthetic_dataset(
     unknown = [c for c in classes if c not in _RENDERERS]
     bad_kinds = [k for k in defect_kinds if k not in DEFECT_KINDS]
     if unknown or bad_kinds:
-        raise ValueError(f"unknown class(es) {unknown} / defect kind(s) {bad_kinds}; classes: {list(SYNTHETIC_CLASSES)}, kinds: {list(DEFECT_KINDS)}")
+        raise ValueError(
+            f"unknown class(es) {unknown} / defect kind(s) {bad_kinds}; classes: {list(SYNTHETIC_CLASSES)}, kinds: {list(DEFECT_KINDS)}"
+        )
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16 px to hold a visible defect, got {image_size}")
-    photo = dict(light_slope=light_slope, light_offset=light_offset, noise_std=noise_std)
+    photo = {"light_slope": light_slope, "light_offset": light_offset, "noise_std": noise_std}
     root = os.fspath(root)
 
     def save(arr: np.ndarray, *parts: str) -> None:
@@ -469,7 +495,13 @@ def generate_synthetic_dataset(
         for cls in classes:
             for split, count in (("train", n_train_good), ("test", n_test_good)):
                 for i in range(count):
-                    save(render_normal(cls, _rng(seed, cls, split, "good", i), image_size, **photo), cls, split, "good", f"{i:03d}.png")
+                    save(
+                        render_normal(cls, _rng(seed, cls, split, "good", i), image_size, **photo),
+                        cls,
+                        split,
+                        "good",
+                        f"{i:03d}.png",
+                    )
                     bar.update()
             for kind in defect_kinds:
                 for i in range(n_test_defect_per_kind):
@@ -495,11 +527,22 @@ def generate_synthetic_dataset(
     return root
 
 
-def preview_grid(root: str | os.PathLike, out_png: str | os.PathLike, classes: Sequence[str] | None = None, *, tile: int = 96, n_normal: int = 2) -> str:
+def preview_grid(
+    root: str | os.PathLike,
+    out_png: str | os.PathLike,
+    classes: Sequence[str] | None = None,
+    *,
+    tile: int = 96,
+    n_normal: int = 2,
+) -> str:
     """Save a contact sheet: per class, a row of images (normals, then one per defect kind)
     and below it the same with the ground-truth mask tinted red. Returns ``out_png``."""
     root = os.fspath(root)
-    classes = list(classes) if classes else sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, "test")))
+    classes = (
+        list(classes)
+        if classes
+        else sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d, "test")))
+    )
     kinds = sorted({k for c in classes for k in os.listdir(os.path.join(root, c, "test")) if k != "good"})
     cols, label_w, head_h = n_normal + len(kinds), 70, 14
     sheet = Image.new("RGB", (label_w + cols * tile, head_h + 2 * len(classes) * tile), (255, 255, 255))
@@ -513,8 +556,19 @@ def preview_grid(root: str | os.PathLike, out_png: str | os.PathLike, classes: S
         goods = sorted(os.listdir(os.path.join(root, cls, "test", "good")))[:n_normal]
         cells = [(os.path.join(root, cls, "test", "good", g), None) for g in goods]
         for kind in kinds:
-            files = sorted(os.listdir(os.path.join(root, cls, "test", kind))) if os.path.isdir(os.path.join(root, cls, "test", kind)) else []
-            cells.append((os.path.join(root, cls, "test", kind, files[0]), os.path.join(root, cls, "ground_truth", kind, os.path.splitext(files[0])[0] + "_mask.png")) if files else (None, None))
+            files = (
+                sorted(os.listdir(os.path.join(root, cls, "test", kind)))
+                if os.path.isdir(os.path.join(root, cls, "test", kind))
+                else []
+            )
+            cells.append(
+                (
+                    os.path.join(root, cls, "test", kind, files[0]),
+                    os.path.join(root, cls, "ground_truth", kind, os.path.splitext(files[0])[0] + "_mask.png"),
+                )
+                if files
+                else (None, None)
+            )
         for j, (img_path, mask_path) in enumerate(cells):
             if img_path is None:
                 continue
@@ -536,14 +590,35 @@ def preview_grid(root: str | os.PathLike, out_png: str | os.PathLike, classes: S
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output_dir", help="folder to write (MVTec layout)")
-    parser.add_argument("--classes", nargs="+", default=None, choices=list(SYNTHETIC_CLASSES), metavar="CLASS", help=f"classes to draw (default: all of {', '.join(SYNTHETIC_CLASSES)})")
-    parser.add_argument("--defect-kinds", nargs="+", default=list(DEFECT_KINDS), choices=list(DEFECT_KINDS), metavar="KIND", help=f"defect kinds (default: all of {', '.join(DEFECT_KINDS)})")
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        choices=list(SYNTHETIC_CLASSES),
+        metavar="CLASS",
+        help=f"classes to draw (default: all of {', '.join(SYNTHETIC_CLASSES)})",
+    )
+    parser.add_argument(
+        "--defect-kinds",
+        nargs="+",
+        default=list(DEFECT_KINDS),
+        choices=list(DEFECT_KINDS),
+        metavar="KIND",
+        help=f"defect kinds (default: all of {', '.join(DEFECT_KINDS)})",
+    )
     parser.add_argument("--image-size", type=int, default=128, help="side length in pixels (default 128)")
     parser.add_argument("--n-train-good", type=int, default=16, help="normal training images per class (default 16)")
     parser.add_argument("--n-test-good", type=int, default=8, help="normal test images per class (default 8)")
-    parser.add_argument("--n-test-defect-per-kind", type=int, default=2, help="test images per class and defect kind (default 2)")
+    parser.add_argument(
+        "--n-test-defect-per-kind", type=int, default=2, help="test images per class and defect kind (default 2)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--noise-std", type=float, default=DEFAULT_NOISE_STD, help=f"sensor noise std in 8-bit levels (default {DEFAULT_NOISE_STD})")
+    parser.add_argument(
+        "--noise-std",
+        type=float,
+        default=DEFAULT_NOISE_STD,
+        help=f"sensor noise std in 8-bit levels (default {DEFAULT_NOISE_STD})",
+    )
     parser.add_argument("--preview", default=None, metavar="PNG", help="also save a contact sheet of the result")
 
 
@@ -563,8 +638,12 @@ def run(args: argparse.Namespace) -> int:
         noise_std=args.noise_std,
     )
     print(f"wrote the synthetic dataset to {root}")
-    print(f"suggested train classes:    {', '.join(c for c in SYNTHETIC_TRAIN_CLASSES if args.classes is None or c in args.classes)}")
-    print(f"suggested held-out classes: {', '.join(c for c in SYNTHETIC_HELD_OUT_CLASSES if args.classes is None or c in args.classes)}")
+    print(
+        f"suggested train classes:    {', '.join(c for c in SYNTHETIC_TRAIN_CLASSES if args.classes is None or c in args.classes)}"
+    )
+    print(
+        f"suggested held-out classes: {', '.join(c for c in SYNTHETIC_HELD_OUT_CLASSES if args.classes is None or c in args.classes)}"
+    )
     if args.preview:
         print(f"preview: {preview_grid(root, args.preview)}")
     return 0

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+
 __all__ = ["COLORMAP_STOPS", "apply_colormap", "contour_overlay", "detection_figure", "heatmap_overlay"]
 
 # A perceptually ordered blue -> cyan -> yellow -> red ramp (jet-like, darker ends), as (position, RGB).

@@ -119,19 +119,42 @@ def run(num_maps: int = 400, size: int = 518, seed: int = 0, check_f1: bool = Tr
 def to_markdown(r: dict[str, Any]) -> str:
     gib = 1024**3
     rows = [
-        ("pixels", f"{r['num_pixels']:,} ({r['anomalous_maps']} defective maps, "
-                   f"{100 * r['anomalous_pixel_fraction']:.2f}% anomalous pixels)"),
-        ("ours: AUROC+AP+F1-max+AUPRO (mvtec)", f"{r['seconds_ours_mvtec']:.2f} s, peak {r['peak_bytes_ours_mvtec'] / gib:.2f} GiB"),
-        ("ours: same, AUPRO cflow", f"{r['seconds_ours_cflow']:.2f} s, peak {r['peak_bytes_ours_cflow'] / gib:.2f} GiB"),
-        ("sklearn: roc_auc_score+average_precision_score", f"{r['seconds_sklearn_auroc_ap']:.2f} s, peak {r['peak_bytes_sklearn_auroc_ap'] / gib:.2f} GiB"),
+        (
+            "pixels",
+            f"{r['num_pixels']:,} ({r['anomalous_maps']} defective maps, "
+            f"{100 * r['anomalous_pixel_fraction']:.2f}% anomalous pixels)",
+        ),
+        (
+            "ours: AUROC+AP+F1-max+AUPRO (mvtec)",
+            f"{r['seconds_ours_mvtec']:.2f} s, peak {r['peak_bytes_ours_mvtec'] / gib:.2f} GiB",
+        ),
+        (
+            "ours: same, AUPRO cflow",
+            f"{r['seconds_ours_cflow']:.2f} s, peak {r['peak_bytes_ours_cflow'] / gib:.2f} GiB",
+        ),
+        (
+            "sklearn: roc_auc_score+average_precision_score",
+            f"{r['seconds_sklearn_auroc_ap']:.2f} s, peak {r['peak_bytes_sklearn_auroc_ap'] / gib:.2f} GiB",
+        ),
         ("speed-up vs sklearn", f"{r['speedup']:.1f}x"),
-        ("max abs diff vs sklearn", f"{r['max_abs_diff_vs_sklearn']:.2e} ({', '.join(f'{k} {v:.1e}' for k, v in r['abs_diff'].items())})"),
-        ("values", ", ".join(f"{k.removeprefix('pixel_')} {v:.6f}" for k, v in r["ours"].items())
-                   + f", aupro(cflow) {r['ours_cflow_aupro']:.6f}"),
+        (
+            "max abs diff vs sklearn",
+            f"{r['max_abs_diff_vs_sklearn']:.2e} ({', '.join(f'{k} {v:.1e}' for k, v in r['abs_diff'].items())})",
+        ),
+        (
+            "values",
+            ", ".join(f"{k.removeprefix('pixel_')} {v:.6f}" for k, v in r["ours"].items())
+            + f", aupro(cflow) {r['ours_cflow_aupro']:.6f}",
+        ),
     ]
     if r["seconds_sklearn_pr_curve_f1"] is not None:
-        rows.insert(4, ("sklearn: precision_recall_curve (F1 check, untimed in ratio)",
-                        f"{r['seconds_sklearn_pr_curve_f1']:.2f} s"))
+        rows.insert(
+            4,
+            (
+                "sklearn: precision_recall_curve (F1 check, untimed in ratio)",
+                f"{r['seconds_sklearn_pr_curve_f1']:.2f} s",
+            ),
+        )
     lines = ["| measure | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows]
     return "\n".join(lines)
 

@@ -29,14 +29,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULT_TAG = "@@AACLIP_BENCH_RESULT@@"
 
 VIT_L_518 = {}  # AAClipConfig() defaults: ViT-L/14 towers, vision at 518 px
 VIT_B16_224 = {
     "text_config": {"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8, "projection_dim": 512},
-    "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
-                      "image_size": 224, "patch_size": 16, "projection_dim": 512},
+    "vision_config": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "image_size": 224,
+        "patch_size": 16,
+        "projection_dim": 512,
+    },
     "projection_dim": 512,
     "feature_layers": [3, 6, 9, 12],
     "vision_adapter_layers": 3,
@@ -46,8 +54,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": {
         "model": VIT_L_518,
         "model_name": "ViT-L/14 @ 518 px (AAClipConfig() defaults)",
-        "matmul_size": 4096, "matmul_repeats": 3,
-        "vision_batches": [1, 4], "eager_batches": [1], "warmup": 1, "iterations": 1,
+        "matmul_size": 4096,
+        "matmul_repeats": 3,
+        "vision_batches": [1, 4],
+        "eager_batches": [1],
+        "warmup": 1,
+        "iterations": 1,
         # stage 1 at 224 px on 2 shared CPU cores (518 px is ~6x the vision work); the report predicts 518 from it
         "stage1": {"image_size": 224, "num_images": 2, "batch_size": 2, "epochs": 5},
         "stage2_batch": 2,
@@ -56,8 +68,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "model": VIT_B16_224,
         "model_name": "ViT-B/16-sized @ 224 px (quick preset)",
-        "matmul_size": 1024, "matmul_repeats": 3,
-        "vision_batches": [1, 2], "eager_batches": [1], "warmup": 1, "iterations": 1,
+        "matmul_size": 1024,
+        "matmul_repeats": 3,
+        "vision_batches": [1, 2],
+        "eager_batches": [1],
+        "warmup": 1,
+        "iterations": 1,
         "stage1": {"image_size": 224, "num_images": 4, "batch_size": 2, "epochs": 5},
         "stage2_batch": 2,
         "metrics": {"num_maps": 40, "size": 518, "check_f1": False},
@@ -66,11 +82,28 @@ PRESETS: dict[str, dict[str, Any]] = {
 # A seconds-long smoke preset (tiny towers) that exercises every worker; used by the slow test.
 PRESETS["smoke"] = {
     **PRESETS["quick"],
-    "model": {"text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                              "projection_dim": 24},
-              "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
-                                "image_size": 64, "patch_size": 8, "projection_dim": 24},
-              "projection_dim": 24, "feature_layers": [1, 2, 3, 4], "vision_adapter_layers": 2, "text_adapter_layers": 1},
+    "model": {
+        "text_config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "projection_dim": 24,
+        },
+        "vision_config": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "image_size": 64,
+            "patch_size": 8,
+            "projection_dim": 24,
+        },
+        "projection_dim": 24,
+        "feature_layers": [1, 2, 3, 4],
+        "vision_adapter_layers": 2,
+        "text_adapter_layers": 1,
+    },
     "model_name": "tiny smoke-test towers @ 64 px",
     "stage1": {"image_size": 64, "num_images": 4, "batch_size": 2, "epochs": 5},
     "metrics": {"num_maps": 4, "size": 64, "check_f1": True},
@@ -174,9 +207,8 @@ def worker_vision(preset: dict, attn: str) -> dict:
     """Inference forward (stored anchors) at each batch size; with sdpa also the anchors-recomputed forward."""
     import torch
 
-    from aaclip_hf.flops import text_anchor_flops, vision_forward_flops
-
     from aaclip_hf import AAClipProcessor
+    from aaclip_hf.flops import text_anchor_flops, vision_forward_flops
 
     config = _config(preset, include_text_model=(attn == "sdpa"))
     with PeakMemory() as build_memory:
@@ -187,15 +219,22 @@ def worker_vision(preset: dict, attn: str) -> dict:
     flops_per_image = vision_forward_flops(config).total
     size = config.vision_config.image_size
     batches = preset["vision_batches"] if attn == "sdpa" else preset["eager_batches"]
-    out: dict[str, Any] = {"attn": attn, "build_seconds": build_seconds, "build_memory": build_memory.to_dict(), "batches": {}}
+    out: dict[str, Any] = {
+        "attn": attn,
+        "build_seconds": build_seconds,
+        "build_memory": build_memory.to_dict(),
+        "batches": {},
+    }
     with torch.inference_mode():
         for batch in batches:
             pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
             with PeakMemory() as memory:
-                seconds, _ = _timed(lambda: model(pixels), preset["warmup"], preset["iterations"])
+                seconds, _ = _timed(lambda pixels=pixels: model(pixels), preset["warmup"], preset["iterations"])
             out["batches"][str(batch)] = {
-                "seconds_per_batch": seconds, "seconds_per_image": seconds / batch,
-                "gflops_per_second": flops_per_image * batch / seconds / 1e9, "memory": memory.to_dict(),
+                "seconds_per_batch": seconds,
+                "seconds_per_image": seconds / batch,
+                "gflops_per_second": flops_per_image * batch / seconds / 1e9,
+                "memory": memory.to_dict(),
             }
         if attn == "sdpa":
             processor = AAClipProcessor()
@@ -208,11 +247,14 @@ def worker_vision(preset: dict, attn: str) -> dict:
                 fresh = model.compute_text_anchors(["bottle"], processor)
                 return model(pixels, text_anchors=fresh)
 
-            cached_seconds, cached = _timed(lambda: model(pixels, class_names="bottle"), preset["warmup"], preset["iterations"])
+            cached_seconds, cached = _timed(
+                lambda: model(pixels, class_names="bottle"), preset["warmup"], preset["iterations"]
+            )
             recompute_seconds, recomputed = _timed(recompute, preset["warmup"], preset["iterations"])
             tokens = processor.tokenize_prompts(["bottle"])["input_ids"].shape[1]
             out["anchors"] = {
-                "seconds_cached": cached_seconds, "seconds_recomputed": recompute_seconds,
+                "seconds_cached": cached_seconds,
+                "seconds_recomputed": recompute_seconds,
                 "ratio": recompute_seconds / cached_seconds,
                 "flops_cached": flops_per_image,
                 "flops_recomputed": flops_per_image + text_anchor_flops(config, context_length=tokens).total,
@@ -265,8 +307,13 @@ def worker_load(preset: dict, tmp: str, name: str) -> dict:
         with torch.no_grad():
             checksum = sum(float(p.double().sum()) for p in model.parameters())
         touched = time.perf_counter() - start
-    out = {"load_seconds": seconds, "load_and_touch_seconds": touched, "memory": memory.to_dict(),
-           "parameters": sum(p.numel() for p in model.parameters()), "weight_checksum": checksum}
+    out = {
+        "load_seconds": seconds,
+        "load_and_touch_seconds": touched,
+        "memory": memory.to_dict(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "weight_checksum": checksum,
+    }
     if name == "inference_only":
         processor = AAClipProcessor.from_pretrained(folder)
         image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
@@ -358,8 +405,14 @@ def worker_stage1(preset: dict) -> dict:
                     anchors = model.compute_text_anchors(classes, processor)
                     sample_anchors = anchors[[0] * len(index)]
                     maps = model.training_maps(feats.patch_embeds[-1:], sample_anchors, (size, size))
-                    terms = stage1_loss(maps, masks[index], torch.ones(len(index), dtype=torch.bool), sample_anchors,
-                                        image_embeds=feats.image_embeds, labels=labels[index])
+                    terms = stage1_loss(
+                        maps,
+                        masks[index],
+                        torch.ones(len(index), dtype=torch.bool),
+                        sample_anchors,
+                        image_embeds=feats.image_embeds,
+                        labels=labels[index],
+                    )
                     optimizer.zero_grad(set_to_none=True)
                     terms["loss"].backward()
                     optimizer.step()
@@ -377,12 +430,16 @@ def worker_stage1(preset: dict) -> dict:
     text_seconds_per_step = (cached_seconds - cached_info["vision_seconds"]) / steps
     vision_seconds_per_image = recompute_info["vision_seconds"] / (spec["epochs"] * n)
     out = {
-        **spec, "steps": steps,
-        "seconds_recomputed": recompute_seconds, "seconds_cached": cached_seconds,
+        **spec,
+        "steps": steps,
+        "seconds_recomputed": recompute_seconds,
+        "seconds_cached": cached_seconds,
         "speedup": recompute_seconds / cached_seconds,
-        "dpam_seconds_per_image": vision_seconds_per_image, "text_seconds_per_step": text_seconds_per_step,
+        "dpam_seconds_per_image": vision_seconds_per_image,
+        "text_seconds_per_step": text_seconds_per_step,
         "max_abs_loss_diff": max(abs(a - b) for a, b in zip(recompute_losses, cached_losses)),
-        "memory_recomputed": recompute_info["memory"], "memory_cached": cached_info["memory"],
+        "memory_recomputed": recompute_info["memory"],
+        "memory_cached": cached_info["memory"],
     }
     # The same loop at the paper's 518 px, predicted from the measured parts: DPAM time scales with its FLOPs.
     from aaclip_hf.flops import vision_forward_flops
@@ -390,8 +447,8 @@ def worker_stage1(preset: dict) -> dict:
     scale = vision_forward_flops(_config(preset)).total / vision_forward_flops(config).total
     v518 = vision_seconds_per_image * scale * n
     e = spec["epochs"]
-    out["predicted_speedup_at_default_size"] = e * (v518 + text_seconds_per_step * steps / e) / (
-        v518 + text_seconds_per_step * steps
+    out["predicted_speedup_at_default_size"] = (
+        e * (v518 + text_seconds_per_step * steps / e) / (v518 + text_seconds_per_step * steps)
     )
     out["flop_scale_to_default_size"] = scale
     return out
@@ -447,8 +504,13 @@ def worker_stage2(preset: dict, checkpointing: bool) -> dict:
         optimizer = torch.optim.Adam(params, lr=5e-4, betas=(0.5, 0.999))
         seconds, (loss, grad_norm) = _timed(step, 0, 1)
     return {
-        "checkpointing": checkpointing, "batch_size": batch, "seconds": seconds, "loss": loss,
-        "grad_norm": grad_norm, "trainable_parameters": sum(p.numel() for p in params), "memory": memory.to_dict(),
+        "checkpointing": checkpointing,
+        "batch_size": batch,
+        "seconds": seconds,
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "trainable_parameters": sum(p.numel() for p in params),
+        "memory": memory.to_dict(),
     }
 
 
@@ -509,8 +571,9 @@ def worker_gpu(preset: dict, batches: list[int]) -> dict:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                 patch_embeds, image_embeds = model.get_vision_features(pixels)
             maps = model.training_maps([f.float() for f in patch_embeds], anchors, (size, size))
-            loss = stage2_loss(maps, masks, torch.ones(batch, dtype=torch.bool, device=device), image_embeds.float(),
-                               anchors, labels)["loss"]
+            loss = stage2_loss(
+                maps, masks, torch.ones(batch, dtype=torch.bool, device=device), image_embeds.float(), anchors, labels
+            )["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -521,8 +584,14 @@ def worker_gpu(preset: dict, batches: list[int]) -> dict:
 
 
 WORKERS = {
-    "peak": worker_peak, "vision": worker_vision, "save": worker_save, "load": worker_load,
-    "metrics": worker_metrics, "stage1": worker_stage1, "stage2": worker_stage2, "gpu": worker_gpu,
+    "peak": worker_peak,
+    "vision": worker_vision,
+    "save": worker_save,
+    "load": worker_load,
+    "metrics": worker_metrics,
+    "stage1": worker_stage1,
+    "stage2": worker_stage2,
+    "gpu": worker_gpu,
 }
 
 
@@ -542,18 +611,28 @@ def _worker_main(name: str, preset_name: str, kwargs_json: str, threads: int | N
 
 
 def _spawn(worker: str, preset: str, threads: int | None, log, **kwargs) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--preset", preset,
-               "--worker-kwargs", json.dumps(kwargs)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        worker,
+        "--preset",
+        preset,
+        "--worker-kwargs",
+        json.dumps(kwargs),
+    ]
     if threads:
         command += ["--threads", str(threads)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=str(REPO_ROOT))
-    log.write(f"### worker {worker} {kwargs} rc={proc.returncode} ({time.perf_counter() - start:.0f} s)\n{proc.stderr[-4000:]}\n")
+    log.write(
+        f"### worker {worker} {kwargs} rc={proc.returncode} ({time.perf_counter() - start:.0f} s)\n{proc.stderr[-4000:]}\n"
+    )
     log.flush()
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_TAG):
-            result = json.loads(line[len(RESULT_TAG):])
+            result = json.loads(line[len(RESULT_TAG) :])
             result["wall_seconds"] = time.perf_counter() - start
             return result
     return {"error": f"worker {worker} failed (rc {proc.returncode}): {proc.stderr.strip().splitlines()[-1:] or ''}"}
@@ -576,8 +655,13 @@ def machine_info() -> dict:
         pass
     simd = [name for name in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f" {name}" in flags]
     return {
-        "cpu": cpu, "simd": simd, "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "cpu": cpu,
+        "simd": simd,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
@@ -592,11 +676,16 @@ def run_benchmarks(preset_name: str, output: Path, only: list[str] | None = None
     sections = [s for s in SECTIONS if not only or s in only]
     config = _config(preset)
     report: dict[str, Any] = {
-        "preset": preset_name, "model": preset["model_name"], "settings": preset,
-        "machine": machine_info(), "load_average_start": os.getloadavg(),
+        "preset": preset_name,
+        "model": preset["model_name"],
+        "settings": preset,
+        "machine": machine_info(),
+        "load_average_start": os.getloadavg(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "flops": {"vision_forward_per_image": vision_forward_flops(config).to_dict(),
-                  "text_anchors_per_class_77_tokens": text_anchor_flops(config).to_dict()},
+        "flops": {
+            "vision_forward_per_image": vision_forward_flops(config).to_dict(),
+            "text_anchors_per_class_77_tokens": text_anchor_flops(config).to_dict(),
+        },
         "parameters": parameter_bytes(config),
     }
     start = time.perf_counter()
@@ -605,11 +694,16 @@ def run_benchmarks(preset_name: str, output: Path, only: list[str] | None = None
         if section == "vision":
             jobs += [("vision", "vision_sdpa", {"attn": "sdpa"}), ("vision", "vision_eager", {"attn": "eager"})]
         elif section == "inference_only":
-            jobs += [("save", "save", {}), ("load", "load_full", {"name": "full"}),
-                     ("load", "load_inference_only", {"name": "inference_only"})]
+            jobs += [
+                ("save", "save", {}),
+                ("load", "load_full", {"name": "full"}),
+                ("load", "load_inference_only", {"name": "inference_only"}),
+            ]
         elif section == "stage2":
-            jobs += [("stage2", "stage2_plain", {"checkpointing": False}),
-                     ("stage2", "stage2_checkpointing", {"checkpointing": True})]
+            jobs += [
+                ("stage2", "stage2_plain", {"checkpointing": False}),
+                ("stage2", "stage2_checkpointing", {"checkpointing": True}),
+            ]
         else:
             jobs.append((section, section, {}))
     with tempfile.TemporaryDirectory(prefix="aaclip-bench-") as tmp, open(output / "bench.log", "w") as log:
@@ -656,58 +750,77 @@ def evaluate_goals(report: dict) -> list[dict]:
                 best = (key.split("_")[1], batch, row["gflops_per_second"])
     if peak and best:
         fraction = best[2] / peak
-        goals.append({
-            "goal": "vision forward >= 85 % of the measured fp32 matmul peak",
-            "value": f"{100 * fraction:.0f} % ({best[2]:.1f} of {peak:.1f} GFLOP/s, {best[0]}, batch {best[1]})",
-            "met": fraction >= 0.85,
-            "reason": "18 % of the FLOPs (ViT-L at 518 px) are attention matmuls over 64-wide heads, less efficient "
-                      "than the square peak matmul; softmax over heads x tokens^2 scores per layer, GELU, 2 layer "
-                      "norms and the adapters' norm rescale are memory-bound work the FLOP count does not credit; "
-                      "glibc's allocator page-faults the activations afresh on every call (docs/performance.md); "
-                      "other processes shared the 2 cores (load average above)",
-            "remedy": "MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ or jemalloc (about 2x at batch 1 measured by "
-                      "hand), torch.compile to fuse the elementwise chains, bf16 matmuls on AMX/AVX512-BF16 CPUs or "
-                      "a GPU (benchmarks/gpu.sh), an otherwise idle machine",
-        })
+        goals.append(
+            {
+                "goal": "vision forward >= 85 % of the measured fp32 matmul peak",
+                "value": f"{100 * fraction:.0f} % ({best[2]:.1f} of {peak:.1f} GFLOP/s, {best[0]}, batch {best[1]})",
+                "met": fraction >= 0.85,
+                "reason": "18 % of the FLOPs (ViT-L at 518 px) are attention matmuls over 64-wide heads, less efficient "
+                "than the square peak matmul; softmax over heads x tokens^2 scores per layer, GELU, 2 layer "
+                "norms and the adapters' norm rescale are memory-bound work the FLOP count does not credit; "
+                "glibc's allocator page-faults the activations afresh on every call (docs/performance.md); "
+                "other processes shared the 2 cores (load average above)",
+                "remedy": "MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ or jemalloc (about 2x at batch 1 measured by "
+                "hand), torch.compile to fuse the elementwise chains, bf16 matmuls on AMX/AVX512-BF16 CPUs or "
+                "a GPU (benchmarks/gpu.sh), an otherwise idle machine",
+            }
+        )
     reduction = _get(report, "save", "parameter_reduction") or (
-        1 - report["parameters"]["inference_only_parameters"] / report["parameters"]["full_parameters"])
-    goals.append({
-        "goal": "inference-only model >= 25 % fewer parameters",
-        "value": f"{100 * reduction:.1f} % fewer", "met": reduction >= 0.25,
-        "reason": "" if reduction >= 0.25 else "the text tower is small next to the vision tower of this preset",
-        "remedy": "",
-    })
+        1 - report["parameters"]["inference_only_parameters"] / report["parameters"]["full_parameters"]
+    )
+    goals.append(
+        {
+            "goal": "inference-only model >= 25 % fewer parameters",
+            "value": f"{100 * reduction:.1f} % fewer",
+            "met": reduction >= 0.25,
+            "reason": "" if reduction >= 0.25 else "the text tower is small next to the vision tower of this preset",
+            "remedy": "",
+        }
+    )
     metrics = report.get("metrics")
     if metrics and "speedup" in metrics:
         met = metrics["speedup"] >= 5 and metrics["max_abs_diff_vs_sklearn"] <= 1e-6
-        goals.append({
-            "goal": "pixel metrics >= 5x faster than sklearn AUROC+AP, equal to 1e-6",
-            "value": f"{metrics['speedup']:.1f}x, max diff {metrics['max_abs_diff_vs_sklearn']:.1e}", "met": met,
-            "reason": "" if met else "see benchmarks/bench_metrics.py",
-            "remedy": "",
-        })
+        goals.append(
+            {
+                "goal": "pixel metrics >= 5x faster than sklearn AUROC+AP, equal to 1e-6",
+                "value": f"{metrics['speedup']:.1f}x, max diff {metrics['max_abs_diff_vs_sklearn']:.1e}",
+                "met": met,
+                "reason": "" if met else "see benchmarks/bench_metrics.py",
+                "remedy": "",
+            }
+        )
     stage1 = report.get("stage1")
     if stage1 and "speedup" in stage1:
         met = stage1["speedup"] >= 4
-        goals.append({
-            "goal": "stage 1 (5 epochs) with cached frozen features >= 4x faster",
-            "value": f"{stage1['speedup']:.2f}x at {stage1['image_size']} px, N={stage1['num_images']}, batch "
-                     f"{stage1['batch_size']} (predicted {stage1['predicted_speedup_at_default_size']:.2f}x at the "
-                     "preset's full size)",
-            "met": met,
-            "reason": "" if met else "the speed-up is bounded by E*(V+T)/(V+E*T) (E epochs, V = DPAM time per "
-                      "epoch, T = text time per epoch): T is a large share at small images or few images per class",
-            "remedy": "" if met else "larger images (V grows with the token count squared) or more images per class and "
-                                     "step: the bound approaches E = 5",
-        })
+        goals.append(
+            {
+                "goal": "stage 1 (5 epochs) with cached frozen features >= 4x faster",
+                "value": f"{stage1['speedup']:.2f}x at {stage1['image_size']} px, N={stage1['num_images']}, batch "
+                f"{stage1['batch_size']} (predicted {stage1['predicted_speedup_at_default_size']:.2f}x at the "
+                "preset's full size)",
+                "met": met,
+                "reason": ""
+                if met
+                else "the speed-up is bounded by E*(V+T)/(V+E*T) (E epochs, V = DPAM time per "
+                "epoch, T = text time per epoch): T is a large share at small images or few images per class",
+                "remedy": ""
+                if met
+                else "larger images (V grows with the token count squared) or more images per class and "
+                "step: the bound approaches E = 5",
+            }
+        )
     plain, ckpt = report.get("stage2_plain"), report.get("stage2_checkpointing")
     if plain and ckpt and "seconds" in plain and "seconds" in ckpt:
-        goals.append({
-            "goal": "stage-2 step measured with and without activation checkpointing (no numeric goal)",
-            "value": f"memory {ckpt['memory']['peak_delta'] / plain['memory']['peak_delta']:.2f}x, time "
-                     f"{ckpt['seconds'] / plain['seconds']:.2f}x with checkpointing",
-            "met": True, "reason": "", "remedy": "",
-        })
+        goals.append(
+            {
+                "goal": "stage-2 step measured with and without activation checkpointing (no numeric goal)",
+                "value": f"memory {ckpt['memory']['peak_delta'] / plain['memory']['peak_delta']:.2f}x, time "
+                f"{ckpt['seconds'] / plain['seconds']:.2f}x with checkpointing",
+                "met": True,
+                "reason": "",
+                "remedy": "",
+            }
+        )
     return goals
 
 
@@ -743,66 +856,107 @@ def to_markdown(report: dict) -> str:
         "|---|---|---|---|---|",
     ]
     for goal in report["goals"]:
-        lines.append(f"| {goal['goal']} | {goal['value']} | {'yes' if goal['met'] else '**no**'} | {goal['reason']} | "
-                     f"{goal['remedy']} |")
+        lines.append(
+            f"| {goal['goal']} | {goal['value']} | {'yes' if goal['met'] else '**no**'} | {goal['reason']} | "
+            f"{goal['remedy']} |"
+        )
     flops = report["flops"]["vision_forward_per_image"]
     lines += ["", "## FLOPs per image (analytic, matches `FlopCounterMode`)", "", "| term | GFLOP |", "|---|---|"]
     lines += [f"| {k} | {v / 1e9:.4g} |" for k, v in flops["terms"].items()]
-    lines += [f"| **total** | **{flops['total'] / 1e9:.1f}** |",
-              f"| (not counted: norms, softmax, GELU, residuals; estimate) | {flops['elementwise_estimate'] / 1e9:.1f} |"]
+    lines += [
+        f"| **total** | **{flops['total'] / 1e9:.1f}** |",
+        f"| (not counted: norms, softmax, GELU, residuals; estimate) | {flops['elementwise_estimate'] / 1e9:.1f} |",
+    ]
     text = report["flops"]["text_anchors_per_class_77_tokens"]
-    lines += ["", f"Recomputing one class's anchors (16 prompts x 77 tokens, the reference's padding): "
-              f"{text['total'] / 1e9:.1f} GFLOP."]
+    lines += [
+        "",
+        f"Recomputing one class's anchors (16 prompts x 77 tokens, the reference's padding): "
+        f"{text['total'] / 1e9:.1f} GFLOP.",
+    ]
     peak = attainable_peak(report)
     if peak:
-        lines += ["", "## Vision forward (inference, stored anchors)", "",
-                  f"fp32 matmul peak: **{peak:.1f} GFLOP/s** ({report['peak']['matrix_size']}^2 matrices, best of "
-                  f"{report['settings']['matmul_repeats']}; the higher of {report['peak']['gflops']:.1f} GFLOP/s "
-                  "before the forward passes"
-                  + (f" and {report['peak_end']['gflops']:.1f} GFLOP/s at the end of the run" if "gflops" in
-                     (report.get("peak_end") or {}) else "") + ").", ""]
+        lines += [
+            "",
+            "## Vision forward (inference, stored anchors)",
+            "",
+            f"fp32 matmul peak: **{peak:.1f} GFLOP/s** ({report['peak']['matrix_size']}^2 matrices, best of "
+            f"{report['settings']['matmul_repeats']}; the higher of {report['peak']['gflops']:.1f} GFLOP/s "
+            "before the forward passes"
+            + (
+                f" and {report['peak_end']['gflops']:.1f} GFLOP/s at the end of the run"
+                if "gflops" in (report.get("peak_end") or {})
+                else ""
+            )
+            + ").",
+            "",
+        ]
     if report.get("vision_sdpa") or report.get("vision_eager"):
-        lines += ["| attention | batch | s/image | GFLOP/s | % of matmul peak | peak memory (delta) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "| attention | batch | s/image | GFLOP/s | % of matmul peak | peak memory (delta) |",
+            "|---|---|---|---|---|---|",
+        ]
     for key in ("vision_sdpa", "vision_eager"):
         part = report.get(key) or {}
         if "error" in part:
             lines.append(f"| {key} | - | {part['error']} | | | |")
         for batch, row in (part.get("batches") or {}).items():
             pct = f"{100 * row['gflops_per_second'] / peak:.0f} %" if peak else "-"
-            lines.append(f"| {part['attn']} | {batch} | {row['seconds_per_image']:.2f} | {row['gflops_per_second']:.1f} | "
-                         f"{pct} | {_gib(row['memory']['peak_delta'])} |")
+            lines.append(
+                f"| {part['attn']} | {batch} | {row['seconds_per_image']:.2f} | {row['gflops_per_second']:.1f} | "
+                f"{pct} | {_gib(row['memory']['peak_delta'])} |"
+            )
     if report.get("vision_eager"):
-        lines += ["", f"Eager attention runs at batch {', '.join(map(str, report['settings']['eager_batches']))} only "
-                  "(time budget); warm-up iterations: "
-                  f"{report['settings']['warmup']}, timed iterations: {report['settings']['iterations']}."]
+        lines += [
+            "",
+            f"Eager attention runs at batch {', '.join(map(str, report['settings']['eager_batches']))} only "
+            "(time budget); warm-up iterations: "
+            f"{report['settings']['warmup']}, timed iterations: {report['settings']['iterations']}.",
+        ]
     anchors = _get(report, "vision_sdpa", "anchors")
     if anchors:
-        lines += ["", "## Full model: anchors cached vs recomputed per call (batch 1, sdpa)", "",
-                  "| anchors | s/call | GFLOP/call |", "|---|---|---|",
-                  f"| stored (cached) | {anchors['seconds_cached']:.2f} | {anchors['flops_cached'] / 1e9:.0f} |",
-                  f"| recomputed ({anchors['prompt_tokens']} tokens/prompt) | {anchors['seconds_recomputed']:.2f} | "
-                  f"{anchors['flops_recomputed'] / 1e9:.0f} |",
-                  f"| recomputed, reference padding to 77 tokens (FLOPs only) | - | "
-                  f"{anchors['flops_recomputed_reference_77_tokens'] / 1e9:.0f} |",
-                  "", f"Ratio recomputed / cached: **{anchors['ratio']:.2f}x**; max |map difference| "
-                  f"{anchors['max_abs_diff']:.1e}."]
+        lines += [
+            "",
+            "## Full model: anchors cached vs recomputed per call (batch 1, sdpa)",
+            "",
+            "| anchors | s/call | GFLOP/call |",
+            "|---|---|---|",
+            f"| stored (cached) | {anchors['seconds_cached']:.2f} | {anchors['flops_cached'] / 1e9:.0f} |",
+            f"| recomputed ({anchors['prompt_tokens']} tokens/prompt) | {anchors['seconds_recomputed']:.2f} | "
+            f"{anchors['flops_recomputed'] / 1e9:.0f} |",
+            f"| recomputed, reference padding to 77 tokens (FLOPs only) | - | "
+            f"{anchors['flops_recomputed_reference_77_tokens'] / 1e9:.0f} |",
+            "",
+            f"Ratio recomputed / cached: **{anchors['ratio']:.2f}x**; max |map difference| "
+            f"{anchors['max_abs_diff']:.1e}.",
+        ]
     save = report.get("save")
     if save and "full" in save:
         full, lean = report.get("load_full") or {}, report.get("load_inference_only") or {}
-        lines += ["", "## Inference-only model (text tower dropped, anchors kept)", "",
-                  "| model | parameters | folder size | from_pretrained | + touching every weight | memory (delta) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Inference-only model (text tower dropped, anchors kept)",
+            "",
+            "| model | parameters | folder size | from_pretrained | + touching every weight | memory (delta) |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, load in (("full", full), ("inference_only", lean)):
-            lines.append(f"| {name} | {save[name]['parameters'] / 1e6:.1f} M | {_gib(save[name]['folder_bytes'])} | "
-                         f"{load.get('load_seconds', float('nan')):.2f} s | "
-                         f"{load.get('load_and_touch_seconds', float('nan')):.2f} s | "
-                         f"{_gib(_get(load, 'memory', 'peak_delta'))} |")
-        lines += ["", "`from_pretrained` memory-maps the safetensors file, so it returns before the weights are read; "
-                  "the memory column is measured after every weight has been read once (paged in)."]
-        lines += ["", f"{100 * save['parameter_reduction']:.1f} % fewer parameters. The inference-only folder loaded "
-                  f"and ran through the {lean.get('ran_through', '?')} in {lean.get('run_seconds', float('nan')):.2f} s "
-                  f"(anomaly map {lean.get('anomaly_map_shape')} for a 400x300 image, score {lean.get('score', float('nan')):.3f})."]
+            lines.append(
+                f"| {name} | {save[name]['parameters'] / 1e6:.1f} M | {_gib(save[name]['folder_bytes'])} | "
+                f"{load.get('load_seconds', float('nan')):.2f} s | "
+                f"{load.get('load_and_touch_seconds', float('nan')):.2f} s | "
+                f"{_gib(_get(load, 'memory', 'peak_delta'))} |"
+            )
+        lines += [
+            "",
+            "`from_pretrained` memory-maps the safetensors file, so it returns before the weights are read; "
+            "the memory column is measured after every weight has been read once (paged in).",
+        ]
+        lines += [
+            "",
+            f"{100 * save['parameter_reduction']:.1f} % fewer parameters. The inference-only folder loaded "
+            f"and ran through the {lean.get('ran_through', '?')} in {lean.get('run_seconds', float('nan')):.2f} s "
+            f"(anomaly map {lean.get('anomaly_map_shape')} for a 400x300 image, score {lean.get('score', float('nan')):.3f}).",
+        ]
     metrics = report.get("metrics")
     if metrics:
         lines += ["", "## Pixel metrics, one MVTec-sized class", ""]
@@ -815,25 +969,37 @@ def to_markdown(report: dict) -> str:
             lines.append(bench_metrics.to_markdown(metrics))
     stage1 = report.get("stage1")
     if stage1 and "speedup" in stage1:
-        lines += ["", f"## Stage 1: {stage1['epochs']} epochs, {stage1['num_images']} images at {stage1['image_size']} px, "
-                  f"batch {stage1['batch_size']}", "",
-                  "| frozen DPAM features | total s | peak memory (delta) |", "|---|---|---|",
-                  f"| recomputed every step | {stage1['seconds_recomputed']:.1f} | {_gib(stage1['memory_recomputed']['peak_delta'])} |",
-                  f"| cached after epoch 1 | {stage1['seconds_cached']:.1f} | {_gib(stage1['memory_cached']['peak_delta'])} |",
-                  "", f"Speed-up **{stage1['speedup']:.2f}x**; the two runs' losses differ by at most "
-                  f"{stage1['max_abs_loss_diff']:.1e} (the cache is exact). DPAM features cost "
-                  f"{stage1['dpam_seconds_per_image']:.2f} s/image, a text step {stage1['text_seconds_per_step']:.2f} s; "
-                  f"scaled by FLOPs ({stage1['flop_scale_to_default_size']:.1f}x) to the preset's full image size the "
-                  f"same loop would gain {stage1['predicted_speedup_at_default_size']:.2f}x (prediction, not measured)."]
+        lines += [
+            "",
+            f"## Stage 1: {stage1['epochs']} epochs, {stage1['num_images']} images at {stage1['image_size']} px, "
+            f"batch {stage1['batch_size']}",
+            "",
+            "| frozen DPAM features | total s | peak memory (delta) |",
+            "|---|---|---|",
+            f"| recomputed every step | {stage1['seconds_recomputed']:.1f} | {_gib(stage1['memory_recomputed']['peak_delta'])} |",
+            f"| cached after epoch 1 | {stage1['seconds_cached']:.1f} | {_gib(stage1['memory_cached']['peak_delta'])} |",
+            "",
+            f"Speed-up **{stage1['speedup']:.2f}x**; the two runs' losses differ by at most "
+            f"{stage1['max_abs_loss_diff']:.1e} (the cache is exact). DPAM features cost "
+            f"{stage1['dpam_seconds_per_image']:.2f} s/image, a text step {stage1['text_seconds_per_step']:.2f} s; "
+            f"scaled by FLOPs ({stage1['flop_scale_to_default_size']:.1f}x) to the preset's full image size the "
+            f"same loop would gain {stage1['predicted_speedup_at_default_size']:.2f}x (prediction, not measured).",
+        ]
     plain, ckpt = report.get("stage2_plain"), report.get("stage2_checkpointing")
     if plain or ckpt:
-        lines += ["", "## Stage 2: one training step (adapters + heads trainable, backbone frozen)", "",
-                  "| activation checkpointing | batch | s/step | peak memory (delta) | loss | grad norm |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Stage 2: one training step (adapters + heads trainable, backbone frozen)",
+            "",
+            "| activation checkpointing | batch | s/step | peak memory (delta) | loss | grad norm |",
+            "|---|---|---|---|---|---|",
+        ]
         for part in (plain, ckpt):
             if part and "seconds" in part:
-                lines.append(f"| {'on' if part['checkpointing'] else 'off'} | {part['batch_size']} | {part['seconds']:.1f} | "
-                             f"{_gib(part['memory']['peak_delta'])} | {part['loss']:.6f} | {part['grad_norm']:.6e} |")
+                lines.append(
+                    f"| {'on' if part['checkpointing'] else 'off'} | {part['batch_size']} | {part['seconds']:.1f} | "
+                    f"{_gib(part['memory']['peak_delta'])} | {part['loss']:.6f} | {part['grad_norm']:.6e} |"
+                )
             elif part:
                 lines.append(f"| ? | - | {part.get('error')} | | | |")
     gpu = report.get("gpu")
@@ -852,7 +1018,9 @@ def gpu_markdown(gpu: dict) -> str:
         if "error" in row:
             lines.append(f"| {dtype} | {batch} | {row['error']} | |")
         else:
-            lines.append(f"| {dtype} | {batch} | {row['seconds_per_image'] * 1e3:.1f} ms | {_gib(row['peak_allocated'])} |")
+            lines.append(
+                f"| {dtype} | {batch} | {row['seconds_per_image'] * 1e3:.1f} ms | {_gib(row['peak_allocated'])} |"
+            )
     lines += ["", "| stage-2 step | s/step | peak allocated |", "|---|---|---|"]
     for key, row in gpu["stage2"].items():
         lines.append(f"| {key} | {row['seconds']:.3f} | {_gib(row['peak_allocated'])} |")
@@ -887,7 +1055,9 @@ def run_gpu(output: Path, batches: list[int]) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="ViT-B/16-sized model at 224 px, fewer iterations (minutes)")
+    parser.add_argument(
+        "--quick", action="store_true", help="ViT-B/16-sized model at 224 px, fewer iterations (minutes)"
+    )
     parser.add_argument("--preset", default=None, choices=sorted(PRESETS), help="explicit preset (overrides --quick)")
     parser.add_argument("--output", default="benchmarks/results", help="folder for report.md, report.json, bench.log")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(SECTIONS)}")

@@ -21,6 +21,7 @@ from .clip_weights import (
 )
 from .loading import UnsafeCheckpointError, load_tensor_file, safe_torch_load
 
+
 __all__ = [
     "DROPPED_KEYS",
     "ConversionError",

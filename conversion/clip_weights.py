@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 import torch
 from transformers import CLIPConfig
@@ -29,6 +29,7 @@ from transformers import CLIPConfig
 # One formula for the position-table resize, shared with the Hub-portable model code
 # (`AAClipModel.from_clip_pretrained` resizes with the same function).
 from aaclip_hf.modeling.modeling_aaclip import resize_position_embedding
+
 
 # Heads are not stored in the weights; OpenAI and OpenCLIP use 64-wide heads.
 DEFAULT_HEAD_WIDTH = 64
@@ -126,7 +127,9 @@ def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torc
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise ConversionError(f"{source}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}")
+        raise ConversionError(
+            f"{source}: expected a state dict (a mapping of names to tensors), got {type(obj).__name__}"
+        )
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ConversionError(
@@ -144,7 +147,9 @@ def canonicalize_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple
         if canon.startswith("text."):
             canon = canon[len("text.") :]
         if canon in out:
-            raise ConversionError(f"keys {out[canon][0]!r} and {key!r} both map to {canon!r}; the checkpoint mixes layouts")
+            raise ConversionError(
+                f"keys {out[canon][0]!r} and {key!r} both map to {canon!r}; the checkpoint mixes layouts"
+            )
         out[canon] = (key, value)
     return out
 
@@ -195,7 +200,9 @@ def convert_clip_state_dict(
             report.mapped.append((orig, _COPIES[key], "copy"))
         elif key in _TRANSPOSES:
             if value.dim() != 2:
-                raise ConversionError(f"{source}: {orig} has shape {tuple(value.shape)}, expected a 2-D (width, embed) matrix")
+                raise ConversionError(
+                    f"{source}: {orig} has shape {tuple(value.shape)}, expected a 2-D (width, embed) matrix"
+                )
             out[_TRANSPOSES[key]] = value.float().t().contiguous()
             report.mapped.append((orig, _TRANSPOSES[key], "transpose"))
         elif key == "logit_scale":
@@ -257,8 +264,14 @@ def infer_clip_config(
     ``width // 64``. BOS/EOS are the last two vocabulary ids (49406/49407 for the OpenAI BPE).
     """
     canon = {k: v for k, (_, v) in canonicalize_keys(state_dict).items()}
-    required = ["visual.conv1.weight", "visual.positional_embedding", "visual.proj", "token_embedding.weight",
-                "positional_embedding", "ln_final.weight"]
+    required = [
+        "visual.conv1.weight",
+        "visual.positional_embedding",
+        "visual.proj",
+        "token_embedding.weight",
+        "positional_embedding",
+        "ln_final.weight",
+    ]
     missing = [k for k in required if k not in canon]
     if missing:
         raise ConversionError(f"{source}: missing {missing}; expected an OpenAI/OpenCLIP ViT CLIP state dict")
@@ -289,31 +302,31 @@ def infer_clip_config(
     logit_scale = math.log(1 / 0.07)
     if "logit_scale" in canon and not canon["logit_scale"].is_meta:
         logit_scale = float(canon["logit_scale"].float().reshape(()))
-    text_config = dict(
-        hidden_size=text_width,
-        intermediate_size=text_mlp,
-        num_hidden_layers=text_layers,
-        num_attention_heads=_heads(text_width, text_heads, "text"),
-        max_position_embeddings=canon["positional_embedding"].shape[0],
-        vocab_size=vocab,
-        hidden_act=hidden_act,
-        layer_norm_eps=LAYER_NORM_EPS,
-        bos_token_id=vocab - 2,
-        eos_token_id=vocab - 1,
-        projection_dim=embed_dim,
-    )
-    vision_config = dict(
-        hidden_size=vision_width,
-        intermediate_size=vision_mlp,
-        num_hidden_layers=vision_layers,
-        num_attention_heads=_heads(vision_width, vision_heads, "vision"),
-        patch_size=patch,
-        image_size=patch * grid,
-        num_channels=conv.shape[1],
-        hidden_act=hidden_act,
-        layer_norm_eps=LAYER_NORM_EPS,
-        projection_dim=embed_dim,
-    )
+    text_config = {
+        "hidden_size": text_width,
+        "intermediate_size": text_mlp,
+        "num_hidden_layers": text_layers,
+        "num_attention_heads": _heads(text_width, text_heads, "text"),
+        "max_position_embeddings": canon["positional_embedding"].shape[0],
+        "vocab_size": vocab,
+        "hidden_act": hidden_act,
+        "layer_norm_eps": LAYER_NORM_EPS,
+        "bos_token_id": vocab - 2,
+        "eos_token_id": vocab - 1,
+        "projection_dim": embed_dim,
+    }
+    vision_config = {
+        "hidden_size": vision_width,
+        "intermediate_size": vision_mlp,
+        "num_hidden_layers": vision_layers,
+        "num_attention_heads": _heads(vision_width, vision_heads, "vision"),
+        "patch_size": patch,
+        "image_size": patch * grid,
+        "num_channels": conv.shape[1],
+        "hidden_act": hidden_act,
+        "layer_norm_eps": LAYER_NORM_EPS,
+        "projection_dim": embed_dim,
+    }
     return CLIPConfig(
         text_config=text_config,
         vision_config=vision_config,

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import CLIPConfig, CLIPModel
@@ -35,6 +35,7 @@ from .clip_weights import (
     unwrap_state_dict,
 )
 from .loading import load_tensor_file
+
 
 HIDDEN_ACTS = ("quick_gelu", "gelu")
 # OpenAI's released CLIP weights were trained with QuickGELU; a state dict cannot say which it used.
@@ -117,7 +118,9 @@ def load_clip_source(
     if is_hf_source(src):
         config = CLIPConfig.from_pretrained(str(src))
         if config.model_type != "clip":  # transformers only warns, then loads nothing: a random CLIP
-            raise ConversionError(f"{src}: config.json has model_type {config.model_type!r}; expected a CLIP model ('clip')")
+            raise ConversionError(
+                f"{src}: config.json has model_type {config.model_type!r}; expected a CLIP model ('clip')"
+            )
         acts = {config.text_config.hidden_act, config.vision_config.hidden_act}
         if hidden_act is None and len(acts) > 1:
             raise ConversionError(f"{src}: the towers use different activations {sorted(acts)}; pass --hidden-act")
@@ -135,7 +138,9 @@ def load_clip_source(
     state_dict = unwrap_state_dict(raw, source=str(path))
     act = hidden_act or OPENAI_HIDDEN_ACT
     hf_state_dict, report = convert_clip_state_dict(state_dict, source=str(path))
-    config = infer_clip_config(state_dict, hidden_act=act, text_heads=text_heads, vision_heads=vision_heads, source=str(path))
+    config = infer_clip_config(
+        state_dict, hidden_act=act, text_heads=text_heads, vision_heads=vision_heads, source=str(path)
+    )
     if hidden_act is None:
         report.notes.append(
             "activation assumed quick_gelu (OpenAI weights); pass --hidden-act gelu for OpenCLIP models "
@@ -211,7 +216,9 @@ def _verification_inputs(config: CLIPConfig, image_size: int, batch: int = VERIF
 
 
 @torch.no_grad()
-def _compare(model: CLIPModel, encode_image: Callable, encode_text: Callable, image_size: int, name: str) -> Verification:
+def _compare(
+    model: CLIPModel, encode_image: Callable, encode_text: Callable, image_size: int, name: str
+) -> Verification:
     images, ids = _verification_inputs(model.config, image_size)
     image_diff = (_pooled(model.get_image_features(pixel_values=images)) - encode_image(images).float()).abs().max()
     text_diff = (_pooled(model.get_text_features(input_ids=ids)) - encode_text(ids).float()).abs().max()
@@ -235,23 +242,23 @@ def open_clip_reference(
             continue
         state[key] = value.float()
     vision, text = config.vision_config, config.text_config
-    vision_cfg = dict(
-        layers=vision.num_hidden_layers,
-        width=vision.hidden_size,
-        head_width=vision.hidden_size // vision.num_attention_heads,
-        mlp_ratio=vision.intermediate_size / vision.hidden_size,
-        patch_size=vision.patch_size,
-        image_size=image_size,
-    )
-    text_cfg = dict(
-        context_length=text.max_position_embeddings,
-        vocab_size=text.vocab_size,
-        width=text.hidden_size,
-        heads=text.num_attention_heads,
-        layers=text.num_hidden_layers,
-        mlp_ratio=text.intermediate_size / text.hidden_size,
-        proj_bias="text.text_projection.bias" in state,
-    )
+    vision_cfg = {
+        "layers": vision.num_hidden_layers,
+        "width": vision.hidden_size,
+        "head_width": vision.hidden_size // vision.num_attention_heads,
+        "mlp_ratio": vision.intermediate_size / vision.hidden_size,
+        "patch_size": vision.patch_size,
+        "image_size": image_size,
+    }
+    text_cfg = {
+        "context_length": text.max_position_embeddings,
+        "vocab_size": text.vocab_size,
+        "width": text.hidden_size,
+        "heads": text.num_attention_heads,
+        "layers": text.num_hidden_layers,
+        "mlp_ratio": text.intermediate_size / text.hidden_size,
+        "proj_bias": "text.text_projection.bias" in state,
+    }
     custom_text = any(k.startswith("text.") for k in state)
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
     model = cls(config.projection_dim, vision_cfg=vision_cfg, text_cfg=text_cfg, quick_gelu=hidden_act == "quick_gelu")
@@ -260,9 +267,7 @@ def open_clip_reference(
     return model.float().eval()
 
 
-def verify_clip(
-    model: CLIPModel, source: ClipSource, print_fn: Callable[[str], None] = print
-) -> Verification | None:
+def verify_clip(model: CLIPModel, source: ClipSource, print_fn: Callable[[str], None] = print) -> Verification | None:
     """Check a converted CLIP (any size/activation) against a run of the source; ``None`` when impossible."""
     image_size = model.config.vision_config.image_size
     hidden_act = model.config.vision_config.hidden_act
@@ -278,15 +283,24 @@ def verify_clip(
         script = source.script_module.float()
         native_size = native.config.vision_config.image_size
         try:
-            return _compare(native, script.encode_image, script.encode_text, native_size,
-                            f"the TorchScript archive itself ({native_size} px, quick_gelu; key mapping only)")
+            return _compare(
+                native,
+                script.encode_image,
+                script.encode_text,
+                native_size,
+                f"the TorchScript archive itself ({native_size} px, quick_gelu; key mapping only)",
+            )
         except Exception as error:  # noqa: BLE001 - an archive that cannot run in fp32 on CPU is reported, not fatal
             print_fn(f"Verification skipped: the TorchScript archive did not run in fp32 on CPU ({error})")
             return None
-    print_fn("Verification skipped: " + (
-        "HF CLIP source (tensors copied unchanged)" if source.kind == "hf"
-        else "open_clip is not installed (pip install open_clip_torch) and the source is not a TorchScript archive"
-    ))
+    print_fn(
+        "Verification skipped: "
+        + (
+            "HF CLIP source (tensors copied unchanged)"
+            if source.kind == "hf"
+            else "open_clip is not installed (pip install open_clip_torch) and the source is not a TorchScript archive"
+        )
+    )
     return None
 
 
@@ -355,8 +369,14 @@ def plain_clip_processor(image_size: int):
     return CLIPProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer)
 
 
-def save_output(model, processor, output_dir: str | Path, push_to_hub: str | None = None, private: bool | None = None,
-                print_fn: Callable[[str], None] = print) -> Path:
+def save_output(
+    model,
+    processor,
+    output_dir: str | Path,
+    push_to_hub: str | None = None,
+    private: bool | None = None,
+    print_fn: Callable[[str], None] = print,
+) -> Path:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(output_dir))
@@ -406,12 +426,18 @@ def convert_clip(
     else:
         processor = default_processor(image_size)
         fields = aaclip_fields_for(clip_model.config, feature_layers=feature_layers)
-        model = build_aaclip(clip_model, image_size=image_size, hidden_act=act, processor=processor, seed=seed, **fields)
+        model = build_aaclip(
+            clip_model, image_size=image_size, hidden_act=act, processor=processor, seed=seed, **fields
+        )
     print_fn(
         f"Target: {type(model).__name__}, image_size {image_size} "
         f"({image_size // clip_model.config.vision_config.patch_size}^2 patches), hidden_act {act}"
-        + ("" if clip_only else f", feature_layers {model.config.feature_layers}, adapters after text layers "
-           f"1..{model.config.text_adapter_layers} and vision layers 1..{model.config.vision_adapter_layers} (fresh)")
+        + (
+            ""
+            if clip_only
+            else f", feature_layers {model.config.feature_layers}, adapters after text layers "
+            f"1..{model.config.text_adapter_layers} and vision layers 1..{model.config.vision_adapter_layers} (fresh)"
+        )
     )
     if verify:
         check_verification(verify_clip(clip_view(model), source, print_fn), verify_atol, print_fn)
@@ -419,30 +445,52 @@ def convert_clip(
     return model
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, image_size_default: int | None, act_default: str | None) -> None:
+def add_common_arguments(
+    parser: argparse.ArgumentParser, image_size_default: int | None, act_default: str | None
+) -> None:
     """Flags shared by convert-clip and convert-original."""
-    parser.add_argument("--image-size", type=int, default=image_size_default,
-                        help="input size baked into the position table (antialiased bicubic resize); "
-                        f"default: {image_size_default or 'the source size'}")
-    parser.add_argument("--hidden-act", choices=HIDDEN_ACTS, default=act_default,
-                        help=f"activation of both towers; default: {act_default or 'the source (OpenAI: quick_gelu)'}")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=image_size_default,
+        help="input size baked into the position table (antialiased bicubic resize); "
+        f"default: {image_size_default or 'the source size'}",
+    )
+    parser.add_argument(
+        "--hidden-act",
+        choices=HIDDEN_ACTS,
+        default=act_default,
+        help=f"activation of both towers; default: {act_default or 'the source (OpenAI: quick_gelu)'}",
+    )
     parser.add_argument("--text-heads", type=int, default=None, help="text attention heads (default: width // 64)")
     parser.add_argument("--vision-heads", type=int, default=None, help="vision attention heads (default: width // 64)")
     parser.add_argument("--seed", type=int, default=None, help="seed for the fresh adapter initialisation")
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the embedding check")
-    parser.add_argument("--verify-atol", type=float, default=DEFAULT_VERIFY_ATOL,
-                        help="largest accepted embedding difference in the check (default: %(default)g)")
+    parser.add_argument(
+        "--verify-atol",
+        type=float,
+        default=DEFAULT_VERIFY_ATOL,
+        help="largest accepted embedding difference in the check (default: %(default)g)",
+    )
     parser.add_argument("--push-to-hub", metavar="REPO", default=None, help="also upload the folder to this Hub repo")
     parser.add_argument("--private", action="store_true", default=None, help="create the Hub repo as private")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="OpenAI TorchScript .pt, OpenAI/OpenCLIP state dict (.pt/.pth/.bin/.safetensors), "
-                        "or HF CLIP folder / repo id")
+    parser.add_argument(
+        "src",
+        help="OpenAI TorchScript .pt, OpenAI/OpenCLIP state dict (.pt/.pth/.bin/.safetensors), "
+        "or HF CLIP folder / repo id",
+    )
     parser.add_argument("output_dir", help="folder to write (AAClipModel + processor, or CLIPModel with --clip-only)")
     parser.add_argument("--clip-only", action="store_true", help="write a plain HF CLIPModel instead of AA-CLIP")
-    parser.add_argument("--feature-layers", type=int, nargs="+", default=None,
-                        help="1-based vision layers of the feature levels (default: every quarter, 6 12 18 24 for ViT-L)")
+    parser.add_argument(
+        "--feature-layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="1-based vision layers of the feature levels (default: every quarter, 6 12 18 24 for ViT-L)",
+    )
     add_common_arguments(parser, image_size_default=None, act_default=None)
 
 

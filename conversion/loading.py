@@ -42,7 +42,9 @@ def safe_torch_load(path: str | Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         detail = str(error).strip().splitlines()
-        reason = next((line for line in detail if "GLOBAL" in line or "Unsupported" in line), detail[0] if detail else "")
+        reason = next(
+            (line for line in detail if "GLOBAL" in line or "Unsupported" in line), detail[0] if detail else ""
+        )
         raise UnsafeCheckpointError(
             f"{path}: refusing to load: it needs unpickling arbitrary Python objects ({reason.strip()}). "
             "Only tensors, numbers, strings and containers are accepted (torch.load weights_only=True); "

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 
@@ -35,15 +35,16 @@ from .convert_clip import (
     aaclip_fields_for,
     add_common_arguments,
     build_aaclip,
-    default_feature_layers,
     check_verification,
     clip_view,
+    default_feature_layers,
     default_processor,
     load_clip_source,
     save_output,
     verify_clip,
 )
 from .loading import safe_torch_load
+
 
 # The reference setting (SPEC sections 1 and 9).
 REFERENCE_IMAGE_SIZE = 518
@@ -53,10 +54,37 @@ REFERENCE_ADAPTER_WEIGHT = 0.1
 # Class keys of the reference datasets (its dataset/constants.py), grouped by a lowercase dataset
 # prefix. The prompt names come from the processor's class-name table.
 REFERENCE_DATASET_CLASSES: dict[str, list[str]] = {
-    "mvtec": ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw",
-              "tile", "transistor", "toothbrush", "wood", "zipper"],
-    "visa": ["candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2", "pcb3",
-             "pcb4", "pipe_fryum"],
+    "mvtec": [
+        "bottle",
+        "cable",
+        "capsule",
+        "carpet",
+        "grid",
+        "hazelnut",
+        "leather",
+        "metal_nut",
+        "pill",
+        "screw",
+        "tile",
+        "transistor",
+        "toothbrush",
+        "wood",
+        "zipper",
+    ],
+    "visa": [
+        "candle",
+        "capsules",
+        "cashew",
+        "chewinggum",
+        "fryum",
+        "macaroni1",
+        "macaroni2",
+        "pcb1",
+        "pcb2",
+        "pcb3",
+        "pcb4",
+        "pipe_fryum",
+    ],
     "mpdd": ["bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"],
     "btad": ["01", "02", "03"],
     "brain": ["Brain"],
@@ -80,8 +108,9 @@ class AdapterWeights:
     config: dict = field(default_factory=dict)  # AAClipConfig fields read from the keys
     ignored: list[str] = field(default_factory=list)
 
-    def take(self, source: str, state: Mapping[str, torch.Tensor], key: str, target: str,
-             expected: tuple[int, int]) -> None:
+    def take(
+        self, source: str, state: Mapping[str, torch.Tensor], key: str, target: str, expected: tuple[int, int]
+    ) -> None:
         """Copy `state[key]` (fp32, shape-checked) to the HF name `target` and record the mapping."""
         tensor = state[key].detach().float()
         _check_shape(source, key, tensor, expected)
@@ -131,14 +160,18 @@ def convert_text_adapter(
             raise ConversionError(f"{source}: unexpected key {key!r} in text_adapter; expected '<i>.fc.0.weight'")
         indices[int(match.group(1))] = key
     if not indices or sorted(indices) != list(range(len(indices))):
-        raise ConversionError(f"{source}: text_adapter indices {sorted(indices)} must be 0..n-1 (layers, then the head)")
+        raise ConversionError(
+            f"{source}: text_adapter indices {sorted(indices)} must be 0..n-1 (layers, then the head)"
+        )
     out = AdapterWeights()
     head = max(indices)
     for index, key in sorted(indices.items()):
         if index == head:
             out.take(source, state, key, "text_projector.fc.weight", (projection_dim, text_width))
         else:
-            out.take(source, state, key, f"text_model.encoder.layers.{index}.adapter.fc.weight", (text_width, text_width))
+            out.take(
+                source, state, key, f"text_model.encoder.layers.{index}.adapter.fc.weight", (text_width, text_width)
+            )
     out.config = {"text_adapter_layers": head, "text_head": "adapter"}
     return out
 
@@ -177,7 +210,9 @@ def convert_image_adapter(
             f"{source}: projector keys mix '.fc.weight' and '.fc.0.weight'; all projectors share one activation setting"
         )
     for index, key in sorted(layers.items()):
-        out.take(source, state, key, f"vision_model.encoder.layers.{index}.adapter.fc.weight", (vision_width, vision_width))
+        out.take(
+            source, state, key, f"vision_model.encoder.layers.{index}.adapter.fc.weight", (vision_width, vision_width)
+        )
     for index, key in sorted(levels.items()):
         out.take(source, state, key, f"seg_projections.{index}.fc.weight", (projection_dim, vision_width))
     out.take(source, state, det_key, "det_projection.fc.weight", (projection_dim, vision_width))
@@ -239,7 +274,9 @@ def convert_original(
         pieces.append(text)
     else:
         fields.update(text_adapter_layers=0, text_head="clip")
-        print_fn("No text adapter: anchors come from plain CLIP (text tower + text_projection), as the reference does.")
+        print_fn(
+            "No text adapter: anchors come from plain CLIP (text tower + text_projection), as the reference does."
+        )
     if image_adapter is not None:
         state, ignored = read_reference_checkpoint(image_adapter, "image_adapter")
         image = convert_image_adapter(state, vision_width, projection_dim, source=str(image_adapter))
@@ -257,11 +294,14 @@ def convert_original(
         print_fn("No image adapter: vision adapters and projectors keep a fresh xavier initialisation (untrained).")
 
     processor = default_processor(image_size)
-    model = build_aaclip(source.model, image_size=image_size, hidden_act=hidden_act, processor=processor, seed=seed,
-                         **fields)
+    model = build_aaclip(
+        source.model, image_size=image_size, hidden_act=hidden_act, processor=processor, seed=seed, **fields
+    )
     for piece in pieces:
         load_adapter_weights(model, piece)
-        print_fn(f"Mapped {len(piece.mapped)} adapter tensors (ignored entries: {', '.join(piece.ignored) or 'none'}):")
+        print_fn(
+            f"Mapped {len(piece.mapped)} adapter tensors (ignored entries: {', '.join(piece.ignored) or 'none'}):"
+        )
         for src, dst in piece.mapped:
             print_fn(f"  {src} -> {dst}  [copy]")
     print_fn(
@@ -292,20 +332,42 @@ def convert_original(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--clip", required=True, help="backbone: OpenAI ViT-L-14-336px.pt, an OpenAI/OpenCLIP state "
-                        "dict, or an HF CLIP folder / repo id")
+    parser.add_argument(
+        "--clip",
+        required=True,
+        help="backbone: OpenAI ViT-L-14-336px.pt, an OpenAI/OpenCLIP state dict, or an HF CLIP folder / repo id",
+    )
     parser.add_argument("--text-adapter", default=None, help="reference text_adapter.pth (omit: plain-CLIP anchors)")
-    parser.add_argument("--image-adapter", default=None, help="reference image_adapter*.pth (omit: untrained vision side)")
+    parser.add_argument(
+        "--image-adapter", default=None, help="reference image_adapter*.pth (omit: untrained vision side)"
+    )
     parser.add_argument("--output", required=True, help="folder to write (AAClipModel + processor)")
-    parser.add_argument("--feature-layers", type=int, nargs="+", default=None,
-                        help="1-based vision layers of the feature levels (default: evenly spaced, 6 12 18 24 for ViT-L)")
-    parser.add_argument("--text-adapter-weight", type=float, default=REFERENCE_ADAPTER_WEIGHT,
-                        help="text fusion weight lambda (default: %(default)s)")
-    parser.add_argument("--vision-adapter-weight", type=float, default=REFERENCE_ADAPTER_WEIGHT,
-                        help="vision fusion weight lambda (default: %(default)s)")
-    parser.add_argument("--anchor-classes", nargs="+", default=None,
-                        help="class names to store anchors for (default: every reference dataset class, bare and "
-                        "dataset-prefixed, e.g. bottle and mvtec/bottle; 'object' is always added)")
+    parser.add_argument(
+        "--feature-layers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="1-based vision layers of the feature levels (default: evenly spaced, 6 12 18 24 for ViT-L)",
+    )
+    parser.add_argument(
+        "--text-adapter-weight",
+        type=float,
+        default=REFERENCE_ADAPTER_WEIGHT,
+        help="text fusion weight lambda (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--vision-adapter-weight",
+        type=float,
+        default=REFERENCE_ADAPTER_WEIGHT,
+        help="vision fusion weight lambda (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--anchor-classes",
+        nargs="+",
+        default=None,
+        help="class names to store anchors for (default: every reference dataset class, bare and "
+        "dataset-prefixed, e.g. bottle and mvtec/bottle; 'object' is always added)",
+    )
     add_common_arguments(parser, image_size_default=REFERENCE_IMAGE_SIZE, act_default=REFERENCE_HIDDEN_ACT)
 
 

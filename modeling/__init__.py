@@ -4,4 +4,5 @@ from .configuration_aaclip import AAClipConfig
 from .modeling_aaclip import AAClipModel, AAClipOutput
 from .processing_aaclip import AAClipProcessor
 
+
 __all__ = ["AAClipConfig", "AAClipModel", "AAClipOutput", "AAClipProcessor"]

@@ -12,6 +12,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+
 # OpenAI CLIP ViT-L/14-336 towers, with the vision input at AA-CLIP's 518 px (37 x 37 patches).
 VIT_L14_TEXT_CONFIG = {
     "vocab_size": 49408,
@@ -172,9 +173,7 @@ class AAClipConfig(PreTrainedConfig):
             raise ValueError(f"default_domain {self.default_domain!r} is not one of the domains {sorted(domains)}")
         names = list(self.anchor_class_names)
         if not names or names[0] != GENERIC_CLASS or len(set(names)) != len(names):
-            raise ValueError(
-                f"anchor_class_names must be unique and start with {GENERIC_CLASS!r}, got {names[:5]}..."
-            )
+            raise ValueError(f"anchor_class_names must be unique and start with {GENERIC_CLASS!r}, got {names[:5]}...")
         if self.decision_threshold is not None and not 0.0 <= self.decision_threshold <= 1.0:
             raise ValueError(f"decision_threshold must be in [0, 1] (image scores are), got {self.decision_threshold}")
 
@@ -185,7 +184,11 @@ class AAClipConfig(PreTrainedConfig):
         config_dict, unused = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         found = config_dict.get("model_type", cls.model_type)
         if found != cls.model_type:
-            hint = " Build AA-CLIP on it with AAClipModel.from_clip_pretrained or `aaclip convert-clip`." if found == "clip" else ""
+            hint = (
+                " Build AA-CLIP on it with AAClipModel.from_clip_pretrained or `aaclip convert-clip`."
+                if found == "clip"
+                else ""
+            )
             raise ValueError(
                 f"{pretrained_model_name_or_path}: config.json has model_type {found!r}, expected {cls.model_type!r} "
                 f"(a folder written by AAClipModel.save_pretrained).{hint}"
@@ -215,13 +218,32 @@ class AAClipConfig(PreTrainedConfig):
     @classmethod
     def tiny(cls, **overrides) -> AAClipConfig:
         """A tiny random-weights configuration for tests and the offline demo (real tokenizer vocabulary)."""
-        text = dict(VIT_L14_TEXT_CONFIG, hidden_size=32, intermediate_size=64, projection_dim=24,
-                    num_hidden_layers=2, num_attention_heads=4)
-        vision = dict(VIT_L14_518_VISION_CONFIG, hidden_size=32, intermediate_size=64, projection_dim=24,
-                      num_hidden_layers=4, num_attention_heads=4, image_size=40, patch_size=8)
+        text = dict(
+            VIT_L14_TEXT_CONFIG,
+            hidden_size=32,
+            intermediate_size=64,
+            projection_dim=24,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        )
+        vision = dict(
+            VIT_L14_518_VISION_CONFIG,
+            hidden_size=32,
+            intermediate_size=64,
+            projection_dim=24,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=40,
+            patch_size=8,
+        )
         text.update(overrides.pop("text_config", {}))
         vision.update(overrides.pop("vision_config", {}))
-        fields = dict(projection_dim=24, text_adapter_layers=1, vision_adapter_layers=2, feature_layers=(1, 2, 3, 4))
+        fields = {
+            "projection_dim": 24,
+            "text_adapter_layers": 1,
+            "vision_adapter_layers": 2,
+            "feature_layers": (1, 2, 3, 4),
+        }
         fields.update(overrides)
         return cls(text_config=text, vision_config=vision, **fields)
 

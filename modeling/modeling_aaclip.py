@@ -30,6 +30,7 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_aaclip import GENERIC_CLASS, AAClipConfig
 
+
 logger = logging.get_logger(__name__)
 
 
@@ -162,7 +163,9 @@ class AAClipEncoderLayer(CLIPEncoderLayer):
         self.adapter = AAClipAdapter(config.hidden_size, fusion_weight, negative_slope)
         self.adapter_enabled = True
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor:
         hidden_states = super().forward(hidden_states, attention_mask, **kwargs)
         return self.adapter(hidden_states) if self.adapter_enabled else hidden_states
 
@@ -294,7 +297,12 @@ class AAClipModel(AAClipPreTrainedModel):
 
     @classmethod
     def from_clip_pretrained(
-        cls, clip: str | CLIPModel, processor=None, seed: int | None = None, anchor_classes: Sequence[str] = (), **overrides
+        cls,
+        clip: str | CLIPModel,
+        processor=None,
+        seed: int | None = None,
+        anchor_classes: Sequence[str] = (),
+        **overrides,
     ) -> AAClipModel:
         """Build AA-CLIP on a pretrained HF CLIP (a folder, a Hub id, or a `CLIPModel`).
 
@@ -306,7 +314,9 @@ class AAClipModel(AAClipPreTrainedModel):
         clip_model = clip if isinstance(clip, CLIPModel) else CLIPModel.from_pretrained(clip)
         clip_config = clip_model.config
         if clip_config.model_type != "clip":  # transformers only warns and returns a random CLIP
-            raise ValueError(f"{clip}: config.json has model_type {clip_config.model_type!r}; expected a CLIP model ('clip')")
+            raise ValueError(
+                f"{clip}: config.json has model_type {clip_config.model_type!r}; expected a CLIP model ('clip')"
+            )
         image_size = overrides.pop("image_size", clip_config.vision_config.image_size)
         hidden_act = overrides.pop("hidden_act", None)
         config = AAClipConfig.from_clip_config(clip_config, **overrides)
@@ -422,7 +432,9 @@ class AAClipModel(AAClipPreTrainedModel):
         table = self.text_anchors
         for name, anchor in zip(class_names, anchors):
             if name in names:
-                table = table.index_copy(0, torch.tensor([names.index(name)], device=table.device), anchor[None].to(table))
+                table = table.index_copy(
+                    0, torch.tensor([names.index(name)], device=table.device), anchor[None].to(table)
+                )
             else:
                 names.append(name)
                 table = torch.cat([table, anchor[None].to(table)], dim=0)

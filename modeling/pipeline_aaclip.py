@@ -25,6 +25,7 @@ from PIL import Image
 from transformers import Pipeline
 from transformers.image_utils import load_image
 
+
 TASK = "zero-shot-anomaly-detection"
 GENERIC_CLASS = "object"
 # Used only when neither the call nor `config.decision_threshold` (set by `aaclip calibrate`) gives one: the
@@ -69,9 +70,7 @@ def _to_pil(image: Any, timeout: float | None = None) -> Image.Image:
         if array.ndim == 3 and array.shape[-1] == 1:
             array = array[..., 0]
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-            raise ValueError(
-                f"image array must be (H, W), (H, W, 3|4) or (3|4, H, W), got shape {tuple(image.shape)}"
-            )
+            raise ValueError(f"image array must be (H, W), (H, W, 3|4) or (3|4, H, W), got shape {tuple(image.shape)}")
         if array.dtype != np.uint8:
             if np.issubdtype(array.dtype, np.floating):
                 if array.size and (np.nanmin(array) < 0 or np.nanmax(array) > 1):
@@ -84,9 +83,7 @@ def _to_pil(image: Any, timeout: float | None = None) -> Image.Image:
                 raise ValueError(f"integer image arrays must hold values in 0..255, got dtype {array.dtype}")
             array = array.astype(np.uint8)
         return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
-    raise TypeError(
-        f"image must be a path, URL, PIL.Image, numpy array or torch tensor, got {type(image).__name__}"
-    )
+    raise TypeError(f"image must be a path, URL, PIL.Image, numpy array or torch tensor, got {type(image).__name__}")
 
 
 class AAClipAnomalyDetectionPipeline(Pipeline):

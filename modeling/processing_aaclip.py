@@ -18,6 +18,7 @@ from transformers import CLIPImageProcessorPil, CLIPTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+
 DEFAULT_IMAGE_SIZE = 518
 CONTEXT_LENGTH = 77
 GENERIC_CLASS = "object"
@@ -164,7 +165,9 @@ class AAClipProcessor(ProcessorMixin):
             raise ValueError("AAClipProcessor needs images and/or text")
         data = {}
         if images is not None:
-            images = [_scale_high_bit(i) for i in images] if isinstance(images, (list, tuple)) else _scale_high_bit(images)
+            images = (
+                [_scale_high_bit(i) for i in images] if isinstance(images, (list, tuple)) else _scale_high_bit(images)
+            )
             data.update(self.image_processor(images, return_tensors=return_tensors, **kwargs))
         if text is not None:
             data.update(self.tokenize(text if isinstance(text, list) else [text]))

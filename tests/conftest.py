@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+
 # Read at import time by huggingface_hub: tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from aaclip_hf import AAClipConfig, AAClipModel, AAClipProcessor
+
 
 TINY_IMAGE_SIZE = 40
 torch.set_num_threads(1)
@@ -59,9 +61,16 @@ def training_root(tmp_path_factory):
     model.update_text_anchors(processor, ["object"])
     model.save_pretrained(root / "model")
     processor.save_pretrained(root / "model")
-    generate_synthetic_dataset(root / "data", classes=["stripes", "disc"], image_size=32, n_train_good=0,
-                               n_test_good=4, n_test_defect_per_kind=1,
-                               defect_kinds=["hole", "stain", "scratch", "color_spot"], progress=False)
+    generate_synthetic_dataset(
+        root / "data",
+        classes=["stripes", "disc"],
+        image_size=32,
+        n_train_good=0,
+        n_test_good=4,
+        n_test_defect_per_kind=1,
+        defect_kinds=["hole", "stain", "scratch", "color_spot"],
+        progress=False,
+    )
     return root
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+
 RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 
 
@@ -34,20 +35,40 @@ def test_peak_memory_sees_a_native_allocation():
 def test_goals_and_markdown_from_a_report():
     bench = _bench()
     report = {
-        "preset": "full", "model": "m", "settings": {"matmul_repeats": 3},
+        "preset": "full",
+        "model": "m",
+        "settings": {"matmul_repeats": 3},
         "machine": {"cpu": "cpu", "simd": ["avx2"], "logical_cpus": 2, "torch": "2", "torch_threads": 2, "cuda": None},
-        "started": "now", "total_seconds": 60.0, "load_average_start": (1.0, 1, 1), "load_average_end": (1.0, 1, 1),
-        "flops": {"vision_forward_per_image": {"terms": {"mlp": 2e9}, "elementwise_estimate": 1e8, "total": 2e9},
-                  "text_anchors_per_class_77_tokens": {"total": 1e9}},
+        "started": "now",
+        "total_seconds": 60.0,
+        "load_average_start": (1.0, 1, 1),
+        "load_average_end": (1.0, 1, 1),
+        "flops": {
+            "vision_forward_per_image": {"terms": {"mlp": 2e9}, "elementwise_estimate": 1e8, "total": 2e9},
+            "text_anchors_per_class_77_tokens": {"total": 1e9},
+        },
         "parameters": {"full_parameters": 100, "inference_only_parameters": 70},
         "peak": {"gflops": 100.0, "matrix_size": 2048},
-        "vision_sdpa": {"attn": "sdpa", "batches": {"1": {"seconds_per_image": 0.04, "gflops_per_second": 50.0,
-                                                          "memory": {"peak_delta": 2**30}}}},
-        "stage1": {"speedup": 4.5, "image_size": 224, "num_images": 2, "batch_size": 2, "epochs": 5,
-                   "predicted_speedup_at_default_size": 4.9, "seconds_recomputed": 9.0, "seconds_cached": 2.0,
-                   "memory_recomputed": {"peak_delta": 0}, "memory_cached": {"peak_delta": 0},
-                   "max_abs_loss_diff": 0.0, "dpam_seconds_per_image": 1.0, "text_seconds_per_step": 0.1,
-                   "flop_scale_to_default_size": 6.0},
+        "vision_sdpa": {
+            "attn": "sdpa",
+            "batches": {"1": {"seconds_per_image": 0.04, "gflops_per_second": 50.0, "memory": {"peak_delta": 2**30}}},
+        },
+        "stage1": {
+            "speedup": 4.5,
+            "image_size": 224,
+            "num_images": 2,
+            "batch_size": 2,
+            "epochs": 5,
+            "predicted_speedup_at_default_size": 4.9,
+            "seconds_recomputed": 9.0,
+            "seconds_cached": 2.0,
+            "memory_recomputed": {"peak_delta": 0},
+            "memory_cached": {"peak_delta": 0},
+            "max_abs_loss_diff": 0.0,
+            "dpam_seconds_per_image": 1.0,
+            "text_seconds_per_step": 0.1,
+            "flop_scale_to_default_size": 6.0,
+        },
     }
     goals = {g["goal"]: g for g in bench.evaluate_goals(report)}
     assert goals["vision forward >= 85 % of the measured fp32 matmul peak"]["met"] is False  # 50 of 100
@@ -62,8 +83,12 @@ def test_goals_and_markdown_from_a_report():
 
 @pytest.mark.slow
 def test_smoke_preset_runs_every_worker(tmp_path):
-    proc = subprocess.run([sys.executable, str(RUN_PY), "--preset", "smoke", "--output", str(tmp_path)],
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [sys.executable, str(RUN_PY), "--preset", "smoke", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert not [k for k, v in report.items() if isinstance(v, dict) and "error" in v]

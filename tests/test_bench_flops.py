@@ -28,7 +28,9 @@ def test_vision_flops_match_flop_counter(tiny_model, processor, overrides):
     features_only = vision_forward_flops(config, with_scores=False).total
     assert _counted(lambda: model.get_vision_features(pixels)) == 3 * features_only
     assert _counted(lambda: model(pixels)) == 3 * vision_forward_flops(config).total
-    assert _counted(lambda: model(pixels, domain="medical")) == 3 * vision_forward_flops(config, domain="medical").total
+    assert (
+        _counted(lambda: model(pixels, domain="medical")) == 3 * vision_forward_flops(config, domain="medical").total
+    )
 
 
 def test_text_anchor_flops_match_flop_counter(tiny_model, processor):

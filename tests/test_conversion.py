@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+
 open_clip = pytest.importorskip("open_clip")
 
 from transformers import AutoModel, CLIPModel  # noqa: E402
@@ -40,6 +41,7 @@ from aaclip_hf.conversion.convert_clip import (  # noqa: E402
 from aaclip_hf.conversion.loading import UnsafeCheckpointError  # noqa: E402
 from aaclip_hf.conversion.original import convert_original, reference_anchor_names  # noqa: E402
 
+
 ATOL = 1e-5
 EMBED = 64  # = text width: the text projection is square, so only values can expose a missing transpose
 WIDTH = 64
@@ -55,9 +57,21 @@ HEAD_FLAGS = ["--text-heads", str(HEADS), "--vision-heads", str(HEADS)]
 
 def make_open_clip(quick_gelu: bool, seed: int = 0, custom_text: bool = False, proj_bias: bool = False):
     torch.manual_seed(seed)
-    vision_cfg = dict(layers=VISION_LAYERS, width=WIDTH, head_width=WIDTH // HEADS, patch_size=PATCH, image_size=IMAGE)
-    text_cfg = dict(context_length=CONTEXT, vocab_size=VOCAB, width=WIDTH, heads=HEADS, layers=TEXT_LAYERS,
-                    proj_bias=proj_bias)
+    vision_cfg = {
+        "layers": VISION_LAYERS,
+        "width": WIDTH,
+        "head_width": WIDTH // HEADS,
+        "patch_size": PATCH,
+        "image_size": IMAGE,
+    }
+    text_cfg = {
+        "context_length": CONTEXT,
+        "vocab_size": VOCAB,
+        "width": WIDTH,
+        "heads": HEADS,
+        "layers": TEXT_LAYERS,
+        "proj_bias": proj_bias,
+    }
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
     model = cls(EMBED, vision_cfg=vision_cfg, text_cfg=text_cfg, quick_gelu=quick_gelu)
     with torch.no_grad():  # open_clip zero-inits some biases; random values make every mapping visible
@@ -69,9 +83,14 @@ def make_open_clip(quick_gelu: bool, seed: int = 0, custom_text: bool = False, p
 
 def open_clip_at(source: torch.nn.Module, image_size: int, quick_gelu: bool):
     """The same weights in an open_clip model built for another input size (its own resize_pos_embed)."""
-    vision_cfg = dict(layers=VISION_LAYERS, width=WIDTH, head_width=WIDTH // HEADS, patch_size=PATCH,
-                      image_size=image_size)
-    text_cfg = dict(context_length=CONTEXT, vocab_size=VOCAB, width=WIDTH, heads=HEADS, layers=TEXT_LAYERS)
+    vision_cfg = {
+        "layers": VISION_LAYERS,
+        "width": WIDTH,
+        "head_width": WIDTH // HEADS,
+        "patch_size": PATCH,
+        "image_size": image_size,
+    }
+    text_cfg = {"context_length": CONTEXT, "vocab_size": VOCAB, "width": WIDTH, "heads": HEADS, "layers": TEXT_LAYERS}
     model = open_clip.CLIP(EMBED, vision_cfg=vision_cfg, text_cfg=text_cfg, quick_gelu=quick_gelu)
     state = dict(source.state_dict())
     open_clip.model.resize_pos_embed(state, model)
@@ -124,8 +143,9 @@ def test_openai_state_dict_matches_open_clip(act, oc_quick, oc_gelu, tmp_path):
     image_diff, text_diff = embedding_diffs(source.model, oc)
     assert image_diff < ATOL and text_diff < ATOL
     # The wrong activation is visible: the comparison can fail.
-    wrong = load_clip_source(path, hidden_act="gelu" if act == "quick_gelu" else "quick_gelu",
-                             text_heads=HEADS, vision_heads=HEADS)
+    wrong = load_clip_source(
+        path, hidden_act="gelu" if act == "quick_gelu" else "quick_gelu", text_heads=HEADS, vision_heads=HEADS
+    )
     assert max(embedding_diffs(wrong.model, oc)) > 1e-3
 
 
@@ -141,16 +161,28 @@ def test_mapping_report_and_config(oc_quick):
     hf_state, report = convert_clip_state_dict(oc_quick.state_dict())
     config = infer_clip_config(oc_quick.state_dict(), hidden_act="gelu", text_heads=HEADS, vision_heads=HEADS)
     text, vision = config.text_config, config.vision_config
-    assert (vision.hidden_size, vision.num_hidden_layers, vision.patch_size, vision.image_size) == (WIDTH, 4, PATCH, IMAGE)
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.patch_size, vision.image_size) == (
+        WIDTH,
+        4,
+        PATCH,
+        IMAGE,
+    )
     assert (vision.intermediate_size, vision.num_attention_heads, vision.hidden_act) == (4 * WIDTH, HEADS, "gelu")
-    assert (text.hidden_size, text.num_hidden_layers, text.vocab_size, text.max_position_embeddings) == (WIDTH, 2, VOCAB, 77)
+    assert (text.hidden_size, text.num_hidden_layers, text.vocab_size, text.max_position_embeddings) == (
+        WIDTH,
+        2,
+        VOCAB,
+        77,
+    )
     assert (text.bos_token_id, text.eos_token_id, config.projection_dim) == (49406, 49407, EMBED)
     assert config.logit_scale_init_value == pytest.approx(float(oc_quick.logit_scale))
     # Fused in_proj split in order q, k, v; projections transposed; logit_scale 0-d.
     fused = oc_quick.visual.transformer.resblocks[1].attn.in_proj_weight
     for index, name in enumerate(("q_proj", "k_proj", "v_proj")):
-        assert torch.equal(hf_state[f"vision_model.encoder.layers.1.self_attn.{name}.weight"],
-                           fused[index * WIDTH : (index + 1) * WIDTH])
+        assert torch.equal(
+            hf_state[f"vision_model.encoder.layers.1.self_attn.{name}.weight"],
+            fused[index * WIDTH : (index + 1) * WIDTH],
+        )
     assert torch.equal(hf_state["visual_projection.weight"], oc_quick.visual.proj.T)
     assert torch.equal(hf_state["text_projection.weight"], oc_quick.text_projection.T)
     assert hf_state["logit_scale"].shape == ()
@@ -212,8 +244,12 @@ def test_openclip_checkpoint_wrapper_and_safetensors(oc_gelu, tmp_path):
     from safetensors.torch import save_file
 
     optimizer = torch.optim.Adam(oc_gelu.parameters())
-    ckpt = {"epoch": 3, "name": "tiny", "state_dict": {f"module.{k}": v for k, v in oc_gelu.state_dict().items()},
-            "optimizer": optimizer.state_dict()}
+    ckpt = {
+        "epoch": 3,
+        "name": "tiny",
+        "state_dict": {f"module.{k}": v for k, v in oc_gelu.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+    }
     torch.save(ckpt, tmp_path / "epoch_3.pt")
     save_file({k: v.contiguous() for k, v in oc_gelu.state_dict().items()}, str(tmp_path / "open_clip.safetensors"))
     for name in ("epoch_3.pt", "open_clip.safetensors"):
@@ -248,9 +284,7 @@ def test_torchscript_archive(oc_quick, tmp_path, monkeypatch):
             delattr(scripted, name)
         scripted.register_buffer(name, torch.tensor(IMAGE if name == "input_resolution" else 77))
     images, ids = inputs()
-    traced = torch.jit.trace_module(
-        scripted, {"encode_image": (images,), "encode_text": (ids,)}, check_trace=False
-    )
+    traced = torch.jit.trace_module(scripted, {"encode_image": (images,), "encode_text": (ids,)}, check_trace=False)
     path = tmp_path / "ViT-tiny.pt"
     traced.save(str(path))
     source = load_clip_source(path, text_heads=HEADS, vision_heads=HEADS)
@@ -260,8 +294,11 @@ def test_torchscript_archive(oc_quick, tmp_path, monkeypatch):
     assert max(embedding_diffs(source.model, scripted)) < ATOL
     # Without open_clip, the archive itself is the reference.
     real_find_spec = convert_clip_module.importlib.util.find_spec
-    monkeypatch.setattr(convert_clip_module.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "open_clip" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        convert_clip_module.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "open_clip" else real_find_spec(name, *a),
+    )
     result = verify_clip(source.model, source)
     assert "TorchScript" in result.reference and result.max_abs_diff < ATOL
 
@@ -286,12 +323,17 @@ def test_malicious_pickle_is_refused(tmp_path, capsys):
         def __reduce__(self):
             return (os.mkdir, (str(marker),))
 
-    for name, obj in (("evil.pt", {"visual.proj": Payload()}),
-                      ("evil_adapter.pth", {"epoch": 1, "text_adapter": {"0.fc.0.weight": Payload()}})):
+    for name, obj in (
+        ("evil.pt", {"visual.proj": Payload()}),
+        ("evil_adapter.pth", {"epoch": 1, "text_adapter": {"0.fc.0.weight": Payload()}}),
+    ):
         torch.save(obj, tmp_path / name)
     with pytest.raises(UnsafeCheckpointError, match="evil.pt.*refusing"):
         load_clip_source(tmp_path / "evil.pt")
-    assert cli_main(["convert-original", "--clip", str(tmp_path / "evil_adapter.pth"), "--output", str(tmp_path / "o")]) == 2
+    assert (
+        cli_main(["convert-original", "--clip", str(tmp_path / "evil_adapter.pth"), "--output", str(tmp_path / "o")])
+        == 2
+    )
     assert "evil_adapter.pth" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "o").exists()
 
@@ -316,8 +358,22 @@ def test_position_resize_equals_open_clip(new_grid):
 def test_clip_only_cli_at_new_size_matches_open_clip(oc_gelu, tmp_path, capsys):
     torch.save(oc_gelu.state_dict(), tmp_path / "sd.pt")
     out = tmp_path / "clip48"
-    assert cli_main(["convert-clip", str(tmp_path / "sd.pt"), str(out), "--clip-only", "--image-size", "48",
-                     "--hidden-act", "gelu", *HEAD_FLAGS]) == 0
+    assert (
+        cli_main(
+            [
+                "convert-clip",
+                str(tmp_path / "sd.pt"),
+                str(out),
+                "--clip-only",
+                "--image-size",
+                "48",
+                "--hidden-act",
+                "gelu",
+                *HEAD_FLAGS,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "Mapped" in printed and "Verification against open_clip (48 px, gelu" in printed
     model = CLIPModel.from_pretrained(str(out)).eval()
@@ -325,7 +381,8 @@ def test_clip_only_cli_at_new_size_matches_open_clip(oc_gelu, tmp_path, capsys):
     from transformers import CLIPProcessor
 
     assert CLIPProcessor.from_pretrained(str(out))(images=[torch.zeros(3, 10, 20)], return_tensors="pt")[
-        "pixel_values"].shape == (1, 3, 48, 48)
+        "pixel_values"
+    ].shape == (1, 3, 48, 48)
     assert model.vision_model.embeddings.position_embedding.weight.shape == (1 + 6 * 6, WIDTH)
     assert max(embedding_diffs(model, open_clip_at(oc_gelu, 48, quick_gelu=False), image_size=48)) < ATOL
 
@@ -336,8 +393,10 @@ def test_clip_only_cli_at_new_size_matches_open_clip(oc_gelu, tmp_path, capsys):
 def test_convert_clip_to_aaclip_folder(oc_quick, tmp_path):
     torch.save(oc_quick.state_dict(), tmp_path / "sd.pt")
     out = tmp_path / "aaclip"
-    assert cli_main(["convert-clip", str(tmp_path / "sd.pt"), str(out), "--image-size", "40", "--seed", "0",
-                     *HEAD_FLAGS]) == 0
+    assert (
+        cli_main(["convert-clip", str(tmp_path / "sd.pt"), str(out), "--image-size", "40", "--seed", "0", *HEAD_FLAGS])
+        == 0
+    )
     model = AutoModel.from_pretrained(str(out)).eval()
     assert type(model).__name__ == "AAClipModel"
     assert model.config.vision_config.image_size == 40 and model.config.vision_config.hidden_act == "quick_gelu"
@@ -367,8 +426,11 @@ def test_push_to_hub_with_mocked_hub(oc_quick, tmp_path, monkeypatch):
     from huggingface_hub.errors import EntryNotFoundError
 
     commits = []
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
-                        lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id, url=f"https://hub/{repo_id}"))
+    monkeypatch.setattr(
+        huggingface_hub.HfApi,
+        "create_repo",
+        lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id, url=f"https://hub/{repo_id}"),
+    )
 
     def create_commit(self, repo_id, operations, **kwargs):
         commits.append((repo_id, sorted(op.path_in_repo for op in operations)))
@@ -378,19 +440,42 @@ def test_push_to_hub_with_mocked_hub(oc_quick, tmp_path, monkeypatch):
         raise EntryNotFoundError("no card")
 
     def upload_folder(self, repo_id, folder_path, **kwargs):
-        commits.append((repo_id, sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())))
+        commits.append(
+            (repo_id, sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()))
+        )
         return SimpleNamespace(commit_url=f"https://hub/{repo_id}/commit/1", oid="1" * 40, pr_url=None)
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", create_commit)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     monkeypatch.setattr(huggingface_hub.ModelCard, "load", classmethod(lambda cls, *a, **k: no_card()))
     torch.save(oc_quick.state_dict(), tmp_path / "sd.pt")
-    assert cli_main(["convert-clip", str(tmp_path / "sd.pt"), str(tmp_path / "out"), "--image-size", "40",
-                     "--push-to-hub", "acme/aaclip-tiny", "--no-verify", *HEAD_FLAGS]) == 0
+    assert (
+        cli_main(
+            [
+                "convert-clip",
+                str(tmp_path / "sd.pt"),
+                str(tmp_path / "out"),
+                "--image-size",
+                "40",
+                "--push-to-hub",
+                "acme/aaclip-tiny",
+                "--no-verify",
+                *HEAD_FLAGS,
+            ]
+        )
+        == 0
+    )
     pushed = {path for repo, paths in commits for path in paths}
     assert all(repo == "acme/aaclip-tiny" for repo, _ in commits)
-    assert {"model.safetensors", "config.json", "modeling_aaclip.py", "tokenizer.json", "processor_config.json",
-            "pipeline_aaclip.py", "README.md"} <= pushed
+    assert {
+        "model.safetensors",
+        "config.json",
+        "modeling_aaclip.py",
+        "tokenizer.json",
+        "processor_config.json",
+        "pipeline_aaclip.py",
+        "README.md",
+    } <= pushed
 
 
 # ---------------------------------------------------------------- reference AA-CLIP checkpoints
@@ -418,9 +503,13 @@ def reference_checkpoints(tmp_path, relu: bool, seed: int = 5):
         optimizer.step()
         return optimizer.state_dict()
 
-    torch.save({"epoch": 5, "text_adapter": text_sd, "text_optimizer": adam_state(text_sd)}, tmp_path / "text_adapter.pth")
-    torch.save({"epoch": 15, "image_adapter": image_sd, "image_optimizer": adam_state(image_sd)},
-               tmp_path / "image_adapter_15.pth")
+    torch.save(
+        {"epoch": 5, "text_adapter": text_sd, "text_optimizer": adam_state(text_sd)}, tmp_path / "text_adapter.pth"
+    )
+    torch.save(
+        {"epoch": 15, "image_adapter": image_sd, "image_optimizer": adam_state(image_sd)},
+        tmp_path / "image_adapter_15.pth",
+    )
     return text_sd, image_sd
 
 
@@ -478,12 +567,30 @@ def test_convert_original_reference_setting(relu, tmp_path, capsys):
     torch.save(oc.state_dict(), tmp_path / "backbone.pt")
     text_sd, image_sd = reference_checkpoints(tmp_path, relu)
     out = tmp_path / "aaclip"
-    assert cli_main(["convert-original", "--clip", str(tmp_path / "backbone.pt"),
-                     "--text-adapter", str(tmp_path / "text_adapter.pth"),
-                     "--image-adapter", str(tmp_path / "image_adapter_15.pth"),
-                     "--output", str(out), "--image-size", "40", *HEAD_FLAGS]) == 0
+    assert (
+        cli_main(
+            [
+                "convert-original",
+                "--clip",
+                str(tmp_path / "backbone.pt"),
+                "--text-adapter",
+                str(tmp_path / "text_adapter.pth"),
+                "--image-adapter",
+                str(tmp_path / "image_adapter_15.pth"),
+                "--output",
+                str(out),
+                "--image-size",
+                "40",
+                *HEAD_FLAGS,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    assert "ignored entries: epoch, text_optimizer" in printed and "Verification against open_clip (40 px, gelu" in printed
+    assert (
+        "ignored entries: epoch, text_optimizer" in printed
+        and "Verification against open_clip (40 px, gelu" in printed
+    )
 
     model = AutoModel.from_pretrained(str(out)).eval()
     config = model.config
@@ -497,8 +604,9 @@ def test_convert_original_reference_setting(relu, tmp_path, capsys):
         assert torch.equal(model.text_model.encoder.layers[i].adapter.fc.weight, text_sd[f"{i}.fc.0.weight"])
     assert torch.equal(model.text_projector.fc.weight, text_sd[f"{TEXT_LAYERS}.fc.0.weight"])
     for i in range(3):
-        assert torch.equal(model.vision_model.encoder.layers[i].adapter.fc.weight,
-                           image_sd[f"layer_adapters.{i}.fc.0.weight"])
+        assert torch.equal(
+            model.vision_model.encoder.layers[i].adapter.fc.weight, image_sd[f"layer_adapters.{i}.fc.0.weight"]
+        )
     for j in range(4):
         assert torch.equal(model.seg_projections[j].fc.weight, image_sd[f"seg_proj.{j}.{suffix}"])
     assert torch.equal(model.det_projection.fc.weight, image_sd[f"det_proj.{suffix}"])
@@ -507,9 +615,14 @@ def test_convert_original_reference_setting(relu, tmp_path, capsys):
     reference = open_clip_at(oc, 40, quick_gelu=False)
     images, _ = inputs(40, batch=2)
     ref_patches, ref_image = reference_vision(
-        reference, [image_sd[f"layer_adapters.{i}.fc.0.weight"] for i in range(3)],
-        [image_sd[f"seg_proj.{j}.{suffix}"] for j in range(4)], image_sd[f"det_proj.{suffix}"],
-        [1, 2, 3, 4], relu, images)
+        reference,
+        [image_sd[f"layer_adapters.{i}.fc.0.weight"] for i in range(3)],
+        [image_sd[f"seg_proj.{j}.{suffix}"] for j in range(4)],
+        image_sd[f"det_proj.{suffix}"],
+        [1, 2, 3, 4],
+        relu,
+        images,
+    )
     with torch.no_grad():
         patches, image = model.get_vision_features(images)
     for ours, theirs in zip(patches, ref_patches):
@@ -519,9 +632,12 @@ def test_convert_original_reference_setting(relu, tmp_path, capsys):
     # Stored anchors: every reference class, bare and dataset-prefixed, equal to the reference text branch.
     assert set(reference_anchor_names()) <= set(model.stored_class_names)
     assert model.stored_class_names[0] == "object"
-    expected = reference_anchor(reference, "dark bottle",
-                                [text_sd[f"{i}.fc.0.weight"] for i in range(TEXT_LAYERS)],
-                                text_sd[f"{TEXT_LAYERS}.fc.0.weight"])
+    expected = reference_anchor(
+        reference,
+        "dark bottle",
+        [text_sd[f"{i}.fc.0.weight"] for i in range(TEXT_LAYERS)],
+        text_sd[f"{TEXT_LAYERS}.fc.0.weight"],
+    )
     stored = model.anchors_for(["bottle", "mvtec/bottle"])
     torch.testing.assert_close(stored[0], expected, rtol=0, atol=ATOL)
     assert torch.equal(stored[0], stored[1])
@@ -531,9 +647,16 @@ def test_convert_original_without_text_adapter_uses_plain_clip_anchors(tmp_path)
     oc = make_open_clip(quick_gelu=False, seed=4)
     torch.save(oc.state_dict(), tmp_path / "backbone.pt")
     reference_checkpoints(tmp_path, relu=False)
-    model = convert_original(tmp_path / "backbone.pt", tmp_path / "out", image_adapter=tmp_path / "image_adapter_15.pth",
-                             image_size=40, text_heads=HEADS, vision_heads=HEADS, anchor_classes=["visa/pcb1"],
-                             print_fn=lambda *_: None)
+    model = convert_original(
+        tmp_path / "backbone.pt",
+        tmp_path / "out",
+        image_adapter=tmp_path / "image_adapter_15.pth",
+        image_size=40,
+        text_heads=HEADS,
+        vision_heads=HEADS,
+        anchor_classes=["visa/pcb1"],
+        print_fn=lambda *_: None,
+    )
     assert model.config.text_head == "clip" and model.config.text_adapter_layers == 0
     assert model.stored_class_names == ["object", "visa/pcb1"]
     expected = reference_anchor(oc, "dual ultrasonic distance sensor pcb module")
@@ -545,14 +668,27 @@ def test_reference_checkpoint_errors(tmp_path, oc_quick):
     torch.save(oc_quick.state_dict(), tmp_path / "backbone.pt")
     torch.save({"epoch": 1, "image_adapter": {}}, tmp_path / "wrong_entry.pth")
     with pytest.raises(ConversionError, match="wrong_entry.pth.*'text_adapter'"):
-        convert_original(tmp_path / "backbone.pt", tmp_path / "o", text_adapter=tmp_path / "wrong_entry.pth",
-                         text_heads=HEADS, vision_heads=HEADS, print_fn=lambda *_: None)
+        convert_original(
+            tmp_path / "backbone.pt",
+            tmp_path / "o",
+            text_adapter=tmp_path / "wrong_entry.pth",
+            text_heads=HEADS,
+            vision_heads=HEADS,
+            print_fn=lambda *_: None,
+        )
     _, image_sd = reference_checkpoints(tmp_path, relu=False)
     image_sd["det_proj.fc.0.weight"] = image_sd.pop("det_proj.fc.weight")  # mixed activation settings
     torch.save({"epoch": 1, "image_adapter": image_sd}, tmp_path / "mixed.pth")
     with pytest.raises(ConversionError, match="mix"):
-        convert_original(tmp_path / "backbone.pt", tmp_path / "o", image_adapter=tmp_path / "mixed.pth",
-                         image_size=40, text_heads=HEADS, vision_heads=HEADS, print_fn=lambda *_: None)
+        convert_original(
+            tmp_path / "backbone.pt",
+            tmp_path / "o",
+            image_adapter=tmp_path / "mixed.pth",
+            image_size=40,
+            text_heads=HEADS,
+            vision_heads=HEADS,
+            print_fn=lambda *_: None,
+        )
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -588,8 +724,13 @@ def test_vit_l14_336_full_size_reference_conversion(tmp_path):
     torch.save({"epoch": 5, "text_adapter": text, "text_optimizer": {}}, tmp_path / "text_adapter.pth")
     torch.save({"epoch": 15, "image_adapter": image, "image_optimizer": {}}, tmp_path / "image_adapter_15.pth")
     lines: list[str] = []
-    model = convert_original(tmp_path / "ViT-L-14-336px.pt", tmp_path / "out", text_adapter=tmp_path / "text_adapter.pth",
-                             image_adapter=tmp_path / "image_adapter_15.pth", print_fn=lines.append)
+    model = convert_original(
+        tmp_path / "ViT-L-14-336px.pt",
+        tmp_path / "out",
+        text_adapter=tmp_path / "text_adapter.pth",
+        image_adapter=tmp_path / "image_adapter_15.pth",
+        print_fn=lines.append,
+    )
     config = model.config
     assert config.vision_config.image_size == 518 and config.grid_size == 37
     assert config.feature_layers == [6, 12, 18, 24] and config.vision_config.hidden_act == "gelu"

@@ -23,6 +23,7 @@ from aaclip_hf.data import (
     verify_samples,
 )
 
+
 SIZE = 8
 
 
@@ -135,7 +136,10 @@ def test_visa_csv_and_folders(tmp_path):
         n = _img(root / "candle" / "Data" / "Images" / "Normal" / f"{split}.JPG", vn)
         a = _img(root / "candle" / "Data" / "Images" / "Anomaly" / f"{split}.JPG", va)
         m = _mask(root / "candle" / "Data" / "Masks" / "Anomaly" / f"{split}.png", va // 10)
-        rows += [f"candle,{split},normal,{os.path.relpath(n, root)},", f"candle,{split},anomaly,{os.path.relpath(a, root)},{os.path.relpath(m, root)}"]
+        rows += [
+            f"candle,{split},normal,{os.path.relpath(n, root)},",
+            f"candle,{split},anomaly,{os.path.relpath(a, root)},{os.path.relpath(m, root)}",
+        ]
     (root / "split_csv").mkdir()
     (root / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
     assert detect_format(root) == "visa"
@@ -153,7 +157,9 @@ def test_visa_csv_bad_label_names_line(tmp_path):
     root = tmp_path / "visa"
     _img(root / "c" / "a.png", 1)
     (root / "split_csv").mkdir(parents=True)
-    (root / "split_csv" / "1cls.csv").write_text("object,split,label,image,mask\nc,test,normal,c/a.png,\nc,test,broken,c/a.png,\n")
+    (root / "split_csv" / "1cls.csv").write_text(
+        "object,split,label,image,mask\nc,test,normal,c/a.png,\nc,test,broken,c/a.png,\n"
+    )
     with pytest.raises(BadInputError, match="line 3") as info:
         load_samples(root)
     assert info.value.field == "label"
@@ -168,7 +174,11 @@ def test_bmad_detected_before_mvtec(tmp_path):
         _mask(root / "test" / "Ungood" / "label" / f"{name}.png", v // 10)
     assert detect_format(root) == "bmad"
     samples = load_samples(root)
-    assert sorted((s.label, s.class_name, _value(s.image_path)) for s in samples) == [(0, "Brain", 2), (1, "Brain", 30), (1, "Brain", 60)]
+    assert sorted((s.label, s.class_name, _value(s.image_path)) for s in samples) == [
+        (0, "Brain", 2),
+        (1, "Brain", 30),
+        (1, "Brain", 60),
+    ]
     _pairing_ok(samples)
     assert [s.label for s in load_samples(root, "train")] == [0]
     assert {s.class_name for s in load_samples(f"{root}::name=brain")} == {"brain"}
@@ -213,11 +223,14 @@ def test_reference_jsonl(tmp_path):
     _img(data / "c" / "n.png", 1)
     _img(data / "c" / "a.png", 40)
     _mask(data / "c" / "a_gt.png", 4)
-    path = _jsonl(tmp_path, [
-        {"image_path": "c/n.png", "label": 0.0, "class_name": "c"},
-        "",
-        {"image_path": "c/a.png", "label": 1, "class_name": "c", "mask_path": "c/a_gt.png"},
-    ])
+    path = _jsonl(
+        tmp_path,
+        [
+            {"image_path": "c/n.png", "label": 0.0, "class_name": "c"},
+            "",
+            {"image_path": "c/a.png", "label": 1, "class_name": "c", "mask_path": "c/a_gt.png"},
+        ],
+    )
     samples = load_samples(f"{path}::root={data}")
     assert [s.label for s in samples] == [0, 1] and isinstance(samples[0].label, int)
     _pairing_ok(samples)
@@ -244,7 +257,13 @@ def test_jsonl_bad_record_names_line_and_field(tmp_path, bad, field, text):
 
 def test_jsonl_missing_image_and_skip(tmp_path, caplog):
     _img(tmp_path / "meta" / "c" / "n.png", 1)
-    path = _jsonl(tmp_path, [{"image_path": "c/n.png", "label": 0, "class_name": "c"}, {"image_path": "c/gone.png", "label": 0, "class_name": "c"}])
+    path = _jsonl(
+        tmp_path,
+        [
+            {"image_path": "c/n.png", "label": 0, "class_name": "c"},
+            {"image_path": "c/gone.png", "label": 0, "class_name": "c"},
+        ],
+    )
     with pytest.raises(MissingFileError) as info:
         load_samples(path)
     assert "gone.png" in str(info.value) and "line 2" in str(info.value)
@@ -259,10 +278,14 @@ def test_meta_json(tmp_path):
     a = _img(root / "pcb" / "a.png", 50)
     m = _mask(root / "pcb" / "a_m.png", 5)
     rel = lambda p: os.path.relpath(p, root)  # noqa: E731
-    meta = {"test": {"pcb": [
-        {"img_path": rel(n), "mask_path": "", "cls_name": "pcb", "specie_name": "good", "anomaly": 0},
-        {"img_path": rel(a), "mask_path": rel(m), "cls_name": "pcb", "specie_name": "bent", "anomaly": 1},
-    ]}}
+    meta = {
+        "test": {
+            "pcb": [
+                {"img_path": rel(n), "mask_path": "", "cls_name": "pcb", "specie_name": "good", "anomaly": 0},
+                {"img_path": rel(a), "mask_path": rel(m), "cls_name": "pcb", "specie_name": "bent", "anomaly": 1},
+            ]
+        }
+    }
     (root / "meta.json").write_text(json.dumps(meta))
     assert detect_format(root) == "meta"
     samples = load_samples(root)
@@ -348,7 +371,9 @@ def test_anomaly_dataset_with_processor_and_augment(tmp_path):
 
     _img(tmp_path / "a.png", 50, size=6)
     _mask(tmp_path / "m.png", 6, size=6)  # the whole first row
-    proc = AAClipProcessor(image_processor=CLIPImageProcessorPil(size={"height": 12, "width": 12}, do_center_crop=False))
+    proc = AAClipProcessor(
+        image_processor=CLIPImageProcessorPil(size={"height": 12, "width": 12}, do_center_crop=False)
+    )
     flip = lambda x, m: (x.flip(-2), m.flip(-2))  # noqa: E731
     ds = AnomalyDataset([Sample(str(tmp_path / "a.png"), 1, "c", str(tmp_path / "m.png"))], proc, augment=flip)
     item = ds[0]
@@ -374,7 +399,8 @@ def test_verify_samples_skips_corrupt(tmp_path, caplog):
 @pytest.mark.parametrize("embed", [True, False])
 def test_hf_dataset_round_trip(mvtec, tmp_path, embed, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from datasets import ClassLabel, Image as HFImage
+    from datasets import ClassLabel
+    from datasets import Image as HFImage
 
     samples = load_samples(mvtec, classes=["bottle"])
     ds = to_hf_dataset(samples, embed_images=embed)
@@ -383,7 +409,9 @@ def test_hf_dataset_round_trip(mvtec, tmp_path, embed, monkeypatch):
     assert ds[normal]["mask"] is None and ds.features["label"].int2str(ds[normal]["label"]) == "normal"
     assert ds[0]["mask"].size == (SIZE, SIZE) and ds.features["label"].int2str(ds[0]["label"]) == "anomaly"
     back = from_hf_dataset(ds, tmp_path / "cache")
-    assert [(s.label, s.class_name, s.defect_type) for s in back] == [(s.label, s.class_name, s.defect_type) for s in samples]
+    assert [(s.label, s.class_name, s.defect_type) for s in back] == [
+        (s.label, s.class_name, s.defect_type) for s in samples
+    ]
     for old, new in zip(samples, back):
         assert _value(new.image_path) == _value(old.image_path)
         assert (new.mask_path is None) == (old.mask_path is None)

@@ -22,10 +22,14 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
         assert set(results["classes"]) == set(summary["held_out_classes"])
         assert 0.0 <= results["mean"]["pixel_auroc"] <= 1.0
     assert "before -> after" in (out / "comparison.md").read_text()
-    overlays = [p for d in summary["outputs"]["overlays"] for p in (out / "detect").rglob("*.png") if str(p).startswith(d)]
+    overlays = [
+        p for d in summary["outputs"]["overlays"] for p in (out / "detect").rglob("*.png") if str(p).startswith(d)
+    ]
     assert len(overlays) == 2 * len(summary["held_out_classes"])
     hub = out / "hub_model"
-    assert {"README.md", "pipeline_aaclip.py", "modeling_aaclip.py", "processor_config.json"} <= {p.name for p in hub.iterdir()}
+    assert {"README.md", "pipeline_aaclip.py", "modeling_aaclip.py", "processor_config.json"} <= {
+        p.name for p in hub.iterdir()
+    }
     card = (hub / "README.md").read_text()
     assert "randomly initialised" in card.lower() or "random tiny CLIP" in card
     assert "synthetic-held-out" in card  # the trained model's evaluation is in the card

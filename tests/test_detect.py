@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from pathlib import Path
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +23,6 @@ from aaclip_hf.detect import (
 )
 from aaclip_hf.image_io import BadInputError
 from aaclip_hf.visualize import apply_colormap, contour_overlay, detection_figure
-
 
 
 def _save(path, height, width, seed=0, exif_orientation=None):
@@ -45,8 +44,9 @@ def test_detect_writes_overlays_records_and_respects_exif(tiny_model, processor,
     _save(folder / "sub" / "a.png", 20, 20, seed=2)  # same stem, other folder
     _save(folder / "rotated.jpg", 40, 60, seed=3, exif_orientation=6)  # stored 60 wide x 40 high, shown 40 x 60
     out = tmp_path / "out"
-    records = detect(tiny_model, processor, [folder], out, class_name="bottle", threshold=0.5, save_maps=True,
-                     progress=False)
+    records = detect(
+        tiny_model, processor, [folder], out, class_name="bottle", threshold=0.5, save_maps=True, progress=False
+    )
     assert [r["image"].split("images/")[1] for r in records] == ["a.png", "rotated.jpg", "sub/a.png"]
     by_name = {r["image"].split("images/")[1]: r for r in records}
     assert (by_name["rotated.jpg"]["height"], by_name["rotated.jpg"]["width"]) == (60, 40)
@@ -55,7 +55,9 @@ def test_detect_writes_overlays_records_and_respects_exif(tiny_model, processor,
     assert len({r["overlay"] for r in records}) == 3
     for r in records:
         width, height = Image.open(r["overlay"]).size
-        assert height > 256 and width > 3 * 256 * min(r["width"], r["height"]) / max(r["width"], r["height"])  # enlarged
+        assert height > 256 and width > 3 * 256 * min(r["width"], r["height"]) / max(
+            r["width"], r["height"]
+        )  # enlarged
         assert r["is_anomaly"] == (r["score"] >= 0.5) and r["label"] == ("anomaly" if r["is_anomaly"] else "normal")
     saved = json.loads((out / "detections.json").read_text())
     assert [s["score"] for s in saved] == [r["score"] for r in records]
@@ -79,8 +81,11 @@ def test_probability_is_the_map_part_of_the_image_score(processor):
     levels = model.config.num_levels
     p = anomaly_probability(out.anomaly_map_grid[0].numpy(), levels)
     assert float(p.max()) == pytest.approx(float(out.image_score[0]), abs=1e-6)
-    np.testing.assert_allclose(anomaly_probability(np.array([0.0, levels / 2, levels]), levels),
-                               1 / (1 + np.exp(-np.array([-1.0, 0.0, 1.0]))), rtol=1e-6)
+    np.testing.assert_allclose(
+        anomaly_probability(np.array([0.0, levels / 2, levels]), levels),
+        1 / (1 + np.exp(-np.array([-1.0, 0.0, 1.0]))),
+        rtol=1e-6,
+    )
 
 
 def test_decision_region_threshold_follows_the_score_definition(tiny_model):
@@ -122,8 +127,23 @@ def test_calibrate_cli_stores_the_threshold_with_the_model(tiny_model, processor
     normal.mkdir()
     for i in range(3):
         _save(normal / f"{i}.png", 30 + i, 40, seed=10 + i)
-    assert main(["calibrate", "--model", str(model_dir), "--normal", str(normal), "--class-name", "bottle",
-                 "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(model_dir),
+                "--normal",
+                str(normal),
+                "--class-name",
+                "bottle",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     pipe = make_pipeline(tiny_model, processor)
     scores = [pipe(Image.open(p), class_name="bottle")["score"] for p in sorted(normal.iterdir())]
     config = json.loads((model_dir / "config.json").read_text())
@@ -141,8 +161,27 @@ def test_calibrate_cli_stores_the_threshold_with_the_model(tiny_model, processor
     anomalous = tmp_path / "anomalous"
     anomalous.mkdir()
     _save(anomalous / "x.png", 33, 33, seed=99)
-    assert main(["calibrate", "--model", str(model_dir), "--normal", str(normal), "--anomalous", str(anomalous),
-                 "--class-name", "bottle", "--output", str(copy_dir), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(model_dir),
+                "--normal",
+                str(normal),
+                "--anomalous",
+                str(anomalous),
+                "--class-name",
+                "bottle",
+                "--output",
+                str(copy_dir),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads((copy_dir / "calibration.json").read_text())["method"] == "f1"
 
 
@@ -154,8 +193,26 @@ def test_detect_cli_and_input_errors(tiny_model, processor, tmp_path, capsys):
     processor.save_pretrained(model_dir)
     image = _save(tmp_path / "x.png", 25, 31)
     out = tmp_path / "out"
-    assert main(["detect", str(image), "--model", str(model_dir), "--output", str(out), "--threshold", "0.0",
-                 "--device", "cpu", "--no-progress", "--heatmap-scale", "fixed"]) == 0
+    assert (
+        main(
+            [
+                "detect",
+                str(image),
+                "--model",
+                str(model_dir),
+                "--output",
+                str(out),
+                "--threshold",
+                "0.0",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--heatmap-scale",
+                "fixed",
+            ]
+        )
+        == 0
+    )
     assert "1 of 1 image(s) anomalous" in capsys.readouterr().out
     assert (out / "overlays" / "x.png").is_file()
     with pytest.raises(BadInputError, match="missing.png"):
@@ -168,12 +225,18 @@ def test_detect_cli_and_input_errors(tiny_model, processor, tmp_path, capsys):
 
 
 def test_overlay_pieces():
-    np.testing.assert_array_equal(apply_colormap(np.array([[0.0, 1.0, 2.0]])), [[[0, 0, 128], [128, 0, 0], [128, 0, 0]]])
+    np.testing.assert_array_equal(
+        apply_colormap(np.array([[0.0, 1.0, 2.0]])), [[[0, 0, 128], [128, 0, 0], [128, 0, 0]]]
+    )
     image = Image.new("RGB", (20, 20), (10, 10, 10))
     region = np.zeros((20, 20), bool)
     region[5:15, 5:15] = True
     drawn = np.asarray(contour_overlay(image, region, thickness=1))
-    assert tuple(drawn[5, 5]) == (255, 32, 32) and tuple(drawn[10, 10]) == (10, 10, 10) and tuple(drawn[0, 0]) == (10, 10, 10)
+    assert (
+        tuple(drawn[5, 5]) == (255, 32, 32)
+        and tuple(drawn[10, 10]) == (10, 10, 10)
+        and tuple(drawn[0, 0]) == (10, 10, 10)
+    )
     figure = detection_figure(image, np.full((20, 20), 0.5, np.float32), region, "title")
     assert figure.size[0] > 3 * 256
     with pytest.raises(ValueError, match="map"):
@@ -190,8 +253,16 @@ def test_bad_files_stop_detect_unless_skipped(tiny_model, processor, tmp_path, c
     _save(folder / "c_good.png", 30, 18, seed=1)
     with pytest.raises(BadInputError, match="b_corrupt.png"):
         detect(tiny_model, processor, [folder], tmp_path / "strict", progress=False, batch_size=2)
-    records = detect(tiny_model, processor, [folder], tmp_path / "lenient", progress=False, batch_size=2,
-                     class_name=["bottle", "pcb1", "object"], skip_bad_files=True)
+    records = detect(
+        tiny_model,
+        processor,
+        [folder],
+        tmp_path / "lenient",
+        progress=False,
+        batch_size=2,
+        class_name=["bottle", "pcb1", "object"],
+        skip_bad_files=True,
+    )
     assert [Path(r["image"]).name for r in records] == ["a_good.png", "c_good.png"]
     assert [r["class_name"] for r in records] == ["bottle", "object"]  # per-image names stay aligned
     skipped = json.loads((tmp_path / "lenient" / "skipped.json").read_text())
@@ -199,8 +270,17 @@ def test_bad_files_stop_detect_unless_skipped(tiny_model, processor, tmp_path, c
     model_dir = tmp_path / "model"
     tiny_model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
-    argv = ["detect", str(folder), "--model", str(model_dir), "--output", str(tmp_path / "cli"), "--device", "cpu",
-            "--no-progress"]
+    argv = [
+        "detect",
+        str(folder),
+        "--model",
+        str(model_dir),
+        "--output",
+        str(tmp_path / "cli"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(argv) == 2 and "b_corrupt.png" in capsys.readouterr().err
     assert main(argv + ["--skip-bad-files"]) == 0
     assert "1 unreadable image(s) skipped" in capsys.readouterr().out

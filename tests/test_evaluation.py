@@ -22,8 +22,16 @@ from aaclip_hf.synthetic import generate_synthetic_dataset
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    return generate_synthetic_dataset(root, classes=["carpet", "disc"], image_size=48, n_train_good=0, n_test_good=3,
-                                      n_test_defect_per_kind=1, defect_kinds=["hole", "stain"], progress=False)
+    return generate_synthetic_dataset(
+        root,
+        classes=["carpet", "disc"],
+        image_size=48,
+        n_train_good=0,
+        n_test_good=3,
+        n_test_defect_per_kind=1,
+        defect_kinds=["hole", "stain"],
+        progress=False,
+    )
 
 
 @pytest.fixture
@@ -42,13 +50,17 @@ def test_reference_image_scores_by_hand():
     # map_norm max = (max_i - 0) / (4 - 0) = [0.5, 1, 0.75]; r_norm = [0, 1, 0.5]
     np.testing.assert_allclose(reference_image_scores(map_max, map_min, raw, "industrial"), [0.25, 1.0, 0.625])
     np.testing.assert_allclose(reference_image_scores(map_max, map_min, raw, "medical"), [0.5, 1.0, 0.75])
-    np.testing.assert_allclose(reference_image_scores(map_max, map_min, raw, "industrial", map_weight=1.0), [0.5, 1, 0.75])
+    np.testing.assert_allclose(
+        reference_image_scores(map_max, map_min, raw, "industrial", map_weight=1.0), [0.5, 1, 0.75]
+    )
     # constant inputs (the reference would divide by zero) normalise to 0
     np.testing.assert_allclose(reference_image_scores([1.0, 1.0], [1.0, 1.0], [0.3, 0.3], "industrial"), [0.0, 0.0])
 
 
 def test_domains_follow_the_reference_table():
-    assert [domain_for_class(c) for c in ("Brain", "Liver", "Retina", "Colon_clinicDB", "CVC-300", "Kvasir")] == ["medical"] * 6
+    assert [domain_for_class(c) for c in ("Brain", "Liver", "Retina", "Colon_clinicDB", "CVC-300", "Kvasir")] == [
+        "medical"
+    ] * 6
     assert domain_for_class("bottle") == "industrial" and domain_for_class("bmad/Brain") == "medical"
 
 
@@ -68,8 +80,11 @@ def _oracle(model, processor, samples):
             raws.append(float(o.raw_anomaly_score[0]))
             own.append(float(o.image_score[0]))
             labels.append(s.label)
-            mask = np.zeros(size, bool) if s.mask_path is None else (
-                np.asarray(Image.open(s.mask_path).convert("L").resize(size[::-1], Image.NEAREST)) != 0)
+            mask = (
+                np.zeros(size, bool)
+                if s.mask_path is None
+                else (np.asarray(Image.open(s.mask_path).convert("L").resize(size[::-1], Image.NEAREST)) != 0)
+            )
             masks.append(mask)
         maps = np.stack(maps)
         norm = (maps - maps.min()) / (maps.max() - maps.min())
@@ -77,9 +92,11 @@ def _oracle(model, processor, samples):
         score = 0.5 * norm.reshape(len(maps), -1).max(1) + 0.5 * (r - r.min()) / (r.max() - r.min())
         gt = np.stack(masks).ravel()
         out[name] = {
-            "image_auroc": roc_auc_score(labels, score), "image_ap": average_precision_score(labels, score),
+            "image_auroc": roc_auc_score(labels, score),
+            "image_ap": average_precision_score(labels, score),
             "own_auroc": roc_auc_score(labels, own),
-            "pixel_auroc": roc_auc_score(gt, maps.ravel()), "pixel_ap": average_precision_score(gt, maps.ravel()),
+            "pixel_auroc": roc_auc_score(gt, maps.ravel()),
+            "pixel_ap": average_precision_score(gt, maps.ravel()),
         }
     return out
 
@@ -169,18 +186,48 @@ def test_cli_writes_json_csv_and_markdown(tiny_model, processor, data_root, tmp_
     tiny_model.save_pretrained(tmp_path / "model")
     processor.save_pretrained(tmp_path / "model")
     out = tmp_path / "eval"
-    code = main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(data_root), "--output", str(out),
-                 "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--no-progress", "--dataset-name", "synth"])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "model"),
+            "--data",
+            str(data_root),
+            "--output",
+            str(out),
+            "--batch-size",
+            "4",
+            "--num-workers",
+            "0",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--dataset-name",
+            "synth",
+        ]
+    )
     assert code == 0
     data = json.loads((out / "results.json").read_text())
-    assert data["dataset"] == "synth" and data["protocol"] == "reference" and set(data["classes"]) == {"carpet", "disc"}
-    assert set(data["mean"]) == {"pixel_auroc", "pixel_aupro", "pixel_ap", "pixel_f1_max", "image_auroc", "image_ap", "image_f1_max"}
+    assert (
+        data["dataset"] == "synth" and data["protocol"] == "reference" and set(data["classes"]) == {"carpet", "disc"}
+    )
+    assert set(data["mean"]) == {
+        "pixel_auroc",
+        "pixel_aupro",
+        "pixel_ap",
+        "pixel_f1_max",
+        "image_auroc",
+        "image_ap",
+        "image_f1_max",
+    }
     assert data["settings"]["blur_kernel_size"] == {"industrial": 7, "medical": 9}
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["class"] for r in rows] == ["carpet", "disc", "mean"]
     assert float(rows[2]["pixel_auroc (%)"]) == pytest.approx(100 * data["mean"]["pixel_auroc"], abs=1e-3)
     markdown = (out / "results.md").read_text()
-    assert "| Class | #normal | #anomalous | P-AUROC | P-AUPRO | P-AP | P-F1max | I-AUROC | I-AP | I-F1max |" in markdown
+    assert (
+        "| Class | #normal | #anomalous | P-AUROC | P-AUPRO | P-AP | P-F1max | I-AUROC | I-AP | I-F1max |" in markdown
+    )
     assert "**Mean**" in markdown and "**Mean**" in capsys.readouterr().out
 
 

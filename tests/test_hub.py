@@ -18,6 +18,7 @@ from PIL import Image
 from aaclip_hf import hub
 from aaclip_hf.modeling.pipeline_aaclip import AAClipAnomalyDetectionPipeline
 
+
 FAKE_SHA = "0123456789abcdef0123456789abcdef01234567"
 EXPECTED_FILES = {
     "README.md",
@@ -38,11 +39,22 @@ EVAL_RESULTS = {
     "resolution": "model",
     "split": "test",
     "classes": {"bottle": {"num_normal": 2, "num_anomalous": 3, "image_auroc": 0.9}},
-    "mean": {"image_auroc": 0.905, "image_ap": 0.95, "pixel_auroc": 0.919, "pixel_aupro": 0.846, "pixel_ap": float("nan")},
+    "mean": {
+        "image_auroc": 0.905,
+        "image_ap": 0.95,
+        "pixel_auroc": 0.919,
+        "pixel_aupro": 0.846,
+        "pixel_ap": float("nan"),
+    },
     "notes": ["a note that must reach the card"],
 }
-SUMMARY = {"base_model": "openai/clip-vit-large-patch14-336", "train_data": "VisA (test split)", "shots": "full",
-           "train_classes": ["candle", "pcb1"], "seed": 111}
+SUMMARY = {
+    "base_model": "openai/clip-vit-large-patch14-336",
+    "train_data": "VisA (test split)",
+    "shots": "full",
+    "train_classes": ["candle", "pcb1"],
+    "seed": 111,
+}
 
 
 @pytest.fixture
@@ -54,24 +66,39 @@ def saved_model(tiny_model, processor, tmp_path):
 
 
 def test_hub_folder_holds_everything_and_a_card(tiny_model, processor, tmp_path):
-    folder = hub.save_for_hub(tiny_model, processor, tmp_path / "hub", repo_id="acme/aaclip-tiny",
-                              training_summary=SUMMARY, eval_results=EVAL_RESULTS)
+    folder = hub.save_for_hub(
+        tiny_model,
+        processor,
+        tmp_path / "hub",
+        repo_id="acme/aaclip-tiny",
+        training_summary=SUMMARY,
+        eval_results=EVAL_RESULTS,
+    )
     assert EXPECTED_FILES | {hub.TRAINING_SUMMARY_FILE} == {p.name for p in folder.iterdir()}
     config = json.loads((folder / "config.json").read_text())
     assert config["custom_pipelines"] == {
-        "zero-shot-anomaly-detection": {"impl": "pipeline_aaclip.AAClipAnomalyDetectionPipeline", "pt": ["AutoModel"],
-                                        "type": "multimodal"}}
+        "zero-shot-anomaly-detection": {
+            "impl": "pipeline_aaclip.AAClipAnomalyDetectionPipeline",
+            "pt": ["AutoModel"],
+            "type": "multimodal",
+        }
+    }
     assert config["auto_map"]["AutoModel"] == "modeling_aaclip.AAClipModel"
     assert (folder / "pipeline_aaclip.py").read_text() == Path(
-        sys.modules[AAClipAnomalyDetectionPipeline.__module__].__file__).read_text()
+        sys.modules[AAClipAnomalyDetectionPipeline.__module__].__file__
+    ).read_text()
     # The pipeline file is Hub-portable: only the standard library, torch, transformers, numpy, PIL, siblings
     # (optional imports inside try/except, which transformers' remote-code check skips, are allowed).
     tree = ast.parse((folder / "pipeline_aaclip.py").read_text())
     guarded = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.Try) for inner in ast.walk(node)}
-    imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in guarded]
+    imports = [
+        node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in guarded
+    ]
     roots = {alias.name.split(".")[0] for node in imports if isinstance(node, ast.Import) for alias in node.names}
     roots |= {node.module.split(".")[0] for node in imports if isinstance(node, ast.ImportFrom) and node.level == 0}
-    assert roots <= {"__future__", "os", "collections", "types", "typing", "numpy", "torch", "PIL", "transformers"}, roots
+    assert roots <= {"__future__", "os", "collections", "types", "typing", "numpy", "torch", "PIL", "transformers"}, (
+        roots
+    )
     assert all(node.level <= 1 for node in ast.walk(tree) if isinstance(node, ast.ImportFrom))
 
     from huggingface_hub import ModelCard
@@ -81,8 +108,12 @@ def test_hub_folder_holds_everything_and_a_card(tiny_model, processor, tmp_path)
     assert card.data.base_model == "openai/clip-vit-large-patch14-336"
     assert "zero-shot-anomaly-detection" in card.data.tags
     results = {(r.metric_type, r.metric_name.split(" (")[0]): r.metric_value for r in card.data.eval_results}
-    assert results == {("roc_auc", "image AUROC"): 90.5, ("average_precision", "image AP"): 95.0,
-                       ("roc_auc", "pixel AUROC"): 91.9, ("aupro", "pixel AUPRO@0.3"): 84.6}  # NaN AP dropped
+    assert results == {
+        ("roc_auc", "image AUROC"): 90.5,
+        ("average_precision", "image AP"): 95.0,
+        ("roc_auc", "pixel AUROC"): 91.9,
+        ("aupro", "pixel AUPRO@0.3"): 84.6,
+    }  # NaN AP dropped
     assert {r.dataset_name for r in card.data.eval_results} == {"mvtec"}
     text = card.text
     assert 'pipeline("zero-shot-anomaly-detection", model="acme/aaclip-tiny", trust_remote_code=True)' in text
@@ -101,9 +132,20 @@ def test_card_without_summary_or_results_says_so(tiny_model, processor, tmp_path
 
 
 def test_trainer_arguments_file_feeds_the_card(saved_model):
-    (saved_model / "training_args.json").write_text(json.dumps(
-        {"model": "openai/clip-vit-large-patch14-336", "train_data": ["data/visa"], "shots": "16", "stage": "both",
-         "text_epochs": 5, "vision_epochs": 20, "seed": 111, "output_dir": "x"}))
+    (saved_model / "training_args.json").write_text(
+        json.dumps(
+            {
+                "model": "openai/clip-vit-large-patch14-336",
+                "train_data": ["data/visa"],
+                "shots": "16",
+                "stage": "both",
+                "text_epochs": 5,
+                "vision_epochs": 20,
+                "seed": 111,
+                "output_dir": "x",
+            }
+        )
+    )
     folder = hub.prepare_hub_folder(saved_model, repo_id="acme/x")
     text = (folder / "README.md").read_text()
     assert "data/visa" in text and "shots per class: 16" in text and "text: 5, vision: 20" in text
@@ -169,8 +211,14 @@ def test_auto_classes_and_pipeline_load_by_repo_id_offline_without_the_package(t
     (tmp_path / "load.py").write_text(LOAD_BY_REPO_ID)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    proc = subprocess.run([sys.executable, "-S", "-c", code, "acme/aaclip-tiny", str(image_path)],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", code, "acme/aaclip-tiny", str(image_path)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["package"] == "missing"
@@ -242,7 +290,20 @@ def test_push_cli(saved_model, recording_api, tmp_path, capsys):
 
     (tmp_path / "results.json").write_text(json.dumps(EVAL_RESULTS))
     dry = tmp_path / "dry"
-    assert main(["push", str(saved_model), "acme/x", "--dry-run", str(dry), "--eval-results", str(tmp_path / "results.json")]) == 0
+    assert (
+        main(
+            [
+                "push",
+                str(saved_model),
+                "acme/x",
+                "--dry-run",
+                str(dry),
+                "--eval-results",
+                str(tmp_path / "results.json"),
+            ]
+        )
+        == 0
+    )
     assert EXPECTED_FILES == {p.name for p in dry.iterdir()} and not recording_api.calls
     assert main(["push", str(saved_model), "acme/x", "--private"]) == 0
     assert recording_api.calls[0][2] is True and "trust_remote_code=True" in capsys.readouterr().out

@@ -12,6 +12,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from aaclip_hf import metrics as M
 
+
 TOL = 1e-6
 
 

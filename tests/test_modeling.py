@@ -22,6 +22,7 @@ from aaclip_hf.modeling.modeling_aaclip import (
 
 from .conftest import TINY_IMAGE_SIZE, make_tiny_model
 
+
 # ---------------------------------------------------------------------------------- adapter (SPEC 2)
 
 
@@ -89,8 +90,13 @@ def test_output_hidden_states_records_post_adapter_states(pixel_values):
 @torch.no_grad()
 def test_adapters_disabled_gives_plain_clip(pixel_values):
     model = make_tiny_model()
-    clip = CLIPModel(CLIPConfig(text_config=model.config.text_config.to_dict(),
-                                vision_config=model.config.vision_config.to_dict(), projection_dim=24))
+    clip = CLIPModel(
+        CLIPConfig(
+            text_config=model.config.text_config.to_dict(),
+            vision_config=model.config.vision_config.to_dict(),
+            projection_dim=24,
+        )
+    )
     missing, unexpected = clip.load_state_dict(model.state_dict(), strict=False)
     assert not missing
     with model.adapters_disabled():
@@ -262,7 +268,9 @@ def test_text_head_switch(processor):
     with torch.no_grad():
         pooled = clip_head.text_model(**ids).pooler_output
         torch.testing.assert_close(clip_head.get_text_features(**ids), clip_head.text_projection(pooled))
-        expected = F.leaky_relu(adapter_head.text_model(**ids).pooler_output @ adapter_head.text_projector.fc.weight.T, 0.01)
+        expected = F.leaky_relu(
+            adapter_head.text_model(**ids).pooler_output @ adapter_head.text_projector.fc.weight.T, 0.01
+        )
         torch.testing.assert_close(adapter_head.get_text_features(**ids), expected)
 
 
@@ -292,8 +300,10 @@ def test_unknown_class_without_tokenizer_is_a_clear_error(tiny_model, pixel_valu
         inference_only(pixel_values, class_names="screw")
     with pytest.raises(ValueError, match="inference-only AA-CLIP"):
         inference_only.get_text_features(torch.ones(1, 3, dtype=torch.long))
-    torch.testing.assert_close(inference_only(pixel_values, class_names="pcb1").anomaly_map,
-                               tiny_model(pixel_values, class_names="pcb1").anomaly_map)
+    torch.testing.assert_close(
+        inference_only(pixel_values, class_names="pcb1").anomaly_map,
+        tiny_model(pixel_values, class_names="pcb1").anomaly_map,
+    )
 
 
 # ---------------------------------------------------------------------------------- smoothing and tables
@@ -339,9 +349,16 @@ def _tiny_clip(tmp_path) -> tuple[CLIPModel, str]:
 
 def test_from_clip_pretrained_loads_every_clip_weight(tmp_path, processor):
     clip, path = _tiny_clip(tmp_path)
-    model = AAClipModel.from_clip_pretrained(path, processor=processor, seed=5, image_size=40,
-                                             hidden_act="gelu", feature_layers=(1, 2, 3, 4),
-                                             text_adapter_layers=1, vision_adapter_layers=2)
+    model = AAClipModel.from_clip_pretrained(
+        path,
+        processor=processor,
+        seed=5,
+        image_size=40,
+        hidden_act="gelu",
+        feature_layers=(1, 2, 3, 4),
+        text_adapter_layers=1,
+        vision_adapter_layers=2,
+    )
     assert model.config.vision_config.image_size == 40 and model.config.grid_size == 5
     assert model.config.vision_config.hidden_act == model.config.text_config.hidden_act == "gelu"
     ours, theirs = model.state_dict(), clip.state_dict()
@@ -354,9 +371,15 @@ def test_from_clip_pretrained_loads_every_clip_weight(tmp_path, processor):
     weight = model.vision_model.encoder.layers[0].adapter.fc.weight
     bound = math.sqrt(6.0 / (2 * 32))
     assert weight.abs().max() <= bound and weight.abs().max() > 0.9 * bound
-    again = AAClipModel.from_clip_pretrained(clip, processor=processor, seed=5, image_size=40,
-                                             feature_layers=(1, 2, 3, 4), text_adapter_layers=1,
-                                             vision_adapter_layers=2)
+    again = AAClipModel.from_clip_pretrained(
+        clip,
+        processor=processor,
+        seed=5,
+        image_size=40,
+        feature_layers=(1, 2, 3, 4),
+        text_adapter_layers=1,
+        vision_adapter_layers=2,
+    )
     assert torch.equal(again.det_projection.fc.weight, model.det_projection.fc.weight)
     assert model.stored_class_names == ["object"] and model.text_anchors.abs().sum() > 0
 

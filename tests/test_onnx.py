@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 

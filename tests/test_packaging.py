@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+
 REPO = Path(__file__).resolve().parents[1]
 
 SMOKE = textwrap.dedent(
@@ -43,7 +44,9 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
-        check=True, timeout=300, cwd=out,
+        check=True,
+        timeout=300,
+        cwd=out,
     )
     (path,) = out.glob("aaclip_hf-*.whl")
     return path
@@ -67,10 +70,20 @@ def test_wheel_has_one_namespace_and_the_tokenizer(wheel):
 
 def test_installed_wheel_works_outside_the_source_tree(wheel, tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        timeout=300,
+    )
     script = tmp_path / "smoke.py"
     script.write_text(SMOKE)
-    result = subprocess.run([sys.executable, str(script), str(target), str(REPO)], cwd=tmp_path, check=True,
-                            capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=""))
+    result = subprocess.run(
+        [sys.executable, str(script), str(target), str(REPO)],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=""),
+    )
     assert "wheel OK" in result.stdout

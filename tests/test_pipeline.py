@@ -47,7 +47,14 @@ def test_paths_pil_arrays_and_tensors_give_the_same_result(pipe, tmp_path):
     path = tmp_path / "img.png"
     image.save(path)
     array = np.array(image)
-    inputs = [str(path), path, image, array, array.astype(np.float32) / 255.0, torch.from_numpy(array).permute(2, 0, 1)]
+    inputs = [
+        str(path),
+        path,
+        image,
+        array,
+        array.astype(np.float32) / 255.0,
+        torch.from_numpy(array).permute(2, 0, 1),
+    ]
     scores = [pipe(item, class_name="bottle")["score"] for item in inputs]
     np.testing.assert_allclose(scores, scores[0], atol=1e-6)
     gray = pipe(np.asarray(image.convert("L")), class_name="bottle")
@@ -91,7 +98,9 @@ def test_missing_anchors_are_computed_once_and_cached(processor, monkeypatch):
     pipe = AAClipAnomalyDetectionPipeline(model=model, processor=processor, device="cpu")
     calls = []
     original = model.update_text_anchors
-    monkeypatch.setattr(model, "update_text_anchors", lambda proc, names: (calls.append(list(names)), original(proc, names)))
+    monkeypatch.setattr(
+        model, "update_text_anchors", lambda proc, names: (calls.append(list(names)), original(proc, names))
+    )
     images = [_image(seed=i) for i in range(3)]
     pipe(images, class_name=["widget", "gear", "widget"], batch_size=2)
     pipe(images[0], class_name="widget")
@@ -140,7 +149,9 @@ def test_registered_task_loads_a_saved_folder_in_process(tiny_model, processor, 
     assert isinstance(detector, AAClipAnomalyDetectionPipeline)
     direct = AAClipAnomalyDetectionPipeline(model=tiny_model, processor=processor, device="cpu")
     image = _image()
-    assert detector(image, class_name="bottle")["score"] == pytest.approx(direct(image, class_name="bottle")["score"], abs=1e-6)
+    assert detector(image, class_name="bottle")["score"] == pytest.approx(
+        direct(image, class_name="bottle")["score"], abs=1e-6
+    )
 
 
 def test_generator_inputs_with_per_item_classes(pipe):

@@ -8,6 +8,7 @@ import torch
 from aaclip_hf import AAClipConfig, AAClipModel
 from aaclip_hf.precision import cast_for_inference, dtype_supported, resolve_dtype
 
+
 # bf16 keeps 8 significand bits: unit roundoff u = 2**-8.
 BF16_U = 2.0**-8
 
@@ -32,7 +33,7 @@ def test_resolve_dtype_names_and_defaults():
 
 def _model():
     torch.manual_seed(0)
-    config = AAClipConfig.tiny(vision_config=dict(image_size=64, patch_size=8))
+    config = AAClipConfig.tiny(vision_config={"image_size": 64, "patch_size": 8})
     model = AAClipModel(config).eval()
     model.init_adapter_weights(seed=0)
     anchors = torch.nn.functional.normalize(torch.randn(2, config.projection_dim, 2), dim=1)

@@ -10,6 +10,7 @@ from PIL import Image
 from aaclip_hf import AAClipProcessor
 from aaclip_hf.modeling.processing_aaclip import CLASS_NAME_TABLE
 
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -21,11 +22,13 @@ def _photo(width=97, height=61, seed=0) -> Image.Image:
 
 def test_images_match_the_reference_torchvision_pipeline():
     torchvision_transforms = pytest.importorskip("torchvision.transforms")
-    reference = torchvision_transforms.Compose([
-        torchvision_transforms.Resize((518, 518), interpolation=torchvision_transforms.InterpolationMode.BICUBIC),
-        torchvision_transforms.ToTensor(),
-        torchvision_transforms.Normalize(OPENAI_MEAN, OPENAI_STD),
-    ])
+    reference = torchvision_transforms.Compose(
+        [
+            torchvision_transforms.Resize((518, 518), interpolation=torchvision_transforms.InterpolationMode.BICUBIC),
+            torchvision_transforms.ToTensor(),
+            torchvision_transforms.Normalize(OPENAI_MEAN, OPENAI_STD),
+        ]
+    )
     processor = AAClipProcessor()
     images = [_photo(), _photo(300, 200, seed=1).convert("L")]
     ours = processor(images=images)["pixel_values"]
@@ -50,7 +53,9 @@ def test_masks_are_resized_nearest_and_stay_binary(processor):
     rng = np.random.default_rng(0)
     odd = (rng.random((90, 70)) > 0.5).astype(np.uint8) * 255
     reference = np.asarray(Image.fromarray(odd).resize((37, 51), Image.NEAREST)) != 0
-    torch.testing.assert_close(processor.preprocess_masks(odd, size=(51, 37))[0], torch.from_numpy(reference.astype(np.float32)))
+    torch.testing.assert_close(
+        processor.preprocess_masks(odd, size=(51, 37))[0], torch.from_numpy(reference.astype(np.float32))
+    )
     with pytest.raises(ValueError, match=r"mask 0 must be 2-D"):
         processor.preprocess_masks([np.zeros((2, 3, 4, 5))])
 

@@ -22,6 +22,7 @@ from aaclip_hf.synthetic import generate_synthetic_dataset
 
 from .conftest import make_tiny_model
 
+
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 NUM_IMAGES = 15  # 3 classes x (3 normal + 2 anomalous): odd, and not a multiple of 2 processes x batch 2
 
@@ -68,16 +69,36 @@ def setup(tmp_path_factory):
     model.update_text_anchors(processor, ["object", "stripes", "disc", "pill"])
     model.save_pretrained(root / "model")
     processor.save_pretrained(root / "model")
-    generate_synthetic_dataset(root / "data", classes=["stripes", "disc", "pill"], image_size=32, n_train_good=0,
-                               n_test_good=3, n_test_defect_per_kind=1, defect_kinds=["hole", "stain"],
-                               progress=False)
+    generate_synthetic_dataset(
+        root / "data",
+        classes=["stripes", "disc", "pill"],
+        image_size=32,
+        n_train_good=0,
+        n_test_good=3,
+        n_test_defect_per_kind=1,
+        defect_kinds=["hole", "stain"],
+        progress=False,
+    )
     (root / "evaluate.py").write_text(SCRIPT)
     return root
 
 
 def _argv(setup, out) -> list[str]:
-    return ["--model", str(setup / "model"), "--data", str(setup / "data"), "--output", str(out), "--batch-size", "2",
-            "--num-workers", "0", "--device", "cpu", "--no-progress"]
+    return [
+        "--model",
+        str(setup / "model"),
+        "--data",
+        str(setup / "data"),
+        "--output",
+        str(out),
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
 
 
 def test_two_process_evaluation_equals_one_without_tail_duplicates(setup, tmp_path):
@@ -90,9 +111,23 @@ def test_two_process_evaluation_equals_one_without_tail_duplicates(setup, tmp_pa
     assert one["settings"]["num_images"] == NUM_IMAGES
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(setup / "evaluate.py"),
-           *_argv(setup, tmp_path / "two")]
+    cmd = [
+        ACCELERATE,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(setup / "evaluate.py"),
+        *_argv(setup, tmp_path / "two"),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "results.json").read_text())

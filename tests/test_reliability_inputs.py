@@ -23,8 +23,8 @@ from aaclip_hf.synthetic import generate_synthetic_dataset
 
 from .conftest import make_tiny_model
 
-LONG_CLASS = " ".join(["very"] * 80) + " long part name"
 
+LONG_CLASS = " ".join(["very"] * 80) + " long part name"
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,16 @@ def pipe(loaded):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("rel_data")
-    generate_synthetic_dataset(root / "data", classes=["stripes"], image_size=32, n_train_good=0, n_test_good=3,
-                               n_test_defect_per_kind=1, defect_kinds=["hole", "stain"], progress=False)
+    generate_synthetic_dataset(
+        root / "data",
+        classes=["stripes"],
+        image_size=32,
+        n_train_good=0,
+        n_test_good=3,
+        n_test_defect_per_kind=1,
+        defect_kinds=["hole", "stain"],
+        progress=False,
+    )
     return root / "data"
 
 
@@ -122,8 +130,18 @@ def test_odd_image_files_follow_one_policy_in_pipeline_and_detect(pipe, model_di
     white = pipe(np.full((24, 18, 3), 255, np.uint8))["score"]
     assert pipe(str(images["scan16.png"][0]))["score"] != white
 
-    code, err = _cli(capsys, "detect", tmp_path / "odd", "--model", model_dir, "--output", tmp_path / "out",
-                     "--device", "cpu", "--no-progress")
+    code, err = _cli(
+        capsys,
+        "detect",
+        tmp_path / "odd",
+        "--model",
+        model_dir,
+        "--output",
+        tmp_path / "out",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 0, err
     records = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert sorted(r["image"].split("/")[-1] for r in records) == sorted(images)
@@ -134,7 +152,7 @@ def test_odd_image_files_follow_one_policy_in_pipeline_and_detect(pipe, model_di
 def test_processor_scales_high_bit_pil_images(loaded):
     """A 16-bit PIL image handed straight to the processor is stretched, not clipped (same as the file reader)."""
     _, processor = loaded
-    scan = (np.arange(24 * 18, dtype=np.uint16).reshape(24, 18) * 7 + 1000)
+    scan = np.arange(24 * 18, dtype=np.uint16).reshape(24, 18) * 7 + 1000
     lo, hi = float(scan.min()), float(scan.max())
     eight_bit = np.rint((scan - lo) / (hi - lo) * 255).astype(np.uint8)
     got = processor(images=[Image.fromarray(scan)])["pixel_values"]
@@ -161,8 +179,19 @@ def test_bad_image_file_is_named_by_pipeline_and_detect(pipe, model_dir, dataset
     with pytest.raises((ValueError, FileNotFoundError), match=expected) as info:
         pipe(str(bad))
     assert str(bad) in str(info.value)
-    code, err = _cli(capsys, "detect", good, bad, "--model", model_dir, "--output", tmp_path / "out", "--device",
-                     "cpu", "--no-progress")
+    code, err = _cli(
+        capsys,
+        "detect",
+        good,
+        bad,
+        "--model",
+        model_dir,
+        "--output",
+        tmp_path / "out",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 2 and str(bad) in err and expected in err.lower(), err
 
 
@@ -171,8 +200,19 @@ def test_evaluate_names_a_corrupt_image_or_skips_and_counts_it(model_dir, datase
     shutil.copytree(dataset, data)
     bad = data / "stripes" / "test" / "hole" / "000.png"
     bad.write_bytes(bad.read_bytes()[:100])
-    argv = ["evaluate", "--model", model_dir, "--data", data, "--device", "cpu", "--num-workers", "0",
-            "--no-progress", "--output"]
+    argv = [
+        "evaluate",
+        "--model",
+        model_dir,
+        "--data",
+        data,
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--output",
+    ]
     code, err = _cli(capsys, *argv, tmp_path / "a")
     assert code == 2 and str(bad) in err and "image_path" in err, err
     code, err = _cli(capsys, *argv, tmp_path / "b", "--skip-bad-files")
@@ -210,29 +250,59 @@ def test_mask_of_another_size_and_missing_mask_are_named(model_dir, dataset, tmp
     shutil.copytree(dataset, data)
     mask = data / "stripes" / "ground_truth" / "stain" / "000_mask.png"
     Image.new("L", (16, 8), 255).save(mask)
-    argv = ["evaluate", "--model", model_dir, "--device", "cpu", "--num-workers", "0", "--no-progress", "--output",
-            tmp_path / "out", "--data"]
+    argv = [
+        "evaluate",
+        "--model",
+        model_dir,
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--output",
+        tmp_path / "out",
+        "--data",
+    ]
     code, err = _cli(capsys, *argv, data)
     assert code == 2 and str(mask) in err and "mask is 16x8 but its image" in err and "32x32" in err, err
 
     # a metadata file whose mask does not exist: the line, the field and the path
     meta = tmp_path / "meta.jsonl"
-    lines = [{"image_path": str(dataset / "stripes" / "test" / "good" / "000.png"), "label": 0, "class_name": "stripes"},
-             {"image_path": str(dataset / "stripes" / "test" / "hole" / "000.png"), "label": 1, "class_name": "stripes",
-              "mask_path": str(tmp_path / "gone_mask.png")}]
+    lines = [
+        {"image_path": str(dataset / "stripes" / "test" / "good" / "000.png"), "label": 0, "class_name": "stripes"},
+        {
+            "image_path": str(dataset / "stripes" / "test" / "hole" / "000.png"),
+            "label": 1,
+            "class_name": "stripes",
+            "mask_path": str(tmp_path / "gone_mask.png"),
+        },
+    ]
     meta.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     code, err = _cli(capsys, *argv, meta)
     assert code == 2 and "gone_mask.png" in err and "mask_path" in err and "line 2" in err, err
 
 
-@pytest.mark.parametrize("record, field", [({"label": "maybe"}, "label"), ({"image_path": 7}, "image_path"),
-                                           ({"class_name": ""}, "class_name")])
+@pytest.mark.parametrize(
+    "record, field",
+    [({"label": "maybe"}, "label"), ({"image_path": 7}, "image_path"), ({"class_name": ""}, "class_name")],
+)
 def test_metadata_line_with_a_bad_field_names_line_and_field(model_dir, dataset, tmp_path, capsys, record, field):
     meta = tmp_path / "meta.jsonl"
     good = {"image_path": str(dataset / "stripes" / "test" / "good" / "000.png"), "label": 0, "class_name": "stripes"}
     meta.write_text(json.dumps(good) + "\n" + json.dumps({**good, **record}) + "\n")
-    code, err = _cli(capsys, "evaluate", "--model", model_dir, "--data", meta, "--device", "cpu", "--output",
-                     tmp_path / "out", "--no-progress")
+    code, err = _cli(
+        capsys,
+        "evaluate",
+        "--model",
+        model_dir,
+        "--data",
+        meta,
+        "--device",
+        "cpu",
+        "--output",
+        tmp_path / "out",
+        "--no-progress",
+    )
     assert code == 2 and "line 2" in err and f"field {field!r}" in err and "expected" in err, err
 
 
@@ -249,11 +319,25 @@ def test_unknown_class_on_inference_only_model_is_named(loaded, tmp_path, capsys
     lite = make_pipeline(*load_model_and_processor(str(folder), "cpu"))
     image = np.zeros((8, 8, 3), np.uint8)
     assert 0.0 <= lite(image, class_name="stripes")["score"] <= 1.0  # stored: fine without a tokenizer
-    with pytest.raises(ValueError, match=r"\['bottle'\] have no stored anchors.*inference-only.*\['object', 'stripes'\]"):
+    with pytest.raises(
+        ValueError, match=r"\['bottle'\] have no stored anchors.*inference-only.*\['object', 'stripes'\]"
+    ):
         lite(image, class_name="bottle")
     Image.fromarray(image).save(tmp_path / "x.png")
-    code, err = _cli(capsys, "detect", tmp_path / "x.png", "--model", folder, "--class-name", "bottle", "--output",
-                     tmp_path / "out", "--device", "cpu", "--no-progress")
+    code, err = _cli(
+        capsys,
+        "detect",
+        tmp_path / "x.png",
+        "--model",
+        folder,
+        "--class-name",
+        "bottle",
+        "--output",
+        tmp_path / "out",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 2 and "bottle" in err and "inference-only" in err, err
 
 
@@ -262,19 +346,38 @@ def test_prompt_over_77_tokens_is_a_clear_error(pipe, model_dir, tmp_path, capsy
     with pytest.raises(ValueError, match=r"over CLIP's 77-token context.*class_name_table"):
         pipe(image, class_name=LONG_CLASS)
     Image.fromarray(image).save(tmp_path / "x.png")
-    code, err = _cli(capsys, "detect", tmp_path / "x.png", "--model", model_dir, "--class-name", LONG_CLASS,
-                     "--output", tmp_path / "out", "--device", "cpu", "--no-progress")
+    code, err = _cli(
+        capsys,
+        "detect",
+        tmp_path / "x.png",
+        "--model",
+        model_dir,
+        "--class-name",
+        LONG_CLASS,
+        "--output",
+        tmp_path / "out",
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert code == 2 and "77-token" in err, err
 
 
 # ------------------------------------------------------------------ configs and checkpoints
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("feature_layers", [0, 9], "feature_layers must be strictly increasing"),
-    ("image_score_mode", {"industrial": "best", "medical": "map"}, "image_score_mode['industrial'] must be one of"),
-    ("vision_adapter_weight", 1.5, "vision_adapter_weight must be in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("feature_layers", [0, 9], "feature_layers must be strictly increasing"),
+        (
+            "image_score_mode",
+            {"industrial": "best", "medical": "map"},
+            "image_score_mode['industrial'] must be one of",
+        ),
+        ("vision_adapter_weight", 1.5, "vision_adapter_weight must be in [0, 1]"),
+    ],
+)
 def test_config_json_with_an_invalid_field_names_it(model_dir, dataset, tmp_path, capsys, field, value, message):
     folder = tmp_path / "model"
     shutil.copytree(model_dir, folder)
@@ -294,10 +397,19 @@ def foreign(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("foreign")
     torch.manual_seed(0)
-    bert = BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
-                                vocab_size=50))
-    vit = ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
-                             image_size=16, patch_size=8))
+    bert = BertModel(
+        BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8, vocab_size=50)
+    )
+    vit = ViTModel(
+        ViTConfig(
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=8,
+            image_size=16,
+            patch_size=8,
+        )
+    )
     bert.save_pretrained(root / "bert")
     vit.save_pretrained(root / "vit")
     torch.save(bert.state_dict(), root / "bert.pth")
@@ -314,8 +426,19 @@ def test_another_architecture_folder_is_refused(foreign, dataset, tmp_path, caps
     # as the CLIP backbone of a new AA-CLIP (`aaclip train --model` with a non-AA-CLIP folder)
     with pytest.raises(ValueError, match=f"model_type '{arch}'; expected a CLIP model"):
         AAClipModel.from_clip_pretrained(str(foreign / arch))
-    code, err = _cli(capsys, "train", "--model", foreign / arch, "--train-data", dataset, "--output", tmp_path / "t",
-                     "--num-workers", "0", "--no-progress")
+    code, err = _cli(
+        capsys,
+        "train",
+        "--model",
+        foreign / arch,
+        "--train-data",
+        dataset,
+        "--output",
+        tmp_path / "t",
+        "--num-workers",
+        "0",
+        "--no-progress",
+    )
     assert code == 2 and f"model_type '{arch}'" in err and not (tmp_path / "t" / "checkpoints").exists(), err
 
 

@@ -20,6 +20,7 @@ from aaclip_hf.conversion.loading import UnsafeCheckpointError, load_tensor_file
 
 from .conftest import make_tiny_model
 
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIRS = ("aaclip_hf", "modeling", "conversion", "training")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt", ".pickle")
@@ -85,8 +86,11 @@ class _Payload:
 def test_malicious_pth_is_refused_and_never_runs(tmp_path, zipfile_format):
     marker = tmp_path / "pwned"
     path = tmp_path / "weights.pth"
-    torch.save({"visual.proj": torch.zeros(2, 2), "extra": _Payload(marker)}, path,
-               _use_new_zipfile_serialization=zipfile_format)
+    torch.save(
+        {"visual.proj": torch.zeros(2, 2), "extra": _Payload(marker)},
+        path,
+        _use_new_zipfile_serialization=zipfile_format,
+    )
     with pytest.raises(UnsafeCheckpointError, match=r"weights\.pth: refusing to load"):
         load_tensor_file(path)
     assert not marker.exists()

@@ -24,17 +24,31 @@ from aaclip_hf.image_io import BadInputError
 from aaclip_hf.training import trainer as trainer_mod
 from aaclip_hf.training.trainer import NonFiniteLossError, Trainer, TrainingArguments
 
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl",
-                    "custom_checkpoint_1.pkl")
 
-
+CHECKPOINT_FILES = (
+    "trainer_state.json",
+    "optimizer.bin",
+    "random_states_0.pkl",
+    "custom_checkpoint_0.pkl",
+    "custom_checkpoint_1.pkl",
+)
 
 
 def _args(training_root, out, **kw) -> TrainingArguments:
     """Both stages, 4 steps each (16 images, global batch 4)."""
-    base = dict(model=str(training_root / "model"), train_data=[str(training_root / "data")], output_dir=str(out), text_epochs=1,
-                vision_epochs=1, text_batch_size=4, vision_batch_size=4, vision_milestones=[2], num_workers=0,
-                progress=False, log_every=1)
+    base = {
+        "model": str(training_root / "model"),
+        "train_data": [str(training_root / "data")],
+        "output_dir": str(out),
+        "text_epochs": 1,
+        "vision_epochs": 1,
+        "text_batch_size": 4,
+        "vision_batch_size": 4,
+        "vision_milestones": [2],
+        "num_workers": 0,
+        "progress": False,
+        "log_every": 1,
+    }
     base.update(kw)
     return TrainingArguments(**base)
 
@@ -98,8 +112,9 @@ def _arm_on_save(monkeypatch, target: int) -> dict:
 
 
 @pytest.mark.parametrize("point", ["inside_save_state", "before_rename", "deleting_previous"])
-def test_crash_during_checkpoint_write_keeps_a_complete_latest_and_resume_is_identical(training_root, tmp_path, reference,
-                                                                                         monkeypatch, point):
+def test_crash_during_checkpoint_write_keeps_a_complete_latest_and_resume_is_identical(
+    training_root, tmp_path, reference, monkeypatch, point
+):
     """The 3rd checkpoint write (after step 3) dies: half-way through accelerate's files, just before the
     atomic rename, or half-way through deleting the previous checkpoint."""
     import accelerate.accelerator as acc_module
@@ -176,12 +191,33 @@ DIE_IN_SAVE = textwrap.dedent(
 def test_process_killed_inside_a_checkpoint_write_then_resume(training_root, tmp_path, reference):
     """A real death (os._exit: no cleanup, no exception handling) in the middle of accelerate's writes."""
     args = _args(training_root, tmp_path, checkpointing_steps=1)
-    argv = ["--model", args.model, "--train-data", *args.train_data, "--output", args.output_dir,
-            "--text-epochs", "1", "--vision-epochs", "1", "--text-batch-size", "4", "--vision-batch-size", "4",
-            "--vision-milestones", "2", "--num-workers", "0", "--no-progress", "--checkpointing-steps", "1"]
+    argv = [
+        "--model",
+        args.model,
+        "--train-data",
+        *args.train_data,
+        "--output",
+        args.output_dir,
+        "--text-epochs",
+        "1",
+        "--vision-epochs",
+        "1",
+        "--text-batch-size",
+        "4",
+        "--vision-batch-size",
+        "4",
+        "--vision-milestones",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--checkpointing-steps",
+        "1",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, "-c", DIE_IN_SAVE, *argv], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", DIE_IN_SAVE, *argv], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 137, done.stderr[-2000:]
     assert _checkpoints(tmp_path) == ["checkpoint-2"]
     _assert_complete(tmp_path / "checkpoints" / "checkpoint-2")
@@ -206,8 +242,9 @@ def test_no_step_is_checkpointed_twice(training_root, tmp_path, monkeypatch):
     assert steps == list(range(1, 9))
 
 
-def test_nonfinite_loss_stops_keeps_last_good_checkpoint_and_resume_is_identical(training_root, tmp_path, reference,
-                                                                                  monkeypatch):
+def test_nonfinite_loss_stops_keeps_last_good_checkpoint_and_resume_is_identical(
+    training_root, tmp_path, reference, monkeypatch
+):
     args = _args(training_root, tmp_path, checkpointing_steps=1)
     with monkeypatch.context() as m:
         calls = {"n": 0}
@@ -246,8 +283,17 @@ def test_corrupt_image_is_caught_before_the_first_step(training_root, data_copy,
     bad.write_bytes(data[: len(data) // 2])  # a truncated download
     monkeypatch.setattr(Trainer, "train_step", lambda *a, **k: pytest.fail("a step ran before the data was checked"))
     out = tmp_path / "out"
-    argv = ["--model", str(training_root / "model"), "--train-data", str(data_copy), "--output", str(out), "--no-progress",
-            "--num-workers", "0"]
+    argv = [
+        "--model",
+        str(training_root / "model"),
+        "--train-data",
+        str(data_copy),
+        "--output",
+        str(out),
+        "--no-progress",
+        "--num-workers",
+        "0",
+    ]
     assert trainer_mod.main(argv) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "truncated" in err and "image_path" in err
@@ -268,8 +314,9 @@ def test_skip_bad_files_drops_counts_and_trains(training_root, data_copy, tmp_pa
     (data_copy / "disc" / "test" / "good" / "001.png").write_text("not a png")
     trainer = Trainer(_args(training_root, tmp_path / "out", train_data=[str(data_copy)], skip_bad_files=True))
     assert len(trainer.samples) == 15
-    assert not any(s.image_path.endswith(os.path.join("good", "001.png")) and s.class_name == "disc"
-                   for s in trainer.samples)
+    assert not any(
+        s.image_path.endswith(os.path.join("good", "001.png")) and s.class_name == "disc" for s in trainer.samples
+    )
     assert "skipped 1 bad entry" in caplog.text and "001.png" in caplog.text
     trainer.train()
     assert (tmp_path / "out" / "model.safetensors").is_file()

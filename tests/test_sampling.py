@@ -13,7 +13,9 @@ def _pool(classes=("a", "b", "c"), n_normal=20, n_anomaly=12):
     out = []
     for cls in classes:
         out += [Sample(f"/d/{cls}/good/{i:03d}.png", 0, cls) for i in range(n_normal)]
-        out += [Sample(f"/d/{cls}/bad/{i:03d}.png", 1, cls, f"/d/{cls}/gt/{i:03d}.png", "bad") for i in range(n_anomaly)]
+        out += [
+            Sample(f"/d/{cls}/bad/{i:03d}.png", 1, cls, f"/d/{cls}/gt/{i:03d}.png", "bad") for i in range(n_anomaly)
+        ]
     return out
 
 

@@ -35,8 +35,10 @@ def test_auto_classes_resolve_to_the_package(tmp_path, tiny_model, processor):
     processor.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "aaclip"
-    assert config["auto_map"] == {"AutoConfig": "configuration_aaclip.AAClipConfig",
-                                  "AutoModel": "modeling_aaclip.AAClipModel"}
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_aaclip.AAClipConfig",
+        "AutoModel": "modeling_aaclip.AAClipModel",
+    }
     for name in ("configuration_aaclip.py", "modeling_aaclip.py", "processing_aaclip.py"):
         assert (tmp_path / name).is_file()
     # The installed package is registered: no trust_remote_code needed.
@@ -87,8 +89,13 @@ def test_remote_code_loads_in_a_process_without_the_package(tmp_path, tiny_model
     script = tmp_path / "remote.py"
     script.write_text(REMOTE_SCRIPT)
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
-    subprocess.run([sys.executable, str(script), str(folder), str(tmp_path / "pixels.pt"), str(tmp_path / "out.pt")],
-                   cwd=tmp_path, env=env, check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(script), str(folder), str(tmp_path / "pixels.pt"), str(tmp_path / "out.pt")],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        timeout=300,
+    )
     remote = torch.load(tmp_path / "out.pt")
     with torch.no_grad():
         local = tiny_model(pixel_values, class_names=["bottle", "pcb1", "object"])

@@ -22,6 +22,7 @@ from aaclip_hf.synthetic import (
     render_normal,
 )
 
+
 SIZE = 32
 
 
@@ -80,7 +81,16 @@ def _digest(root):
 
 def test_generated_layout_reads_back_and_masks_match(tmp_path):
     classes = ["stripes", "disc", "pill"]
-    root = generate_synthetic_dataset(tmp_path / "a", classes=classes, image_size=SIZE, n_train_good=2, n_test_good=2, n_test_defect_per_kind=1, seed=3, progress=False)
+    root = generate_synthetic_dataset(
+        tmp_path / "a",
+        classes=classes,
+        image_size=SIZE,
+        n_train_good=2,
+        n_test_good=2,
+        n_test_defect_per_kind=1,
+        seed=3,
+        progress=False,
+    )
     test = load_samples(root)
     assert len(test) == 3 * (2 + len(DEFECT_KINDS))
     assert {s.class_name for s in test} == set(classes)
@@ -91,7 +101,9 @@ def test_generated_layout_reads_back_and_masks_match(tmp_path):
         if s.label == 0:
             continue
         assert s.mask_path.endswith(os.path.join("ground_truth", s.defect_type, "000_mask.png"))
-        normal, defective, mask = render_defect(s.class_name, s.defect_type, _rng(3, s.class_name, "test", s.defect_type, 0), SIZE)
+        normal, defective, mask = render_defect(
+            s.class_name, s.defect_type, _rng(3, s.class_name, "test", s.defect_type, 0), SIZE
+        )
         on_disk = np.asarray(Image.open(s.image_path).convert("RGB"))
         np.testing.assert_array_equal(on_disk, defective)
         disk_mask = np.asarray(Image.open(s.mask_path))
@@ -100,7 +112,7 @@ def test_generated_layout_reads_back_and_masks_match(tmp_path):
 
 
 def test_deterministic_by_seed_and_independent_of_other_classes(tmp_path):
-    kw = dict(image_size=SIZE, n_train_good=1, n_test_good=1, n_test_defect_per_kind=1, progress=False)
+    kw = {"image_size": SIZE, "n_train_good": 1, "n_test_good": 1, "n_test_defect_per_kind": 1, "progress": False}
     a = generate_synthetic_dataset(tmp_path / "a", classes=["wood", "hexnut"], seed=7, **kw)
     b = generate_synthetic_dataset(tmp_path / "b", classes=["wood", "hexnut"], seed=7, **kw)
     c = generate_synthetic_dataset(tmp_path / "c", classes=["wood", "hexnut"], seed=8, **kw)
@@ -120,7 +132,30 @@ def test_preview_and_cli(tmp_path):
     from aaclip_hf.cli import main
 
     out = tmp_path / "syn"
-    assert main(["make-synthetic", str(out), "--image-size", "24", "--classes", "grid", "cable", "--n-train-good", "1", "--n-test-good", "2", "--n-test-defect-per-kind", "1", "--seed", "2", "--preview", str(tmp_path / "p.png")]) == 0
+    assert (
+        main(
+            [
+                "make-synthetic",
+                str(out),
+                "--image-size",
+                "24",
+                "--classes",
+                "grid",
+                "cable",
+                "--n-train-good",
+                "1",
+                "--n-test-good",
+                "2",
+                "--n-test-defect-per-kind",
+                "1",
+                "--seed",
+                "2",
+                "--preview",
+                str(tmp_path / "p.png"),
+            ]
+        )
+        == 0
+    )
     assert sorted(os.listdir(out / "cable" / "test")) == sorted(["good", *DEFECT_KINDS])
     with Image.open(tmp_path / "p.png") as sheet:
         tile = 96

@@ -14,6 +14,7 @@ from aaclip_hf.training.augment import (
     sample_seed,
 )
 
+
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
@@ -69,13 +70,19 @@ def test_seeded_and_reproducible_with_expected_rates():
     b = sample_params(cfg, torch.Generator().manual_seed(sample_seed(111, 3, 7)), 64, 64)
     assert a == b
     draws = [sample_params(cfg, torch.Generator().manual_seed(sample_seed(5, 0, i)), 100, 100) for i in range(2000)]
-    rate = lambda f: sum(map(f, draws)) / len(draws)
+
+    def rate(f):
+        return sum(map(f, draws)) / len(draws)
+
     assert rate(lambda p: p["hflip"]) == pytest.approx(0.5, abs=0.04)
     assert rate(lambda p: p["angle"] != 0) == pytest.approx(0.5, abs=0.04)
     assert rate(lambda p: any(n == "contrast" for n, _ in p["jitter"])) == pytest.approx(0.7, abs=0.04)
     assert max(abs(p["angle"]) for p in draws) <= 30 and max(abs(p["tx"]) for p in draws) <= 15
     assert all(0.5 <= f <= 1.5 for p in draws for _, f in p["jitter"])
-    assert not any(p["jitter"] for p in [sample_params(AugmentConfig(), torch.Generator().manual_seed(i), 8, 8) for i in range(50)])
+    assert not any(
+        p["jitter"]
+        for p in [sample_params(AugmentConfig(), torch.Generator().manual_seed(i), 8, 8) for i in range(50)]
+    )
 
 
 def test_color_jitter_formulas():

@@ -14,6 +14,7 @@ import pytest
 
 from aaclip_hf.demo import FULL, train_and_compare
 
+
 SEED = 111
 # Measured (2-core CPU, 1 thread): held-out mean pixel AUROC 0.557 -> 0.721 (+0.164), AUPRO 0.254 -> 0.348
 # (+0.094). The margins leave room for platform/thread nondeterminism in training, yet fail if training stops
@@ -32,13 +33,17 @@ def test_training_raises_held_out_pixel_auroc(tmp_path):
     assert set(after.classes) == set(result.held_out_classes)
     assert not set(result.train_classes) & set(result.held_out_classes)  # zero-shot: never trained on
 
-    print(f"\ndemo recipe, seed {SEED}: {seconds:.0f} s in all ({result.seconds['train']:.0f} s training on "
-          f"{len(result.train_classes)} classes)")
+    print(
+        f"\ndemo recipe, seed {SEED}: {seconds:.0f} s in all ({result.seconds['train']:.0f} s training on "
+        f"{len(result.train_classes)} classes)"
+    )
     print(f"{'held-out class':<15} {'pixel AUROC':>17} {'pixel AUPRO':>17}")
     for name in [*after.classes, "mean"]:
         b, a = (before.mean, after.mean) if name == "mean" else (before.classes[name], after.classes[name])
-        print(f"{name:<15} {b['pixel_auroc']:>7.3f} -> {a['pixel_auroc']:.3f} {b['pixel_aupro']:>7.3f} -> "
-              f"{a['pixel_aupro']:.3f}")
+        print(
+            f"{name:<15} {b['pixel_auroc']:>7.3f} -> {a['pixel_auroc']:.3f} {b['pixel_aupro']:>7.3f} -> "
+            f"{a['pixel_aupro']:.3f}"
+        )
 
     auroc_gain = after.mean["pixel_auroc"] - before.mean["pixel_auroc"]
     aupro_gain = after.mean["pixel_aupro"] - before.mean["pixel_aupro"]

@@ -93,7 +93,9 @@ def test_image_losses_hand_computed():
     x = torch.tensor([[0.6, 0.8, 0.0], [0.8, 0.0, 0.6]], dtype=torch.float64)
     y = torch.tensor([1, 0])
     # CE on raw dots: logits (0.6, 0.8) and (0.8, 0.0)
-    ce = (-math.log(math.exp(0.8) / (math.exp(0.6) + math.exp(0.8))) - math.log(math.exp(0.8) / (math.exp(0.8) + 1))) / 2
+    ce = (
+        -math.log(math.exp(0.8) / (math.exp(0.6) + math.exp(0.8))) - math.log(math.exp(0.8) / (math.exp(0.8) + 1))
+    ) / 2
     assert image_ce_loss(x, anchors, y).item() == pytest.approx(ce, rel=1e-12)
     # BCE on P(anomaly) = sigmoid(t * (x.T_A - x.T_N)) with t = 10
     p0 = 1 / (1 + math.exp(-10 * (0.8 - 0.6)))
@@ -126,8 +128,18 @@ def test_stage1_reference_uses_last_level_only():
 def test_stage1_paper_sums_levels_and_adds_bce():
     maps, masks, anchors, image, labels = _random_case()
     class_anchors = anchors[:2]
-    out = stage1_loss(maps, masks, None, anchors, variant="paper", disentangle_weight=0.1, image_embeds=image,
-                      labels=labels, class_anchors=class_anchors, class_keys=["a", "b"])
+    out = stage1_loss(
+        maps,
+        masks,
+        None,
+        anchors,
+        variant="paper",
+        disentangle_weight=0.1,
+        image_embeds=image,
+        labels=labels,
+        class_anchors=class_anchors,
+        class_keys=["a", "b"],
+    )
     seg = sum(segmentation_loss(m, masks).item() for m in maps)
     bce = image_bce_loss(image, anchors, labels).item()
     dis = 0.1 * disentangle_loss_paper(class_anchors).item()
@@ -179,21 +191,38 @@ def test_split_batch_matches_global_batch(variant):
     keys = ["a", "b", "a", "c"]
 
     def leaves():
-        return [m.clone().requires_grad_(True) for m in maps0], anchors0.clone().requires_grad_(True), image0.clone().requires_grad_(True)
+        return (
+            [m.clone().requires_grad_(True) for m in maps0],
+            anchors0.clone().requires_grad_(True),
+            image0.clone().requires_grad_(True),
+        )
 
     table_index = {"a": 0, "b": 1, "c": 3}  # one anchor per class, as in training
 
     def compute(maps, table, image, idx, reducer, owners=None):
         anchors = table[[table_index[k] for k in keys]]
-        sel = lambda t: t[idx]
+
+        def sel(t):
+            return t[idx]
+
         if variant == "stage2":
-            return stage2_loss([sel(m) for m in maps], sel(masks), sel(valid), sel(image), sel(anchors), sel(labels),
-                               reducer=reducer)["loss"]
+            return stage2_loss(
+                [sel(m) for m in maps], sel(masks), sel(valid), sel(image), sel(anchors), sel(labels), reducer=reducer
+            )["loss"]
         local_keys = list(dict.fromkeys(keys[i] for i in idx))
-        return stage1_loss([sel(m) for m in maps], sel(masks), sel(valid), sel(anchors), variant=variant,
-                           image_embeds=sel(image), labels=sel(labels),
-                           class_anchors=table[[table_index[k] for k in local_keys]],
-                           class_keys=local_keys, key_owners=owners, reducer=reducer)["loss"]
+        return stage1_loss(
+            [sel(m) for m in maps],
+            sel(masks),
+            sel(valid),
+            sel(anchors),
+            variant=variant,
+            image_embeds=sel(image),
+            labels=sel(labels),
+            class_anchors=table[[table_index[k] for k in local_keys]],
+            class_keys=local_keys,
+            key_owners=owners,
+            reducer=reducer,
+        )["loss"]
 
     ml, al, il = leaves()
     full = compute(ml, al, il, [0, 1, 2, 3], None)

@@ -28,26 +28,53 @@ from aaclip_hf.training.trainer import (
     epoch_batches,
 )
 
+
 PYTHON = sys.executable
 ACCELERATE = os.path.join(os.path.dirname(PYTHON), "accelerate")
 
 
-
-
 def _args(training_root, out, **kw) -> TrainingArguments:
-    base = dict(model=str(training_root / "model"), train_data=[str(training_root / "data")], output_dir=str(out),
-                text_epochs=2, vision_epochs=1, text_batch_size=4, vision_batch_size=4, vision_milestones=[2],
-                num_workers=0, progress=False, log_every=1)
+    base = {
+        "model": str(training_root / "model"),
+        "train_data": [str(training_root / "data")],
+        "output_dir": str(out),
+        "text_epochs": 2,
+        "vision_epochs": 1,
+        "text_batch_size": 4,
+        "vision_batch_size": 4,
+        "vision_milestones": [2],
+        "num_workers": 0,
+        "progress": False,
+        "log_every": 1,
+    }
     base.update(kw)
     return TrainingArguments(**base)
 
 
 def _cli(args: TrainingArguments) -> list[str]:
-    out = ["--model", args.model, "--train-data", *args.train_data, "--output", args.output_dir,
-           "--text-epochs", str(args.text_epochs), "--vision-epochs", str(args.vision_epochs),
-           "--text-batch-size", str(args.text_batch_size), "--vision-batch-size", str(args.vision_batch_size),
-           "--vision-milestones", *map(str, args.vision_milestones), "--num-workers", "0", "--no-progress",
-           "--log-every", "1"]
+    out = [
+        "--model",
+        args.model,
+        "--train-data",
+        *args.train_data,
+        "--output",
+        args.output_dir,
+        "--text-epochs",
+        str(args.text_epochs),
+        "--vision-epochs",
+        str(args.vision_epochs),
+        "--text-batch-size",
+        str(args.text_batch_size),
+        "--vision-batch-size",
+        str(args.vision_batch_size),
+        "--vision-milestones",
+        *map(str, args.vision_milestones),
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--log-every",
+        "1",
+    ]
     if args.checkpointing_steps:
         out += ["--checkpointing-steps", str(args.checkpointing_steps)]
     return out
@@ -78,16 +105,23 @@ def _first_batch(trainer, stage, size):
 
 @pytest.mark.parametrize(
     "stage,extra",
-    [("text", {}), ("vision", {}), ("text", {"stage1_loss": "paper", "dpam_mode": "batch_axis"}),
-     ("vision", {"mixed_precision": "bf16"})],
+    [
+        ("text", {}),
+        ("vision", {}),
+        ("text", {"stage1_loss": "paper", "dpam_mode": "batch_axis"}),
+        ("vision", {"mixed_precision": "bf16"}),
+    ],
     ids=["text", "vision", "text-paper-batch_axis", "vision-bf16"],
 )
 def test_one_step_changes_exactly_the_stage_parameters(training_root, tmp_path, stage, extra):
     trainer = Trainer(_args(training_root, tmp_path, stage=stage, **extra))
     model = trainer.model
     trainer._start_stage(stage)
-    backbone = [n for n, p in model.named_parameters() if ".adapter." not in n and not n.startswith(
-        ("text_projector.", "seg_projections.", "det_projection."))]
+    backbone = [
+        n
+        for n, p in model.named_parameters()
+        if ".adapter." not in n and not n.startswith(("text_projector.", "seg_projections.", "det_projection."))
+    ]
     assert backbone and not any(dict(model.named_parameters())[n].requires_grad for n in backbone)
     before = _snapshot(model)
     # a batch with both labels, so every trained parameter receives a gradient
@@ -98,7 +132,9 @@ def test_one_step_changes_exactly_the_stage_parameters(training_root, tmp_path, 
     after = _snapshot(model)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     if stage == "text":
-        expected = {k for k in before if k.startswith("text_model.") and ".adapter." in k} | {"text_projector.fc.weight"}
+        expected = {k for k in before if k.startswith("text_model.") and ".adapter." in k} | {
+            "text_projector.fc.weight"
+        }
     else:
         expected = {k for k in before if k.startswith("vision_model.") and ".adapter." in k}
         expected |= {k for k in before if k.startswith(("seg_projections.", "det_projection."))}
@@ -146,9 +182,13 @@ def test_kill_9_then_resume_is_identical(training_root, tmp_path, reference_run)
     ckpt_dir = tmp_path / "checkpoints"
     deadline, found = time.time() + 300, False
     while time.time() < deadline and proc.poll() is None and not found:
-        found = ckpt_dir.is_dir() and any(n.startswith("checkpoint-") and int(n.split("-")[1]) >= 3 for n in os.listdir(ckpt_dir))
+        found = ckpt_dir.is_dir() and any(
+            n.startswith("checkpoint-") and int(n.split("-")[1]) >= 3 for n in os.listdir(ckpt_dir)
+        )
         time.sleep(0.02)
-    assert found and proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    assert found and proc.poll() is None, (
+        "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "model.safetensors").exists()
@@ -171,9 +211,24 @@ def _free_port() -> int:
 def test_two_processes_equal_one(training_root, tmp_path, reference_run):
     args = _args(training_root, tmp_path)
     env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    cmd = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "-m", "aaclip_hf.training", *_cli(args)]
+    cmd = [
+        ACCELERATE,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "aaclip_hf.training",
+        *_cli(args),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.load(open(tmp_path / "training_args.json"))["num_processes"] == 2
@@ -201,8 +256,10 @@ def test_epoch_batches_shards_form_the_global_batch():
 
 
 def test_maskless_data_trains_image_loss_only(training_root, tmp_path, caplog):
-    samples = [s if s.label == 0 else dataclasses.replace(s, mask_path=None)
-               for s in load_samples(str(training_root / "data"))]
+    samples = [
+        s if s.label == 0 else dataclasses.replace(s, mask_path=None)
+        for s in load_samples(str(training_root / "data"))
+    ]
     trainer = Trainer(_args(training_root, tmp_path, stage="vision"), samples=samples)
     assert "image-level loss only" in caplog.text
     trainer._start_stage("vision")
@@ -238,8 +295,19 @@ def test_cli_defaults_are_the_paper_setting():
     args = arguments_from_namespace(parser.parse_args(["--model", "m", "--train-data", "d", "--output", "o"]))
     assert (args.text_epochs, args.vision_epochs, args.text_lr, args.vision_lr) == (5, 20, 1e-5, 5e-4)
     assert (args.text_batch_size, args.vision_batch_size, args.adam_betas) == (16, 2, (0.5, 0.999))
-    assert (args.vision_milestones, args.lr_gamma, args.disentangle_weight, args.seed) == ([16000, 32000], 0.5, 0.1, 111)
-    assert (args.stage1_loss, args.dpam_mode, args.augment, args.shots, args.stage) == ("reference", "per_image", True, "full", "both")
+    assert (args.vision_milestones, args.lr_gamma, args.disentangle_weight, args.seed) == (
+        [16000, 32000],
+        0.5,
+        0.1,
+        111,
+    )
+    assert (args.stage1_loss, args.dpam_mode, args.augment, args.shots, args.stage) == (
+        "reference",
+        "per_image",
+        True,
+        "full",
+        "both",
+    )
     from aaclip_hf.cli import COMMANDS
 
     assert COMMANDS["train"][0] == "aaclip_hf.training"
@@ -249,7 +317,7 @@ def test_cli_defaults_are_the_paper_setting():
 
 def test_cached_stage1_features_give_the_same_run(training_root, tmp_path):
     """Without augmentation, per-image DPAM features are fixed: caching them changes nothing."""
-    kw = dict(stage="text", augment=False, text_epochs=2)
+    kw = {"stage": "text", "augment": False, "text_epochs": 2}
     plain = Trainer(_args(training_root, tmp_path / "plain", **kw))
     plain.train()
     cached = Trainer(_args(training_root, tmp_path / "cached", cache_stage1_features=True, **kw))
@@ -264,8 +332,24 @@ def test_aaclip_train_cli_end_to_end(training_root, tmp_path):
     from aaclip_hf.cli import main
 
     out = tmp_path / "cli"
-    argv = ["train", "--model", str(training_root / "model"), "--train-data", str(training_root / "data"), "--output", str(out),
-            "--shots", "2", "--text-batch-size", "4", "--max-steps", "1", "--num-workers", "0", "--no-progress"]
+    argv = [
+        "train",
+        "--model",
+        str(training_root / "model"),
+        "--train-data",
+        str(training_root / "data"),
+        "--output",
+        str(out),
+        "--shots",
+        "2",
+        "--text-batch-size",
+        "4",
+        "--max-steps",
+        "1",
+        "--num-workers",
+        "0",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     trained = AAClipModel.from_pretrained(out)
     assert trained.stored_class_names == ["object", "disc", "stripes"]

@@ -20,6 +20,7 @@ from .losses import (
 )
 from .trainer import NonFiniteLossError, Trainer, TrainingArguments, add_arguments, run, train
 
+
 __all__ = [
     "AugmentConfig",
     "BatchReducer",

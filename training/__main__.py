@@ -4,5 +4,6 @@ import sys
 
 from .trainer import main
 
+
 if __name__ == "__main__":
     sys.exit(main())

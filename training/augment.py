@@ -23,11 +23,12 @@ whatever the number of processes, workers, or a resume in the middle of an epoch
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
 
 __all__ = ["AugmentConfig", "sample_seed", "sample_params", "apply_geometric", "apply_color_jitter", "augment_batch"]
 
@@ -57,7 +58,9 @@ class AugmentConfig:
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed mixing (seed, epoch, sample index) (splitmix64-style)."""
-    x = (int(seed) * 0x9E3779B97F4A7C15 + int(epoch) * 0xBF58476D1CE4E5B9 + int(index) * 0x94D049BB133111EB) % (1 << 64)
+    x = (int(seed) * 0x9E3779B97F4A7C15 + int(epoch) * 0xBF58476D1CE4E5B9 + int(index) * 0x94D049BB133111EB) % (
+        1 << 64
+    )
     x ^= x >> 31
     x = (x * 0xD6E8FEB86659FD93) % (1 << 64)
     x ^= x >> 32
@@ -77,7 +80,11 @@ def sample_params(cfg: AugmentConfig, generator: torch.Generator, height: int, w
     g = generator
     params: dict = {"angle": 0.0, "tx": 0, "ty": 0, "hflip": False, "vflip": False, "jitter": []}
     if cfg.color_jitter:
-        for name, strength in (("brightness", cfg.brightness), ("contrast", cfg.contrast), ("saturation", cfg.saturation)):
+        for name, strength in (
+            ("brightness", cfg.brightness),
+            ("contrast", cfg.contrast),
+            ("saturation", cfg.saturation),
+        ):
             if _coin(g, cfg.jitter_p):
                 params["jitter"].append((name, _uniform(g, max(0.0, 1.0 - strength), 1.0 + strength)))
     if _coin(g, cfg.rotation_p):

@@ -28,11 +28,12 @@ images; the cache is kept in CPU memory in ``cache_dtype``, bf16 halves it at a 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
 
 __all__ = ["DPAM_MODES", "Stage1Features", "vv_attention", "dpam_layer", "dpam_features", "Stage1FeatureCache"]
 
@@ -114,7 +115,8 @@ def dpam_features(
                 collected[index + 1] = vv
     cls_plain = F.normalize(model.visual_projection(tower.post_layernorm(plain[:, 0])), dim=-1)
     patch_embeds = tuple(
-        F.normalize(model.visual_projection(tower.post_layernorm(collected[level][:, 1:])), dim=-1) + cls_plain[:, None]
+        F.normalize(model.visual_projection(tower.post_layernorm(collected[level][:, 1:])), dim=-1)
+        + cls_plain[:, None]
         for level in levels
     )
     return Stage1Features(patch_embeds=patch_embeds, image_embeds=cls_plain)
@@ -130,10 +132,14 @@ class Stage1FeatureCache:
     @staticmethod
     def check_valid(mode: str, augment: bool) -> None:
         if mode != "per_image":
-            raise ValueError("stage-1 feature caching needs dpam_mode='per_image' (batch_axis features depend on the batch)")
+            raise ValueError(
+                "stage-1 feature caching needs dpam_mode='per_image' (batch_axis features depend on the batch)"
+            )
         if augment:
-            raise ValueError("stage-1 feature caching needs augmentation off (--no-augment): cached features "
-                             "would belong to another random draw than the mask")
+            raise ValueError(
+                "stage-1 feature caching needs augmentation off (--no-augment): cached features "
+                "would belong to another random draw than the mask"
+            )
 
     def __len__(self) -> int:
         return len(self._store)
@@ -150,7 +156,5 @@ class Stage1FeatureCache:
 
     def get(self, indices: Sequence[int], device, dtype: torch.dtype) -> Stage1Features:
         rows = [self._store[int(i)] for i in indices]
-        levels = tuple(
-            torch.stack([r[0][j] for r in rows]).to(device, dtype) for j in range(len(rows[0][0]))
-        )
+        levels = tuple(torch.stack([r[0][j] for r in rows]).to(device, dtype) for j in range(len(rows[0][0])))
         return Stage1Features(patch_embeds=levels, image_embeds=torch.stack([r[1] for r in rows]).to(device, dtype))

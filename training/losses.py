@@ -15,11 +15,12 @@ Every loss comes in two forms:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
 
 __all__ = [
     "BatchReducer",
@@ -231,7 +232,7 @@ def stage1_loss(
     levels = [maps[-1]] if variant == "reference" else list(maps)
     seg = None
     if masks is not None:
-        for i, m in enumerate(levels):
+        for _i, m in enumerate(levels):
             t = red.mean(_seg_per_sample(m, masks, focal_gamma), mask_valid)
             if t is not None:
                 seg = t if seg is None else seg + t
@@ -246,8 +247,10 @@ def stage1_loss(
     else:
         if class_anchors is None or class_keys is None:
             raise ValueError("the paper disentangle term needs class_anchors and class_keys")
-        owners = key_owners or {k: 1 for k in class_keys}
-        terms["disentangle"] = disentangle_weight * red.mean_over_keys(_anchor_dots(class_anchors) ** 2, class_keys, owners)
+        owners = key_owners or dict.fromkeys(class_keys, 1)
+        terms["disentangle"] = disentangle_weight * red.mean_over_keys(
+            _anchor_dots(class_anchors) ** 2, class_keys, owners
+        )
     terms["loss"] = sum(terms.values())
     return terms
 

@@ -34,8 +34,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ import torch
 from .augment import AugmentConfig, augment_batch, sample_seed
 from .dpam import DPAM_MODES, Stage1FeatureCache, dpam_features
 from .losses import BatchReducer, stage1_loss, stage2_loss
+
 
 logger = logging.getLogger("aaclip_hf.training")
 
@@ -122,8 +124,14 @@ class TrainingArguments:
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         positive = ("text_batch_size", "vision_batch_size", "text_lr", "vision_lr", "log_every")
-        non_negative = ("text_epochs", "vision_epochs", "checkpointing_steps", "num_workers", "disentangle_weight",
-                        "focal_gamma")
+        non_negative = (
+            "text_epochs",
+            "vision_epochs",
+            "checkpointing_steps",
+            "num_workers",
+            "disentangle_weight",
+            "focal_gamma",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
@@ -141,10 +149,17 @@ class TrainingArguments:
 
     def augment_config(self, stage: str) -> AugmentConfig:
         return AugmentConfig(
-            rotation_degrees=self.aug_rotation, rotation_p=self.aug_rotation_p, translate=self.aug_translate,
-            translate_p=self.aug_translate_p, hflip_p=self.aug_hflip_p, vflip_p=self.aug_vflip_p,
-            color_jitter=stage == "vision", brightness=self.aug_jitter, contrast=self.aug_jitter,
-            saturation=self.aug_jitter, jitter_p=self.aug_jitter_p,
+            rotation_degrees=self.aug_rotation,
+            rotation_p=self.aug_rotation_p,
+            translate=self.aug_translate,
+            translate_p=self.aug_translate_p,
+            hflip_p=self.aug_hflip_p,
+            vflip_p=self.aug_vflip_p,
+            color_jitter=stage == "vision",
+            brightness=self.aug_jitter,
+            contrast=self.aug_jitter,
+            saturation=self.aug_jitter,
+            jitter_p=self.aug_jitter_p,
         )
 
 
@@ -152,15 +167,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`aaclip train` flags (every hyper-parameter at the paper's default)."""
     d = TrainingArguments(model="", train_data=[], output_dir="")
     g = parser.add_argument_group("model and data")
-    g.add_argument("--model", required=True, help="HF CLIP id/folder (adapters start fresh) or an AA-CLIP model folder")
-    g.add_argument("--train-data", required=True, nargs="+", help="dataset folder / metadata file / spec PATH::key=value (several are combined)")
-    g.add_argument("--split", default=d.split, help="split of the training data (default 'test': the reference trains on the other dataset's test split)")
-    g.add_argument("--shots", default=d.shots, help="images per class, k/2 normal + k/2 anomalous (2, 16, 64) or 'full'")
+    g.add_argument(
+        "--model", required=True, help="HF CLIP id/folder (adapters start fresh) or an AA-CLIP model folder"
+    )
+    g.add_argument(
+        "--train-data",
+        required=True,
+        nargs="+",
+        help="dataset folder / metadata file / spec PATH::key=value (several are combined)",
+    )
+    g.add_argument(
+        "--split",
+        default=d.split,
+        help="split of the training data (default 'test': the reference trains on the other dataset's test split)",
+    )
+    g.add_argument(
+        "--shots", default=d.shots, help="images per class, k/2 normal + k/2 anomalous (2, 16, 64) or 'full'"
+    )
     g.add_argument("--stage", default=d.stage, choices=["text", "vision", "both"], help="which stage(s) to run")
-    g.add_argument("--image-size", type=int, default=None, help="input size when building from a plain CLIP (paper: 518); default: the model's")
-    g.add_argument("--hidden-act", default=None, help="override both towers' activation when building from CLIP ('gelu' = the reference)")
-    g.add_argument("--output", "--output-dir", dest="output_dir", required=True, help="output folder (model, processor, logs, checkpoints)")
-    g.add_argument("--skip-bad-files", action="store_true", help="skip unreadable images/masks (logged) instead of stopping")
+    g.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input size when building from a plain CLIP (paper: 518); default: the model's",
+    )
+    g.add_argument(
+        "--hidden-act",
+        default=None,
+        help="override both towers' activation when building from CLIP ('gelu' = the reference)",
+    )
+    g.add_argument(
+        "--output",
+        "--output-dir",
+        dest="output_dir",
+        required=True,
+        help="output folder (model, processor, logs, checkpoints)",
+    )
+    g.add_argument(
+        "--skip-bad-files", action="store_true", help="skip unreadable images/masks (logged) instead of stopping"
+    )
     g.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader worker processes")
     o = parser.add_argument_group("optimisation (SPEC section 6)")
     o.add_argument("--text-epochs", type=int, default=d.text_epochs)
@@ -169,20 +214,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument("--vision-lr", type=float, default=d.vision_lr)
     o.add_argument("--adam-betas", type=float, nargs=2, default=list(d.adam_betas), metavar=("B1", "B2"))
     o.add_argument("--adam-eps", type=float, default=d.adam_eps)
-    o.add_argument("--text-batch-size", type=int, default=d.text_batch_size, help="global batch size of stage 1 (split over processes)")
-    o.add_argument("--vision-batch-size", type=int, default=d.vision_batch_size, help="global batch size of stage 2 (split over processes)")
-    o.add_argument("--text-milestones", type=int, nargs="*", default=d.text_milestones, help="MultiStepLR milestones of stage 1, in steps (reference: none)")
-    o.add_argument("--vision-milestones", type=int, nargs="*", default=d.vision_milestones, help="MultiStepLR milestones of stage 2, in steps")
+    o.add_argument(
+        "--text-batch-size",
+        type=int,
+        default=d.text_batch_size,
+        help="global batch size of stage 1 (split over processes)",
+    )
+    o.add_argument(
+        "--vision-batch-size",
+        type=int,
+        default=d.vision_batch_size,
+        help="global batch size of stage 2 (split over processes)",
+    )
+    o.add_argument(
+        "--text-milestones",
+        type=int,
+        nargs="*",
+        default=d.text_milestones,
+        help="MultiStepLR milestones of stage 1, in steps (reference: none)",
+    )
+    o.add_argument(
+        "--vision-milestones",
+        type=int,
+        nargs="*",
+        default=d.vision_milestones,
+        help="MultiStepLR milestones of stage 2, in steps",
+    )
     o.add_argument("--lr-gamma", type=float, default=d.lr_gamma, help="MultiStepLR decay factor")
-    o.add_argument("--disentangle-weight", type=float, default=d.disentangle_weight, help="gamma of the disentangle loss")
+    o.add_argument(
+        "--disentangle-weight", type=float, default=d.disentangle_weight, help="gamma of the disentangle loss"
+    )
     o.add_argument("--focal-gamma", type=float, default=d.focal_gamma)
     o.add_argument("--stage1-loss", default=d.stage1_loss, choices=["reference", "paper"])
     o.add_argument("--dpam-mode", default=d.dpam_mode, choices=list(DPAM_MODES))
-    o.add_argument("--dpam-start-layer", type=int, default=None, help="first V-V layer (1-based); default: the first feature level (6 for ViT-L)")
-    o.add_argument("--cache-stage1-features", action="store_true", help="keep stage-1 DPAM features in CPU memory (needs --no-augment, per_image)")
-    o.add_argument("--max-steps", type=int, default=None, help="stop each stage after this many optimizer steps (tests, demos)")
+    o.add_argument(
+        "--dpam-start-layer",
+        type=int,
+        default=None,
+        help="first V-V layer (1-based); default: the first feature level (6 for ViT-L)",
+    )
+    o.add_argument(
+        "--cache-stage1-features",
+        action="store_true",
+        help="keep stage-1 DPAM features in CPU memory (needs --no-augment, per_image)",
+    )
+    o.add_argument(
+        "--max-steps", type=int, default=None, help="stop each stage after this many optimizer steps (tests, demos)"
+    )
     o.add_argument("--seed", type=int, default=d.seed)
-    o.add_argument("--skip-nonfinite", action="store_true", help="skip steps whose loss is NaN/inf instead of stopping")
+    o.add_argument(
+        "--skip-nonfinite", action="store_true", help="skip steps whose loss is NaN/inf instead of stopping"
+    )
     u = parser.add_argument_group("augmentation (SPEC section 6)")
     u.add_argument("--no-augment", dest="augment", action="store_false", help="turn all augmentation off")
     u.add_argument("--aug-rotation", type=float, default=d.aug_rotation, help="max rotation in degrees")
@@ -191,14 +273,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     u.add_argument("--aug-translate-p", type=float, default=d.aug_translate_p)
     u.add_argument("--aug-hflip-p", type=float, default=d.aug_hflip_p)
     u.add_argument("--aug-vflip-p", type=float, default=d.aug_vflip_p)
-    u.add_argument("--aug-jitter", type=float, default=d.aug_jitter, help="stage-2 brightness/contrast/saturation strength")
-    u.add_argument("--aug-jitter-p", type=float, default=d.aug_jitter_p, help="probability of each stage-2 colour jitter")
+    u.add_argument(
+        "--aug-jitter", type=float, default=d.aug_jitter, help="stage-2 brightness/contrast/saturation strength"
+    )
+    u.add_argument(
+        "--aug-jitter-p", type=float, default=d.aug_jitter_p, help="probability of each stage-2 colour jitter"
+    )
     r = parser.add_argument_group("run")
     r.add_argument("--mixed-precision", default=d.mixed_precision, choices=["no", "bf16", "fp16"])
     r.add_argument("--cpu", action="store_true", help="force the CPU even if an accelerator is present")
-    r.add_argument("--resume", nargs="?", const="latest", default=None, help="resume from the newest checkpoint in the output folder (or from PATH)")
-    r.add_argument("--overwrite-output-dir", action="store_true", help="start fresh even if the output folder holds checkpoints")
-    r.add_argument("--checkpointing-steps", type=int, default=d.checkpointing_steps, help="also checkpoint every N steps (0: at each epoch end only)")
+    r.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        help="resume from the newest checkpoint in the output folder (or from PATH)",
+    )
+    r.add_argument(
+        "--overwrite-output-dir", action="store_true", help="start fresh even if the output folder holds checkpoints"
+    )
+    r.add_argument(
+        "--checkpointing-steps",
+        type=int,
+        default=d.checkpointing_steps,
+        help="also checkpoint every N steps (0: at each epoch end only)",
+    )
     r.add_argument("--log-every", type=int, default=d.log_every, help="log the loss every N steps")
     r.add_argument("--push-to-hub", action="store_true")
     r.add_argument("--hub-model-id", default=None)
@@ -258,13 +357,18 @@ class TrainableWeights:
 
     def state_dict(self) -> dict:
         params = {name: p.detach().cpu().clone() for name, p in _named_adapter_params(self.model)}
-        return {"params": params, "text_anchors": self.model.text_anchors.detach().cpu().clone(),
-                "anchor_class_names": list(self.model.config.anchor_class_names)}
+        return {
+            "params": params,
+            "text_anchors": self.model.text_anchors.detach().cpu().clone(),
+            "anchor_class_names": list(self.model.config.anchor_class_names),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         named = dict(_named_adapter_params(self.model))
         if set(named) != set(state["params"]):
-            raise ValueError(f"checkpoint parameters {sorted(set(state['params']) ^ set(named))[:5]} do not match the model")
+            raise ValueError(
+                f"checkpoint parameters {sorted(set(state['params']) ^ set(named))[:5]} do not match the model"
+            )
         with torch.no_grad():
             for name, value in state["params"].items():
                 named[name].copy_(value)
@@ -332,7 +436,9 @@ def set_trainable(model, params: Sequence[torch.nn.Parameter]) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def epoch_batches(num_samples: int, global_batch: int, seed: int, stage: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+def epoch_batches(
+    num_samples: int, global_batch: int, seed: int, stage: int, epoch: int, rank: int, world: int
+) -> list[list[int]]:
     """This process's shard of each global batch of one epoch (a seeded permutation, no drop_last).
 
     A global batch is split into ``world`` contiguous shards (the first ones one larger when it
@@ -414,8 +520,10 @@ def load_model_and_processor(args: TrainingArguments):
         processor = processor_for_size(model.config.vision_config.image_size)
     size = model.config.vision_config.image_size
     if tuple(processor.image_size) != (size, size):
-        raise ValueError(f"the processor resizes to {processor.image_size} but the model expects {size}x{size}; "
-                         "fix preprocessor_config.json in the model folder")
+        raise ValueError(
+            f"the processor resizes to {processor.image_size} but the model expects {size}x{size}; "
+            "fix preprocessor_config.json in the model folder"
+        )
     return model, processor
 
 
@@ -457,8 +565,10 @@ class Trainer:
         self.rank = acc.process_index
         for name in ("text_batch_size", "vision_batch_size"):
             if getattr(args, name) % self.world:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)} (a global batch) is not divisible "
-                                 f"by the {self.world} processes")
+                raise ValueError(
+                    f"--{name.replace('_', '-')} {getattr(args, name)} (a global batch) is not divisible "
+                    f"by the {self.world} processes"
+                )
         if model is None:
             model, processor = load_model_and_processor(args)
         self.model = model.to(acc.device)
@@ -478,7 +588,9 @@ class Trainer:
             opt = torch.optim.Adam(params, lr=lr, betas=tuple(args.adam_betas), eps=args.adam_eps)
             milestones = args.text_milestones if stage == "text" else args.vision_milestones
             self.optimizers[stage] = acc.prepare_optimizer(opt)
-            self.schedulers[stage] = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=args.lr_gamma)
+            self.schedulers[stage] = torch.optim.lr_scheduler.MultiStepLR(
+                opt, milestones=list(milestones), gamma=args.lr_gamma
+            )
         acc.register_for_checkpointing(self.state, self.weights, *self.schedulers.values())
         self.checkpoint_root = os.path.join(args.output_dir, "checkpoints")
         self.log_path = os.path.join(args.output_dir, "train_log.jsonl")
@@ -512,16 +624,28 @@ class Trainer:
         if n_anom == 0:
             from aaclip_hf.image_io import BadInputError
 
-            raise BadInputError(f"the training data ({len(self.samples)} images) has no anomalous image (label 1); AA-CLIP "
-                                "learns from normal and anomalous examples", None, "label")
+            raise BadInputError(
+                f"the training data ({len(self.samples)} images) has no anomalous image (label 1); AA-CLIP "
+                "learns from normal and anomalous examples",
+                None,
+                "label",
+            )
         only_normal = [c for c, r in counts.items() if r["anomaly"] == 0]
         if only_normal:
             logger.warning("class(es) %s have no anomalous image: they take part as normal examples only", only_normal)
-        logger.info("training data: %d images, %d classes (%s), %d anomalous, %d with masks",
-                    len(self.samples), len(counts), ", ".join(counts), n_anom, n_masked)
+        logger.info(
+            "training data: %d images, %d classes (%s), %d anomalous, %d with masks",
+            len(self.samples),
+            len(counts),
+            ", ".join(counts),
+            n_anom,
+            n_masked,
+        )
         if not self.use_masks:
-            logger.warning("no anomaly has a mask: training with the image-level loss only (no segmentation loss; "
-                           "stage 2 leaves the seg projections untouched)")
+            logger.warning(
+                "no anomaly has a mask: training with the image-level loss only (no segmentation loss; "
+                "stage 2 leaves the seg projections untouched)"
+            )
         elif n_masked < n_anom:
             logger.warning("%d anomalous images have no mask: they get the image loss only", n_anom - n_masked)
 
@@ -546,7 +670,10 @@ class Trainer:
         if not os.path.isdir(self.checkpoint_root):
             return []
         names = [n for n in os.listdir(self.checkpoint_root) if n.startswith(CHECKPOINT_PREFIX)]
-        return [os.path.join(self.checkpoint_root, n) for n in sorted(names, key=lambda n: int(n[len(CHECKPOINT_PREFIX):]))]
+        return [
+            os.path.join(self.checkpoint_root, n)
+            for n in sorted(names, key=lambda n: int(n[len(CHECKPOINT_PREFIX) :]))
+        ]
 
     def save_checkpoint(self) -> str:
         """``save_state`` into a temporary folder, atomic rename, then drop older checkpoints."""
@@ -574,8 +701,10 @@ class Trainer:
         args, acc = self.args, self.accelerator
         if args.resume is None:
             if self._checkpoints() and not args.overwrite_output_dir:
-                raise FileExistsError(f"{self.checkpoint_root} holds checkpoints; pass --resume to continue or "
-                                      "--overwrite-output-dir to start again")
+                raise FileExistsError(
+                    f"{self.checkpoint_root} holds checkpoints; pass --resume to continue or "
+                    "--overwrite-output-dir to start again"
+                )
             return
         path = self._checkpoints()[-1] if args.resume == "latest" and self._checkpoints() else None
         if args.resume != "latest":
@@ -588,15 +717,24 @@ class Trainer:
         if list(self.state.stages) != stages:
             raise ValueError(f"checkpoint {path} is from a run with stages {self.state.stages}, this run has {stages}")
         if self.state.data_fingerprint != fingerprint:
-            raise ValueError(f"checkpoint {path} was trained on other data (fingerprint {self.state.data_fingerprint} "
-                             f"vs {fingerprint}); same --train-data/--shots/--seed are needed to resume")
-        logger.info("resumed from %s: stage %s, epoch %d, batch %d, step %d", path,
-                    self.state.stages[self.state.stage_index] if self.state.stage_index < len(stages) else "done",
-                    self.state.epoch, self.state.step_in_epoch, self.state.global_step)
+            raise ValueError(
+                f"checkpoint {path} was trained on other data (fingerprint {self.state.data_fingerprint} "
+                f"vs {fingerprint}); same --train-data/--shots/--seed are needed to resume"
+            )
+        logger.info(
+            "resumed from %s: stage %s, epoch %d, batch %d, step %d",
+            path,
+            self.state.stages[self.state.stage_index] if self.state.stage_index < len(stages) else "done",
+            self.state.epoch,
+            self.state.step_in_epoch,
+            self.state.global_step,
+        )
         if acc.is_main_process and os.path.isfile(self.log_path):
             # steps logged after the checkpoint are redone: drop their records so the log reads as one run
             with open(self.log_path, encoding="utf-8") as f:
-                kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= self.state.global_step]
+                kept = [
+                    line for line in f if line.strip() and json.loads(line).get("step", 0) <= self.state.global_step
+                ]
             with open(self.log_path, "w", encoding="utf-8") as f:
                 f.writelines(kept)
 
@@ -633,11 +771,20 @@ class Trainer:
         if masks is not None:
             maps = model.training_maps([f.float() for f in levels], sample_anchors, tuple(masks.shape[-2:]))
         return stage1_loss(
-            maps, masks, batch["has_mask"].to(pixel_values.device) if masks is not None else None, sample_anchors,
-            variant=args.stage1_loss, disentangle_weight=args.disentangle_weight, focal_gamma=args.focal_gamma,
-            image_embeds=feats.image_embeds.float(), labels=batch["label"].to(pixel_values.device),
-            class_anchors=class_anchors, class_keys=local_classes, key_owners=owners,
-            temperature=model.config.similarity_temperature, reducer=self.reducer,
+            maps,
+            masks,
+            batch["has_mask"].to(pixel_values.device) if masks is not None else None,
+            sample_anchors,
+            variant=args.stage1_loss,
+            disentangle_weight=args.disentangle_weight,
+            focal_gamma=args.focal_gamma,
+            image_embeds=feats.image_embeds.float(),
+            labels=batch["label"].to(pixel_values.device),
+            class_anchors=class_anchors,
+            class_keys=local_classes,
+            key_owners=owners,
+            temperature=model.config.similarity_temperature,
+            reducer=self.reducer,
         )
 
     def _stage2_terms(self, batch: dict, pixel_values: torch.Tensor, masks: torch.Tensor | None) -> dict:
@@ -649,9 +796,14 @@ class Trainer:
         if masks is not None:
             maps = model.training_maps([f.float() for f in patch_embeds], anchors, tuple(masks.shape[-2:]))
         return stage2_loss(
-            maps, masks, batch["has_mask"].to(pixel_values.device) if masks is not None else None,
-            image_embeds.float(), anchors, batch["label"].to(pixel_values.device),
-            focal_gamma=self.args.focal_gamma, reducer=self.reducer,
+            maps,
+            masks,
+            batch["has_mask"].to(pixel_values.device) if masks is not None else None,
+            image_embeds.float(),
+            anchors,
+            batch["label"].to(pixel_values.device),
+            focal_gamma=self.args.focal_gamma,
+            reducer=self.reducer,
         )
 
     def _reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
@@ -677,9 +829,14 @@ class Trainer:
         if args.augment:
             stage_no = STAGES.index(stage)
             seeds = [sample_seed(args.seed, stage_no * 100_000 + epoch, i) for i in batch["index"]]
-            pixel_values, masks = augment_batch(pixel_values, masks, seeds, args.augment_config(stage),
-                                                self.image_mean, self.image_std)
-        terms = self._stage1_terms(batch, pixel_values, masks) if stage == "text" else self._stage2_terms(batch, pixel_values, masks)
+            pixel_values, masks = augment_batch(
+                pixel_values, masks, seeds, args.augment_config(stage), self.image_mean, self.image_std
+            )
+        terms = (
+            self._stage1_terms(batch, pixel_values, masks)
+            if stage == "text"
+            else self._stage2_terms(batch, pixel_values, masks)
+        )
         values = torch.stack([terms[k].detach().float() for k in sorted(terms)])
         values = self.reducer.global_sum(values) / self.world
         logged = {k: float(v) for k, v in zip(sorted(terms), values)}
@@ -714,7 +871,11 @@ class Trainer:
                 anchors = model.compute_text_anchors(classes, self.processor)
             model.store_text_anchors(classes, anchors)
             self.state.anchors_ready = True
-            source = "the stage-1 text branch" if "text" in self.args.stages else "the model's current text branch (no stage 1 in this run)"
+            source = (
+                "the stage-1 text branch"
+                if "text" in self.args.stages
+                else "the model's current text branch (no stage 1 in this run)"
+            )
             logger.info("stage 2 anchors computed once with %s for %d classes", source, len(classes))
         model.train()
 
@@ -750,17 +911,35 @@ class Trainer:
             per_epoch = len(epoch_batches(len(dataset), global_batch, args.seed, stage_index, 0, 0, self.world))
             total = epochs * per_epoch if args.max_steps is None else min(epochs * per_epoch, args.max_steps)
             self._start_stage(stage)
-            logger.info("stage %d/%d (%s): %d epochs x %d steps, global batch %d (%d per process), lr %g",
-                        stage_index + 1, len(args.stages), stage, epochs, per_epoch, global_batch,
-                        global_batch // self.world, self.schedulers[stage].get_last_lr()[0])
-            bar = tqdm(total=total, initial=state.stage_step, desc=f"stage {stage_index + 1} ({stage})",
-                       disable=not (acc.is_main_process and args.progress), dynamic_ncols=True)
+            logger.info(
+                "stage %d/%d (%s): %d epochs x %d steps, global batch %d (%d per process), lr %g",
+                stage_index + 1,
+                len(args.stages),
+                stage,
+                epochs,
+                per_epoch,
+                global_batch,
+                global_batch // self.world,
+                self.schedulers[stage].get_last_lr()[0],
+            )
+            bar = tqdm(
+                total=total,
+                initial=state.stage_step,
+                desc=f"stage {stage_index + 1} ({stage})",
+                disable=not (acc.is_main_process and args.progress),
+                dynamic_ncols=True,
+            )
             stop = state.stage_step >= total
             while state.epoch < epochs and not stop:
-                batches = epoch_batches(len(dataset), global_batch, args.seed, stage_index, state.epoch, self.rank, self.world)
+                batches = epoch_batches(
+                    len(dataset), global_batch, args.seed, stage_index, state.epoch, self.rank, self.world
+                )
                 loader = torch.utils.data.DataLoader(
-                    dataset, batch_sampler=batches[state.step_in_epoch :], num_workers=args.num_workers,
-                    collate_fn=_collate, persistent_workers=False,
+                    dataset,
+                    batch_sampler=batches[state.step_in_epoch :],
+                    num_workers=args.num_workers,
+                    collate_fn=_collate,
+                    persistent_workers=False,
                 )
                 started = time.time()
                 for batch in loader:
@@ -772,8 +951,13 @@ class Trainer:
                     if logged is not None:
                         bar.set_postfix(loss=f"{logged['loss']:.4f}")
                         if state.stage_step % max(1, args.log_every) == 0 or state.stage_step == 1:
-                            record = {"stage": stage, "epoch": state.epoch, "step": state.global_step,
-                                      "lr": self.schedulers[stage].get_last_lr()[0], **logged}
+                            record = {
+                                "stage": stage,
+                                "epoch": state.epoch,
+                                "step": state.global_step,
+                                "lr": self.schedulers[stage].get_last_lr()[0],
+                                **logged,
+                            }
                             self._log(record)
                             logger.info(json.dumps(record))
                     if state.stage_step >= total:
@@ -782,7 +966,11 @@ class Trainer:
                     # Not on an epoch's last batch: the epoch-end checkpoint follows at once, and saving one step
                     # twice would delete the only complete checkpoint before its replacement is in place.
                     last_batch = state.step_in_epoch >= len(batches)
-                    if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0 and not last_batch:
+                    if (
+                        args.checkpointing_steps
+                        and state.global_step % args.checkpointing_steps == 0
+                        and not last_batch
+                    ):
                         self.save_checkpoint()
                 epoch_done = state.step_in_epoch >= len(batches)
                 if epoch_done:
@@ -809,7 +997,9 @@ class Trainer:
         if acc.is_main_process:
             model.save_pretrained(args.output_dir)
             self.processor.save_pretrained(args.output_dir)
-            logger.info("saved the trained model and processor (anchors for %d classes) to %s", len(classes), args.output_dir)
+            logger.info(
+                "saved the trained model and processor (anchors for %d classes) to %s", len(classes), args.output_dir
+            )
             if args.push_to_hub:
                 from ..hub import push_folder_to_hub  # uploads pipeline code and a model card too
 
