@@ -147,6 +147,17 @@ class AAClipProcessor(ProcessorMixin):
         return CLIPTokenizer.from_pretrained(str(BUNDLED_TOKENIZER_DIR))
 
     @classmethod
+    def for_model(cls, config, **kwargs) -> AAClipProcessor:
+        """The one way to build the reference preprocessing that fits a model: resize to its input size, no crop.
+
+        `config` is an `AAClipConfig` (or any config with a `vision_config`); `kwargs` go to `__init__`
+        (prompt ensemble, class-name table, tokenizer).
+        """
+        size = config.vision_config.image_size
+        image_processor = CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False)
+        return cls(image_processor=image_processor, **kwargs)
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         # The reference numerics are PIL bicubic; never switch silently to the torchvision backend.
         kwargs.setdefault("backend", "pil")
