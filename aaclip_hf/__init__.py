@@ -7,11 +7,15 @@ AA-CLIP folder uses this installed code and never needs `trust_remote_code`.
 from transformers import AutoConfig, AutoModel, AutoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .modeling import AAClipConfig, AAClipModel, AAClipOutput, AAClipProcessor
+from . import _deprecated
+from .modeling.configuration_aaclip import AAClipConfig
+from .modeling.modeling_aaclip import AAClipModel, AAClipOutput
 from .modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
+from .modeling.processing_aaclip import AAClipProcessor
 from .version import __version__
 
 
+_deprecated.install()
 AutoConfig.register(AAClipConfig.model_type, AAClipConfig, exist_ok=True)
 AutoModel.register(AAClipConfig, AAClipModel, exist_ok=True)
 AutoProcessor.register(AAClipConfig, AAClipProcessor, exist_ok=True)

@@ -208,7 +208,7 @@ def worker_vision(preset: dict, attn: str) -> dict:
     import torch
 
     from aaclip_hf import AAClipProcessor
-    from aaclip_hf.flops import text_anchor_flops, vision_forward_flops
+    from aaclip_hf.runtime.flops import text_anchor_flops, vision_forward_flops
 
     config = _config(preset, include_text_model=(attn == "sdpa"))
     with PeakMemory() as build_memory:
@@ -268,7 +268,7 @@ def worker_vision(preset: dict, attn: str) -> dict:
 def worker_save(preset: dict, tmp: str) -> dict:
     """Full and inference-only models: parameter counts, and their save_pretrained folders for the load workers."""
     from aaclip_hf import AAClipProcessor
-    from aaclip_hf.flops import parameter_bytes
+    from aaclip_hf.runtime.flops import parameter_bytes
 
     config = _config(preset)
     model = _model(config)
@@ -442,7 +442,7 @@ def worker_stage1(preset: dict) -> dict:
         "memory_cached": cached_info["memory"],
     }
     # The same loop at the paper's 518 px, predicted from the measured parts: DPAM time scales with its FLOPs.
-    from aaclip_hf.flops import vision_forward_flops
+    from aaclip_hf.runtime.flops import vision_forward_flops
 
     scale = vision_forward_flops(_config(preset)).total / vision_forward_flops(config).total
     v518 = vision_seconds_per_image * scale * n
@@ -518,7 +518,7 @@ def worker_gpu(preset: dict, batches: list[int]) -> dict:
     """CUDA: fp32 and bf16 s/image and peak memory per batch size, and one stage-2 step (fp32 and bf16 autocast)."""
     import torch
 
-    from aaclip_hf.precision import resolve_dtype
+    from aaclip_hf.runtime.devices import resolve_dtype
 
     device = torch.device("cuda")
     out: dict[str, Any] = {"device": torch.cuda.get_device_name(device), "forward": {}, "stage2": {}}
@@ -669,7 +669,7 @@ def machine_info() -> dict:
 def run_benchmarks(preset_name: str, output: Path, only: list[str] | None = None, threads: int | None = None) -> dict:
     from tqdm.auto import tqdm
 
-    from aaclip_hf.flops import parameter_bytes, text_anchor_flops, vision_forward_flops
+    from aaclip_hf.runtime.flops import parameter_bytes, text_anchor_flops, vision_forward_flops
 
     preset = PRESETS[preset_name]
     output.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from transformers import CLIPConfig
 
 # One formula for the position-table resize, shared with the Hub-portable model code
 # (`AAClipModel.from_clip_pretrained` resizes with the same function).
-from aaclip_hf.modeling.modeling_aaclip import resize_position_embedding
+from ..modeling.modeling_aaclip import resize_position_embedding
 
 
 # Heads are not stored in the weights; OpenAI and OpenCLIP use 64-wide heads.

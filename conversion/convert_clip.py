@@ -16,15 +16,18 @@ conversion. The check reports the max abs difference of image and text embedding
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
+from ..modeling.configuration_aaclip import AAClipConfig
+from ..modeling.modeling_aaclip import AAClipModel
+from ..modeling.processing_aaclip import AAClipProcessor
+from ..runtime.serialization import load_tensor_file
 from .clip_weights import (
     DROPPED_KEYS,
     ConversionError,
@@ -34,7 +37,6 @@ from .clip_weights import (
     resize_clip_state_dict,
     unwrap_state_dict,
 )
-from .loading import load_tensor_file
 
 
 HIDDEN_ACTS = ("quick_gelu", "gelu")
@@ -319,7 +321,6 @@ def build_aaclip(
     clip_model: CLIPModel, image_size: int, hidden_act: str, processor=None, seed: int | None = None, **aaclip_fields
 ):
     """``AAClipModel.from_clip_pretrained`` on an in-memory CLIP (the position table is resized there)."""
-    from aaclip_hf.modeling.modeling_aaclip import AAClipModel
 
     return AAClipModel.from_clip_pretrained(
         clip_model, processor=processor, seed=seed, image_size=image_size, hidden_act=hidden_act, **aaclip_fields
@@ -337,7 +338,6 @@ def aaclip_fields_for(clip_config: CLIPConfig, **overrides) -> dict:
     Feature levels keep the reference's spacing (every quarter of the vision tower) and adapter
     counts are capped at the tower depth; explicit ``overrides`` win.
     """
-    from aaclip_hf.modeling.configuration_aaclip import AAClipConfig
 
     defaults = AAClipConfig.__dataclass_fields__
     levels = len(defaults["feature_layers"].default)
@@ -354,7 +354,6 @@ def aaclip_fields_for(clip_config: CLIPConfig, **overrides) -> dict:
 
 def default_processor(image_size: int):
     """The bundled offline ``AAClipProcessor`` (reference preprocessing) resizing to ``image_size``."""
-    from aaclip_hf.modeling.processing_aaclip import AAClipProcessor
 
     processor = AAClipProcessor()
     processor.image_processor.size = {"height": image_size, "width": image_size}
@@ -363,37 +362,19 @@ def default_processor(image_size: int):
 
 def plain_clip_processor(image_size: int):
     """A stock ``CLIPProcessor`` with the same preprocessing and tokenizer, for ``--clip-only`` folders."""
-    from transformers import CLIPProcessor
 
     processor = default_processor(image_size)
     return CLIPProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer)
 
 
-def save_output(
-    model,
-    processor,
-    output_dir: str | Path,
-    push_to_hub: str | None = None,
-    private: bool | None = None,
-    print_fn: Callable[[str], None] = print,
-) -> Path:
+def save_output(model, processor, output_dir: str | Path, print_fn: Callable[[str], None] = print) -> Path:
+    """Write the model (and its processor) with `save_pretrained`; publishing is the CLI's `--push-to-hub`."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(output_dir))
     if processor is not None:
         processor.save_pretrained(str(output_dir))
     print_fn(f"Saved {type(model).__name__} to {output_dir}")
-    if push_to_hub:
-        if not isinstance(model, CLIPModel):
-            # An AAClipModel: the package's push also uploads the pipeline code and a generated model card.
-            from ..hub import push_folder_to_hub
-
-            url = push_folder_to_hub(output_dir, push_to_hub, private=bool(private))
-        else:
-            url = model.push_to_hub(push_to_hub, private=private)
-            if processor is not None:
-                processor.push_to_hub(push_to_hub, private=private)
-        print_fn(f"Pushed to the Hub: {push_to_hub} ({url})")
     return output_dir
 
 
@@ -409,8 +390,6 @@ def convert_clip(
     seed: int | None = None,
     verify: bool = True,
     verify_atol: float = DEFAULT_VERIFY_ATOL,
-    push_to_hub: str | None = None,
-    private: bool | None = None,
     print_fn: Callable[[str], None] = print,
 ):
     """Convert ``src`` and write ``output_dir``; returns the saved model (``AAClipModel`` or ``CLIPModel``)."""
@@ -441,73 +420,5 @@ def convert_clip(
     )
     if verify:
         check_verification(verify_clip(clip_view(model), source, print_fn), verify_atol, print_fn)
-    save_output(model, processor, output_dir, push_to_hub, private, print_fn)
+    save_output(model, processor, output_dir, print_fn)
     return model
-
-
-def add_common_arguments(
-    parser: argparse.ArgumentParser, image_size_default: int | None, act_default: str | None
-) -> None:
-    """Flags shared by convert-clip and convert-original."""
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=image_size_default,
-        help="input size baked into the position table (antialiased bicubic resize); "
-        f"default: {image_size_default or 'the source size'}",
-    )
-    parser.add_argument(
-        "--hidden-act",
-        choices=HIDDEN_ACTS,
-        default=act_default,
-        help=f"activation of both towers; default: {act_default or 'the source (OpenAI: quick_gelu)'}",
-    )
-    parser.add_argument("--text-heads", type=int, default=None, help="text attention heads (default: width // 64)")
-    parser.add_argument("--vision-heads", type=int, default=None, help="vision attention heads (default: width // 64)")
-    parser.add_argument("--seed", type=int, default=None, help="seed for the fresh adapter initialisation")
-    parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the embedding check")
-    parser.add_argument(
-        "--verify-atol",
-        type=float,
-        default=DEFAULT_VERIFY_ATOL,
-        help="largest accepted embedding difference in the check (default: %(default)g)",
-    )
-    parser.add_argument("--push-to-hub", metavar="REPO", default=None, help="also upload the folder to this Hub repo")
-    parser.add_argument("--private", action="store_true", default=None, help="create the Hub repo as private")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "src",
-        help="OpenAI TorchScript .pt, OpenAI/OpenCLIP state dict (.pt/.pth/.bin/.safetensors), "
-        "or HF CLIP folder / repo id",
-    )
-    parser.add_argument("output_dir", help="folder to write (AAClipModel + processor, or CLIPModel with --clip-only)")
-    parser.add_argument("--clip-only", action="store_true", help="write a plain HF CLIPModel instead of AA-CLIP")
-    parser.add_argument(
-        "--feature-layers",
-        type=int,
-        nargs="+",
-        default=None,
-        help="1-based vision layers of the feature levels (default: every quarter, 6 12 18 24 for ViT-L)",
-    )
-    add_common_arguments(parser, image_size_default=None, act_default=None)
-
-
-def run(args: argparse.Namespace) -> int:
-    convert_clip(
-        args.src,
-        args.output_dir,
-        image_size=args.image_size,
-        hidden_act=args.hidden_act,
-        clip_only=args.clip_only,
-        feature_layers=args.feature_layers,
-        text_heads=args.text_heads,
-        vision_heads=args.vision_heads,
-        seed=args.seed,
-        verify=args.verify,
-        verify_atol=args.verify_atol,
-        push_to_hub=args.push_to_hub,
-        private=args.private,
-    )
-    return 0

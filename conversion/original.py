@@ -21,7 +21,6 @@ anchors come from plain CLIP (its text tower and ``text_projection``), as the re
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,11 +28,11 @@ from pathlib import Path
 
 import torch
 
+from ..runtime.serialization import safe_torch_load
 from .clip_weights import ConversionError
 from .convert_clip import (
     DEFAULT_VERIFY_ATOL,
     aaclip_fields_for,
-    add_common_arguments,
     build_aaclip,
     check_verification,
     clip_view,
@@ -43,7 +42,6 @@ from .convert_clip import (
     save_output,
     verify_clip,
 )
-from .loading import safe_torch_load
 
 
 # The reference setting (SPEC sections 1 and 9).
@@ -251,8 +249,6 @@ def convert_original(
     seed: int | None = None,
     verify: bool = True,
     verify_atol: float = DEFAULT_VERIFY_ATOL,
-    push_to_hub: str | None = None,
-    private: bool | None = None,
     print_fn: Callable[[str], None] = print,
 ):
     """Build the reference AA-CLIP from its backbone and adapter checkpoints and write ``output_dir``."""
@@ -327,68 +323,5 @@ def convert_original(
 
     if verify:
         check_verification(verify_clip(clip_view(model), source, print_fn), verify_atol, print_fn)
-    save_output(model, processor, output_dir, push_to_hub, private, print_fn)
+    save_output(model, processor, output_dir, print_fn)
     return model
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--clip",
-        required=True,
-        help="backbone: OpenAI ViT-L-14-336px.pt, an OpenAI/OpenCLIP state dict, or an HF CLIP folder / repo id",
-    )
-    parser.add_argument("--text-adapter", default=None, help="reference text_adapter.pth (omit: plain-CLIP anchors)")
-    parser.add_argument(
-        "--image-adapter", default=None, help="reference image_adapter*.pth (omit: untrained vision side)"
-    )
-    parser.add_argument("--output", required=True, help="folder to write (AAClipModel + processor)")
-    parser.add_argument(
-        "--feature-layers",
-        type=int,
-        nargs="+",
-        default=None,
-        help="1-based vision layers of the feature levels (default: evenly spaced, 6 12 18 24 for ViT-L)",
-    )
-    parser.add_argument(
-        "--text-adapter-weight",
-        type=float,
-        default=REFERENCE_ADAPTER_WEIGHT,
-        help="text fusion weight lambda (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--vision-adapter-weight",
-        type=float,
-        default=REFERENCE_ADAPTER_WEIGHT,
-        help="vision fusion weight lambda (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--anchor-classes",
-        nargs="+",
-        default=None,
-        help="class names to store anchors for (default: every reference dataset class, bare and "
-        "dataset-prefixed, e.g. bottle and mvtec/bottle; 'object' is always added)",
-    )
-    add_common_arguments(parser, image_size_default=REFERENCE_IMAGE_SIZE, act_default=REFERENCE_HIDDEN_ACT)
-
-
-def run(args: argparse.Namespace) -> int:
-    convert_original(
-        args.clip,
-        args.output,
-        text_adapter=args.text_adapter,
-        image_adapter=args.image_adapter,
-        image_size=args.image_size,
-        hidden_act=args.hidden_act,
-        feature_layers=args.feature_layers,
-        text_adapter_weight=args.text_adapter_weight,
-        vision_adapter_weight=args.vision_adapter_weight,
-        anchor_classes=args.anchor_classes,
-        text_heads=args.text_heads,
-        vision_heads=args.vision_heads,
-        seed=args.seed,
-        verify=args.verify,
-        verify_atol=args.verify_atol,
-        push_to_hub=args.push_to_hub,
-        private=args.private,
-    )
-    return 0

@@ -8,8 +8,8 @@ tokens. Rebuilding it here means a default processor never needs the Hub.
 
 from __future__ import annotations
 
-import argparse
 import gzip
+import importlib.util
 from pathlib import Path
 
 from transformers import CLIPTokenizer
@@ -77,7 +77,6 @@ def build_clip_tokenizer(bpe_path: str | Path) -> CLIPTokenizer:
 
 def find_open_clip_bpe() -> Path:
     """The merges file inside an installed ``open_clip_torch`` (found without importing torchvision)."""
-    import importlib.util
 
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
@@ -92,17 +91,3 @@ def convert_tokenizer(bpe_path: str | Path, output_dir: str | Path) -> Path:
     tokenizer = build_clip_tokenizer(bpe_path)
     tokenizer.save_pretrained(str(output_dir))
     return Path(output_dir)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "bpe_file", nargs="?", help="OpenAI bpe_simple_vocab_16e6.txt(.gz); default: the one in open_clip_torch"
-    )
-    parser.add_argument("output_dir", help="folder for tokenizer.json and tokenizer_config.json")
-
-
-def run(args: argparse.Namespace) -> int:
-    source = Path(args.bpe_file) if args.bpe_file else find_open_clip_bpe()
-    out = convert_tokenizer(source, args.output_dir)
-    print(f"Wrote CLIP tokenizer ({len(build_clip_tokenizer(source))} tokens) from {source} to {out}")
-    return 0

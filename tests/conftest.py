@@ -52,12 +52,12 @@ def tiny_model(processor) -> AAClipModel:
 @pytest.fixture(scope="session")
 def training_root(tmp_path_factory):
     """A saved tiny AA-CLIP (`model/`) and a small synthetic defect set (`data/`) for training tests."""
-    from aaclip_hf.synthetic import generate_synthetic_dataset
-    from aaclip_hf.training.trainer import processor_for_size
+    from aaclip_hf import AAClipProcessor
+    from aaclip_hf.data.synthetic import generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("train")
     model = make_tiny_model(seed=0)
-    processor = processor_for_size(model.config.vision_config.image_size)
+    processor = AAClipProcessor.for_model(model.config)
     model.update_text_anchors(processor, ["object"])
     model.save_pretrained(root / "model")
     processor.save_pretrained(root / "model")

@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from aaclip_hf import AAClipConfig
-from aaclip_hf.flops import text_anchor_flops, vision_forward_flops
+from aaclip_hf.runtime.flops import text_anchor_flops, vision_forward_flops
 
 from .conftest import make_tiny_model
 
@@ -56,7 +56,7 @@ def test_vit_l_518_flops_hand_computed():
 
 
 def test_memory_traffic_floor_vit_l_518_hand_computed():
-    from aaclip_hf.flops import memory_traffic_floor, vision_side_parameters
+    from aaclip_hf.runtime.flops import memory_traffic_floor, vision_side_parameters
 
     config = AAClipConfig()
     t, d, f = 1370, 1024, 4096

@@ -12,10 +12,12 @@ from aaclip_hf.cli import COMMANDS, main
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_subcommand_has_a_parser_and_a_runner(name):
-    module = importlib.import_module(COMMANDS[name][0])
+    module_name, suffix, _help = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    prefix = f"_{suffix}" if suffix else ""
     parser = argparse.ArgumentParser()
-    module.add_arguments(parser)
-    assert callable(module.run)
+    getattr(module, f"add{prefix}_arguments")(parser)
+    assert callable(getattr(module, f"run{prefix}"))
     with pytest.raises(SystemExit) as exit_info:
         main([name, "--help"])
     assert exit_info.value.code == 0

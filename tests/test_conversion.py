@@ -38,8 +38,8 @@ from aaclip_hf.conversion.convert_clip import (  # noqa: E402
     load_clip_source,
     verify_clip,
 )
-from aaclip_hf.conversion.loading import UnsafeCheckpointError  # noqa: E402
 from aaclip_hf.conversion.original import convert_original, reference_anchor_names  # noqa: E402
+from aaclip_hf.runtime.serialization import UnsafeCheckpointError  # noqa: E402
 
 
 ATOL = 1e-5

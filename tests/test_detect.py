@@ -13,16 +13,16 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from aaclip_hf.detect import (
+from aaclip_hf.data.image_io import BadInputError
+from aaclip_hf.inference.calibrate import calibrate_threshold
+from aaclip_hf.inference.detect import (
     anomaly_probability,
-    calibrate_threshold,
     collect_images,
     decision_pixel_threshold,
     detect,
     make_pipeline,
 )
-from aaclip_hf.image_io import BadInputError
-from aaclip_hf.visualize import apply_colormap, contour_overlay, detection_figure
+from aaclip_hf.inference.visualize import apply_colormap, contour_overlay, detection_figure
 
 
 def _save(path, height, width, seed=0, exif_orientation=None):
@@ -117,7 +117,7 @@ def test_calibration_rules_by_hand():
 
 def test_calibrate_cli_stores_the_threshold_with_the_model(tiny_model, processor, tmp_path, capsys):
     from aaclip_hf.cli import main
-    from aaclip_hf.evaluation import load_model_and_processor
+    from aaclip_hf.runtime.loading import load_model_and_processor
 
     model_dir = tmp_path / "model"
     tiny_model.save_pretrained(model_dir)

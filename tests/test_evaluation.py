@@ -15,8 +15,8 @@ from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from aaclip_hf.data import Sample, load_samples
-from aaclip_hf.evaluation import domain_for_class, evaluate, reference_image_scores
-from aaclip_hf.synthetic import generate_synthetic_dataset
+from aaclip_hf.data.synthetic import generate_synthetic_dataset
+from aaclip_hf.evaluation.protocols import domain_for_class, evaluate, reference_image_scores
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aaclip_hf import hub
+from aaclip_hf.hub import publish as hub
 from aaclip_hf.modeling.pipeline_aaclip import AAClipAnomalyDetectionPipeline
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aaclip_hf.image_io import BadInputError, MissingFileError, load_image, load_mask
+from aaclip_hf.data.image_io import BadInputError, MissingFileError, load_image, load_mask
 
 
 def _save(tmp_path, name, image, **kwargs):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from aaclip_hf import AAClipConfig, AAClipModel, AAClipProcessor
-from aaclip_hf.flops import parameter_bytes
+from aaclip_hf.runtime.flops import parameter_bytes
 
 
 def test_same_outputs_as_full_model_for_stored_classes(tiny_model, pixel_values):

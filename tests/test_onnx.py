@@ -10,7 +10,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from aaclip_hf import cli  # noqa: E402
-from aaclip_hf.onnx_export import OUTPUT_NAMES, check_onnx, export_onnx  # noqa: E402
+from aaclip_hf.hub.onnx_export import OUTPUT_NAMES, check_onnx, export_onnx  # noqa: E402
 
 
 def _run_onnx(path, pixel_values, class_index=None):

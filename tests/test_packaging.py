@@ -61,7 +61,12 @@ def test_wheel_has_one_namespace_and_the_tokenizer(wheel):
         "aaclip_hf/modeling/clip_tokenizer/tokenizer.json",
         "aaclip_hf/conversion/tokenizer.py",
         "aaclip_hf/training/__init__.py",
-        "aaclip_hf/cli.py",
+        "aaclip_hf/cli/__init__.py",
+        "aaclip_hf/data/readers.py",
+        "aaclip_hf/evaluation/metrics.py",
+        "aaclip_hf/hub/publish.py",
+        "aaclip_hf/inference/detect.py",
+        "aaclip_hf/runtime/loading.py",
     ):
         assert required in names, required
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

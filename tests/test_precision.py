@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from aaclip_hf import AAClipConfig, AAClipModel
-from aaclip_hf.precision import cast_for_inference, dtype_supported, resolve_dtype
+from aaclip_hf.runtime.devices import cast_for_inference, dtype_supported, resolve_dtype
 
 
 # bf16 keeps 8 significand bits: unit roundoff u = 2**-8.

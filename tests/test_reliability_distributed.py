@@ -16,9 +16,9 @@ import textwrap
 
 import pytest
 
-from aaclip_hf.evaluation import add_arguments
-from aaclip_hf.evaluation import run as evaluate_cli
-from aaclip_hf.synthetic import generate_synthetic_dataset
+from aaclip_hf.cli.evaluate import add_arguments
+from aaclip_hf.cli.evaluate import run as evaluate_cli
+from aaclip_hf.data.synthetic import generate_synthetic_dataset
 
 from .conftest import make_tiny_model
 
@@ -32,19 +32,20 @@ SCRIPT = textwrap.dedent(
     import argparse, json, os, sys
     import torch
     torch.set_num_threads(1)
-    from aaclip_hf import evaluation
+    from aaclip_hf.cli import evaluate as evaluate_cli
+    from aaclip_hf.evaluation import protocols
 
     seen = []
-    real_consume = evaluation._consume
+    real_consume = protocols._consume
     def consume(gathered, *args, **kwargs):
         seen.extend(int(i) for i in gathered["index"].tolist())
         return real_consume(gathered, *args, **kwargs)
-    evaluation._consume = consume
+    protocols._consume = consume
 
     parser = argparse.ArgumentParser()
-    evaluation.add_arguments(parser)
+    evaluate_cli.add_arguments(parser)
     args = parser.parse_args(sys.argv[1:])
-    code = evaluation.run(args)
+    code = evaluate_cli.run(args)
     if int(os.environ.get("RANK", "0")) == 0:
         with open(os.path.join(args.output, "seen.json"), "w") as f:
             json.dump(seen, f)
@@ -63,9 +64,9 @@ def _free_port() -> int:
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("rel_dist")
     model = make_tiny_model()
-    from aaclip_hf.training.trainer import processor_for_size
+    from aaclip_hf import AAClipProcessor
 
-    processor = processor_for_size(model.config.vision_config.image_size)
+    processor = AAClipProcessor.for_model(model.config)
     model.update_text_anchors(processor, ["object", "stripes", "disc", "pill"])
     model.save_pretrained(root / "model")
     processor.save_pretrained(root / "model")

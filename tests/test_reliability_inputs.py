@@ -18,8 +18,9 @@ from PIL import Image
 from aaclip_hf import AAClipModel
 from aaclip_hf.cli import main as cli_main
 from aaclip_hf.data import load_samples
-from aaclip_hf.evaluation import evaluate, load_model_and_processor
-from aaclip_hf.synthetic import generate_synthetic_dataset
+from aaclip_hf.data.synthetic import generate_synthetic_dataset
+from aaclip_hf.evaluation.protocols import evaluate
+from aaclip_hf.runtime.loading import load_model_and_processor
 
 from .conftest import make_tiny_model
 
@@ -29,11 +30,11 @@ LONG_CLASS = " ".join(["very"] * 80) + " long part name"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from aaclip_hf.training.trainer import processor_for_size
+    from aaclip_hf import AAClipProcessor
 
     folder = tmp_path_factory.mktemp("rel_model")
     model = make_tiny_model()
-    processor = processor_for_size(model.config.vision_config.image_size)
+    processor = AAClipProcessor.for_model(model.config)
     model.update_text_anchors(processor, ["object", "stripes"])
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -47,7 +48,7 @@ def loaded(model_dir):
 
 @pytest.fixture(scope="module")
 def pipe(loaded):
-    from aaclip_hf.detect import make_pipeline
+    from aaclip_hf.inference.detect import make_pipeline
 
     return make_pipeline(*loaded)
 
@@ -310,7 +311,7 @@ def test_metadata_line_with_a_bad_field_names_line_and_field(model_dir, dataset,
 
 
 def test_unknown_class_on_inference_only_model_is_named(loaded, tmp_path, capsys):
-    from aaclip_hf.detect import make_pipeline
+    from aaclip_hf.inference.detect import make_pipeline
 
     model, processor = loaded
     folder = tmp_path / "lite"

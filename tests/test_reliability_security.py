@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from aaclip_hf import AAClipModel, AAClipProcessor
-from aaclip_hf.conversion.loading import UnsafeCheckpointError, load_tensor_file
+from aaclip_hf.runtime.serialization import UnsafeCheckpointError, load_tensor_file
 
 from .conftest import make_tiny_model
 
@@ -60,7 +60,7 @@ def test_package_never_pickles_and_always_loads_weights_only():
 
 
 def test_saved_folders_hold_safetensors_weights_only(tmp_path, processor):
-    from aaclip_hf.hub import save_for_hub
+    from aaclip_hf.hub.publish import save_for_hub
 
     model = make_tiny_model()
     model.update_text_anchors(processor, ["object"])
@@ -132,7 +132,7 @@ def test_no_trust_remote_code_needed_with_the_package_installed(tmp_path, proces
     `pipeline_class` (Hub folder) or the task `import aaclip_hf` registers (any folder)."""
     from transformers import AutoConfig, AutoModel, AutoProcessor, pipeline
 
-    from aaclip_hf.hub import save_for_hub
+    from aaclip_hf.hub.publish import save_for_hub
     from aaclip_hf.modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
 
     model = make_tiny_model()
@@ -168,6 +168,6 @@ def test_pickle_module_is_not_used_to_read_user_files():
             module = node.module if isinstance(node, ast.ImportFrom) else None
             if "pickle" in names or module == "pickle" or "dill" in names:
                 users.append(str(path.relative_to(ROOT)))
-    assert users == [str(Path("conversion") / "loading.py")], users
+    assert users == [str(Path("aaclip_hf") / "runtime" / "serialization.py")], users
     # ... and there it calls nothing of it (it only catches `pickle.UnpicklingError`).
-    assert [n for n, _ in _calls(ROOT / "conversion" / "loading.py") if n.startswith("pickle.")] == []
+    assert [n for n, _ in _calls(ROOT / "aaclip_hf" / "runtime" / "serialization.py") if n.startswith("pickle.")] == []

@@ -19,10 +19,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from aaclip_hf.conversion.loading import UnsafeCheckpointError, safe_torch_load
-from aaclip_hf.image_io import BadInputError
+from aaclip_hf.cli import train as train_cli
+from aaclip_hf.data.image_io import BadInputError
+from aaclip_hf.runtime.serialization import UnsafeCheckpointError, safe_torch_load
 from aaclip_hf.training import trainer as trainer_mod
-from aaclip_hf.training.trainer import NonFiniteLossError, Trainer, TrainingArguments
+from aaclip_hf.training.arguments import NonFiniteLossError, TrainingArguments
+from aaclip_hf.training.trainer import Trainer
 
 
 CHECKPOINT_FILES = (
@@ -174,7 +176,7 @@ DIE_IN_SAVE = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     import accelerate.accelerator as acc_module
-    from aaclip_hf.training import trainer
+    from aaclip_hf.cli import train as train_cli
 
     real, saves = acc_module.save_custom_state, []
     def torn(obj, path, index=0, **kw):
@@ -183,7 +185,7 @@ DIE_IN_SAVE = textwrap.dedent(
         if saves.count(0) == 3 and index == 1:  # third checkpoint, after the weights file: kill the process
             os._exit(137)
     acc_module.save_custom_state = torn
-    sys.exit(trainer.main(sys.argv[1:]))
+    sys.exit(train_cli.main(sys.argv[1:]))
     """
 )
 
@@ -294,7 +296,7 @@ def test_corrupt_image_is_caught_before_the_first_step(training_root, data_copy,
         "--num-workers",
         "0",
     ]
-    assert trainer_mod.main(argv) == 2
+    assert train_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "truncated" in err and "image_path" in err
     assert not (out / "checkpoints").exists()

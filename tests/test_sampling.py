@@ -6,7 +6,7 @@ import random
 import pytest
 
 from aaclip_hf.data import BadInputError, Sample, load_samples
-from aaclip_hf.sampling import DEFAULT_SHOT_SEED, parse_shots, sample_shots, write_jsonl
+from aaclip_hf.data.sampling import DEFAULT_SHOT_SEED, parse_shots, sample_shots, write_jsonl
 
 
 def _pool(classes=("a", "b", "c"), n_normal=20, n_anomaly=12):

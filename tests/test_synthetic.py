@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from aaclip_hf.data import load_samples
-from aaclip_hf.synthetic import (
+from aaclip_hf.data.synthetic import (
     DEFECT_KINDS,
     SYNTHETIC_CLASSES,
     SYNTHETIC_HELD_OUT_CLASSES,

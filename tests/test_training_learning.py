@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from aaclip_hf.demo import FULL, train_and_compare
+from aaclip_hf.cli.demo import FULL, train_and_compare
 
 
 SEED = 111

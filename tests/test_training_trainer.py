@@ -18,15 +18,8 @@ from safetensors.torch import load_file
 
 from aaclip_hf import AAClipModel
 from aaclip_hf.data import load_samples
-from aaclip_hf.training.trainer import (
-    NonFiniteLossError,
-    Trainer,
-    TrainingArguments,
-    _collate,
-    add_arguments,
-    arguments_from_namespace,
-    epoch_batches,
-)
+from aaclip_hf.training.arguments import NonFiniteLossError, TrainingArguments, add_arguments, arguments_from_namespace
+from aaclip_hf.training.trainer import Trainer, _collate, epoch_batches
 
 
 PYTHON = sys.executable
@@ -310,7 +303,7 @@ def test_cli_defaults_are_the_paper_setting():
     )
     from aaclip_hf.cli import COMMANDS
 
-    assert COMMANDS["train"][0] == "aaclip_hf.training"
+    assert COMMANDS["train"][0] == "aaclip_hf.cli.train"
     with pytest.raises(ValueError, match="per_image"):
         dataclasses.replace(args, cache_stage1_features=True, augment=False, dpam_mode="batch_axis").validate()
 

@@ -1,9 +1,13 @@
 """Two-stage AA-CLIP training (SPEC section 6): losses, DPAM stage-1 features, augmentation, trainer.
 
+Files: ``arguments`` (every knob and its command-line form), ``checkpointing`` (what a checkpoint holds),
+``trainer`` (the loop), ``losses``, ``dpam``, ``augment``.
+
 Run it as ``aaclip train ...``, ``python -m aaclip_hf.training ...`` or, on several devices,
 ``accelerate launch -m aaclip_hf.training ...`` (docs/training.md).
 """
 
+from .arguments import NonFiniteLossError, TrainingArguments, add_arguments
 from .augment import AugmentConfig, augment_batch, sample_seed
 from .dpam import Stage1FeatureCache, Stage1Features, dpam_features
 from .losses import (
@@ -18,7 +22,7 @@ from .losses import (
     stage1_loss,
     stage2_loss,
 )
-from .trainer import NonFiniteLossError, Trainer, TrainingArguments, add_arguments, run, train
+from .trainer import Trainer, train
 
 
 __all__ = [
@@ -38,7 +42,6 @@ __all__ = [
     "focal_loss",
     "image_bce_loss",
     "image_ce_loss",
-    "run",
     "sample_seed",
     "segmentation_loss",
     "stage1_loss",

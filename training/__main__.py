@@ -1,8 +1,8 @@
-"""``python -m aaclip_hf.training ...`` and ``accelerate launch -m aaclip_hf.training ...``."""
+"""``python -m aaclip_hf.training ...`` and ``accelerate launch -m aaclip_hf.training ...``: `aaclip train`."""
 
 import sys
 
-from .trainer import main
+from ..cli.train import main
 
 
 if __name__ == "__main__":

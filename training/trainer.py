@@ -24,7 +24,6 @@ Design choices that make the run exact and reproducible:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -32,377 +31,37 @@ import logging
 import math
 import os
 import shutil
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
 
-from .augment import AugmentConfig, augment_batch, sample_seed
-from .dpam import DPAM_MODES, Stage1FeatureCache, dpam_features
+from ..data.dataset import AnomalyDataset
+from ..data.image_io import BadInputError
+from ..data.readers import load_samples
+from ..data.samples import summarize_samples, verify_samples
+from ..data.sampling import sample_shots
+from ..modeling.modeling_aaclip import AAClipModel
+from ..runtime.loading import is_aaclip_folder, processor_for
+from .arguments import STAGES, NonFiniteLossError, TrainingArguments
+from .augment import augment_batch, sample_seed
+from .checkpointing import CHECKPOINT_PREFIX, TrainableWeights, TrainState, load_state_weights_only
+from .dpam import Stage1FeatureCache, dpam_features
 from .losses import BatchReducer, stage1_loss, stage2_loss
 
 
 logger = logging.getLogger("aaclip_hf.training")
 
-STAGES = ("text", "vision")
-CHECKPOINT_PREFIX = "checkpoint-"
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when the loss is NaN/inf and ``--skip-nonfinite`` is off."""
-
-
-# ----------------------------------------------------------------------------------------------
-# arguments
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainingArguments:
-    """Every knob of a run; the defaults are the paper's / reference's (SPEC section 6)."""
-
-    model: str
-    train_data: list[str]
-    output_dir: str
-    split: str = "test"
-    shots: str = "full"
-    stage: str = "both"
-    text_epochs: int = 5
-    vision_epochs: int = 20
-    text_lr: float = 1e-5
-    vision_lr: float = 5e-4
-    adam_betas: tuple[float, float] = (0.5, 0.999)
-    adam_eps: float = 1e-8
-    text_batch_size: int = 16
-    vision_batch_size: int = 2
-    text_milestones: list[int] = field(default_factory=list)
-    vision_milestones: list[int] = field(default_factory=lambda: [16000, 32000])
-    lr_gamma: float = 0.5
-    disentangle_weight: float = 0.1
-    focal_gamma: float = 2.0
-    stage1_loss: str = "reference"
-    dpam_mode: str = "per_image"
-    dpam_start_layer: int | None = None
-    cache_stage1_features: bool = False
-    image_size: int | None = None
-    hidden_act: str | None = None
-    augment: bool = True
-    aug_rotation: float = 30.0
-    aug_rotation_p: float = 0.5
-    aug_translate: float = 0.15
-    aug_translate_p: float = 0.5
-    aug_hflip_p: float = 0.5
-    aug_vflip_p: float = 0.5
-    aug_jitter: float = 0.5
-    aug_jitter_p: float = 0.7
-    seed: int = 111
-    mixed_precision: str = "no"
-    cpu: bool = False
-    resume: str | None = None
-    overwrite_output_dir: bool = False
-    checkpointing_steps: int = 0
-    max_steps: int | None = None
-    num_workers: int = 4
-    skip_bad_files: bool = False
-    skip_nonfinite: bool = False
-    log_every: int = 10
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    progress: bool = True
-
-    def validate(self) -> None:
-        if self.stage not in ("text", "vision", "both"):
-            raise ValueError(f"--stage must be text, vision or both, got {self.stage!r}")
-        if self.stage1_loss not in ("reference", "paper"):
-            raise ValueError(f"--stage1-loss must be reference or paper, got {self.stage1_loss!r}")
-        if self.dpam_mode not in DPAM_MODES:
-            raise ValueError(f"--dpam-mode must be one of {DPAM_MODES}, got {self.dpam_mode!r}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
-        positive = ("text_batch_size", "vision_batch_size", "text_lr", "vision_lr", "log_every")
-        non_negative = (
-            "text_epochs",
-            "vision_epochs",
-            "checkpointing_steps",
-            "num_workers",
-            "disentangle_weight",
-            "focal_gamma",
-        )
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        for name in non_negative:
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
-        if self.cache_stage1_features:
-            Stage1FeatureCache.check_valid(self.dpam_mode, self.augment)
-
-    @property
-    def stages(self) -> list[str]:
-        return list(STAGES) if self.stage == "both" else [self.stage]
-
-    def augment_config(self, stage: str) -> AugmentConfig:
-        return AugmentConfig(
-            rotation_degrees=self.aug_rotation,
-            rotation_p=self.aug_rotation_p,
-            translate=self.aug_translate,
-            translate_p=self.aug_translate_p,
-            hflip_p=self.aug_hflip_p,
-            vflip_p=self.aug_vflip_p,
-            color_jitter=stage == "vision",
-            brightness=self.aug_jitter,
-            contrast=self.aug_jitter,
-            saturation=self.aug_jitter,
-            jitter_p=self.aug_jitter_p,
-        )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`aaclip train` flags (every hyper-parameter at the paper's default)."""
-    d = TrainingArguments(model="", train_data=[], output_dir="")
-    g = parser.add_argument_group("model and data")
-    g.add_argument(
-        "--model", required=True, help="HF CLIP id/folder (adapters start fresh) or an AA-CLIP model folder"
-    )
-    g.add_argument(
-        "--train-data",
-        required=True,
-        nargs="+",
-        help="dataset folder / metadata file / spec PATH::key=value (several are combined)",
-    )
-    g.add_argument(
-        "--split",
-        default=d.split,
-        help="split of the training data (default 'test': the reference trains on the other dataset's test split)",
-    )
-    g.add_argument(
-        "--shots", default=d.shots, help="images per class, k/2 normal + k/2 anomalous (2, 16, 64) or 'full'"
-    )
-    g.add_argument("--stage", default=d.stage, choices=["text", "vision", "both"], help="which stage(s) to run")
-    g.add_argument(
-        "--image-size",
-        type=int,
-        default=None,
-        help="input size when building from a plain CLIP (paper: 518); default: the model's",
-    )
-    g.add_argument(
-        "--hidden-act",
-        default=None,
-        help="override both towers' activation when building from CLIP ('gelu' = the reference)",
-    )
-    g.add_argument(
-        "--output",
-        "--output-dir",
-        dest="output_dir",
-        required=True,
-        help="output folder (model, processor, logs, checkpoints)",
-    )
-    g.add_argument(
-        "--skip-bad-files", action="store_true", help="skip unreadable images/masks (logged) instead of stopping"
-    )
-    g.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader worker processes")
-    o = parser.add_argument_group("optimisation (SPEC section 6)")
-    o.add_argument("--text-epochs", type=int, default=d.text_epochs)
-    o.add_argument("--vision-epochs", type=int, default=d.vision_epochs)
-    o.add_argument("--text-lr", type=float, default=d.text_lr)
-    o.add_argument("--vision-lr", type=float, default=d.vision_lr)
-    o.add_argument("--adam-betas", type=float, nargs=2, default=list(d.adam_betas), metavar=("B1", "B2"))
-    o.add_argument("--adam-eps", type=float, default=d.adam_eps)
-    o.add_argument(
-        "--text-batch-size",
-        type=int,
-        default=d.text_batch_size,
-        help="global batch size of stage 1 (split over processes)",
-    )
-    o.add_argument(
-        "--vision-batch-size",
-        type=int,
-        default=d.vision_batch_size,
-        help="global batch size of stage 2 (split over processes)",
-    )
-    o.add_argument(
-        "--text-milestones",
-        type=int,
-        nargs="*",
-        default=d.text_milestones,
-        help="MultiStepLR milestones of stage 1, in steps (reference: none)",
-    )
-    o.add_argument(
-        "--vision-milestones",
-        type=int,
-        nargs="*",
-        default=d.vision_milestones,
-        help="MultiStepLR milestones of stage 2, in steps",
-    )
-    o.add_argument("--lr-gamma", type=float, default=d.lr_gamma, help="MultiStepLR decay factor")
-    o.add_argument(
-        "--disentangle-weight", type=float, default=d.disentangle_weight, help="gamma of the disentangle loss"
-    )
-    o.add_argument("--focal-gamma", type=float, default=d.focal_gamma)
-    o.add_argument("--stage1-loss", default=d.stage1_loss, choices=["reference", "paper"])
-    o.add_argument("--dpam-mode", default=d.dpam_mode, choices=list(DPAM_MODES))
-    o.add_argument(
-        "--dpam-start-layer",
-        type=int,
-        default=None,
-        help="first V-V layer (1-based); default: the first feature level (6 for ViT-L)",
-    )
-    o.add_argument(
-        "--cache-stage1-features",
-        action="store_true",
-        help="keep stage-1 DPAM features in CPU memory (needs --no-augment, per_image)",
-    )
-    o.add_argument(
-        "--max-steps", type=int, default=None, help="stop each stage after this many optimizer steps (tests, demos)"
-    )
-    o.add_argument("--seed", type=int, default=d.seed)
-    o.add_argument(
-        "--skip-nonfinite", action="store_true", help="skip steps whose loss is NaN/inf instead of stopping"
-    )
-    u = parser.add_argument_group("augmentation (SPEC section 6)")
-    u.add_argument("--no-augment", dest="augment", action="store_false", help="turn all augmentation off")
-    u.add_argument("--aug-rotation", type=float, default=d.aug_rotation, help="max rotation in degrees")
-    u.add_argument("--aug-rotation-p", type=float, default=d.aug_rotation_p)
-    u.add_argument("--aug-translate", type=float, default=d.aug_translate, help="max shift as a fraction of the side")
-    u.add_argument("--aug-translate-p", type=float, default=d.aug_translate_p)
-    u.add_argument("--aug-hflip-p", type=float, default=d.aug_hflip_p)
-    u.add_argument("--aug-vflip-p", type=float, default=d.aug_vflip_p)
-    u.add_argument(
-        "--aug-jitter", type=float, default=d.aug_jitter, help="stage-2 brightness/contrast/saturation strength"
-    )
-    u.add_argument(
-        "--aug-jitter-p", type=float, default=d.aug_jitter_p, help="probability of each stage-2 colour jitter"
-    )
-    r = parser.add_argument_group("run")
-    r.add_argument("--mixed-precision", default=d.mixed_precision, choices=["no", "bf16", "fp16"])
-    r.add_argument("--cpu", action="store_true", help="force the CPU even if an accelerator is present")
-    r.add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        default=None,
-        help="resume from the newest checkpoint in the output folder (or from PATH)",
-    )
-    r.add_argument(
-        "--overwrite-output-dir", action="store_true", help="start fresh even if the output folder holds checkpoints"
-    )
-    r.add_argument(
-        "--checkpointing-steps",
-        type=int,
-        default=d.checkpointing_steps,
-        help="also checkpoint every N steps (0: at each epoch end only)",
-    )
-    r.add_argument("--log-every", type=int, default=d.log_every, help="log the loss every N steps")
-    r.add_argument("--push-to-hub", action="store_true")
-    r.add_argument("--hub-model-id", default=None)
-    r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-
-
-def arguments_from_namespace(ns: argparse.Namespace) -> TrainingArguments:
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    kwargs = {k: v for k, v in vars(ns).items() if k in names}
-    kwargs["adam_betas"] = tuple(kwargs["adam_betas"])
-    kwargs["shots"] = str(kwargs["shots"])
-    return TrainingArguments(**kwargs)
-
-
-def run(args: argparse.Namespace) -> int:
-    from aaclip_hf.image_io import BadInputError
-
-    try:
-        train(arguments_from_namespace(args))
-    except (BadInputError, NonFiniteLossError, ValueError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
 
 # ----------------------------------------------------------------------------------------------
 # checkpointed state
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainState:
-    """Where the run is; saved in every checkpoint (``stage_index`` counts the stages of this run)."""
-
-    stage_index: int = 0
-    epoch: int = 0
-    step_in_epoch: int = 0
-    stage_step: int = 0
-    global_step: int = 0
-    anchors_ready: bool = False
-    data_fingerprint: str = ""
-    stages: list[str] = field(default_factory=list)
-
-    def state_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-
-
-class TrainableWeights:
-    """The AA-CLIP parameters (adapters, heads) and stored anchors, for ``save_state``."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def state_dict(self) -> dict:
-        params = {name: p.detach().cpu().clone() for name, p in _named_adapter_params(self.model)}
-        return {
-            "params": params,
-            "text_anchors": self.model.text_anchors.detach().cpu().clone(),
-            "anchor_class_names": list(self.model.config.anchor_class_names),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        named = dict(_named_adapter_params(self.model))
-        if set(named) != set(state["params"]):
-            raise ValueError(
-                f"checkpoint parameters {sorted(set(state['params']) ^ set(named))[:5]} do not match the model"
-            )
-        with torch.no_grad():
-            for name, value in state["params"].items():
-                named[name].copy_(value)
-            device = self.model.text_anchors.device
-            self.model.text_anchors = state["text_anchors"].to(device)
-            self.model.config.anchor_class_names = list(state["anchor_class_names"])
-
-
-def _load_state_weights_only(accelerator, path: str) -> None:
-    """``accelerator.load_state`` with every file read by ``torch.load(weights_only=True)``.
-
-    accelerate unpickles registered custom states (``custom_checkpoint_*.pkl``: our TrainState, trainable
-    weights and schedulers) with ``weights_only=False``, which would run code from a tampered checkpoint.
-    They hold only tensors, numbers, strings and containers, so they load under the safe unpickler; a file
-    that needs more is refused with `UnsafeCheckpointError` naming it.
-    """
-    import accelerate.accelerator as acc_module
-
-    from aaclip_hf.conversion.loading import safe_torch_load
-
-    def load_custom_state(obj, input_dir, index: int = 0) -> None:
-        obj.load_state_dict(safe_torch_load(os.path.join(input_dir, f"custom_checkpoint_{index}.pkl")))
-
-    original = acc_module.load_custom_state
-    acc_module.load_custom_state = load_custom_state
-    try:
-        accelerator.load_state(path)
-    finally:
-        acc_module.load_custom_state = original
-
-
-def _named_adapter_params(model) -> list[tuple[str, torch.nn.Parameter]]:
-    ids = {id(p) for m in model.adapter_modules() for p in m.parameters()}
-    return [(n, p) for n, p in model.named_parameters() if id(p) in ids]
 
 
 def stage_parameters(model, stage: str, use_masks: bool = True) -> list[torch.nn.Parameter]:
@@ -480,51 +139,20 @@ def _fingerprint(samples) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _is_aaclip_dir(path: str) -> bool:
-    cfg = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg):
-        return False
-    with open(cfg, encoding="utf-8") as f:
-        return json.load(f).get("model_type") == "aaclip"
-
-
-def processor_for_size(image_size: int):
-    from transformers import CLIPImageProcessorPil
-
-    from aaclip_hf import AAClipProcessor
-
-    return AAClipProcessor(
-        image_processor=CLIPImageProcessorPil(size={"height": image_size, "width": image_size}, do_center_crop=False)
-    )
-
-
 def load_model_and_processor(args: TrainingArguments):
     """An AA-CLIP model folder as it is, or a fresh AA-CLIP on a plain CLIP (adapters xavier, seeded)."""
-    from aaclip_hf import AAClipModel, AAClipProcessor
-
-    if os.path.isdir(args.model) and _is_aaclip_dir(args.model):
+    if os.path.isdir(args.model) and is_aaclip_folder(args.model):
         if args.image_size is not None or args.hidden_act is not None:
             raise ValueError("--image-size / --hidden-act only apply when building from a plain CLIP model")
         model = AAClipModel.from_pretrained(args.model)
-        try:
-            processor = AAClipProcessor.from_pretrained(args.model)
-        except (OSError, ValueError):
-            processor = processor_for_size(model.config.vision_config.image_size)
-    else:
-        overrides = {}
-        if args.image_size is not None:
-            overrides["image_size"] = args.image_size
-        if args.hidden_act is not None:
-            overrides["hidden_act"] = args.hidden_act
-        model = AAClipModel.from_clip_pretrained(args.model, seed=args.seed, **overrides)
-        processor = processor_for_size(model.config.vision_config.image_size)
-    size = model.config.vision_config.image_size
-    if tuple(processor.image_size) != (size, size):
-        raise ValueError(
-            f"the processor resizes to {processor.image_size} but the model expects {size}x{size}; "
-            "fix preprocessor_config.json in the model folder"
-        )
-    return model, processor
+        return model, processor_for(model, args.model)
+    overrides = {}
+    if args.image_size is not None:
+        overrides["image_size"] = args.image_size
+    if args.hidden_act is not None:
+        overrides["hidden_act"] = args.hidden_act
+    model = AAClipModel.from_clip_pretrained(args.model, seed=args.seed, **overrides)
+    return model, processor_for(model)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -538,8 +166,6 @@ def _make_accelerator(accelerator_cls, args: TrainingArguments):
     try:
         return accelerator_cls(mixed_precision=args.mixed_precision, cpu=args.cpu)
     except ValueError as err:
-        from accelerate.state import AcceleratorState, PartialState
-
         if "already been initialized" not in str(err) or PartialState().num_processes > 1:
             raise
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -550,8 +176,6 @@ class Trainer:
     """Runs the requested stages; see the module docstring. ``Trainer(args).train()``."""
 
     def __init__(self, args: TrainingArguments, model=None, processor=None, samples=None):
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
 
         args.validate()
         self.args = args
@@ -601,8 +225,6 @@ class Trainer:
     # ------------------------------------------------------------------ setup helpers
 
     def _load_samples(self):
-        from aaclip_hf.data import load_samples, verify_samples
-        from aaclip_hf.sampling import sample_shots
 
         args = self.args
         samples = load_samples(args.train_data, args.split, skip_bad_files=args.skip_bad_files)
@@ -616,14 +238,11 @@ class Trainer:
         return samples if args.skip_bad_files else verify_samples(samples, progress=show)
 
     def _describe_data(self) -> None:
-        from aaclip_hf.data import summarize_samples
 
         counts = summarize_samples(self.samples)
         n_anom = sum(r["anomaly"] for r in counts.values())
         n_masked = sum(r["with_mask"] for r in counts.values())
         if n_anom == 0:
-            from aaclip_hf.image_io import BadInputError
-
             raise BadInputError(
                 f"the training data ({len(self.samples)} images) has no anomalous image (label 1); AA-CLIP "
                 "learns from normal and anomalous examples",
@@ -660,7 +279,6 @@ class Trainer:
         return BatchReducer(world_size=self.world, all_reduce_sum=all_reduce_sum)
 
     def _dataset(self):
-        from aaclip_hf.data import AnomalyDataset
 
         return AnomalyDataset(self.samples, self.processor, with_masks=self.use_masks)
 
@@ -713,7 +331,7 @@ class Trainer:
             logger.info("--resume: no checkpoint in %s yet, starting from the beginning", self.checkpoint_root)
             return
         stages, fingerprint = list(self.state.stages), self.state.data_fingerprint
-        _load_state_weights_only(acc, path)
+        load_state_weights_only(acc, path)
         if list(self.state.stages) != stages:
             raise ValueError(f"checkpoint {path} is from a run with stages {self.state.stages}, this run has {stages}")
         if self.state.data_fingerprint != fingerprint:
@@ -885,7 +503,6 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     def train(self) -> str:
-        from tqdm.auto import tqdm
 
         args, acc, state = self.args, self.accelerator, self.state
         if acc.is_main_process:
@@ -1000,12 +617,6 @@ class Trainer:
             logger.info(
                 "saved the trained model and processor (anchors for %d classes) to %s", len(classes), args.output_dir
             )
-            if args.push_to_hub:
-                from ..hub import push_folder_to_hub  # uploads pipeline code and a model card too
-
-                repo = args.hub_model_id or os.path.basename(os.path.abspath(args.output_dir))
-                push_folder_to_hub(args.output_dir, repo)
-                logger.info("pushed to the Hub as %s", repo)
         acc.wait_for_everyone()
         acc.end_training()
         return args.output_dir
@@ -1014,9 +625,3 @@ class Trainer:
 def train(args: TrainingArguments, **kwargs) -> str:
     """Run the stages of ``args``; returns the output folder. ``kwargs`` go to :class:`Trainer`."""
     return Trainer(args, **kwargs).train()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aaclip_hf.training", description="Two-stage AA-CLIP training.")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))

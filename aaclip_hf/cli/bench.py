@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def _load_runner():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
     if not path.is_file():
         raise SystemExit(
             f"aaclip bench needs a source checkout (looked for {path}); clone the repository and "

@@ -27,7 +27,6 @@ boundary), and a class's maps are released as soon as its metrics are computed.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -43,9 +42,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
-from .data import Sample, load_samples
-from .image_io import BadInputError, load_image, load_mask
+from ..data.image_io import BadInputError, load_image, load_mask
+from ..data.samples import Sample
+from ..modeling.modeling_aaclip import upsample_grid
 from .metrics import DEFAULT_FPR_LIMIT, image_metrics, pixel_metrics
 
 
@@ -58,9 +59,7 @@ __all__ = [
     "RESOLUTIONS",
     "domain_for_class",
     "evaluate",
-    "load_model_and_processor",
     "reference_image_scores",
-    "resolve_device",
 ]
 
 PROTOCOLS = ("reference", "per-image")
@@ -90,62 +89,6 @@ def domain_for_class(class_name: str, default: str = "industrial") -> str:
     if short in MEDICAL_CLASSES or short.startswith(MEDICAL_PREFIXES):
         return "medical"
     return default
-
-
-def resolve_device(device: str | None = None) -> torch.device:
-    """`None`/`"auto"`: CUDA if available, else Apple MPS, else CPU."""
-    if device in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
-
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
-
-
-def load_model_and_processor(model: str, device: str | None = None, dtype: str | None = None):
-    """An AA-CLIP folder or Hub id -> `(model, processor)` in eval mode on `device` with `dtype`.
-
-    A folder without a processor gets the default one at the model's input size.
-    """
-    from transformers import CLIPImageProcessorPil
-
-    from .modeling import AAClipConfig, AAClipModel, AAClipProcessor
-
-    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "config.json")):
-        raise FileNotFoundError(f"--model {model}: no config.json; expected a folder written by save_pretrained")
-    config = AAClipConfig.from_pretrained(model)
-    if config.model_type != "aaclip":
-        raise ValueError(f"--model {model}: model_type {config.model_type!r}, expected an AA-CLIP model ('aaclip')")
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    aaclip = AAClipModel.from_pretrained(model, dtype=DTYPES[dtype] if dtype else torch.float32)
-    aaclip.to(resolve_device(device)).eval()
-    try:
-        processor = AAClipProcessor.from_pretrained(model)
-    except (OSError, ValueError) as error:
-        size = config.vision_config.image_size
-        logger.warning("no processor in %s (%s); using the default preprocessing at %d px", model, error, size)
-        processor = AAClipProcessor(
-            image_processor=CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False)
-        )
-    size = config.vision_config.image_size
-    if tuple(processor.image_size) != (size, size):
-        raise ValueError(
-            f"--model {model}: the processor resizes to {processor.image_size} but the model expects {size}x{size}; "
-            "fix preprocessor_config.json / processor_config.json"
-        )
-    return aaclip, processor
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,7 +322,6 @@ def evaluate(
         accelerator: an `accelerate.Accelerator` to shard the images over processes; results are gathered
             without tail duplicates (`gather_for_metrics`) and returned on the main process (`None` elsewhere).
     """
-    from tqdm.auto import tqdm
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -498,7 +440,6 @@ def evaluate(
 
 def _consume(gathered, samples, states, rows, model_size, resolution, protocol, config, aupro_variant, fpr_limit):
     """File a (gathered) batch into the per-class states; finish every class whose last image arrived."""
-    from .modeling.modeling_aaclip import upsample_grid
 
     grids = gathered["grid"].float().cpu()
     model_maps = upsample_grid(grids, model_size)
@@ -593,92 +534,3 @@ def _mean(rows: dict[str, dict[str, Any]], protocol: str) -> tuple[dict[str, flo
 # ----------------------------------------------------------------------------------------------
 # CLI: aaclip evaluate
 # ----------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="AA-CLIP folder or Hub id")
-    parser.add_argument("--data", required=True, nargs="+", help="dataset path or spec (PATH[::classes=a,b]...)")
-    parser.add_argument("--split", default="test", help="split to read (default: test)")
-    parser.add_argument("--classes", nargs="+", default=None, help="evaluate only these classes")
-    parser.add_argument(
-        "--dataset-name", default=None, help="name in the tables and model card (default: folder name)"
-    )
-    parser.add_argument(
-        "--protocol",
-        choices=PROTOCOLS,
-        default="reference",
-        help="image scores: reference (per-class min-max fusion, the paper's) or per-image (model's own)",
-    )
-    parser.add_argument(
-        "--resolution",
-        choices=RESOLUTIONS,
-        default="model",
-        help="pixel metrics at the model input size (reference) or each image's original size",
-    )
-    parser.add_argument("--domain", default="auto", help="auto (by class name), industrial or medical")
-    parser.add_argument(
-        "--aupro-variant",
-        choices=("mvtec", "cflow"),
-        default="mvtec",
-        help="mvtec: reference AUPRO (interpolated at the limit, / limit); cflow: APRIL-GAN/AnomalyCLIP",
-    )
-    parser.add_argument("--fpr-limit", type=float, default=DEFAULT_FPR_LIMIT, help="AUPRO FPR limit (default 0.3)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-workers", type=int, default=2, help="image loading processes")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype (default float32)")
-    parser.add_argument(
-        "--skip-bad-files", action="store_true", help="drop unreadable files (logged) instead of failing"
-    )
-    parser.add_argument("--output", required=True, help="folder for results.json, results.csv and results.md")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    accelerator = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`
-        from accelerate import Accelerator
-
-        accelerator = Accelerator()
-        args.device = str(accelerator.device)
-    samples = load_samples(args.data, args.split, classes=args.classes, skip_bad_files=args.skip_bad_files)
-    skipped = 0
-    if args.skip_bad_files:  # decode every file up front: a corrupt image is dropped here instead of ending the run
-        from .data import verify_samples
-
-        kept = verify_samples(samples, skip_bad_files=True, progress=not args.no_progress)
-        skipped, samples = len(samples) - len(kept), kept
-    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
-    name = args.dataset_name or os.path.basename(os.path.normpath(args.data[0].split("::")[0]))
-    result = evaluate(
-        model,
-        processor,
-        samples,
-        protocol=args.protocol,
-        resolution=args.resolution,
-        batch_size=args.batch_size,
-        domain=args.domain,
-        aupro_variant=args.aupro_variant,
-        fpr_limit=args.fpr_limit,
-        num_workers=args.num_workers,
-        dataset_name=name,
-        split=args.split,
-        progress=not args.no_progress,
-        accelerator=accelerator,
-    )
-    if result is None:
-        return 0
-    if skipped:
-        result.notes.append(
-            f"{skipped} image(s) skipped as unreadable or with a mask of another size (--skip-bad-files)"
-        )
-    result.settings["model"] = args.model
-    result.settings["data"] = list(args.data)
-    paths = result.save(args.output)
-    print(f"\n{name}: {args.protocol} protocol, pixel metrics at {args.resolution} resolution (%)\n")
-    print(result.to_markdown())
-    for note in result.notes:
-        print(f"note: {note}")
-    print(f"\nwrote {paths['json']}, {paths['csv']} and {paths['markdown']}")
-    return 0

@@ -12,45 +12,68 @@ import importlib
 import os
 import sys
 
+from huggingface_hub.errors import StrictDataclassError
 
-# name -> (module, one-line help). Keep sorted by workflow: set up, train, use, publish.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "info": ("aaclip_hf.info", "Show versions, devices and what a model folder holds."),
+
+# name -> (module, suffix, one-line help): the module defines `add_<suffix>_arguments(parser)` and
+# `run_<suffix>(args) -> int` (suffix "" : `add_arguments` / `run`). Sorted by workflow: set up, train, use, publish.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "info": ("aaclip_hf.cli.info", "", "Show versions, devices and what a model folder holds."),
     "convert-tokenizer": (
-        "aaclip_hf.conversion.tokenizer",
+        "aaclip_hf.cli.convert",
+        "tokenizer",
         "Write HF CLIP tokenizer files from OpenAI's BPE merges file.",
     ),
     "convert-clip": (
-        "aaclip_hf.conversion.convert_clip",
+        "aaclip_hf.cli.convert",
+        "clip",
         "Convert an OpenAI/OpenCLIP/HF CLIP checkpoint into an AA-CLIP (or CLIP) folder.",
     ),
     "convert-original": (
-        "aaclip_hf.conversion.original",
+        "aaclip_hf.cli.convert",
+        "original",
         "Convert the reference AA-CLIP checkpoints (backbone + adapters) into an AA-CLIP folder.",
     ),
-    "make-synthetic": ("aaclip_hf.synthetic", "Write a synthetic defect dataset (MVTec layout) with exact masks."),
+    "make-synthetic": (
+        "aaclip_hf.cli.data",
+        "make_synthetic",
+        "Write a synthetic defect dataset (MVTec layout) with exact masks.",
+    ),
     "sample-shots": (
-        "aaclip_hf.sampling",
+        "aaclip_hf.cli.data",
+        "sample_shots",
         "Draw a k-shot split (k/2 normal + k/2 anomalous per class) as JSON-lines.",
     ),
-    "export-onnx": (
-        "aaclip_hf.onnx_export",
-        "Export the vision path with stored anchors to ONNX (dynamic batch, no text tower).",
-    ),
-    "bench": ("aaclip_hf.bench", "Run the performance benchmarks and write a markdown + JSON report."),
-    "train": ("aaclip_hf.training", "Two-stage AA-CLIP training (text, then vision) with Accelerate."),
+    "train": ("aaclip_hf.cli.train", "", "Two-stage AA-CLIP training (text, then vision) with Accelerate."),
     "evaluate": (
-        "aaclip_hf.evaluation",
+        "aaclip_hf.cli.evaluate",
+        "",
         "Per-class and mean AUROC/AP/F1-max/AUPRO in the paper's protocol and table layout.",
     ),
-    "detect": ("aaclip_hf.detect", "Score your images: overlays (image | heat map | decision contour), JSON and CSV."),
+    "detect": (
+        "aaclip_hf.cli.detect",
+        "detect",
+        "Score your images: overlays (image | heat map | decision contour), JSON and CSV.",
+    ),
     "calibrate": (
-        "aaclip_hf.calibrate",
+        "aaclip_hf.cli.detect",
+        "calibrate",
         "Set the model's decision threshold from a few normal (and anomalous) images.",
     ),
-    "push": ("aaclip_hf.hub", "Upload a model folder to the Hub with remote code, pipeline code and a model card."),
+    "push": (
+        "aaclip_hf.cli.hub",
+        "push",
+        "Upload a model folder to the Hub with remote code, pipeline code and a model card.",
+    ),
+    "export-onnx": (
+        "aaclip_hf.cli.hub",
+        "export_onnx",
+        "Export the vision path with stored anchors to ONNX (dynamic batch, no text tower).",
+    ),
+    "bench": ("aaclip_hf.cli.bench", "", "Run the performance benchmarks and write a markdown + JSON report."),
     "demo": (
-        "aaclip_hf.demo",
+        "aaclip_hf.cli.demo",
+        "",
         "The offline end-to-end demo: synthetic data, train, zero-shot eval, detect, Hub folder.",
     ),
 }
@@ -62,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="AA-CLIP zero-shot anomaly detection and segmentation on Hugging Face transformers.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (_module, help_text) in COMMANDS.items():
+    for name, (_module, _suffix, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
 
@@ -76,15 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     name = argv[0]
-    module_name, help_text = COMMANDS[name]
+    module_name, suffix, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
+    prefix = f"_{suffix}" if suffix else ""
     sub_parser = argparse.ArgumentParser(prog=f"aaclip {name}", description=help_text)
-    module.add_arguments(sub_parser)
+    getattr(module, f"add{prefix}_arguments")(sub_parser)
     args = sub_parser.parse_args(argv[1:])
-    from huggingface_hub.errors import StrictDataclassError  # an invalid config.json field: an input error too
 
     try:
-        return int(module.run(args) or 0)
+        return int(getattr(module, f"run{prefix}")(args) or 0)
     except (ValueError, KeyError, FileNotFoundError, StrictDataclassError) as error:
         # Clear input errors (they name the file/field) without a traceback; AACLIP_DEBUG=1 shows it.
         if os.environ.get("AACLIP_DEBUG"):

@@ -14,7 +14,7 @@ training summary the trainer writes (`training_summary.json`) and the JSON of `a
 
 from __future__ import annotations
 
-import argparse
+import inspect
 import json
 import math
 import os
@@ -23,8 +23,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .modeling import AAClipConfig
-from .modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+from ..modeling.configuration_aaclip import AAClipConfig
+from ..modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
 
 
 __all__ = [
@@ -224,7 +226,6 @@ def _eval_runs(eval_results: dict | Sequence[dict] | None) -> list[dict]:
 
 def card_eval_results(eval_results: dict | Sequence[dict] | None) -> list:
     """`huggingface_hub.EvalResult`s (values in percent) from the class means of `aaclip evaluate` JSONs."""
-    from huggingface_hub import EvalResult
 
     results = []
     for run in _eval_runs(eval_results):
@@ -315,7 +316,6 @@ def build_model_card(
     model_name: str | None = None,
 ):
     """A `huggingface_hub.ModelCard` for an AA-CLIP model (offline; no Hub call)."""
-    from huggingface_hub import ModelCard, ModelCardData
 
     summary = training_summary or {}
     base_model = (
@@ -373,7 +373,6 @@ def build_model_card(
 
 def _add_pipeline_code(folder: Path) -> None:
     """Copy the pipeline file and declare it in `config.json` (what `Pipeline.save_pretrained` records)."""
-    import inspect
 
     source = Path(inspect.getsourcefile(AAClipAnomalyDetectionPipeline))
     shutil.copyfile(source, folder / PIPELINE_FILE)
@@ -462,7 +461,6 @@ def push_folder_to_hub(
 
     The source folder is not modified. Returns the commit URL.
     """
-    from huggingface_hub import HfApi
 
     source = Path(folder)
     if not source.is_dir():
@@ -517,57 +515,3 @@ def push_model_to_hub(
 # ----------------------------------------------------------------------------------------------
 # CLI: aaclip push
 # ----------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", help="a folder written by save_pretrained (aaclip train / convert / calibrate)")
-    parser.add_argument("repo_id", help="Hub repository, e.g. your-name/aaclip-vitl14-visa")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument(
-        "--eval-results",
-        nargs="+",
-        default=None,
-        metavar="JSON",
-        help="results.json file(s) from `aaclip evaluate`; their class means go into the model card",
-    )
-    parser.add_argument("--base-model", default=None, help="Hub id of the CLIP the model was built on (card metadata)")
-    parser.add_argument(
-        "--license", default="mit", help="licence identifier for the card (default: mit, the CLIP weights')"
-    )
-    parser.add_argument("--token", default=None, help="Hub token (default: the saved login / HF_TOKEN)")
-    parser.add_argument("--commit-message", default=None)
-    parser.add_argument(
-        "--dry-run",
-        metavar="DIR",
-        default=None,
-        help="write the completed Hub folder to DIR instead of uploading (check the card and files first)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    eval_results = [load_json(path, "eval results") for path in args.eval_results] if args.eval_results else None
-    if args.dry_run:
-        target = Path(args.dry_run)
-        if target.exists() and any(target.iterdir()):
-            raise FileExistsError(f"--dry-run folder {target} is not empty")
-        shutil.copytree(args.model_dir, target, dirs_exist_ok=True, ignore=NOT_UPLOADED)
-        prepare_hub_folder(
-            target, repo_id=args.repo_id, eval_results=eval_results, base_model=args.base_model, license=args.license
-        )
-        print(
-            f"Hub-ready folder written to {target} (nothing uploaded); files: {sorted(p.name for p in target.iterdir())}"
-        )
-        return 0
-    url = push_folder_to_hub(
-        args.model_dir,
-        args.repo_id,
-        private=args.private,
-        token=args.token,
-        commit_message=args.commit_message,
-        eval_results=eval_results,
-        base_model=args.base_model,
-        license=args.license,
-    )
-    print(f"pushed {args.model_dir} to https://huggingface.co/{args.repo_id} ({url})")
-    print(f'use it with: pipeline("{TASK}", model="{args.repo_id}", trust_remote_code=True)')
-    return 0

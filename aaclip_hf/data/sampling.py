@@ -13,16 +13,15 @@ seed 111. This module makes such splits reproducibly:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
-from .data import BadInputError, Sample, load_samples, summarize_samples
+from .image_io import BadInputError
+from .samples import Sample, summarize_samples
 
 
 __all__ = ["DEFAULT_SHOT_SEED", "sample_shots", "parse_shots", "write_jsonl"]
@@ -122,41 +121,3 @@ def write_jsonl(
 
 
 # ---------------------------------------------------------------- CLI: aaclip sample-shots
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "data", nargs="+", help="dataset folder, metadata file or spec (PATH::classes=a,b); several are combined"
-    )
-    parser.add_argument(
-        "--shots", required=True, help="images per class, even (k/2 normal + k/2 anomalous), or 'full'"
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=DEFAULT_SHOT_SEED,
-        help=f"random seed (default {DEFAULT_SHOT_SEED}, as the reference)",
-    )
-    parser.add_argument("--output", required=True, help="JSON-lines file to write")
-    parser.add_argument(
-        "--split", default="test", help="split to draw from (default 'test', as the reference's VisA training data)"
-    )
-    parser.add_argument("--format", default=None, help="dataset layout, if auto-detection is wrong")
-    parser.add_argument(
-        "--relative-to", default=None, help="write paths relative to this folder (default: the output file's folder)"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        samples = load_samples(args.data, args.split, format=args.format)
-        picked = sample_shots(samples, args.shots, seed=args.seed)
-    except BadInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    write_jsonl(picked, args.output, relative_to=args.relative_to)
-    print(f"{'class':<24} {'normal':>6} {'anomaly':>7}")
-    for cls, row in summarize_samples(picked).items():
-        print(f"{cls:<24} {row['normal']:>6} {row['anomaly']:>7}")
-    print(f"wrote {len(picked)} samples ({args.shots}-shot, seed {args.seed}) to {args.output}")
-    return 0

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
+import logging
 import math
 import os
 import subprocess
@@ -27,13 +29,27 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
+from ..data.readers import load_samples
+from ..data.synthetic import (
+    SYNTHETIC_HELD_OUT_CLASSES,
+    SYNTHETIC_PROMPT_NAMES,
+    SYNTHETIC_TRAIN_CLASSES,
+    generate_synthetic_dataset,
+)
+from ..evaluation.protocols import METRIC_COLUMNS, EvaluationResult, evaluate
+from ..hub.publish import save_for_hub
+from ..inference.calibrate import calibrate_threshold
+from ..inference.detect import collect_images, detect, make_pipeline, score_images
+from ..modeling.modeling_aaclip import AAClipModel
+from ..modeling.processing_aaclip import AAClipProcessor
+from ..runtime.loading import load_model_and_processor
+from ..training.arguments import TrainingArguments
+from ..training.trainer import Trainer
 
-if TYPE_CHECKING:
-    from .evaluation import EvaluationResult
 
 __all__ = ["DemoSettings", "QUICK", "FULL", "LearningComparison", "run_demo", "train_and_compare"]
 
@@ -90,9 +106,6 @@ def _banner(step: int, total: int, message: str) -> None:
 
 def build_tiny_model(settings: DemoSettings, seed: int):
     """A tiny random CLIP (real tokenizer vocabulary) wrapped as AA-CLIP, and its processor."""
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
-
-    from .modeling import AAClipModel, AAClipProcessor
 
     width = settings.hidden_size
     common = {
@@ -128,13 +141,10 @@ def build_tiny_model(settings: DemoSettings, seed: int):
 
 def load_base_model(name: str, seed: int):
     """`--model`: an AA-CLIP folder as it is, or AA-CLIP built on a CLIP (Hub id or folder; patch-14 CLIPs at 518 px)."""
-    from .evaluation import load_model_and_processor
-    from .modeling import AAClipModel, AAClipProcessor
 
     config_path = Path(name) / "config.json"
     if config_path.is_file() and json.loads(config_path.read_text()).get("model_type") == "aaclip":
         return load_model_and_processor(name, device="cpu")
-    from transformers import CLIPImageProcessorPil, CLIPModel
 
     clip = CLIPModel.from_pretrained(name)
     # The paper runs ViT-L/14 at 518 px (37 x 37 patches); other CLIPs keep their own input size.
@@ -155,7 +165,6 @@ def load_base_model(name: str, seed: int):
 
 
 def _side_by_side(untrained, trained) -> str:
-    from .evaluation import METRIC_COLUMNS
 
     columns = [key for key in METRIC_COLUMNS if key in trained.columns()]
     header = ["Class", *[f"{METRIC_COLUMNS[key]} before -> after" for key in columns]]
@@ -295,15 +304,6 @@ def _lap(timings: dict[str, float], name: str, since: float) -> float:
 def _train_and_compare(
     out: Path, model_name, settings: DemoSettings, seed: int, progress: bool, timings: dict[str, float], total: int
 ) -> LearningComparison:
-    from .data import load_samples
-    from .evaluation import evaluate
-    from .synthetic import (
-        SYNTHETIC_HELD_OUT_CLASSES,
-        SYNTHETIC_PROMPT_NAMES,
-        SYNTHETIC_TRAIN_CLASSES,
-        generate_synthetic_dataset,
-    )
-    from .training.trainer import Trainer, TrainingArguments
 
     out.mkdir(parents=True, exist_ok=True)
     train_classes = list(settings.train_classes or SYNTHETIC_TRAIN_CLASSES)
@@ -453,8 +453,6 @@ def _train_and_compare(
 
 
 def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progress: bool) -> dict:
-    from .detect import calibrate_threshold, collect_images, detect, make_pipeline, score_images
-    from .hub import save_for_hub
 
     out = Path(output_dir)
     timings: dict[str, float] = {}
@@ -602,8 +600,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-    import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     settings = QUICK if args.quick else FULL

@@ -1,4 +1,4 @@
-"""Inference dtype selection shared by the CLIs (`--dtype`).
+"""Devices and inference dtypes shared by every entry point (`--device`, `--dtype`).
 
 AA-CLIP's reference runs fp32 everywhere. Half precision roughly halves weight memory and
 bandwidth and, on GPUs with tensor cores, multiplies matmul throughput; on a CPU without native
@@ -16,7 +16,14 @@ import warnings
 import torch
 
 
-__all__ = ["DTYPE_CHOICES", "resolve_dtype", "dtype_supported", "add_dtype_argument", "cast_for_inference"]
+__all__ = [
+    "resolve_device",
+    "DTYPE_CHOICES",
+    "resolve_dtype",
+    "dtype_supported",
+    "add_dtype_argument",
+    "cast_for_inference",
+]
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 _ALIASES = {
@@ -79,11 +86,11 @@ def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device = "
     return dtype
 
 
-def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
+def add_dtype_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     """The shared `--dtype` flag."""
     parser.add_argument(
         "--dtype",
-        default="auto",
+        default=default,
         choices=DTYPE_CHOICES,
         help="inference precision; auto = float32 on CPU, bfloat16 on CUDA cards that support it (else float16)",
     )
@@ -92,3 +99,14 @@ def add_dtype_argument(parser: argparse.ArgumentParser) -> None:
 def cast_for_inference(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """Cast the whole model (weights and buffers, including stored anchors) and put it in eval mode."""
     return model.to(dtype=dtype).eval()
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """`None`/`"auto"`: CUDA if available, else Apple MPS, else CPU."""
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)

@@ -7,16 +7,18 @@ import json
 import platform
 from pathlib import Path
 
+import torch
+import transformers
+
+from ..modeling.configuration_aaclip import AAClipConfig
+from ..version import __version__
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help="an AA-CLIP model folder to describe")
 
 
 def describe_environment() -> dict:
-    import torch
-    import transformers
-
-    from .version import __version__
 
     return {
         "aaclip_hf": __version__,
@@ -29,7 +31,6 @@ def describe_environment() -> dict:
 
 
 def describe_model(path: str | Path) -> dict:
-    from .modeling import AAClipConfig
 
     path = Path(path)
     if not (path / "config.json").is_file():

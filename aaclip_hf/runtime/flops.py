@@ -17,6 +17,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import torch
+
+from ..modeling.modeling_aaclip import AAClipModel
+
 
 __all__ = [
     "FlopReport",
@@ -136,9 +140,6 @@ def model_forward_flops(config, batch_size: int, recompute_anchors_classes: int 
 
 def parameter_bytes(config, dtype_bytes: int = 4) -> dict[str, int]:
     """Parameter counts of the full and the inference-only model, built on the meta device (no memory)."""
-    import torch
-
-    from .modeling import AAClipModel
 
     counts = {}
     for name, include_text in (("full", True), ("inference_only", False)):
@@ -176,9 +177,6 @@ def memory_traffic_floor(
 
 def vision_side_parameters(config) -> int:
     """Parameters an inference forward reads: vision tower, adapters, seg/det heads (no text tower, no visual_projection)."""
-    import torch
-
-    from .modeling import AAClipModel
 
     cfg = config.__class__.from_dict({**config.to_dict(), "include_text_model": False})
     with torch.device("meta"):

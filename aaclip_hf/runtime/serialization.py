@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 
 class UnsafeCheckpointError(ValueError):
@@ -62,8 +63,6 @@ def load_tensor_file(path: str | Path) -> tuple[object, str]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path), device="cpu"), "safetensors"
     if is_torchscript_archive(path):
         return torch.jit.load(str(path), map_location="cpu").eval(), "torchscript"

@@ -22,16 +22,15 @@ Layout written by `generate_synthetic_dataset` (read it with ``load_samples(root
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from tqdm.auto import tqdm
 
 
 __all__ = [
@@ -471,7 +470,6 @@ def generate_synthetic_dataset(
     progress: bool = True,
 ) -> str:
     """Write the synthetic dataset under ``root`` (MVTec layout) and return ``root``."""
-    from tqdm.auto import tqdm
 
     classes = list(SYNTHETIC_CLASSES if classes is None else classes)
     unknown = [c for c in classes if c not in _RENDERERS]
@@ -586,64 +584,3 @@ def preview_grid(
 
 
 # ---------------------------------------------------------------- CLI: aaclip make-synthetic
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("output_dir", help="folder to write (MVTec layout)")
-    parser.add_argument(
-        "--classes",
-        nargs="+",
-        default=None,
-        choices=list(SYNTHETIC_CLASSES),
-        metavar="CLASS",
-        help=f"classes to draw (default: all of {', '.join(SYNTHETIC_CLASSES)})",
-    )
-    parser.add_argument(
-        "--defect-kinds",
-        nargs="+",
-        default=list(DEFECT_KINDS),
-        choices=list(DEFECT_KINDS),
-        metavar="KIND",
-        help=f"defect kinds (default: all of {', '.join(DEFECT_KINDS)})",
-    )
-    parser.add_argument("--image-size", type=int, default=128, help="side length in pixels (default 128)")
-    parser.add_argument("--n-train-good", type=int, default=16, help="normal training images per class (default 16)")
-    parser.add_argument("--n-test-good", type=int, default=8, help="normal test images per class (default 8)")
-    parser.add_argument(
-        "--n-test-defect-per-kind", type=int, default=2, help="test images per class and defect kind (default 2)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument(
-        "--noise-std",
-        type=float,
-        default=DEFAULT_NOISE_STD,
-        help=f"sensor noise std in 8-bit levels (default {DEFAULT_NOISE_STD})",
-    )
-    parser.add_argument("--preview", default=None, metavar="PNG", help="also save a contact sheet of the result")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.image_size < 16:
-        print(f"error: --image-size must be at least 16, got {args.image_size}", file=sys.stderr)
-        return 2
-    root = generate_synthetic_dataset(
-        args.output_dir,
-        classes=args.classes,
-        image_size=args.image_size,
-        n_train_good=args.n_train_good,
-        n_test_good=args.n_test_good,
-        n_test_defect_per_kind=args.n_test_defect_per_kind,
-        defect_kinds=args.defect_kinds,
-        seed=args.seed,
-        noise_std=args.noise_std,
-    )
-    print(f"wrote the synthetic dataset to {root}")
-    print(
-        f"suggested train classes:    {', '.join(c for c in SYNTHETIC_TRAIN_CLASSES if args.classes is None or c in args.classes)}"
-    )
-    print(
-        f"suggested held-out classes: {', '.join(c for c in SYNTHETIC_HELD_OUT_CLASSES if args.classes is None or c in args.classes)}"
-    )
-    if args.preview:
-        print(f"preview: {preview_grid(root, args.preview)}")
-    return 0

@@ -51,40 +51,28 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image
-
-from .image_io import IMAGE_EXTENSIONS, BadInputError, MissingFileError, load_image, load_mask
+from .image_io import IMAGE_EXTENSIONS, BadInputError, MissingFileError
+from .samples import BadFiles, Sample, parse_label
 
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "Sample",
-    "BadInputError",
-    "MissingFileError",
     "FORMATS",
+    "NORMAL_FOLDER_NAMES",
     "REFERENCE_CLASS_NAMES",
-    "AnomalyDataset",
+    "detect_format",
     "load_samples",
     "parse_spec",
-    "detect_format",
+    "read_bmad",
+    "read_folder",
     "read_jsonl",
     "read_meta_json",
     "read_mvtec",
-    "read_visa",
-    "read_bmad",
     "read_polyp",
-    "read_folder",
-    "check_classes_have_anomalies",
-    "verify_samples",
-    "summarize_samples",
-    "to_hf_dataset",
-    "from_hf_dataset",
+    "read_visa",
 ]
 
 # Folder names that mean "normal" in the folder layouts (compared case-insensitively).
@@ -99,56 +87,6 @@ REFERENCE_CLASS_NAMES: dict[str, str] = {
     "CVC-ColonDB": "Colon_colonDB",
 }
 _SPEC_KEYS = ("format", "split", "classes", "root", "name")
-_LABEL_WORDS = {"normal": 0, "good": 0, "ok": 0, "anomaly": 1, "anomalous": 1, "abnormal": 1, "ko": 1}
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image: where it is, whether it is anomalous, its class and (optionally) its mask."""
-
-    image_path: str
-    label: int
-    class_name: str
-    mask_path: str | None = None
-    defect_type: str | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.label, str) or self.label not in (0, 1):
-            raise BadInputError(
-                f"label must be 0 (normal) or 1 (anomaly), got {self.label!r}", self.image_path, "label"
-            )
-        object.__setattr__(self, "label", int(self.label))
-        if not isinstance(self.class_name, str) or not self.class_name:
-            raise BadInputError(
-                f"class_name must be a non-empty string, got {self.class_name!r}", self.image_path, "class_name"
-            )
-
-    @property
-    def has_mask(self) -> bool:
-        """True when the pixel truth is known: normal images (all zero) or anomalies with a mask."""
-        return self.label == 0 or self.mask_path is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class _BadFiles:
-    """Raise on the first problem, or (``skip=True``) log it, count it and carry on."""
-
-    def __init__(self, skip: bool, source: str, max_logged: int = 10):
-        self.skip, self.source, self.max_logged = skip, source, max_logged
-        self.count = 0
-
-    def __call__(self, err: BadInputError) -> None:
-        if not self.skip:
-            raise err
-        self.count += 1
-        if self.count <= self.max_logged:
-            logger.warning("skipping bad entry: %s", err)
-
-    def done(self) -> None:
-        if self.count:
-            logger.warning("skipped %d bad entr%s in %s", self.count, "y" if self.count == 1 else "ies", self.source)
 
 
 def _join(root: str, path: str) -> str:
@@ -160,20 +98,6 @@ def _check_exists(sample: Sample, where: str) -> None:
         raise MissingFileError(f"image does not exist (referenced by {where})", sample.image_path, "image_path")
     if sample.mask_path is not None and not os.path.isfile(sample.mask_path):
         raise MissingFileError(f"mask does not exist (referenced by {where})", sample.mask_path, "mask_path")
-
-
-def _parse_label(value: Any) -> int | None:
-    """0/1, 0.0/1.0, booleans, "0"/"1" and the words normal/anomaly (good/ok/ko...)."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return int(value)
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("0", "1", "0.0", "1.0"):
-            return int(float(text))
-        return _LABEL_WORDS.get(text)
-    return None
 
 
 def _is_image(name: str) -> bool:
@@ -229,7 +153,7 @@ def read_jsonl(
     if not os.path.isfile(path):
         raise MissingFileError("metadata file does not exist", path, None)
     root = os.path.dirname(path) if root is None else os.fspath(root)
-    bad = _BadFiles(skip_bad_files, path)
+    bad = BadFiles(skip_bad_files, path)
     samples: list[Sample] = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
@@ -269,7 +193,7 @@ def _record_to_sample(
     img = rec.get(f_img)
     if not isinstance(img, str) or not img:
         raise fail(f_img, "a non-empty image path string", img)
-    label = _parse_label(rec.get(f_label))
+    label = parse_label(rec.get(f_label))
     if label is None:
         raise fail(f_label, "0 or 1 (normal / anomaly)", rec.get(f_label, "<missing>"))
     cls = rec.get(f_cls, default_class)
@@ -311,7 +235,7 @@ def read_meta_json(
         raise BadInputError(
             f"expected {{class: [records]}} under {split!r}, got {type(by_class).__name__}", path, split
         )
-    bad = _BadFiles(skip_bad_files, path)
+    bad = BadFiles(skip_bad_files, path)
     samples: list[Sample] = []
     for cls in sorted(by_class):
         records = by_class[cls]
@@ -373,7 +297,7 @@ def read_mvtec(
     if not classes:
         raise BadInputError("no MVTec-style class folder (<class>/{train,test}/<defect>/) found", root)
     normal = {n.lower() for n in normal_names}
-    bad = _BadFiles(skip_bad_files, root)
+    bad = BadFiles(skip_bad_files, root)
     samples: list[Sample] = []
     for cdir in classes:
         cls = class_name if len(classes) == 1 and class_name else os.path.basename(os.path.normpath(cdir))
@@ -435,7 +359,7 @@ def read_visa(
     """Read VisA: ``split_csv/1cls.csv`` when present, else the ``Data/Images`` folders (no split)."""
     root = os.fspath(root)
     csv_path = csv_path or os.path.join(root, "split_csv", "1cls.csv")
-    bad = _BadFiles(skip_bad_files, root)
+    bad = BadFiles(skip_bad_files, root)
     samples: list[Sample] = []
     if os.path.isfile(csv_path):
         with open(csv_path, newline="", encoding="utf-8") as f:
@@ -506,7 +430,7 @@ def read_bmad(
     classes = _class_dirs(root, _is_bmad_class)
     if not classes:
         raise BadInputError("no BMAD layout ({train,valid,test}/good/img) found", root)
-    bad = _BadFiles(skip_bad_files, root)
+    bad = BadFiles(skip_bad_files, root)
     samples: list[Sample] = []
     for cdir in classes:
         cls = _class_name(cdir, class_name if len(classes) == 1 else None)
@@ -546,7 +470,7 @@ def read_polyp(
     classes = _class_dirs(root, _is_polyp_class)
     if not classes:
         raise BadInputError("no images/ + masks/ folders found; expected the polyp layout", root)
-    bad = _BadFiles(skip_bad_files, root)
+    bad = BadFiles(skip_bad_files, root)
     samples: list[Sample] = []
     for cdir in classes:
         cls = _class_name(cdir, class_name if len(classes) == 1 else None)
@@ -576,7 +500,7 @@ def read_folder(
     classes = _class_dirs(root, _is_generic_class)
     if not classes:
         raise BadInputError("no normal/ or anomaly/ folder found; expected the generic folder layout", root)
-    bad = _BadFiles(skip_bad_files, root)
+    bad = BadFiles(skip_bad_files, root)
     samples: list[Sample] = []
     for cdir in classes:
         cls = class_name if len(classes) == 1 and class_name else os.path.basename(os.path.normpath(cdir))
@@ -732,326 +656,4 @@ def load_samples(
         samples = [s for s in samples if s.class_name in set(wanted)]
     if not samples:
         raise BadInputError(f"no samples found for split {split!r} (format {fmt!r})", path)
-    return samples
-
-
-def summarize_samples(samples: Sequence[Sample]) -> dict[str, dict[str, int]]:
-    """``{class: {"normal", "anomaly", "with_mask"}}`` counts, for logs and tables."""
-    out: dict[str, dict[str, int]] = {}
-    for s in samples:
-        row = out.setdefault(s.class_name, {"normal": 0, "anomaly": 0, "with_mask": 0})
-        row["anomaly" if s.label else "normal"] += 1
-        row["with_mask"] += int(s.label == 1 and s.mask_path is not None)
-    return dict(sorted(out.items()))
-
-
-def check_classes_have_anomalies(samples: Sequence[Sample], *, require_normals: bool = False) -> None:
-    """Raise naming every class without anomalous (or, optionally, normal) images.
-
-    Image AUROC and the 1:1 shot sampler need both kinds; catching this up front beats a
-    NaN metric hours later.
-    """
-    counts = summarize_samples(samples)
-    no_anom = [c for c, r in counts.items() if r["anomaly"] == 0]
-    no_norm = [c for c, r in counts.items() if r["normal"] == 0] if require_normals else []
-    problems = []
-    if no_anom:
-        problems.append(f"class(es) without anomalous images: {no_anom}")
-    if no_norm:
-        problems.append(f"class(es) without normal images: {no_norm}")
-    if problems:
-        raise BadInputError("; ".join(problems), None, "label")
-
-
-def verify_samples(
-    samples: Sequence[Sample], *, skip_bad_files: bool = False, check_masks: bool = True, progress: bool = True
-) -> list[Sample]:
-    """Decode every image (and mask) once; return the readable ones.
-
-    Catches corrupt or truncated files and masks whose size differs from their image
-    before a long run starts. With ``skip_bad_files`` the bad samples are dropped (logged
-    and counted); otherwise the first one raises.
-    """
-    from tqdm.auto import tqdm
-
-    bad = _BadFiles(skip_bad_files, f"{len(samples)} samples")
-    good: list[Sample] = []
-    for s in tqdm(samples, desc="verifying images", disable=not progress):
-        try:
-            with load_image(s.image_path) as im:
-                size = im.size
-            if check_masks and s.label == 1 and s.mask_path is not None:
-                with load_mask(s.mask_path) as m:
-                    if m.size != size:
-                        raise BadInputError(
-                            f"mask is {m.size[0]}x{m.size[1]} but its image {s.image_path} is {size[0]}x{size[1]}",
-                            s.mask_path,
-                            "mask_path",
-                        )
-            good.append(s)
-        except BadInputError as err:
-            bad(err)
-    bad.done()
-    return good
-
-
-# --------------------------------------------------------------------------- torch dataset
-
-
-def _is_hf_processor(obj: Any) -> bool:
-    try:
-        from transformers.image_processing_utils import BaseImageProcessor
-        from transformers.processing_utils import ProcessorMixin
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        return False
-    return isinstance(obj, (ProcessorMixin, BaseImageProcessor))
-
-
-class AnomalyDataset(torch.utils.data.Dataset):
-    """Samples -> ``dict(pixel_values, mask, label, class_name, index, has_mask)``.
-
-    Args:
-        samples: the list from `load_samples`.
-        processor_or_transform: an `AAClipProcessor` / HF image processor (called with
-            ``images=..., return_tensors="pt"``) or any callable ``PIL.Image -> (C, H, W)``
-            tensor. The mask is resized (nearest) to the output's ``(H, W)``.
-        with_masks: load masks; if False the ``mask`` key is absent and ``has_mask`` False.
-        augment: optional joint augmentation ``(pixel_values, mask) -> (pixel_values, mask)``
-            applied after preprocessing (geometric transforms must move both alike).
-        image_augment: optional ``PIL.Image -> PIL.Image`` applied before preprocessing
-            (photometric jitter, which must not touch the mask).
-        mask_size_mismatch: ``"error"`` (default; a mask of another size usually means a
-            mis-paired file) or ``"resize"`` (nearest resize to the image size, logged).
-        high_bit_depth: forwarded to `load_image`.
-        skip_bad_files: decode every file once up front (`verify_samples`) and drop the
-            unreadable ones and those whose mask size differs, logged and counted; without
-            it a bad file raises when its item is loaded.
-
-    ``has_mask`` is False only for anomalous samples without a mask; their ``mask`` is all
-    zero and must not be scored. Non-binary masks are binarised with ``!= 0``; the count is
-    kept in ``num_non_binary_masks`` (per worker process) and the first one is logged.
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        processor_or_transform: Callable[..., Any],
-        with_masks: bool = True,
-        augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-        image_augment: Callable[[Image.Image], Image.Image] | None = None,
-        mask_size_mismatch: Literal["error", "resize"] = "error",
-        high_bit_depth: Literal["range", "max"] = "range",
-        skip_bad_files: bool = False,
-    ):
-        if mask_size_mismatch not in ("error", "resize"):
-            raise ValueError(f"mask_size_mismatch must be 'error' or 'resize', got {mask_size_mismatch!r}")
-        self.samples = list(samples)
-        if skip_bad_files:
-            self.samples = verify_samples(
-                self.samples, skip_bad_files=True, check_masks=with_masks and mask_size_mismatch == "error"
-            )
-        self.transform = processor_or_transform
-        self.with_masks = with_masks
-        self.augment = augment
-        self.image_augment = image_augment
-        self.mask_size_mismatch = mask_size_mismatch
-        self.high_bit_depth = high_bit_depth
-        self.num_non_binary_masks = 0
-        self.num_resized_masks = 0
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def _pixel_values(self, image: Image.Image, sample: Sample) -> torch.Tensor:
-        if _is_hf_processor(self.transform):
-            out = self.transform(images=[image], return_tensors="pt")["pixel_values"]
-        else:
-            out = self.transform(image)
-            if isinstance(out, dict) or hasattr(out, "keys"):
-                out = out["pixel_values"]
-        out = torch.as_tensor(out)
-        if out.ndim == 4 and out.shape[0] == 1:
-            out = out[0]
-        if out.ndim != 3:
-            raise BadInputError(
-                f"the transform returned shape {tuple(out.shape)}; expected (C, H, W)",
-                sample.image_path,
-                "pixel_values",
-            )
-        return out
-
-    def _mask(self, sample: Sample, image_size: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
-        if sample.label == 0 or sample.mask_path is None:
-            return torch.zeros(out_hw, dtype=torch.float32)
-        mask = load_mask(sample.mask_path)
-        if mask.size != image_size:
-            if self.mask_size_mismatch == "error":
-                raise BadInputError(
-                    f"mask is {mask.size[0]}x{mask.size[1]} but its image {sample.image_path} is "
-                    f"{image_size[0]}x{image_size[1]}; expected equal sizes (pass mask_size_mismatch='resize' to resize)",
-                    sample.mask_path,
-                    "mask_path",
-                )
-            self.num_resized_masks += 1
-            logger.info("resizing mask %s from %s to its image size %s", sample.mask_path, mask.size, image_size)
-        arr = np.asarray(mask)
-        nonzero = arr[arr != 0]
-        if nonzero.size and nonzero.min() != nonzero.max():
-            self.num_non_binary_masks += 1
-            if self.num_non_binary_masks == 1:
-                logger.warning(
-                    "mask %s is not binary (several non-zero values); binarising with != 0", sample.mask_path
-                )
-        resized = mask.resize((out_hw[1], out_hw[0]), Image.NEAREST)
-        return torch.from_numpy((np.asarray(resized) != 0).astype(np.float32))
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.samples[index]
-        image = load_image(sample.image_path, high_bit_depth=self.high_bit_depth)
-        image_size = image.size
-        if self.image_augment is not None:
-            image = self.image_augment(image)
-        pixel_values = self._pixel_values(image, sample)
-        item: dict[str, Any] = {"label": sample.label, "class_name": sample.class_name, "index": index}
-        if self.with_masks:
-            mask = self._mask(sample, image_size, tuple(pixel_values.shape[-2:]))
-            if self.augment is not None:
-                pixel_values, mask = self.augment(pixel_values, mask)
-            item["mask"] = mask
-            item["has_mask"] = sample.has_mask
-        else:
-            if self.augment is not None:
-                pixel_values, _ = self.augment(pixel_values, torch.zeros(pixel_values.shape[-2:]))
-            item["has_mask"] = False
-        item["pixel_values"] = pixel_values
-        return item
-
-
-# --------------------------------------------------------------------------- Hugging Face datasets
-
-
-def _hf_features():
-    from datasets import ClassLabel, Features, Value
-    from datasets import Image as HFImage
-
-    return Features(
-        {
-            "image": HFImage(),
-            "mask": HFImage(),
-            "label": ClassLabel(names=["normal", "anomaly"]),
-            "class_name": Value("string"),
-            "defect_type": Value("string"),
-            "image_path": Value("string"),
-        }
-    )
-
-
-def to_hf_dataset(samples: Sequence[Sample], *, embed_images: bool = False):
-    """Samples -> `datasets.Dataset` with ``Image()`` columns ``image`` and ``mask``.
-
-    With ``embed_images=False`` the columns reference the files (cheap; `push_to_hub`
-    embeds them on upload); ``True`` reads the bytes in, so the dataset is self-contained
-    after ``save_to_disk``. Masks of normal images and mask-less anomalies are ``None``.
-    """
-    from datasets import Dataset
-
-    def enc(path: str | None):
-        if path is None:
-            return None
-        if not embed_images:
-            return path
-        with open(path, "rb") as f:
-            return {"bytes": f.read(), "path": os.path.basename(path)}
-
-    rows = {
-        "image": [enc(s.image_path) for s in samples],
-        "mask": [enc(s.mask_path) if s.label == 1 else None for s in samples],
-        "label": [s.label for s in samples],
-        "class_name": [s.class_name for s in samples],
-        "defect_type": [s.defect_type for s in samples],
-        "image_path": [s.image_path for s in samples],
-    }
-    return Dataset.from_dict(rows, features=_hf_features())
-
-
-def from_hf_dataset(
-    ds,
-    cache_dir: str | os.PathLike,
-    *,
-    image_column: str = "image",
-    mask_column: str | None = "mask",
-    label_column: str = "label",
-    class_column: str = "class_name",
-    defect_column: str | None = "defect_type",
-) -> list[Sample]:
-    """A `datasets.Dataset` -> samples, writing embedded images under ``cache_dir``.
-
-    Image bytes are written as they are (no re-encoding) to
-    ``cache_dir/<class>/<row>_{image,mask}<ext>``; rows that only reference an existing
-    file use it in place. Labels may be 0/1 integers, booleans, or a `ClassLabel` / string
-    whose name is normal/good/ok versus anomaly/anomalous/abnormal/ko.
-    """
-    from datasets import ClassLabel
-    from datasets import Image as HFImage
-
-    cache_dir = os.fspath(cache_dir)
-    for col in (image_column, label_column, class_column):
-        if col not in ds.column_names:
-            raise BadInputError(f"the dataset has no column {col!r}; columns are {ds.column_names}", None, col)
-    raw_cols = [
-        c for c in (image_column, mask_column) if c and c in ds.column_names and isinstance(ds.features[c], HFImage)
-    ]
-    for col in raw_cols:
-        ds = ds.cast_column(col, HFImage(decode=False))
-    label_feature = ds.features[label_column]
-
-    def label_of(value: Any, row: int) -> int:
-        if isinstance(label_feature, ClassLabel) and not isinstance(value, str):
-            value = label_feature.int2str(int(value))
-            if set(label_feature.names) == {"0", "1"}:
-                value = int(value)
-        parsed = _parse_label(value)
-        if parsed is None:
-            raise BadInputError(
-                f"row {row}: expected a label 0/1 or normal/anomaly, got {value!r}", None, label_column
-            )
-        return parsed
-
-    def materialise(value: Any, row: int, cls: str, kind: str, col: str) -> str | None:
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = {"path": value, "bytes": None}
-        if not isinstance(value, dict):
-            raise BadInputError(
-                f"row {row}: expected an Image() value or a path, got {type(value).__name__}", None, col
-            )
-        if value.get("bytes"):
-            ext = os.path.splitext(value.get("path") or "")[1].lower()
-            folder = os.path.join(cache_dir, cls)
-            os.makedirs(folder, exist_ok=True)
-            out = os.path.join(folder, f"{row:06d}_{kind}{ext if ext in IMAGE_EXTENSIONS else '.png'}")
-            with open(out, "wb") as f:
-                f.write(value["bytes"])
-            return out
-        path = value.get("path")
-        if not path or not os.path.isfile(path):
-            raise MissingFileError(f"row {row}: the {kind} has no bytes and its path does not exist", path, col)
-        return path
-
-    samples = []
-    for row, rec in enumerate(ds):
-        cls = rec[class_column]
-        if not isinstance(cls, str) or not cls:
-            raise BadInputError(f"row {row}: expected a non-empty class name, got {cls!r}", None, class_column)
-        safe_cls = cls.replace(os.sep, "_")
-        label = label_of(rec[label_column], row)
-        image = materialise(rec[image_column], row, safe_cls, "image", image_column)
-        mask = (
-            materialise(rec.get(mask_column), row, safe_cls, "mask", mask_column)
-            if mask_column and mask_column in rec and label
-            else None
-        )
-        defect = rec.get(defect_column) if defect_column else None
-        samples.append(Sample(image, label, cls, mask, defect))
     return samples

@@ -21,7 +21,6 @@ The export uses torch's TorchScript-based exporter (`dynamo=False`): the dynamo 
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from pathlib import Path
@@ -30,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .modeling.modeling_aaclip import gaussian_kernel1d
+from ..modeling.modeling_aaclip import gaussian_kernel1d
 
 
-__all__ = ["AAClipOnnxWrapper", "export_onnx", "add_arguments", "run"]
+__all__ = ["AAClipOnnxWrapper", "check_onnx", "export_onnx"]
 
 DEFAULT_OPSET = 17
 
@@ -170,34 +169,6 @@ def _write_metadata(path: Path, model, domain: str, fixed_class: str | None) -> 
     for key, value in entries.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="AA-CLIP model folder (save_pretrained output; full or inference-only)")
-    parser.add_argument("output", help="path of the .onnx file to write")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
-    parser.add_argument("--domain", default=None, help="smoothing / image-score domain baked in (default: config)")
-    parser.add_argument(
-        "--fixed-class",
-        default=None,
-        help="bake one stored class in (graph input: pixel_values only); default: a class_index input",
-    )
-    parser.add_argument("--check", action="store_true", help="run the graph in onnxruntime against torch")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .modeling import AAClipModel
-
-    model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
-        raise SystemExit(f"{model_dir}: not an AA-CLIP model folder (no config.json)")
-    model = AAClipModel.from_pretrained(model_dir, dtype=torch.float32).eval()
-    path = export_onnx(model, args.output, opset=args.opset, domain=args.domain, fixed_class=args.fixed_class)
-    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); classes: {model.stored_class_names}")
-    if args.check:
-        diff = check_onnx(model, path, domain=args.domain, fixed_class=args.fixed_class)
-        print(f"onnxruntime vs torch, max |diff| per output: {diff}")
-    return 0
 
 
 def check_onnx(

@@ -1,0 +1,119 @@
+"""`aaclip make-synthetic` and `aaclip sample-shots`: data you can train and evaluate on."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..data.image_io import BadInputError
+from ..data.readers import load_samples
+from ..data.samples import summarize_samples
+from ..data.sampling import DEFAULT_SHOT_SEED, sample_shots, write_jsonl
+from ..data.synthetic import (
+    DEFAULT_NOISE_STD,
+    DEFECT_KINDS,
+    SYNTHETIC_CLASSES,
+    SYNTHETIC_HELD_OUT_CLASSES,
+    SYNTHETIC_TRAIN_CLASSES,
+    generate_synthetic_dataset,
+    preview_grid,
+)
+
+
+def add_make_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output_dir", help="folder to write (MVTec layout)")
+    parser.add_argument(
+        "--classes",
+        nargs="+",
+        default=None,
+        choices=list(SYNTHETIC_CLASSES),
+        metavar="CLASS",
+        help=f"classes to draw (default: all of {', '.join(SYNTHETIC_CLASSES)})",
+    )
+    parser.add_argument(
+        "--defect-kinds",
+        nargs="+",
+        default=list(DEFECT_KINDS),
+        choices=list(DEFECT_KINDS),
+        metavar="KIND",
+        help=f"defect kinds (default: all of {', '.join(DEFECT_KINDS)})",
+    )
+    parser.add_argument("--image-size", type=int, default=128, help="side length in pixels (default 128)")
+    parser.add_argument("--n-train-good", type=int, default=16, help="normal training images per class (default 16)")
+    parser.add_argument("--n-test-good", type=int, default=8, help="normal test images per class (default 8)")
+    parser.add_argument(
+        "--n-test-defect-per-kind", type=int, default=2, help="test images per class and defect kind (default 2)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument(
+        "--noise-std",
+        type=float,
+        default=DEFAULT_NOISE_STD,
+        help=f"sensor noise std in 8-bit levels (default {DEFAULT_NOISE_STD})",
+    )
+    parser.add_argument("--preview", default=None, metavar="PNG", help="also save a contact sheet of the result")
+
+
+def run_make_synthetic(args: argparse.Namespace) -> int:
+    if args.image_size < 16:
+        print(f"error: --image-size must be at least 16, got {args.image_size}", file=sys.stderr)
+        return 2
+    root = generate_synthetic_dataset(
+        args.output_dir,
+        classes=args.classes,
+        image_size=args.image_size,
+        n_train_good=args.n_train_good,
+        n_test_good=args.n_test_good,
+        n_test_defect_per_kind=args.n_test_defect_per_kind,
+        defect_kinds=args.defect_kinds,
+        seed=args.seed,
+        noise_std=args.noise_std,
+    )
+    print(f"wrote the synthetic dataset to {root}")
+    print(
+        f"suggested train classes:    {', '.join(c for c in SYNTHETIC_TRAIN_CLASSES if args.classes is None or c in args.classes)}"
+    )
+    print(
+        f"suggested held-out classes: {', '.join(c for c in SYNTHETIC_HELD_OUT_CLASSES if args.classes is None or c in args.classes)}"
+    )
+    if args.preview:
+        print(f"preview: {preview_grid(root, args.preview)}")
+    return 0
+
+
+def add_sample_shots_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "data", nargs="+", help="dataset folder, metadata file or spec (PATH::classes=a,b); several are combined"
+    )
+    parser.add_argument(
+        "--shots", required=True, help="images per class, even (k/2 normal + k/2 anomalous), or 'full'"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SHOT_SEED,
+        help=f"random seed (default {DEFAULT_SHOT_SEED}, as the reference)",
+    )
+    parser.add_argument("--output", required=True, help="JSON-lines file to write")
+    parser.add_argument(
+        "--split", default="test", help="split to draw from (default 'test', as the reference's VisA training data)"
+    )
+    parser.add_argument("--format", default=None, help="dataset layout, if auto-detection is wrong")
+    parser.add_argument(
+        "--relative-to", default=None, help="write paths relative to this folder (default: the output file's folder)"
+    )
+
+
+def run_sample_shots(args: argparse.Namespace) -> int:
+    try:
+        samples = load_samples(args.data, args.split, format=args.format)
+        picked = sample_shots(samples, args.shots, seed=args.seed)
+    except BadInputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_jsonl(picked, args.output, relative_to=args.relative_to)
+    print(f"{'class':<24} {'normal':>6} {'anomaly':>7}")
+    for cls, row in summarize_samples(picked).items():
+        print(f"{cls:<24} {row['normal']:>6} {row['anomaly']:>7}")
+    print(f"wrote {len(picked)} samples ({args.shots}-shot, seed {args.seed}) to {args.output}")
+    return 0

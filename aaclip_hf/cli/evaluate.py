@@ -1,0 +1,101 @@
+"""`aaclip evaluate`: per-class and mean metrics in the paper's protocol and table layout."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from accelerate import Accelerator
+
+from ..data.readers import load_samples
+from ..data.samples import verify_samples
+from ..evaluation.metrics import DEFAULT_FPR_LIMIT
+from ..evaluation.protocols import PROTOCOLS, RESOLUTIONS, evaluate
+from ..runtime.devices import add_dtype_argument
+from ..runtime.loading import load_model_and_processor
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="AA-CLIP folder or Hub id")
+    parser.add_argument("--data", required=True, nargs="+", help="dataset path or spec (PATH[::classes=a,b]...)")
+    parser.add_argument("--split", default="test", help="split to read (default: test)")
+    parser.add_argument("--classes", nargs="+", default=None, help="evaluate only these classes")
+    parser.add_argument(
+        "--dataset-name", default=None, help="name in the tables and model card (default: folder name)"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="reference",
+        help="image scores: reference (per-class min-max fusion, the paper's) or per-image (model's own)",
+    )
+    parser.add_argument(
+        "--resolution",
+        choices=RESOLUTIONS,
+        default="model",
+        help="pixel metrics at the model input size (reference) or each image's original size",
+    )
+    parser.add_argument("--domain", default="auto", help="auto (by class name), industrial or medical")
+    parser.add_argument(
+        "--aupro-variant",
+        choices=("mvtec", "cflow"),
+        default="mvtec",
+        help="mvtec: reference AUPRO (interpolated at the limit, / limit); cflow: APRIL-GAN/AnomalyCLIP",
+    )
+    parser.add_argument("--fpr-limit", type=float, default=DEFAULT_FPR_LIMIT, help="AUPRO FPR limit (default 0.3)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-workers", type=int, default=2, help="image loading processes")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    add_dtype_argument(parser, default="float32")
+    parser.add_argument(
+        "--skip-bad-files", action="store_true", help="drop unreadable files (logged) instead of failing"
+    )
+    parser.add_argument("--output", required=True, help="folder for results.json, results.csv and results.md")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`
+        accelerator = Accelerator()
+        args.device = str(accelerator.device)
+    samples = load_samples(args.data, args.split, classes=args.classes, skip_bad_files=args.skip_bad_files)
+    skipped = 0
+    if args.skip_bad_files:  # decode every file up front: a corrupt image is dropped here instead of ending the run
+        kept = verify_samples(samples, skip_bad_files=True, progress=not args.no_progress)
+        skipped, samples = len(samples) - len(kept), kept
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    name = args.dataset_name or os.path.basename(os.path.normpath(args.data[0].split("::")[0]))
+    result = evaluate(
+        model,
+        processor,
+        samples,
+        protocol=args.protocol,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        domain=args.domain,
+        aupro_variant=args.aupro_variant,
+        fpr_limit=args.fpr_limit,
+        num_workers=args.num_workers,
+        dataset_name=name,
+        split=args.split,
+        progress=not args.no_progress,
+        accelerator=accelerator,
+    )
+    if result is None:
+        return 0
+    if skipped:
+        result.notes.append(
+            f"{skipped} image(s) skipped as unreadable or with a mask of another size (--skip-bad-files)"
+        )
+    result.settings["model"] = args.model
+    result.settings["data"] = list(args.data)
+    paths = result.save(args.output)
+    print(f"\n{name}: {args.protocol} protocol, pixel metrics at {args.resolution} resolution (%)\n")
+    print(result.to_markdown())
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"\nwrote {paths['json']}, {paths['csv']} and {paths['markdown']}")
+    return 0

@@ -1,0 +1,37 @@
+"""`aaclip train` (also `python -m aaclip_hf.training` / `accelerate launch -m aaclip_hf.training`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from accelerate import PartialState
+
+from ..hub.publish import push_folder_to_hub
+from ..training.arguments import add_arguments, arguments_from_namespace
+from ..training.trainer import train
+from . import main as cli_main
+
+
+logger = logging.getLogger("aaclip_hf.training")
+
+__all__ = ["add_arguments", "main", "run"]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train; with `--push-to-hub`, the main process then uploads the folder (allowlisted, with a card)."""
+    training_args = arguments_from_namespace(args)
+    output_dir = train(training_args)
+    if training_args.push_to_hub and PartialState().is_main_process:
+        repo = training_args.hub_model_id or os.path.basename(os.path.abspath(output_dir))
+        push_folder_to_hub(output_dir, repo)
+        logger.info("pushed to the Hub as %s", repo)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `-m aaclip_hf.training` entry point: the `aaclip train` subcommand behind the CLI's error boundary."""
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
