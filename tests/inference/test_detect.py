@@ -71,7 +71,7 @@ def test_detect_writes_overlays_records_and_respects_exif(tiny_model, processor,
 
 
 def test_probability_is_the_map_part_of_the_image_score(processor):
-    from .conftest import make_tiny_model
+    from ..conftest import make_tiny_model
 
     model = make_tiny_model(image_score_mode={"industrial": "map", "medical": "map"})
     model.update_text_anchors(processor, ["object"])

@@ -20,7 +20,7 @@ from aaclip_hf.modeling.modeling_aaclip import (
     resize_position_embedding,
 )
 
-from .conftest import TINY_IMAGE_SIZE, make_tiny_model
+from ..conftest import TINY_IMAGE_SIZE, make_tiny_model
 
 
 # ---------------------------------------------------------------------------------- adapter (SPEC 2)

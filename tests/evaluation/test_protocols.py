@@ -171,7 +171,7 @@ def test_original_resolution_scores_maps_at_each_image_size(model, processor, sa
 
 
 def test_missing_anchors_are_computed_once_for_the_data(processor, samples):
-    from .conftest import make_tiny_model
+    from ..conftest import make_tiny_model
 
     model = make_tiny_model()
     model.update_text_anchors(processor, ["object"])

@@ -20,7 +20,7 @@ from aaclip_hf.cli.evaluate import add_arguments
 from aaclip_hf.cli.evaluate import run as evaluate_cli
 from aaclip_hf.data.synthetic import generate_synthetic_dataset
 
-from .conftest import make_tiny_model
+from ..conftest import make_tiny_model
 
 
 ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")

@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from aaclip_hf import AAClipConfig
 from aaclip_hf.runtime.flops import text_anchor_flops, vision_forward_flops
 
-from .conftest import make_tiny_model
+from ..conftest import make_tiny_model
 
 
 def _counted(fn) -> int:

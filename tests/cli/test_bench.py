@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 
-RUN_PY = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+RUN_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
 
 
 def _bench():

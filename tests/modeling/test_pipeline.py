@@ -10,7 +10,7 @@ from PIL import Image
 
 from aaclip_hf.modeling.pipeline_aaclip import DEFAULT_THRESHOLD, TASK, AAClipAnomalyDetectionPipeline
 
-from .conftest import make_tiny_model
+from ..conftest import make_tiny_model
 
 
 def _image(height=30, width=50, seed=0) -> Image.Image:
