@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from ..data.image_io import BadInputError, load_image, load_mask
 from ..data.samples import Sample
 from ..modeling.modeling_aaclip import upsample_grid
-from .metrics import DEFAULT_FPR_LIMIT, image_metrics, pixel_metrics
+from .metrics import DEFAULT_FPR_LIMIT, PixelMetricAccumulator, image_metrics
 
 
 logger = logging.getLogger(__name__)
@@ -283,8 +283,7 @@ class _ClassState:
         self.raw_score: list[float] = []
         self.map_max: list[float] = []
         self.map_min: list[float] = []
-        self.maps: list[np.ndarray] = []
-        self.masks: list[np.ndarray] = []
+        self.pixels = PixelMetricAccumulator()  # maps and masks of the images with known pixel truth
         self.without_mask = 0
         self.masked_anomalies = 0
 
@@ -462,14 +461,13 @@ def _consume(gathered, samples, states, rows, model_size, resolution, protocol, 
                 pixel_map, out_size = model_map, model_size
             else:
                 pixel_map, out_size = upsample_grid(grids[row : row + 1], image_size)[0], image_size
-            state.maps.append(pixel_map.numpy().astype(np.float32, copy=True))
-            state.masks.append(_read_mask(sample, image_size, out_size))
+            state.pixels.update([pixel_map.numpy()], [_read_mask(sample, image_size, out_size)])
             state.masked_anomalies += sample.label
         else:
             state.without_mask += 1
         if not state.remaining:
             rows[state.name] = _finish_class(state, protocol, config, aupro_variant, fpr_limit)
-            state.maps, state.masks = [], []  # release the class's maps
+            state.pixels.reset()  # release the class's maps
 
 
 def _finish_class(state: _ClassState, protocol: str, config, aupro_variant: str, fpr_limit: float) -> dict[str, Any]:
@@ -497,13 +495,13 @@ def _finish_class(state: _ClassState, protocol: str, config, aupro_variant: str,
     if state.without_mask:
         row["notes"].append(f"{state.without_mask} anomalous image(s) without a mask left out of the pixel metrics")
     if state.masked_anomalies:
-        pixel = pixel_metrics(state.maps, state.masks, fpr_limit=fpr_limit, aupro_variant=aupro_variant)
+        pixel = state.pixels.compute(fpr_limit=fpr_limit, aupro_variant=aupro_variant)
         if "pixel_skip_reason" in pixel:
             row["notes"].append(pixel.pop("pixel_skip_reason"))
         row.update(pixel)
     else:
         row["notes"].append("no anomalous image with a mask: pixel metrics skipped")
-    row["num_pixel_images"] = len(state.maps) if state.masked_anomalies else 0
+    row["num_pixel_images"] = len(state.pixels) if state.masked_anomalies else 0
     return row
 
 
