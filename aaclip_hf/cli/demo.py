@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+from transformers import CLIPConfig, CLIPModel
 
 from ..data.readers import load_samples
 from ..data.synthetic import (
@@ -44,6 +44,7 @@ from ..evaluation.protocols import METRIC_COLUMNS, EvaluationResult, evaluate
 from ..hub.publish import save_for_hub
 from ..inference.calibrate import calibrate_threshold
 from ..inference.detect import collect_images, detect, make_pipeline, score_images
+from ..modeling.configuration_aaclip import DEFAULT_IMAGE_SIZE
 from ..modeling.modeling_aaclip import AAClipModel
 from ..modeling.processing_aaclip import AAClipProcessor
 from ..runtime.loading import load_model_and_processor
@@ -79,7 +80,7 @@ class DemoSettings:
 
 FULL = DemoSettings()
 PAPER_TEXT_LR = 1e-5
-PAPER_IMAGE_SIZE = 518
+PAPER_IMAGE_SIZE = DEFAULT_IMAGE_SIZE
 QUICK = DemoSettings(
     image_size=64,
     n_train_good=2,
@@ -123,11 +124,7 @@ def build_tiny_model(settings: DemoSettings, seed: int):
     torch.manual_seed(seed)
     clip = CLIPModel(clip_config).eval()
     layers = settings.num_layers
-    processor = AAClipProcessor(
-        image_processor=CLIPImageProcessorPil(
-            size={"height": settings.model_image_size, "width": settings.model_image_size}, do_center_crop=False
-        )
-    )
+    processor = AAClipProcessor.for_model(clip.config)
     model = AAClipModel.from_clip_pretrained(
         clip,
         processor=processor,
@@ -149,9 +146,6 @@ def load_base_model(name: str, seed: int):
     clip = CLIPModel.from_pretrained(name)
     # The paper runs ViT-L/14 at 518 px (37 x 37 patches); other CLIPs keep their own input size.
     size = PAPER_IMAGE_SIZE if clip.config.vision_config.patch_size == 14 else clip.config.vision_config.image_size
-    processor = AAClipProcessor(
-        image_processor=CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False)
-    )
     vision_layers = clip.config.vision_config.num_hidden_layers
     text_layers = clip.config.text_config.num_hidden_layers
     # The paper's choices for ViT-L/14 (levels 6/12/18/24, 6 vision and 3 text adapters) as fractions of the depth.
@@ -160,7 +154,9 @@ def load_base_model(name: str, seed: int):
         "vision_adapter_layers": max(1, round(vision_layers / 4)),
         "text_adapter_layers": max(1, round(text_layers / 4)),
     }
-    model = AAClipModel.from_clip_pretrained(clip, processor=processor, seed=seed, image_size=size, **overrides)
+    model = AAClipModel.from_clip_pretrained(clip, seed=seed, image_size=size, **overrides)
+    processor = AAClipProcessor.for_model(model.config)
+    model.refresh_text_anchors(processor)
     return model, processor
 
 
@@ -452,25 +448,8 @@ def _train_and_compare(
     )
 
 
-def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progress: bool) -> dict:
-
-    out = Path(output_dir)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    total = 8
-    result = _train_and_compare(out, model_name, settings, seed, progress, timings, total)
-    baseline, trained, model, processor = result.untrained, result.trained, result.model, result.processor
-    data_root, train_classes, held_out = result.data_root, result.train_classes, result.held_out_classes
-    test_samples, base_description, model_dir = result.test_samples, result.base_description, result.model_dir
-
-    def lap(name: str, since: float) -> float:
-        return _lap(timings, name, since)
-
-    t = time.perf_counter()
-
-    # 6. calibration, per held-out class, on its normal train-split images (never used for training or testing)
-    _banner(6, total, "calibrating a decision threshold per held-out class on a few of its normal images")
-    pipe = make_pipeline(model, processor)
+def _calibrate_held_out(pipe, data_root: Path, held_out: list[str]) -> dict[str, float]:
+    """Step 6: a decision threshold per held-out class from its normal train-split images (never trained on)."""
     thresholds = {}
     for name in held_out:
         files = collect_images([data_root / name / "train" / "good"])
@@ -479,24 +458,24 @@ def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progres
         _say(
             f"    {name}: threshold {thresholds[name]:.4f} (largest of {len(scores)} normal scores + {details['margin']})"
         )
-    t = lap("calibrate", t)
+    return thresholds
 
-    # 7. detection overlays on sample held-out test images: one normal, then one per defect kind
-    _banner(7, total, "detecting anomalies on sample held-out images (overlays)")
-    detect_dir = out / "detect"
+
+def _detect_examples(result: LearningComparison, settings: DemoSettings, thresholds: dict[str, float], out: Path):
+    """Step 7: overlays on one normal and one image per defect kind of each held-out class."""
     records, images, classes = [], [], []
-    for name in held_out:
-        normals = [s for s in test_samples if s.class_name == name and s.label == 0][:1]
+    for name in result.held_out_classes:
+        normals = [s for s in result.test_samples if s.class_name == name and s.label == 0][:1]
         defects = {}
-        for sample in test_samples:
+        for sample in result.test_samples:
             if sample.class_name == name and sample.label == 1:
                 defects.setdefault(sample.defect_type, sample)
         chosen = normals + list(defects.values())[: settings.detect_images_per_class - 1]
         records += detect(
-            model,
-            processor,
+            result.model,
+            result.processor,
             [s.image_path for s in chosen],
-            detect_dir / name,
+            out / name,
             class_name=name,
             threshold=thresholds[name],
             progress=False,
@@ -504,28 +483,24 @@ def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progres
         images += [s.image_path for s in chosen]
         classes += [name] * len(chosen)
     for record in records:
-        _say(f"    {Path(record['image']).relative_to(data_root)}: score {record['score']:.3f} -> {record['label']}")
-    t = lap("detect", t)
+        _say(
+            f"    {Path(record['image']).relative_to(result.data_root)}: score {record['score']:.3f} -> {record['label']}"
+        )
+    return records, images, classes
 
-    # 8. Hub-ready folder + fresh-process reload
-    _banner(8, total, "saving a Hub-ready folder and reloading it with the pipeline in a fresh process")
-    hub_dir = out / "hub_model"
-    training_summary = {
-        "base_model": base_description if model_name is None else model_name,
-        "train_data": "aaclip_hf.synthetic (seed 0)",
-        "train_classes": train_classes,
-        "shots": "full",
-        "stages": "text + vision",
-        "epochs": {"text": settings.text_epochs, "vision": settings.vision_epochs},
-        "seed": seed,
-    }
+
+def _publish_and_reload(
+    result: LearningComparison, pipe, hub_dir: Path, training_summary: dict, model_name: str | None, examples
+) -> float:
+    """Step 8: a Hub-ready folder, reloaded with the pipeline in a fresh process; returns the largest score gap."""
+    images, classes = examples
     save_for_hub(
-        model,
-        processor,
+        result.model,
+        result.processor,
         hub_dir,
         repo_id="your-name/aaclip-demo",
         training_summary=training_summary,
-        eval_results=trained.to_dict() | {"dataset": "synthetic-held-out"},
+        eval_results=result.trained.to_dict() | {"dataset": "synthetic-held-out"},
         base_model=model_name,
     )
     in_process = [r["score"] for r in pipe(images, class_name=classes, batch_size=4)]
@@ -539,31 +514,10 @@ def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progres
         f"    fresh process: {reloaded['pipeline_module']} reproduced all {len(images)} scores "
         f"(max difference {max_diff:.1e})"
     )
-    lap("hub folder + reload", t)
-    timings["total"] = round(time.perf_counter() - started, 1)
+    return max_diff
 
-    summary = {
-        "base_model": training_summary["base_model"],
-        "train_classes": train_classes,
-        "held_out_classes": held_out,
-        "untrained_mean": baseline.to_dict()["mean"],
-        "trained_mean": trained.to_dict()["mean"],
-        "decision_thresholds": thresholds,
-        "detections": [{k: r[k] for k in ("image", "class_name", "score", "label")} for r in records],
-        "reload_max_score_difference": max_diff,
-        "seconds": timings,
-        "outputs": {
-            "comparison": str(out / "comparison.md"),
-            "eval_untrained": str(out / "eval_untrained"),
-            "eval_trained": str(out / "eval_trained"),
-            "overlays": [str(detect_dir / name / "overlays") for name in held_out],
-            "detections": [str(detect_dir / name / "detections.csv") for name in held_out],
-            "hub_folder": str(hub_dir),
-            "model_card": str(hub_dir / "README.md"),
-            "trained_model": str(model_dir),
-        },
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+def _print_where_to_look(out: Path, detect_dir: Path, hub_dir: Path, timings: dict[str, float]) -> None:
     places = [
         (out / "comparison.md", "metric table, untrained -> trained (held-out classes)"),
         (detect_dir / "<class>" / "overlays", "image | heat map | decision contour, one PNG per image"),
@@ -577,6 +531,65 @@ def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progres
     for path, what in places:
         _say(f"  {str(path):<{width}}  {what}")
     _say("Next: `make test`, then the README's real-CLIP commands (convert, train on a GPU, evaluate, detect, push).")
+
+
+def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progress: bool) -> dict:
+    """Steps 1-5 (`_train_and_compare`), then calibrate, detect, publish and reload; writes summary.json."""
+    out = Path(output_dir)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    total = 8
+    result = _train_and_compare(out, model_name, settings, seed, progress, timings, total)
+    pipe = make_pipeline(result.model, result.processor)
+    t = time.perf_counter()
+
+    _banner(6, total, "calibrating a decision threshold per held-out class on a few of its normal images")
+    thresholds = _calibrate_held_out(pipe, result.data_root, result.held_out_classes)
+    t = _lap(timings, "calibrate", t)
+
+    _banner(7, total, "detecting anomalies on sample held-out images (overlays)")
+    detect_dir = out / "detect"
+    records, images, classes = _detect_examples(result, settings, thresholds, detect_dir)
+    t = _lap(timings, "detect", t)
+
+    _banner(8, total, "saving a Hub-ready folder and reloading it with the pipeline in a fresh process")
+    hub_dir = out / "hub_model"
+    training_summary = {
+        "base_model": result.base_description if model_name is None else model_name,
+        "train_data": "aaclip_hf.synthetic (seed 0)",
+        "train_classes": result.train_classes,
+        "shots": "full",
+        "stages": "text + vision",
+        "epochs": {"text": settings.text_epochs, "vision": settings.vision_epochs},
+        "seed": seed,
+    }
+    max_diff = _publish_and_reload(result, pipe, hub_dir, training_summary, model_name, (images, classes))
+    _lap(timings, "hub folder + reload", t)
+    timings["total"] = round(time.perf_counter() - started, 1)
+
+    summary = {
+        "base_model": training_summary["base_model"],
+        "train_classes": result.train_classes,
+        "held_out_classes": result.held_out_classes,
+        "untrained_mean": result.untrained.to_dict()["mean"],
+        "trained_mean": result.trained.to_dict()["mean"],
+        "decision_thresholds": thresholds,
+        "detections": [{k: r[k] for k in ("image", "class_name", "score", "label")} for r in records],
+        "reload_max_score_difference": max_diff,
+        "seconds": timings,
+        "outputs": {
+            "comparison": str(out / "comparison.md"),
+            "eval_untrained": str(out / "eval_untrained"),
+            "eval_trained": str(out / "eval_trained"),
+            "overlays": [str(detect_dir / name / "overlays") for name in result.held_out_classes],
+            "detections": [str(detect_dir / name / "detections.csv") for name in result.held_out_classes],
+            "hub_folder": str(hub_dir),
+            "model_card": str(hub_dir / "README.md"),
+            "trained_model": str(result.model_dir),
+        },
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    _print_where_to_look(out, detect_dir, hub_dir, timings)
     return summary
 
 
