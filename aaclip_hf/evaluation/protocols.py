@@ -47,7 +47,15 @@ from tqdm.auto import tqdm
 from ..data.image_io import BadInputError, load_image, load_mask
 from ..data.samples import Sample
 from ..modeling.modeling_aaclip import upsample_grid
-from .metrics import DEFAULT_FPR_LIMIT, PixelMetricAccumulator, image_metrics
+from .anomaly_metrics.exact_metrics import (
+    MEDICAL_CLASSES,
+    PROTOCOLS,
+    class_mean,
+    class_row,
+    domain_for_class,
+    reference_image_scores,
+)
+from .metrics import DEFAULT_FPR_LIMIT, PixelMetricAccumulator
 
 
 logger = logging.getLogger(__name__)
@@ -62,11 +70,7 @@ __all__ = [
     "reference_image_scores",
 ]
 
-PROTOCOLS = ("reference", "per-image")
 RESOLUTIONS = ("model", "original")
-# The reference's medical test sets (its DOMAINS table); every other class is industrial.
-MEDICAL_CLASSES = frozenset({"Brain", "Liver", "Retina", "CVC-300", "Kvasir", "Colon_clinicDB", "Colon_colonDB"})
-MEDICAL_PREFIXES = ("Colon_", "CVC-")
 # Table columns in the paper's order (pixel-level AUROC/AUPRO, image-level AUROC/AP), then the extras.
 METRIC_COLUMNS = OrderedDict(
     [
@@ -79,42 +83,6 @@ METRIC_COLUMNS = OrderedDict(
         ("image_f1_max", "I-F1max"),
     ]
 )
-IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1_max")
-PIXEL_KEYS = ("pixel_auroc", "pixel_aupro", "pixel_ap", "pixel_f1_max")
-
-
-def domain_for_class(class_name: str, default: str = "industrial") -> str:
-    """`"medical"` for the reference's medical sets (by class name, `dataset/class` keys too), else `default`."""
-    short = class_name.rsplit("/", 1)[-1]
-    if short in MEDICAL_CLASSES or short.startswith(MEDICAL_PREFIXES):
-        return "medical"
-    return default
-
-
-# ----------------------------------------------------------------------------------------------
-# The reference image score
-# ----------------------------------------------------------------------------------------------
-
-
-def reference_image_scores(
-    map_max: np.ndarray, map_min: np.ndarray, raw_scores: np.ndarray, domain: str, map_weight: float = 0.5
-) -> np.ndarray:
-    """The reference's per-class image score from per-image map extremes and raw image scores.
-
-    `max(map_norm)` of image i is `(map_max[i] - min_all) / (max_all - min_all)`, with the extremes over all
-    pixels of all the class's maps; `r_norm` min-max normalises `raw_scores` over the class. Industrial:
-    `map_weight * max(map_norm) + (1 - map_weight) * r_norm`; medical: `max(map_norm)`. A constant input (zero
-    range, where the reference divides by zero) normalises to 0.
-    """
-    map_max = np.asarray(map_max, dtype=np.float64)
-    raw = np.asarray(raw_scores, dtype=np.float64)
-    low, high = float(np.min(map_min)), float(np.max(map_max))
-    map_norm = (map_max - low) / (high - low) if high > low else np.zeros_like(map_max)
-    if domain == "medical":
-        return map_norm
-    r_low, r_high = float(raw.min()), float(raw.max())
-    raw_norm = (raw - r_low) / (r_high - r_low) if r_high > r_low else np.zeros_like(raw)
-    return map_weight * map_norm + (1.0 - map_weight) * raw_norm
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,51 +450,20 @@ def _finish_class(state: _ClassState, protocol: str, config, aupro_variant: str,
         )
     else:
         scores = np.asarray(state.image_score, dtype=np.float64)
-    row: dict[str, Any] = {
-        "num_normal": int((labels == 0).sum()),
-        "num_anomalous": int((labels == 1).sum()),
-        "domain": state.domain,
-        "notes": [],
-    }
-    image = image_metrics(scores, labels)
-    if "image_skip_reason" in image:
-        row["notes"].append(image.pop("image_skip_reason"))
-    row.update(image)
-    if state.without_mask:
-        row["notes"].append(f"{state.without_mask} anomalous image(s) without a mask left out of the pixel metrics")
-    if state.masked_anomalies:
-        pixel = state.pixels.compute(fpr_limit=fpr_limit, aupro_variant=aupro_variant)
-        if "pixel_skip_reason" in pixel:
-            row["notes"].append(pixel.pop("pixel_skip_reason"))
-        row.update(pixel)
-    else:
-        row["notes"].append("no anomalous image with a mask: pixel metrics skipped")
-    row["num_pixel_images"] = len(state.pixels) if state.masked_anomalies else 0
-    return row
+    return class_row(
+        labels,
+        scores,
+        state.pixels,
+        masked_anomalies=state.masked_anomalies,
+        without_mask=state.without_mask,
+        domain=state.domain,
+        fpr_limit=fpr_limit,
+        aupro_variant=aupro_variant,
+    )
 
 
 def _mean(rows: dict[str, dict[str, Any]], protocol: str) -> tuple[dict[str, float], list[str]]:
-    notes = []
-    mean: dict[str, float] = {}
-    single_label = [name for name, row in rows.items() if math.isnan(row.get("image_auroc", math.nan))]
-    for key in METRIC_COLUMNS:
-        values = [row.get(key, math.nan) for row in rows.values()]
-        if key in IMAGE_KEYS and protocol == "reference":
-            values = [0.0 if math.isnan(v) else v for v in values]  # the reference counts them as 0
-        values = [v for v in values if not math.isnan(v)]
-        mean[key] = float(np.mean(values)) if values else math.nan
-    if single_label:
-        if protocol == "reference":
-            notes.append(
-                f"class(es) {single_label} have one image label only: image metrics undefined, counted as 0 in the "
-                "mean as the reference does (use --protocol per-image to leave them out)"
-            )
-        else:
-            notes.append(f"class(es) {single_label} have one image label only: left out of the image-metric means")
-    no_pixel = [name for name, row in rows.items() if math.isnan(row.get("pixel_auroc", math.nan))]
-    if no_pixel and len(no_pixel) < len(rows):
-        notes.append(f"class(es) {no_pixel} have no pixel metrics and are left out of the pixel-metric means")
-    return mean, notes
+    return class_mean(rows, protocol, tuple(METRIC_COLUMNS))
 
 
 # ----------------------------------------------------------------------------------------------

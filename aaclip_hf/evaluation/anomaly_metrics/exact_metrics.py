@@ -1,4 +1,8 @@
-"""Exact anomaly-detection metrics: image/pixel AUROC, AP, F1-max and AUPRO.
+"""Exact anomaly-detection metrics: image/pixel AUROC, AP, F1-max and AUPRO, and the protocol rules.
+
+Standalone on purpose (numpy and scipy only, no package import): this one file is both the package's
+metrics (`aaclip_hf.evaluation.metrics` re-exports it) and part of the `evaluate` module folder that is
+loaded by `evaluate.load` and pushed as a Hub metric, so the two can never disagree.
 
 Everything is computed from **one sort** of all scores followed by a single chunked pass over
 the sorted order (cumulative counts at every distinct score), so the results are exact (no
@@ -56,14 +60,22 @@ from scipy import ndimage
 
 __all__ = [
     "AUPRO_VARIANTS",
+    "IMAGE_KEYS",
+    "MEDICAL_CLASSES",
+    "PIXEL_KEYS",
+    "PROTOCOLS",
     "PixelMetricAccumulator",
     "aupro",
     "auroc",
     "average_precision",
     "binary_metrics",
+    "class_mean",
+    "class_row",
+    "domain_for_class",
     "f1_max",
     "image_metrics",
     "pixel_metrics",
+    "reference_image_scores",
 ]
 
 AUPRO_VARIANTS = ("mvtec", "cflow")
@@ -71,6 +83,15 @@ DEFAULT_CHUNK_SIZE = 1 << 21
 DEFAULT_FPR_LIMIT = 0.3
 DEFAULT_CFLOW_THRESHOLDS = 200
 DEFAULT_CONNECTIVITY = 2
+
+# Image-score protocols (see `reference_image_scores` and `class_mean`).
+PROTOCOLS = ("reference", "per-image")
+# The reference's medical test sets (its DOMAINS table); every other class is industrial.
+MEDICAL_CLASSES = frozenset({"Brain", "Liver", "Retina", "CVC-300", "Kvasir", "Colon_clinicDB", "Colon_colonDB"})
+MEDICAL_PREFIXES = ("Colon_", "CVC-")
+DEFAULT_MAP_WEIGHT = 0.5
+IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1_max")
+PIXEL_KEYS = ("pixel_auroc", "pixel_aupro", "pixel_ap", "pixel_f1_max")
 
 _LOW32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
@@ -628,6 +649,115 @@ class PixelMetricAccumulator:
         if not self.maps:
             raise ValueError("PixelMetricAccumulator: no images were added")
         return pixel_metrics(self.maps, self.masks, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Protocol rules: domains, the reference image score, the mean over classes
+# ----------------------------------------------------------------------------------------------
+
+
+def domain_for_class(class_name: str, default: str = "industrial") -> str:
+    """`"medical"` for the reference's medical sets (by class name, `dataset/class` keys too), else `default`."""
+    short = class_name.rsplit("/", 1)[-1]
+    if short in MEDICAL_CLASSES or short.startswith(MEDICAL_PREFIXES):
+        return "medical"
+    return default
+
+
+def reference_image_scores(
+    map_max: Any, map_min: Any, raw_scores: Any, domain: str, map_weight: float = DEFAULT_MAP_WEIGHT
+) -> np.ndarray:
+    """The reference's per-class image score from per-image map extremes and raw image scores.
+
+    `max(map_norm)` of image i is `(map_max[i] - min_all) / (max_all - min_all)`, with the extremes over all
+    pixels of all the class's maps; `r_norm` min-max normalises `raw_scores` over the class. Industrial:
+    `map_weight * max(map_norm) + (1 - map_weight) * r_norm`; medical: `max(map_norm)`. A constant input (zero
+    range, where the reference divides by zero) normalises to 0.
+    """
+    map_max = np.asarray(map_max, dtype=np.float64)
+    low, high = float(np.min(map_min)), float(np.max(map_max))
+    map_norm = (map_max - low) / (high - low) if high > low else np.zeros_like(map_max)
+    if domain == "medical":
+        return map_norm
+    raw = np.asarray(raw_scores, dtype=np.float64)
+    r_low, r_high = float(raw.min()), float(raw.max())
+    raw_norm = (raw - r_low) / (r_high - r_low) if r_high > r_low else np.zeros_like(raw)
+    return map_weight * map_norm + (1.0 - map_weight) * raw_norm
+
+
+def class_row(
+    labels: Any,
+    scores: Any,
+    pixels: PixelMetricAccumulator,
+    *,
+    masked_anomalies: int,
+    without_mask: int = 0,
+    domain: str | None = None,
+    **pixel_kwargs: Any,
+) -> dict[str, Any]:
+    """One class's row: image counts, image metrics of `scores`, pixel metrics of `pixels`, notes.
+
+    `pixels` holds the maps and masks of the images whose pixel truth is known (normal images count with
+    an empty mask); `masked_anomalies` is how many anomalous images among them have a mask (none: no pixel
+    metrics) and `without_mask` how many anomalous images were left out for lack of one. `pixel_kwargs`
+    go to :func:`pixel_metrics`.
+    """
+    labels = np.asarray(labels)
+    row: dict[str, Any] = {
+        "num_normal": int((labels == 0).sum()),
+        "num_anomalous": int((labels == 1).sum()),
+        "domain": domain,
+        "notes": [],
+    }
+    image = image_metrics(scores, labels)
+    if "image_skip_reason" in image:
+        row["notes"].append(image.pop("image_skip_reason"))
+    row.update(image)
+    if without_mask:
+        row["notes"].append(f"{without_mask} anomalous image(s) without a mask left out of the pixel metrics")
+    if masked_anomalies:
+        pixel = pixels.compute(**pixel_kwargs)
+        if "pixel_skip_reason" in pixel:
+            row["notes"].append(pixel.pop("pixel_skip_reason"))
+        row.update(pixel)
+    else:
+        row["notes"].append("no anomalous image with a mask: pixel metrics skipped")
+    row["num_pixel_images"] = len(pixels) if masked_anomalies else 0
+    return row
+
+
+def class_mean(
+    rows: dict[str, dict[str, Any]], protocol: str, keys: Sequence[str] = PIXEL_KEYS + IMAGE_KEYS
+) -> tuple[dict[str, float], list[str]]:
+    """Unweighted mean of `keys` over the class rows, with the protocol's rule for single-label classes.
+
+    Under `reference` a class without image metrics (all its images one label) counts as 0 in the image
+    means, as the reference does; under `per-image` it is left out. Pixel NaNs are always left out.
+    Returns (mean, plain-language notes).
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    notes = []
+    mean: dict[str, float] = {}
+    for key in keys:
+        values = [row.get(key, math.nan) for row in rows.values()]
+        if key in IMAGE_KEYS and protocol == "reference":
+            values = [0.0 if math.isnan(v) else v for v in values]
+        values = [v for v in values if not math.isnan(v)]
+        mean[key] = float(np.mean(values)) if values else math.nan
+    single_label = [name for name, row in rows.items() if math.isnan(row.get("image_auroc", math.nan))]
+    if single_label:
+        if protocol == "reference":
+            notes.append(
+                f"class(es) {single_label} have one image label only: image metrics undefined, counted as 0 in the "
+                "mean as the reference does (use the per-image protocol to leave them out)"
+            )
+        else:
+            notes.append(f"class(es) {single_label} have one image label only: left out of the image-metric means")
+    no_pixel = [name for name, row in rows.items() if math.isnan(row.get("pixel_auroc", math.nan))]
+    if no_pixel and len(no_pixel) < len(rows):
+        notes.append(f"class(es) {no_pixel} have no pixel metrics and are left out of the pixel-metric means")
+    return mean, notes
 
 
 def _to_numpy(x: Any) -> Any:
