@@ -1,7 +1,12 @@
-"""Detection overlays: the image, its anomaly heat map and the contour of the decision region, side by side.
+"""Detection overlays: the image, its anomaly heat map and the outlined decision region, side by side.
 
-Pure numpy + PIL (no matplotlib). The heat map shows the per-pixel anomaly probability on a fixed 0..1 scale,
-so colours mean the same thing in every picture.
+Pure numpy + PIL (no matplotlib). The heat map shows the per-pixel anomaly probability on a fixed 0..1 scale (or
+the image's own range, printed under the colour bar).
+
+The decision panel marks the anomalous side unambiguously: the region is shaded and its outline is drawn on the
+region's own pixels along its boundary, the image border included. A region that covers most of the image thus
+reads as a shaded frame-to-frame area with the normal part left clear, never as a ring around the normal part.
+A legend under the panel says what the outline means and at which threshold.
 """
 
 from __future__ import annotations
@@ -11,7 +16,15 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 
-__all__ = ["COLORMAP_STOPS", "apply_colormap", "contour_overlay", "detection_figure", "heatmap_overlay"]
+__all__ = [
+    "COLORMAP_STOPS",
+    "apply_colormap",
+    "contour_overlay",
+    "detection_figure",
+    "heatmap_overlay",
+    "region_edge",
+    "region_legend",
+]
 
 # A perceptually ordered blue -> cyan -> yellow -> red ramp (jet-like, darker ends), as (position, RGB).
 COLORMAP_STOPS = (
@@ -23,6 +36,10 @@ COLORMAP_STOPS = (
     (1.00, (128, 0, 0)),
 )
 CONTOUR_COLOR = (255, 32, 32)
+# Opacity of the contour colour over the anomalous region's inside (0 = outline only).
+REGION_SHADE = 0.3
+# Outline thickness as a fraction of the image's longer side.
+CONTOUR_FRACTION = 0.006
 BACKGROUND = (255, 255, 255)
 TEXT_COLOR = (20, 20, 20)
 
@@ -45,19 +62,44 @@ def heatmap_overlay(image: Image.Image, probability: np.ndarray, alpha: float = 
     return Image.fromarray(((1.0 - alpha) * base + alpha * heat).round().astype(np.uint8))
 
 
+def region_edge(region: np.ndarray, thickness: int) -> np.ndarray:
+    """The band of `region`'s own pixels within `thickness` of a non-region pixel or of the image border.
+
+    Pixels outside the image count as outside the region, so a region reaching the border is closed there: its
+    outline surrounds the anomalous area, and the normal part stays clear of it."""
+    region = np.asarray(region, dtype=bool)
+    return region & ~ndimage.binary_erosion(region, iterations=thickness, border_value=0)
+
+
 def contour_overlay(
-    image: Image.Image, region: np.ndarray, color: tuple[int, int, int] = CONTOUR_COLOR, thickness: int | None = None
+    image: Image.Image,
+    region: np.ndarray,
+    color: tuple[int, int, int] = CONTOUR_COLOR,
+    thickness: int | None = None,
+    shade: float = REGION_SHADE,
 ) -> Image.Image:
-    """Draw the outline of the boolean `region` on the image (thickness ~0.6% of the longer side by default)."""
+    """Shade the boolean `region` with `color` at opacity `shade` and outline it (`region_edge`) in `color`.
+
+    Thickness defaults to `CONTOUR_FRACTION` of the longer side. Pixels outside the region are left as they are."""
     if region.shape != (image.height, image.width):
         raise ValueError(f"region is {region.shape} but the image is {(image.height, image.width)}")
-    thickness = thickness or max(1, round(0.006 * max(image.size)))
+    if not 0.0 <= shade <= 1.0:
+        raise ValueError(f"shade must be in [0, 1], got {shade}")
+    thickness = thickness or max(1, round(CONTOUR_FRACTION * max(image.size)))
     region = np.asarray(region, dtype=bool)
-    inner = ndimage.binary_erosion(region, iterations=thickness, border_value=0)
-    edge = region & ~inner
-    out = np.asarray(image.convert("RGB")).copy()
-    out[edge] = color
+    out = np.asarray(image.convert("RGB")).astype(np.float32)
+    out[region] = (1.0 - shade) * out[region] + shade * np.asarray(color, dtype=np.float32)
+    out = out.round().astype(np.uint8)
+    out[region_edge(region, thickness)] = color
     return Image.fromarray(out)
+
+
+def region_legend(pixel_threshold: float | None, area: float | None = None) -> str:
+    """The decision panel's legend line: what the outline marks, at which level of the anomaly probability."""
+    if pixel_threshold is None:
+        return "no decision region: this image score does not use the map"
+    text = f"outline = anomalous region at threshold {pixel_threshold:.3g}"
+    return text if area is None else f"{text} ({100 * area:.1f}% of the image)"
 
 
 def _font(size: int):
@@ -72,6 +114,17 @@ def _colorbar(width: int, height: int) -> Image.Image:
     return Image.fromarray(apply_colormap(ramp))
 
 
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    """Greedy word wrap of `text` to lines no wider than `width` pixels (a too-long word keeps its own line)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
 def detection_figure(
     image: Image.Image,
     probability: np.ndarray,
@@ -82,29 +135,47 @@ def detection_figure(
     alpha: float = 0.5,
     heat_range: tuple[float, float] = (0.0, 1.0),
     heat_label: str = "anomaly probability",
+    legend: str | None = None,
 ) -> Image.Image:
-    """`[image | heat map | decision contour]` under a title line, with a colour bar under the heat map.
+    """`[image | heat map | decision region]` under a title line, a colour bar under the heat map and a legend
+    (a swatch of the outline colour and `legend`, by default `region_legend` without a threshold) under the region.
 
     The heat map spans `heat_range` of `probability` (blue .. red). Panels are scaled so that the longer side lies
-    in `[min_side, max_side]` (small images are enlarged).
+    in `[min_side, max_side]` (small images are enlarged); the region is outlined at the panel's size, so the
+    outline stays crisp.
     """
+    if probability.shape != (image.height, image.width):
+        raise ValueError(f"map is {probability.shape} but the image is {(image.height, image.width)}")
+    if region.shape != (image.height, image.width):
+        raise ValueError(f"region is {region.shape} but the image is {(image.height, image.width)}")
+    region = np.asarray(region, dtype=bool)
+    if legend is None:
+        legend = f"outline = anomalous region ({100 * region.mean():.1f}% of the image)"
     low, high = heat_range
     scaled = (probability - low) / (high - low) if high > low else np.zeros_like(probability)
     longer = max(image.size)
     scale = min(max_side / longer, max(1.0, min_side / longer))
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    rgb = image.convert("RGB")
+    resized = rgb.resize(size, Image.BILINEAR) if size != rgb.size else rgb
+    region_mask = Image.fromarray(region.astype(np.uint8) * 255)
+    panel_region = np.asarray(region_mask.resize(size, Image.NEAREST) if size != rgb.size else region_mask) > 0
+    heat = heatmap_overlay(image, scaled, alpha)
     panels = [
-        ("image", image.convert("RGB")),
-        (heat_label, heatmap_overlay(image, scaled, alpha)),
-        ("decision region", contour_overlay(image, region)),
+        ("image", resized),
+        (heat_label, heat.resize(size, Image.BILINEAR) if size != rgb.size else heat),
+        ("decision region", contour_overlay(resized, panel_region)),
     ]
-    panels = [(label, panel.resize(size, Image.BILINEAR) if scale != 1.0 else panel) for label, panel in panels]
     font_size = max(11, min(18, size[0] // 16))
     font, small = _font(font_size), _font(max(10, font_size - 3))
     gap, head = max(6, font_size // 2), font_size + 14
     bar_height = max(6, font_size // 2)
+    swatch = bar_height
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    legend_lines = _wrap(measure, legend, small, size[0] - swatch - 4)
+    legend_height = len(legend_lines) * (font_size + 1)
     width = 3 * size[0] + 4 * gap
-    height = head + size[1] + 2 * gap + 2 * font_size + bar_height
+    height = head + size[1] + 2 * gap + font_size + max(font_size + bar_height, legend_height)
     figure = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(figure)
     draw.text((gap, 6), title, fill=TEXT_COLOR, font=font)
@@ -120,4 +191,8 @@ def detection_figure(
     draw.text((left, bar_top + bar_height + 1), low_text, fill=TEXT_COLOR, font=small)
     right = left + size[0] - int(draw.textlength(high_text, font=small))
     draw.text((right, bar_top + bar_height + 1), high_text, fill=TEXT_COLOR, font=small)
+    left = 3 * gap + 2 * size[0]
+    draw.rectangle((left, bar_top + 2, left + swatch - 1, bar_top + 1 + swatch), outline=CONTOUR_COLOR, width=2)
+    for line_index, line in enumerate(legend_lines):
+        draw.text((left + swatch + 4, bar_top + line_index * (font_size + 1)), line, fill=TEXT_COLOR, font=small)
     return figure

@@ -231,7 +231,7 @@ def test_overlay_pieces():
     image = Image.new("RGB", (20, 20), (10, 10, 10))
     region = np.zeros((20, 20), bool)
     region[5:15, 5:15] = True
-    drawn = np.asarray(contour_overlay(image, region, thickness=1))
+    drawn = np.asarray(contour_overlay(image, region, thickness=1, shade=0.0))
     assert (
         tuple(drawn[5, 5]) == (255, 32, 32)
         and tuple(drawn[10, 10]) == (10, 10, 10)
