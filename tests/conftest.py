@@ -30,8 +30,8 @@ def _isolated_hf_home(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def processor() -> AAClipProcessor:
-    proc = AAClipProcessor()
-    proc.image_processor.size = {"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE}
+    proc = AAClipProcessor.for_model(AAClipConfig.tiny())
+    assert proc.image_size == (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
     return proc
 
 
@@ -77,3 +77,18 @@ def training_root(tmp_path_factory):
 @pytest.fixture
 def pixel_values() -> torch.Tensor:
     return torch.randn(3, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
+
+
+def accelerate_cpu_launch(num_processes: int, *target: str) -> tuple[list[str], dict[str, str]]:
+    """`accelerate launch` of `target` on `num_processes` CPU processes (a free local port), and its env."""
+    import socket
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *target]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    return cmd, env

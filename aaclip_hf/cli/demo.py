@@ -297,6 +297,21 @@ def _lap(timings: dict[str, float], name: str, since: float) -> float:
     return time.perf_counter()
 
 
+def _evaluate_held_out(model, processor, samples, folder: Path, progress: bool) -> EvaluationResult:
+    """Zero-shot evaluation on the held-out classes in the paper's protocol, saved under `folder`."""
+    result = evaluate(
+        model,
+        processor,
+        samples,
+        protocol="reference",
+        batch_size=16,
+        dataset_name="synthetic (held-out)",
+        progress=progress,
+    )
+    result.save(folder)
+    return result
+
+
 def _train_and_compare(
     out: Path, model_name, settings: DemoSettings, seed: int, progress: bool, timings: dict[str, float], total: int
 ) -> LearningComparison:
@@ -357,16 +372,7 @@ def _train_and_compare(
 
     # 3. untrained baseline (on a copy, so its held-out anchors do not leak into training)
     _banner(3, total, "zero-shot evaluation of the UNTRAINED model on the held-out classes")
-    baseline = evaluate(
-        copy.deepcopy(model),
-        processor,
-        test_samples,
-        protocol="reference",
-        batch_size=16,
-        dataset_name="synthetic (held-out)",
-        progress=progress,
-    )
-    baseline.save(out / "eval_untrained")
+    baseline = _evaluate_held_out(copy.deepcopy(model), processor, test_samples, out / "eval_untrained", progress)
     t = lap("evaluate untrained", t)
 
     # 4. training
@@ -402,16 +408,7 @@ def _train_and_compare(
 
     # 5. trained
     _banner(5, total, "zero-shot evaluation of the TRAINED model on the held-out classes")
-    trained = evaluate(
-        model,
-        processor,
-        test_samples,
-        protocol="reference",
-        batch_size=16,
-        dataset_name="synthetic (held-out)",
-        progress=progress,
-    )
-    trained.save(out / "eval_trained")
+    trained = _evaluate_held_out(model, processor, test_samples, out / "eval_trained", progress)
     comparison = _side_by_side(baseline, trained)
     (out / "comparison.md").write_text(
         "# Zero-shot on held-out synthetic classes: untrained -> trained (%, reference protocol)\n\n"

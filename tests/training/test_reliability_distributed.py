@@ -8,10 +8,7 @@ tests/test_training_trainer.py::test_two_processes_equal_one."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -20,10 +17,9 @@ from aaclip_hf.cli.evaluate import add_arguments
 from aaclip_hf.cli.evaluate import run as evaluate_cli
 from aaclip_hf.data.synthetic import generate_synthetic_dataset
 
-from ..conftest import make_tiny_model
+from ..conftest import accelerate_cpu_launch, make_tiny_model
 
 
-ACCELERATE = os.path.join(os.path.dirname(sys.executable), "accelerate")
 NUM_IMAGES = 15  # 3 classes x (3 normal + 2 anomalous): odd, and not a multiple of 2 processes x batch 2
 
 # Runs `aaclip evaluate` and records, on the main process, every image index the gathered batches carry.
@@ -52,12 +48,6 @@ SCRIPT = textwrap.dedent(
     sys.exit(code)
     """
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -111,24 +101,7 @@ def test_two_process_evaluation_equals_one_without_tail_duplicates(setup, tmp_pa
     one = json.loads((tmp_path / "one" / "results.json").read_text())
     assert one["settings"]["num_images"] == NUM_IMAGES
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    cmd = [
-        ACCELERATE,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(setup / "evaluate.py"),
-        *_argv(setup, tmp_path / "two"),
-    ]
+    cmd, env = accelerate_cpu_launch(2, str(setup / "evaluate.py"), *_argv(setup, tmp_path / "two"))
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "results.json").read_text())

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,9 +20,10 @@ from aaclip_hf.data import load_samples
 from aaclip_hf.training.arguments import NonFiniteLossError, TrainingArguments, add_arguments, arguments_from_namespace
 from aaclip_hf.training.trainer import Trainer, _collate, epoch_batches
 
+from ..conftest import accelerate_cpu_launch
+
 
 PYTHON = sys.executable
-ACCELERATE = os.path.join(os.path.dirname(PYTHON), "accelerate")
 
 
 def _args(training_root, out, **kw) -> TrainingArguments:
@@ -195,33 +195,9 @@ def test_kill_9_then_resume_is_identical(training_root, tmp_path, reference_run)
         assert torch.allclose(got[key], reference_run[key], atol=1e-6, rtol=0), key
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_one(training_root, tmp_path, reference_run):
     args = _args(training_root, tmp_path)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    cmd = [
-        ACCELERATE,
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        "-m",
-        "aaclip_hf.training",
-        *_cli(args),
-    ]
+    cmd, env = accelerate_cpu_launch(2, "-m", "aaclip_hf.training", *_cli(args))
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.load(open(tmp_path / "training_args.json"))["num_processes"] == 2
