@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModel, AutoProcessor
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from . import _deprecated
+from .evaluation.anomaly_metrics import load_metric
 from .modeling.configuration_aaclip import AAClipConfig
 from .modeling.modeling_aaclip import AAClipModel, AAClipOutput
 from .modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
@@ -32,4 +33,5 @@ __all__ = [
     "AAClipProcessor",
     "TASK",
     "__version__",
+    "load_metric",
 ]
