@@ -279,7 +279,7 @@ def test_mask_of_another_size_and_missing_mask_are_named(model_dir, dataset, tmp
         },
     ]
     meta.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    code, err = _cli(capsys, *argv, meta)
+    code, err = _cli(capsys, *argv, meta, "--allow-outside-root")  # absolute paths into another folder
     assert code == 2 and "gone_mask.png" in err and "mask_path" in err and "line 2" in err, err
 
 
@@ -298,6 +298,7 @@ def test_metadata_line_with_a_bad_field_names_line_and_field(model_dir, dataset,
         model_dir,
         "--data",
         meta,
+        "--allow-outside-root",  # absolute paths into another folder
         "--device",
         "cpu",
         "--output",

@@ -10,15 +10,45 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
-from .augment import AugmentConfig
+from .augment import AUGMENT_MODES, AugmentConfig
 from .dpam import DPAM_MODES, Stage1FeatureCache
 
 
 STAGES = ("text", "vision")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteTrainingError(RuntimeError):
+    """A run stopped because a number went NaN/inf; nothing non-finite was saved."""
+
+
+class NonFiniteLossError(NonFiniteTrainingError):
     """Raised when the loss is NaN/inf and ``--skip-nonfinite`` is off."""
+
+
+class NonFiniteWeightsError(NonFiniteTrainingError):
+    """Raised when an optimizer step left a trainable parameter NaN/inf (checked after every step)."""
+
+
+# Fields of `TrainingArguments` that cannot change what a run computes: `--resume` ignores changes to them.
+# Every other field (a new one included, unless listed here) must match the checkpoint's run.
+RESUME_NEUTRAL_FIELDS = frozenset(
+    {
+        "output_dir",
+        "resume",
+        "resume_changed_args",
+        "overwrite_output_dir",
+        "checkpointing_steps",
+        "num_workers",
+        "log_every",
+        "progress",
+        "push_to_hub",
+        "hub_model_id",
+        "cpu",
+        "cache_stage1_features",
+        "allow_outside_root",
+        "save_epoch_models",
+    }
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -56,6 +86,7 @@ class TrainingArguments:
     image_size: int | None = None
     hidden_act: str | None = None
     augment: bool = True
+    augment_mode: str = "reference"
     aug_rotation: float = 30.0
     aug_rotation_p: float = 0.5
     aug_translate: float = 0.15
@@ -68,7 +99,10 @@ class TrainingArguments:
     mixed_precision: str = "no"
     cpu: bool = False
     resume: str | None = None
+    resume_changed_args: bool = False
     overwrite_output_dir: bool = False
+    save_epoch_models: bool = False
+    allow_outside_root: bool = False
     checkpointing_steps: int = 0
     max_steps: int | None = None
     num_workers: int = 4
@@ -86,6 +120,8 @@ class TrainingArguments:
             raise ValueError(f"--stage1-loss must be reference or paper, got {self.stage1_loss!r}")
         if self.dpam_mode not in DPAM_MODES:
             raise ValueError(f"--dpam-mode must be one of {DPAM_MODES}, got {self.dpam_mode!r}")
+        if self.augment_mode not in AUGMENT_MODES:
+            raise ValueError(f"--augment-mode must be one of {AUGMENT_MODES}, got {self.augment_mode!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ValueError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         positive = ("text_batch_size", "vision_batch_size", "text_lr", "vision_lr", "log_every")
@@ -125,6 +161,7 @@ class TrainingArguments:
             contrast=self.aug_jitter,
             saturation=self.aug_jitter,
             jitter_p=self.aug_jitter_p,
+            mode=self.augment_mode,
         )
 
 
@@ -170,6 +207,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--skip-bad-files", action="store_true", help="skip unreadable images/masks (logged) instead of stopping"
+    )
+    g.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept metadata paths that lead outside the dataset root (refused by default)",
     )
     g.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader worker processes")
     o = parser.add_argument_group("optimisation (SPEC section 6)")
@@ -232,6 +274,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     u = parser.add_argument_group("augmentation (SPEC section 6)")
     u.add_argument("--no-augment", dest="augment", action="store_false", help="turn all augmentation off")
+    u.add_argument(
+        "--augment-mode",
+        default=d.augment_mode,
+        choices=list(AUGMENT_MODES),
+        help="reference: rotate, shift, flips one after the other, each zero-filling (the reference); "
+        "composed: one combined warp",
+    )
     u.add_argument("--aug-rotation", type=float, default=d.aug_rotation, help="max rotation in degrees")
     u.add_argument("--aug-rotation-p", type=float, default=d.aug_rotation_p)
     u.add_argument("--aug-translate", type=float, default=d.aug_translate, help="max shift as a fraction of the side")
@@ -253,6 +302,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         const="latest",
         default=None,
         help="resume from the newest checkpoint in the output folder (or from PATH)",
+    )
+    r.add_argument(
+        "--resume-changed-args",
+        action="store_true",
+        help="resume even if result-affecting arguments differ from the checkpoint's run (they are listed)",
+    )
+    r.add_argument(
+        "--save-epoch-models",
+        action="store_true",
+        help="also keep a complete model after every stage-2 epoch in OUTPUT/epoch_models/epoch_K (as the "
+        "reference keeps image_adapter_K)",
     )
     r.add_argument(
         "--overwrite-output-dir", action="store_true", help="start fresh even if the output folder holds checkpoints"

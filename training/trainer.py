@@ -227,7 +227,12 @@ class Trainer:
     def _load_samples(self):
 
         args = self.args
-        samples = load_samples(args.train_data, args.split, skip_bad_files=args.skip_bad_files)
+        samples = load_samples(
+            args.train_data,
+            args.split,
+            skip_bad_files=args.skip_bad_files,
+            allow_outside_root=args.allow_outside_root,
+        )
         # Pre-flight scan: decode every image and mask once now, so a bad file stops the run (or, with
         # --skip-bad-files, is dropped, logged and counted) before training starts, never hours in. Skipping
         # happens before the shots are drawn, so a k-shot set keeps its 1:1 ratio.

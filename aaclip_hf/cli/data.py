@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..data.image_io import BadInputError
-from ..data.readers import load_samples
+from ..data.readers import is_inside, load_samples
 from ..data.samples import summarize_samples
 from ..data.sampling import DEFAULT_SHOT_SEED, sample_shots, write_jsonl
 from ..data.synthetic import (
@@ -102,16 +103,28 @@ def add_sample_shots_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--relative-to", default=None, help="write paths relative to this folder (default: the output file's folder)"
     )
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept metadata paths that lead outside the dataset root (refused by default)",
+    )
 
 
 def run_sample_shots(args: argparse.Namespace) -> int:
     try:
-        samples = load_samples(args.data, args.split, format=args.format)
+        samples = load_samples(args.data, args.split, format=args.format, allow_outside_root=args.allow_outside_root)
         picked = sample_shots(samples, args.shots, seed=args.seed)
     except BadInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     write_jsonl(picked, args.output, relative_to=args.relative_to)
+    base = args.relative_to or os.path.dirname(os.path.abspath(args.output))
+    if not all(is_inside(base, p) for s in picked for p in (s.image_path, s.mask_path) if p is not None):
+        print(
+            f"note: some paths lead outside {base}; read the file with --allow-outside-root, or write it with "
+            "--relative-to DATASET_FOLDER and read it as FILE::root=DATASET_FOLDER",
+            file=sys.stderr,
+        )
     print(f"{'class':<24} {'normal':>6} {'anomaly':>7}")
     for cls, row in summarize_samples(picked).items():
         print(f"{cls:<24} {row['normal']:>6} {row['anomaly']:>7}")

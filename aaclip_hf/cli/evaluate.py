@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-bad-files", action="store_true", help="drop unreadable files (logged) instead of failing"
     )
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept metadata paths that lead outside the dataset root (refused by default)",
+    )
     parser.add_argument("--output", required=True, help="folder for results.json, results.csv and results.md")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -61,7 +66,13 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`
         accelerator = Accelerator()
         args.device = str(accelerator.device)
-    samples = load_samples(args.data, args.split, classes=args.classes, skip_bad_files=args.skip_bad_files)
+    samples = load_samples(
+        args.data,
+        args.split,
+        classes=args.classes,
+        skip_bad_files=args.skip_bad_files,
+        allow_outside_root=args.allow_outside_root,
+    )
     skipped = 0
     if args.skip_bad_files:  # decode every file up front: a corrupt image is dropped here instead of ending the run
         kept = verify_samples(samples, skip_bad_files=True, progress=not args.no_progress)

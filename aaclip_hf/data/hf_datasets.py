@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +14,22 @@ from .image_io import IMAGE_EXTENSIONS, BadInputError, MissingFileError
 from .samples import Sample, parse_label
 
 
-__all__ = ["from_hf_dataset", "to_hf_dataset"]
+__all__ = ["from_hf_dataset", "safe_folder_name", "to_hf_dataset"]
+
+# Anything but letters, digits, '-', '_', '.', ' ' and '+' becomes '_' in a folder name made from a class name.
+_UNSAFE_FOLDER_CHARS = re.compile(r"[^\w\-. +]")
+
+
+def safe_folder_name(name: str) -> str:
+    """A class name as one harmless folder name: no path separators, no ``..``, never empty or hidden.
+
+    Separators (``/``, ``\\``), control and other special characters become ``_``; leading dots become ``_``
+    (so ``..`` and ``.hidden`` stay inside the cache folder and visible). The `Sample` keeps the real name.
+    """
+    safe = _UNSAFE_FOLDER_CHARS.sub("_", name).strip()
+    stripped = safe.lstrip(".")
+    safe = "_" * (len(safe) - len(stripped)) + stripped
+    return safe or "_"
 
 
 def _hf_features():
@@ -70,7 +86,8 @@ def from_hf_dataset(
     """A `datasets.Dataset` -> samples, writing embedded images under ``cache_dir``.
 
     Image bytes are written as they are (no re-encoding) to
-    ``cache_dir/<class>/<row>_{image,mask}<ext>``; rows that only reference an existing
+    ``cache_dir/<class>/<row>_{image,mask}<ext>`` (``<class>`` made safe by `safe_folder_name`: a class
+    name never leads outside ``cache_dir``); rows that only reference an existing
     file use it in place. Labels may be 0/1 integers, booleans, or a `ClassLabel` / string
     whose name is normal/good/ok versus anomaly/anomalous/abnormal/ko.
     """
@@ -125,7 +142,7 @@ def from_hf_dataset(
         cls = rec[class_column]
         if not isinstance(cls, str) or not cls:
             raise BadInputError(f"row {row}: expected a non-empty class name, got {cls!r}", None, class_column)
-        safe_cls = cls.replace(os.sep, "_")
+        safe_cls = safe_folder_name(cls)
         label = label_of(rec[label_column], row)
         image = materialise(rec[image_column], row, safe_cls, "image", image_column)
         mask = (

@@ -24,6 +24,11 @@ Policies (each one a keyword argument):
   or 1/8 in each side, chosen so the result fits). The model resizes to 518 px anyway.
   PIL's own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, twice it raises)
   still applies on top; raise that global to read bigger files.
+- **Multi-frame files** (animated GIF/PNG/WebP, multi-page TIFF: ``n_frames > 1``) use their
+  first frame, with a warning naming the file and the frame count.
+- **Float images** (mode ``F``: 32-bit float TIFF) holding NaN or inf are refused with a
+  `BadInputError` naming the file and the count: no windowing can place them, and a silent
+  ``nan_to_num`` would turn them into black (images) or "normal" (masks) pixels.
 - **Masks** keep the *non-zero* structure exactly, because masks are binarised with
   ``!= 0`` (SPEC section 7): grey masks are returned as they are, colour and palette masks
   take the maximum over R, G, B (so a dark-red label pixel never rounds to 0), and
@@ -32,6 +37,7 @@ Policies (each one a keyword argument):
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from typing import Literal
@@ -39,6 +45,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BadInputError", "MissingFileError", "load_image", "load_mask", "IMAGE_EXTENSIONS"]
 
@@ -114,6 +122,10 @@ def _open_checked(path: str | os.PathLike, field: str, max_pixels: int | None) -
                 path=path,
                 field=field,
             )
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        logger.warning("%s: %s holds %d frames; using the first one", field, path, frames)
+        im.seek(0)
     try:
         im.load()
     except (OSError, SyntaxError, ValueError) as err:
@@ -126,14 +138,29 @@ def _open_checked(path: str | os.PathLike, field: str, max_pixels: int | None) -
     return im
 
 
-def _high_bit_to_uint8(im: Image.Image, mode: Literal["range", "max"]) -> np.ndarray:
-    arr = np.asarray(im).astype(np.float64)
-    if mode == "max" and im.mode != "F":
+def _finite_array(im: Image.Image, path: str | os.PathLike, field: str) -> np.ndarray:
+    """The pixel array of a high-bit-depth image; NaN/inf (float images) are a `BadInputError`."""
+    arr = np.asarray(im)
+    if arr.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            raise BadInputError(
+                f"float image holds {bad} NaN/inf pixel value(s); expected finite intensities",
+                path=os.fspath(path),
+                field=field,
+            )
+    return arr
+
+
+def _high_bit_to_uint8(arr: np.ndarray, mode: Literal["range", "max"]) -> np.ndarray:
+    is_float = arr.dtype.kind == "f"
+    arr = arr.astype(np.float64)
+    if mode == "max" and not is_float:
         out = arr / _MAX_UINT16 * 255.0
     else:
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        lo, hi = float(arr.min()), float(arr.max())
         out = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-    return np.clip(np.rint(np.nan_to_num(out)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def load_image(
@@ -153,7 +180,7 @@ def load_image(
     with _open_checked(path, field, max_pixels) as raw:
         im = ImageOps.exif_transpose(raw)
         if im.mode in _HIGH_BIT_MODES:
-            return Image.fromarray(_high_bit_to_uint8(im, high_bit_depth)).convert("RGB")
+            return Image.fromarray(_high_bit_to_uint8(_finite_array(im, path, field), high_bit_depth)).convert("RGB")
         if im.mode == "P" and "transparency" in im.info:
             im = im.convert("RGBA")
         if im.mode == "PA":
@@ -180,8 +207,8 @@ def load_mask(
     with _open_checked(path, field, max_pixels) as raw:
         im = ImageOps.exif_transpose(raw)
         if im.mode in _HIGH_BIT_MODES:
-            arr = np.asarray(im)
-            return Image.fromarray(np.where(np.nan_to_num(arr) != 0, 255, 0).astype(np.uint8))
+            arr = _finite_array(im, path, field)
+            return Image.fromarray(np.where(arr != 0, 255, 0).astype(np.uint8))
         if im.mode == "1":
             return im.convert("L")
         if im.mode in ("L", "LA", "La"):

@@ -39,6 +39,18 @@ Spec strings: ``PATH[::key=value]...`` with keys ``format``, ``split``, ``classe
 single-class layouts). Example: ``data/mvtec::classes=bottle,cable``. Pass a list of specs
 to combine datasets.
 
+Metadata hygiene (``jsonl``, ``meta``, the VisA csv):
+
+- **Paths stay inside the dataset root.** An image or mask path that resolves outside ``root``
+  (``../../etc/passwd``, an absolute path elsewhere) is refused, naming the line, unless
+  ``allow_outside_root=True`` (CLI ``--allow-outside-root``). The check is lexical (after
+  ``normpath``): symlinks inside the root are followed as usual.
+- **Each image appears once.** A second record of the same image path is an error naming both
+  places (``file:line``): a duplicate weighs its image twice in every metric (one duplicated
+  JSON-lines file moved I-AUROC from 81.2 to 89.3). With ``skip_bad_files=True`` the later
+  records are dropped with a warning instead (de-duplication). `load_samples` applies the same
+  rule across the specs of a list.
+
 Masks follow SPEC section 7: grey-scale, resized with nearest, binarised with ``!= 0``;
 normal images get all-zero masks; anomalies without a mask are kept with
 ``has_mask=False`` so pixel metrics can skip them instead of faking them.
@@ -64,6 +76,7 @@ __all__ = [
     "NORMAL_FOLDER_NAMES",
     "REFERENCE_CLASS_NAMES",
     "detect_format",
+    "is_inside",
     "load_samples",
     "parse_spec",
     "read_bmad",
@@ -91,6 +104,36 @@ _SPEC_KEYS = ("format", "split", "classes", "root", "name")
 
 def _join(root: str, path: str) -> str:
     return os.path.normpath(path if os.path.isabs(path) else os.path.join(root, path))
+
+
+def is_inside(root: str | os.PathLike, path: str | os.PathLike) -> bool:
+    """True when ``path`` (absolute, or relative to the working folder) lies in ``root`` (lexically)."""
+    base, target = os.path.abspath(root), os.path.abspath(path)
+    try:
+        return os.path.commonpath([base, target]) == base
+    except ValueError:  # different drives (Windows)
+        return False
+
+
+def _image_key(path: str) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+class _Duplicates:
+    """Refuse a second record of the same image, naming both places (``file:line``)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}
+
+    def check(self, sample: Sample, where: str, source: str) -> None:
+        first = self.seen.setdefault(_image_key(sample.image_path), where)
+        if first != where:
+            raise BadInputError(
+                f"duplicate image: {where} repeats {first} ({sample.image_path}); each image may be listed once "
+                "(a duplicate counts twice in every metric). Remove one, or pass --skip-bad-files to keep the first",
+                source,
+                "image_path",
+            )
 
 
 def _check_exists(sample: Sample, where: str) -> None:
@@ -147,13 +190,15 @@ def read_jsonl(
     *,
     check_files: bool = True,
     skip_bad_files: bool = False,
+    allow_outside_root: bool = False,
 ) -> list[Sample]:
-    """Read the AA-CLIP reference JSON-lines metadata (paths relative to ``root``)."""
+    """Read the AA-CLIP reference JSON-lines metadata (paths relative to ``root``; hygiene: module docstring)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MissingFileError("metadata file does not exist", path, None)
     root = os.path.dirname(path) if root is None else os.fspath(root)
     bad = BadFiles(skip_bad_files, path)
+    duplicates = _Duplicates()
     samples: list[Sample] = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
@@ -170,8 +215,14 @@ def read_jsonl(
                 if not isinstance(rec, dict):
                     raise BadInputError(f"line {n}: expected a JSON object, got {type(rec).__name__}", path)
                 sample = _record_to_sample(
-                    rec, root, path, f"line {n}", ("image_path", "label", "class_name", "mask_path")
+                    rec,
+                    root,
+                    path,
+                    f"line {n}",
+                    ("image_path", "label", "class_name", "mask_path"),
+                    allow_outside_root=allow_outside_root,
                 )
+                duplicates.check(sample, f"{path}:{n}", path)
                 if check_files:
                     _check_exists(sample, where)
                 samples.append(sample)
@@ -182,7 +233,14 @@ def read_jsonl(
 
 
 def _record_to_sample(
-    rec: dict, root: str, source: str, where: str, fields: tuple[str, str, str, str], default_class: str | None = None
+    rec: dict,
+    root: str,
+    source: str,
+    where: str,
+    fields: tuple[str, str, str, str],
+    default_class: str | None = None,
+    *,
+    allow_outside_root: bool = False,
 ) -> Sample:
     """Validate one metadata record; ``fields`` names image, label, class and mask keys."""
     f_img, f_label, f_cls, f_mask = fields
@@ -204,7 +262,17 @@ def _record_to_sample(
         raise fail(f_mask, "a mask path string, empty or null", mask)
     defect = rec.get("defect_type", rec.get("specie_name"))
     defect = str(defect) if defect not in (None, "") else None
-    return Sample(_join(root, img), label, cls, _join(root, mask) if mask else None, defect)
+    image_path, mask_path = _join(root, img), (_join(root, mask) if mask else None)
+    if not allow_outside_root:
+        for field, value, joined in ((f_img, img, image_path), (f_mask, mask, mask_path)):
+            if joined is not None and not is_inside(root, joined):
+                raise BadInputError(
+                    f"{where}: the path {value!r} leads outside the dataset root {os.path.abspath(root)!r}; "
+                    "expected a path inside it (pass --allow-outside-root / allow_outside_root=True if intended)",
+                    source,
+                    field,
+                )
+    return Sample(image_path, label, cls, mask_path, defect)
 
 
 def read_meta_json(
@@ -214,8 +282,9 @@ def read_meta_json(
     *,
     check_files: bool = True,
     skip_bad_files: bool = False,
+    allow_outside_root: bool = False,
 ) -> list[Sample]:
-    """Read an APRIL-GAN / AnomalyCLIP ``meta.json`` (paths relative to its folder)."""
+    """Read an APRIL-GAN / AnomalyCLIP ``meta.json`` (paths relative to its folder; hygiene: module docstring)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "meta.json")
@@ -236,6 +305,7 @@ def read_meta_json(
             f"expected {{class: [records]}} under {split!r}, got {type(by_class).__name__}", path, split
         )
     bad = BadFiles(skip_bad_files, path)
+    duplicates = _Duplicates()
     samples: list[Sample] = []
     for cls in sorted(by_class):
         records = by_class[cls]
@@ -247,8 +317,15 @@ def read_meta_json(
                 if not isinstance(rec, dict):
                     raise BadInputError(f"{where}: expected a JSON object, got {type(rec).__name__}", path)
                 sample = _record_to_sample(
-                    rec, root, path, where, ("img_path", "anomaly", "cls_name", "mask_path"), default_class=cls
+                    rec,
+                    root,
+                    path,
+                    where,
+                    ("img_path", "anomaly", "cls_name", "mask_path"),
+                    default_class=cls,
+                    allow_outside_root=allow_outside_root,
                 )
+                duplicates.check(sample, f"{path}:{where}", path)
                 if check_files:
                     _check_exists(sample, f"{where} of {path}")
                 samples.append(sample)
@@ -355,11 +432,13 @@ def read_visa(
     csv_path: str | None = None,
     check_files: bool = True,
     skip_bad_files: bool = False,
+    allow_outside_root: bool = False,
 ) -> list[Sample]:
     """Read VisA: ``split_csv/1cls.csv`` when present, else the ``Data/Images`` folders (no split)."""
     root = os.fspath(root)
     csv_path = csv_path or os.path.join(root, "split_csv", "1cls.csv")
     bad = BadFiles(skip_bad_files, root)
+    duplicates = _Duplicates()
     samples: list[Sample] = []
     if os.path.isfile(csv_path):
         with open(csv_path, newline="", encoding="utf-8") as f:
@@ -379,11 +458,19 @@ def read_visa(
                         "object": row["object"],
                         "mask": row["mask"] or None,
                     }
-                    sample = _record_to_sample(rec, root, csv_path, f"line {n}", ("image", "label", "object", "mask"))
+                    sample = _record_to_sample(
+                        rec,
+                        root,
+                        csv_path,
+                        f"line {n}",
+                        ("image", "label", "object", "mask"),
+                        allow_outside_root=allow_outside_root,
+                    )
                     if sample.label == 0:  # VisA lists no mask for normal images; never trust one
                         sample = Sample(sample.image_path, 0, sample.class_name, None, "good")
                     else:
                         sample = Sample(sample.image_path, 1, sample.class_name, sample.mask_path, "anomaly")
+                    duplicates.check(sample, f"{csv_path}:{n}", csv_path)
                     if check_files:
                         _check_exists(sample, f"line {n} of {csv_path}")
                     samples.append(sample)
@@ -600,27 +687,37 @@ def load_samples(
     class_name: str | None = None,
     skip_bad_files: bool = False,
     check_files: bool = True,
+    allow_outside_root: bool = False,
 ) -> list[Sample]:
     """Read samples from any supported layout or spec string (a list is concatenated).
 
     Spec options (``::format=...``) override the keyword arguments for that spec. The result
-    keeps each reader's order: class by class, files sorted by name.
+    keeps each reader's order: class by class, files sorted by name. Metadata paths outside the
+    root and duplicate images are refused (module docstring), also across the specs of a list.
     """
     if isinstance(spec_or_path, (list, tuple)):
         out: list[Sample] = []
-        for spec in spec_or_path:
-            out.extend(
-                load_samples(
-                    spec,
-                    split,
-                    format=format,
-                    classes=classes,
-                    root=root,
-                    class_name=class_name,
-                    skip_bad_files=skip_bad_files,
-                    check_files=check_files,
-                )
-            )
+        bad = BadFiles(skip_bad_files, "the combined datasets")
+        duplicates = _Duplicates()
+        for number, spec in enumerate(spec_or_path, start=1):
+            for sample in load_samples(
+                spec,
+                split,
+                format=format,
+                classes=classes,
+                root=root,
+                class_name=class_name,
+                skip_bad_files=skip_bad_files,
+                check_files=check_files,
+                allow_outside_root=allow_outside_root,
+            ):
+                try:
+                    duplicates.check(sample, f"dataset {number} ({os.fspath(spec)})", os.fspath(spec))
+                except BadInputError as err:
+                    bad(err)
+                    continue
+                out.append(sample)
+        bad.done()
         return out
     path, opts = parse_spec(os.fspath(spec_or_path))
     split = opts.get("split", split)
@@ -632,13 +729,29 @@ def load_samples(
     if fmt not in FORMATS:
         raise BadInputError(f"unknown format {fmt!r}; choose from {sorted(FORMATS)}", path, "format")
     if fmt == "jsonl":
-        samples = read_jsonl(path, root, check_files=check_files, skip_bad_files=skip_bad_files)
+        samples = read_jsonl(
+            path, root, check_files=check_files, skip_bad_files=skip_bad_files, allow_outside_root=allow_outside_root
+        )
     elif fmt == "meta":
-        samples = read_meta_json(path, split, root, check_files=check_files, skip_bad_files=skip_bad_files)
+        samples = read_meta_json(
+            path,
+            split,
+            root,
+            check_files=check_files,
+            skip_bad_files=skip_bad_files,
+            allow_outside_root=allow_outside_root,
+        )
     elif fmt == "visa":
         csv_path = path if os.path.isfile(path) else None
         vroot = root or (os.path.dirname(os.path.dirname(os.path.abspath(path))) if csv_path else path)
-        samples = read_visa(vroot, split, csv_path=csv_path, check_files=check_files, skip_bad_files=skip_bad_files)
+        samples = read_visa(
+            vroot,
+            split,
+            csv_path=csv_path,
+            check_files=check_files,
+            skip_bad_files=skip_bad_files,
+            allow_outside_root=allow_outside_root,
+        )
     elif fmt == "bmad":
         samples = read_bmad(path, split, class_name=class_name, skip_bad_files=skip_bad_files)
     elif fmt in ("mvtec", "mpdd", "btad"):

@@ -94,7 +94,9 @@ def test_write_jsonl_round_trip(tmp_path):
     records = [json.loads(line) for line in open(out)]
     assert set(records[0]) == {"image_path", "label", "class_name", "defect_type"}  # no mask on normals
     assert records[-1]["mask_path"].startswith("../data/")
-    assert load_samples(out) == picked
+    with pytest.raises(BadInputError, match="outside the dataset root"):  # ../data leaves the file's folder
+        load_samples(out)
+    assert load_samples(out, allow_outside_root=True) == picked
     ref_style = write_jsonl(picked, tmp_path / "ref.jsonl", relative_to=tmp_path / "data")
     first = json.loads(open(ref_style).readline())
     assert first["image_path"] == "x/test/good/" + first["image_path"].split("/")[-1]
