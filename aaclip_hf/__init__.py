@@ -13,6 +13,7 @@ from .modeling.configuration_aaclip import AAClipConfig
 from .modeling.modeling_aaclip import AAClipModel, AAClipOutput
 from .modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
 from .modeling.processing_aaclip import AAClipProcessor
+from .runtime.cpu import tune_cpu_runtime
 from .version import __version__
 
 
@@ -34,4 +35,5 @@ __all__ = [
     "TASK",
     "__version__",
     "load_metric",
+    "tune_cpu_runtime",
 ]

@@ -100,7 +100,8 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
             (written by `aaclip calibrate`), else 0.5.
         domain (`str`, *optional*): `"industrial"` or `"medical"` smoothing and image score (config default).
         return_tensors (`bool`, *optional*, defaults to `False`): `anomaly_map` as a torch tensor instead of numpy.
-        batch_size (`int`, *optional*): images per forward pass.
+        batch_size (`int`, *optional*): images per forward pass. Default for a list: `choose_batch_size` (from the
+            device and its free memory); pass `batch_size=` to the call or to `pipeline(...)` to fix it.
 
     Returns, per image, a dict:
         - `score` (`float` in [0, 1]): the model's per-image anomaly score (`AAClipOutput.image_score`; it depends
@@ -161,6 +162,10 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
         elif not single:
             inputs = list(inputs)
         self._ensure_anchors(self._requested_classes(inputs, kwargs.get("class_name")))
+        if kwargs.get("batch_size") is None and self._batch_size is None and not single:
+            # Batched by default: as many images per forward as the device and its free memory allow.
+            count = len(inputs) if isinstance(inputs, list) else None
+            kwargs["batch_size"] = choose_batch_size(self.model.config, self.device, self.model.dtype, count)
         outputs = super().__call__(inputs, **kwargs)
         return outputs[0] if single and isinstance(outputs, list) else outputs
 
@@ -250,4 +255,107 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
         }
 
 
-__all__ = ["AAClipAnomalyDetectionPipeline", "TASK"]
+# ---------------------------------------------------------------------- batch size from device and free memory
+# Largest automatic batch per device type. CPU: fp32 matmul efficiency rises from batch 1 to 4 (72 % of the
+# measured peak at ViT-L/14 518 px, docs/performance.md) and larger batches add only memory and latency;
+# GPUs keep gaining up to a few dozen images.
+MAX_AUTO_BATCH_SIZE = {"cpu": 4, "cuda": 32, "mps": 8}
+# Share of the free memory an automatic batch may fill with activations (the rest: allocator slack, other jobs).
+AUTO_BATCH_MEMORY_FRACTION = 0.5
+
+
+def inference_activation_bytes(config, batch_size: int = 1, dtype_bytes: int = 4, fused_attention: bool = True) -> int:
+    """Peak live activation bytes of an inference forward (vision side, stored anchors), by a simple model.
+
+    Layers run one after the other and free their temporaries, so the peak is the hidden states the model keeps
+    (one `T x D` per feature layer, plus the residual stream) plus one layer's working set: layer-norm output,
+    q, k, v, attention output and out-projection (6 x `T x D`), and the MLP's fc1 and GELU outputs (2 x `T x F`).
+    Eager attention also holds the scores and probabilities (2 x heads x `T^2`); a fused kernel does not. The
+    seg/det heads' `N x E` outputs are small but counted. The model (weights) is not included.
+    """
+    vision = config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    tokens, width = patches + 1, vision.hidden_size
+    kept = (len(config.feature_layers) + 1) * tokens * width
+    layer = 6 * tokens * width + 2 * tokens * vision.intermediate_size
+    if not fused_attention:
+        layer += 2 * vision.num_attention_heads * tokens * tokens
+    heads = (len(config.feature_layers) + 1) * patches * config.projection_dim
+    return (kept + layer + heads) * dtype_bytes * batch_size
+
+
+def free_memory_bytes(device: str | torch.device = "cpu") -> int | None:
+    """Free memory on `device`: CUDA's `mem_get_info`; on CPU (and MPS, whose memory is shared) the smaller of
+    `MemAvailable` and the cgroup's remaining limit. `None` when it cannot be read."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        return int(torch.cuda.mem_get_info(device)[0])
+    values = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    values.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit.isdigit():
+            values.append(max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    if not values and hasattr(os, "sysconf"):
+        try:
+            values.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError):
+            pass
+    return min(values) if values else None
+
+
+def choose_batch_size(
+    config,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    num_images: int | None = None,
+    free_bytes: int | None = None,
+    max_batch_size: int | None = None,
+    memory_fraction: float = AUTO_BATCH_MEMORY_FRACTION,
+) -> int:
+    """Images per forward from the device and its free memory (`--batch-size auto`).
+
+    The largest batch up to `max_batch_size` (default `MAX_AUTO_BATCH_SIZE` for the device type) whose
+    `inference_activation_bytes` fit in `memory_fraction` of `free_bytes` (default: measured now), at least 1.
+    With `num_images`, never more than that, and balanced: 5 images at a limit of 4 run as 3 + 2, not 4 + 1.
+    """
+    device = torch.device(device)
+    if not 0.0 < memory_fraction <= 1.0:
+        raise ValueError(f"memory_fraction must be in (0, 1], got {memory_fraction}")
+    limit = MAX_AUTO_BATCH_SIZE.get(device.type, 1) if max_batch_size is None else int(max_batch_size)
+    if limit < 1:
+        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    if num_images is not None and num_images < 1:
+        raise ValueError(f"num_images must be >= 1, got {num_images}")
+    free = free_memory_bytes(device) if free_bytes is None else int(free_bytes)
+    fused = getattr(config.vision_config, "_attn_implementation", "sdpa") != "eager"
+    per_image = inference_activation_bytes(config, 1, torch.finfo(dtype).bits // 8, fused_attention=fused)
+    if free is not None:
+        limit = min(limit, max(int(memory_fraction * free) // per_image, 1))
+    if num_images is None:
+        return limit
+    limit = min(limit, num_images)
+    batches = -(-num_images // limit)
+    return -(-num_images // batches)
+
+
+__all__ = [
+    "AAClipAnomalyDetectionPipeline",
+    "TASK",
+    "choose_batch_size",
+    "free_memory_bytes",
+    "inference_activation_bytes",
+]

@@ -11,6 +11,10 @@ Note: `FlopCounterMode` does not count the CPU kernel of `scaled_dot_product_att
 (`aten._scaled_dot_product_flash_attention_for_cpu` is not in its registry), so on CPU it
 under-counts sdpa models; the analytic count is the reference, and eager attention is used to
 verify it.
+
+`inference_activation_bytes` (the peak live activation memory of an inference forward, used to choose batch
+sizes) is defined next to the pipeline in `modeling/pipeline_aaclip.py`, because the Hub copy of the pipeline
+chooses its default batch with it and must not import this package; it is re-exported here with the other floors.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..modeling.modeling_aaclip import AAClipModel
+from ..modeling.pipeline_aaclip import inference_activation_bytes
 
 
 __all__ = [
     "FlopReport",
+    "inference_activation_bytes",
     "vision_forward_flops",
     "text_anchor_flops",
     "model_forward_flops",

@@ -1,0 +1,77 @@
+"""Dynamic int8 quantisation of the vision tower's linear layers for CPU inference (`--quantize int8`).
+
+Why these layers: at ViT-L/14 518 px the q/k/v/out projections, the MLPs and the adapters inside the tower are
+81 % of the FLOPs (docs/performance.md), and fbgemm's int8 GEMM with AVX2 does about twice the fp32 multiply-adds
+per cycle. Dynamic quantisation needs no calibration data: weights are quantised once (per output channel would
+need static quantisation; torch's dynamic linear is per tensor), activations per batch at run time, so it applies
+to any AA-CLIP checkpoint. The attention matmuls (18 % of the FLOPs), the norms and the seg/det heads and scoring
+stay fp32, which keeps the anomaly maps close to fp32 (accuracy measured in `aaclip bench`, section int8).
+
+The same quantisation through ONNX Runtime (`quantize_onnx_int8`, used by `--backend onnx --quantize int8`) works
+on the exported vision graph instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+__all__ = ["QUANTIZE_CHOICES", "is_quantized", "quantize_dynamic_int8", "quantize_onnx_int8"]
+
+QUANTIZE_CHOICES = ("none", "int8")
+
+
+def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
+    """Replace every `nn.Linear` of `model.vision_model` by torch's dynamic int8 linear, in place; returns `model`.
+
+    CPU only (fbgemm/x86 kernels): the model must be fp32 on the CPU. The text tower (anchors of new classes),
+    the seg/det projections and the scoring head are untouched. Inference only: quantised layers have no gradients.
+    """
+    parameter = next(model.parameters())
+    if parameter.device.type != "cpu" or parameter.dtype != torch.float32:
+        raise ValueError(
+            f"int8 quantisation needs an fp32 model on the CPU, got {parameter.dtype} on {parameter.device}; "
+            "load it with --device cpu --dtype float32"
+        )
+    if is_quantized(model):
+        return model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao.quantization points to torchao
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
+        torch.ao.quantization.quantize_dynamic(model.vision_model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+    model.eval()
+    return model
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether `model` holds torch dynamic int8 linear layers."""
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
+    return any(isinstance(module, dynamic) for module in model.modules())
+
+
+def quantize_onnx_int8(source: str | Path, target: str | Path) -> Path:
+    """ONNX Runtime's dynamic int8 quantisation of the MatMul/Gemm weights of an exported graph; returns `target`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    logging.disable(logging.WARNING)  # its advice to pre-process goes to the root logger; the graph is ours
+    try:
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            # Only products with a weight (the linear layers), as in the torch path; attention stays fp32.
+            extra_options={"MatMulConstBOnly": True},
+            use_external_data_format=False,
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+    return target
