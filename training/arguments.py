@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .augment import AUGMENT_MODES, AugmentConfig
 from .dpam import DPAM_MODES, Stage1FeatureCache
+from .trackers import REPORT_TO, trackers
 
 
 STAGES = ("text", "vision")
@@ -109,6 +110,7 @@ class TrainingArguments:
     skip_bad_files: bool = False
     skip_nonfinite: bool = False
     log_every: int = 10
+    report_to: str = "none"
     push_to_hub: bool = False
     hub_model_id: str | None = None
     progress: bool = True
@@ -141,6 +143,7 @@ class TrainingArguments:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
+        trackers(self.report_to)  # a missing tracker package stops the run here, before any loading
         if self.cache_stage1_features:
             Stage1FeatureCache.check_valid(self.dpam_mode, self.augment)
 
@@ -324,6 +327,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also checkpoint every N steps (0: at each epoch end only)",
     )
     r.add_argument("--log-every", type=int, default=d.log_every, help="log the loss every N steps")
+    r.add_argument(
+        "--report-to",
+        default=d.report_to,
+        choices=list(REPORT_TO),
+        help="also log losses, learning rates, gradient norms and epoch times to Accelerate trackers "
+        "(TensorBoard event files under OUTPUT/runs; wandb needs aaclip-hf[wandb]; all: both)",
+    )
     r.add_argument("--push-to-hub", action="store_true")
     r.add_argument("--hub-model-id", default=None)
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")

@@ -54,6 +54,7 @@ from .augment import augment_batch, sample_seed
 from .checkpointing import CHECKPOINT_PREFIX, TrainableWeights, TrainState, load_state_weights_only
 from .dpam import Stage1FeatureCache, dpam_features
 from .losses import BatchReducer, stage1_loss, stage2_loss
+from .trackers import PROJECT_NAME, accelerator_kwargs, grad_norm, run_config, step_values
 
 
 logger = logging.getLogger("aaclip_hf.training")
@@ -163,13 +164,14 @@ def load_model_and_processor(args: TrainingArguments):
 def _make_accelerator(accelerator_cls, args: TrainingArguments):
     """An ``Accelerator``; in a single process that already made one with other settings (a notebook, a
     test session), the process-wide state is reset first instead of failing."""
+    tracking = accelerator_kwargs(args.report_to, args.output_dir)
     try:
-        return accelerator_cls(mixed_precision=args.mixed_precision, cpu=args.cpu)
+        return accelerator_cls(mixed_precision=args.mixed_precision, cpu=args.cpu, **tracking)
     except ValueError as err:
         if "already been initialized" not in str(err) or PartialState().num_processes > 1:
             raise
         AcceleratorState._reset_state(reset_partial_state=True)
-        return accelerator_cls(mixed_precision=args.mixed_precision, cpu=args.cpu)
+        return accelerator_cls(mixed_precision=args.mixed_precision, cpu=args.cpu, **tracking)
 
 
 class Trainer:
@@ -478,6 +480,7 @@ class Trainer:
             )
         acc.backward(terms["loss"])
         self._reduce_grads(optimizer.optimizer.param_groups[0]["params"])
+        logged["grad_norm"] = grad_norm(optimizer.optimizer.param_groups[0]["params"])
         optimizer.step()
         self.schedulers[stage].step()
         optimizer.zero_grad(set_to_none=True)
@@ -524,6 +527,10 @@ class Trainer:
             for path in os.listdir(self.checkpoint_root) if os.path.isdir(self.checkpoint_root) else []:
                 if path.startswith(".tmp-"):  # an interrupted save
                     shutil.rmtree(os.path.join(self.checkpoint_root, path), ignore_errors=True)
+        if args.report_to != "none":
+            acc.init_trackers(
+                PROJECT_NAME, config=run_config({**dataclasses.asdict(args), "num_processes": self.world})
+            )
         dataset = self._dataset()
         for stage_index, stage in enumerate(args.stages):
             if stage_index < state.stage_index:
@@ -581,6 +588,7 @@ class Trainer:
                                 **logged,
                             }
                             self._log(record)
+                            acc.log(step_values(record), step=state.global_step)
                             logger.info(json.dumps(record))
                     if state.stage_step >= total:
                         stop = True
@@ -596,7 +604,9 @@ class Trainer:
                         self.save_checkpoint()
                 epoch_done = state.step_in_epoch >= len(batches)
                 if epoch_done:
-                    logger.info("stage %s epoch %d done in %.1fs", stage, state.epoch, time.time() - started)
+                    seconds = time.time() - started
+                    logger.info("stage %s epoch %d done in %.1fs", stage, state.epoch, seconds)
+                    acc.log({f"{stage}/epoch_seconds": seconds, f"{stage}/epoch": state.epoch}, step=state.global_step)
                     state.epoch += 1
                     state.step_in_epoch = 0
                 finished = stop or state.epoch >= epochs
