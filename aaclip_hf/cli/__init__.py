@@ -78,6 +78,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
 }
 
+    "app": (
+        "aaclip_hf.cli.app",
+        "",
+        "Serve the Gradio app (upload an image, pick class and domain, move the threshold); also a Space's app.py.",
+    ),
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

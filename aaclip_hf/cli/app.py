@@ -1,0 +1,31 @@
+"""`aaclip app MODEL`: serve the Gradio app (aaclip_hf/hub/space_app.py, the same file a Space runs as app.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+# The app's default address: this machine only; `--host 0.0.0.0` serves the network, `--share` a public link.
+DEFAULT_HOST = "127.0.0.1"
+INSTALL_HINT = "the app needs gradio: pip install 'aaclip-hf[app]'"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="AA-CLIP model folder or Hub id (loaded with its own pipeline code)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860, as on Spaces)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs network)")
+    parser.add_argument("--device", default=None, help="torch device for the model (default: the pipeline's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    try:
+        from ..hub import space_app  # gradio is an optional extra, imported only for this command
+    except ImportError as error:
+        print(f"aaclip app: error: {INSTALL_HINT} ({error})", file=sys.stderr)
+        return 2
+    space_app.main(args.model, host=args.host, port=args.port, share=args.share, device=args.device)
+    return 0

@@ -1,0 +1,43 @@
+"""`aaclip app MODEL [--port P] [--share]`: loads the model with its pipeline code and serves the Gradio app."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from aaclip_hf.cli import COMMANDS, main
+
+
+gradio = pytest.importorskip("gradio", reason="the app extra is not installed: pip install aaclip-hf[app]")
+
+
+def test_app_command_loads_the_model_and_launches_with_the_flags(tiny_model, processor, tmp_path, monkeypatch):
+    assert "app" in COMMANDS
+    tiny_model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    launched = {}
+
+    def fake_launch(self, **kwargs):  # serving would block; the browser test serves for real
+        launched.update(kwargs, blocks=self)
+
+    monkeypatch.setattr(gradio.Blocks, "launch", fake_launch)
+    assert main(["app", str(tmp_path / "model"), "--port", "7999", "--share", "--device", "cpu"]) == 0
+    assert (launched["server_name"], launched["server_port"], launched["share"]) == ("127.0.0.1", 7999, True)
+    assert isinstance(launched["blocks"], gradio.Blocks)
+    launched.clear()
+    assert main(["app", str(tmp_path / "model")]) == 0
+    assert (launched["server_port"], launched["share"]) == (7860, False)
+
+
+def test_app_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    assert main(["app", str(tmp_path), "--port", "70000"]) == 2
+    assert "--port must be in 1..65535" in capsys.readouterr().err
+    assert main(["app", str(tmp_path)]) == 2  # not a model folder: the loader's one-line error
+    assert str(tmp_path) in capsys.readouterr().err
+    import aaclip_hf.hub
+
+    monkeypatch.setitem(sys.modules, "aaclip_hf.hub.space_app", None)  # as if gradio were not installed
+    monkeypatch.delattr(aaclip_hf.hub, "space_app", raising=False)
+    assert main(["app", str(tmp_path)]) == 2
+    assert "pip install 'aaclip-hf[app]'" in capsys.readouterr().err
