@@ -11,7 +11,7 @@ from . import _deprecated
 from .evaluation.anomaly_metrics import load_metric
 from .modeling.configuration_aaclip import AAClipConfig
 from .modeling.modeling_aaclip import AAClipModel, AAClipOutput
-from .modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
+from .modeling.pipeline_aaclip import NO_DEFAULT_MODEL, TASK, AAClipAnomalyDetectionPipeline
 from .modeling.processing_aaclip import AAClipProcessor
 from .runtime.cpu import tune_cpu_runtime
 from .version import __version__
@@ -23,7 +23,11 @@ AutoModel.register(AAClipConfig, AAClipModel, exist_ok=True)
 AutoProcessor.register(AAClipConfig, AAClipProcessor, exist_ok=True)
 # In-process task; Hub folders ship the same class as remote code (`config.custom_pipelines`).
 PIPELINE_REGISTRY.register_pipeline(
-    TASK, pipeline_class=AAClipAnomalyDetectionPipeline, pt_model=AutoModel, type="multimodal"
+    TASK,
+    pipeline_class=AAClipAnomalyDetectionPipeline,
+    pt_model=AutoModel,
+    default={"model": NO_DEFAULT_MODEL},
+    type="multimodal",
 )
 
 __all__ = [

@@ -5,7 +5,8 @@
 >>> from transformers import pipeline
 >>> detector = pipeline("zero-shot-anomaly-detection", model="org/aaclip-model", trust_remote_code=True)
 >>> result = detector("bottle.png", class_name="bottle")
->>> result["score"], result["is_anomaly"], result["label"], result["anomaly_map"].shape  # map at the image's size
+>>> result["score"], result["label"], result["mask"].size  # mask: PIL "L", 255 = anomalous, at the image's size
+>>> result["anomaly_map"].shape, result["anomaly_probability"].max()  # (H, W) numpy maps; probability in [0, 1]
 ```
 
 This file is pushed to the Hub next to the model (`config.custom_pipelines`), so it imports only torch,
@@ -14,6 +15,7 @@ transformers, numpy and PIL: it works where the `aaclip_hf` package is not insta
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from types import SimpleNamespace
@@ -24,6 +26,7 @@ import torch
 from PIL import Image
 from transformers import Pipeline
 from transformers.image_utils import load_image
+from transformers.utils.hub import is_offline_mode
 
 
 TASK = "zero-shot-anomaly-detection"
@@ -40,6 +43,55 @@ try:  # the installed package's reader (16-bit scaled, alpha on black, errors na
 except ImportError:
     _read_image_file = None
 
+# Values of HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE that switch the network off (huggingface_hub's reading).
+OFFLINE_VALUES = ("1", "ON", "YES", "TRUE")
+
+
+class _NoDefaultModel(str):
+    """The registry's `default=` model for this task: AA-CLIP has no canonical checkpoint, so `pipeline(TASK)`
+    without `model=` must say so. transformers unpacks `(model, revision)` from the default; that unpacking
+    raises this clear error instead of a `KeyError 'default'`. A `str` so that a saved registry entry stays JSON."""
+
+    def __iter__(self):
+        raise ValueError(
+            f"the {TASK!r} pipeline has no default model: pass one, e.g. "
+            f"pipeline({TASK!r}, model='path/or/org-name', trust_remote_code=True)"
+        )
+
+
+NO_DEFAULT_MODEL = _NoDefaultModel("no default model: pass model=")
+
+
+def anomaly_probability(anomaly_map: np.ndarray | torch.Tensor, num_levels: int) -> np.ndarray:
+    """Per-pixel anomaly probability `sigmoid(2 * map / L - 1)` of a summed `L`-level map, in [0, 1].
+
+    The map sums `L` softmax anomaly probabilities, so `2 * map / L - 1` is the level-averaged logit: its sigmoid is
+    what the model's `"map"` image score takes the maximum of. The one definition the pipeline, `aaclip detect`
+    and the app share."""
+    values = torch.as_tensor(np.asarray(anomaly_map), dtype=torch.float64)
+    return torch.sigmoid(2.0 * values / num_levels - 1.0).numpy().astype(np.float32)
+
+
+def decision_pixel_threshold(config, threshold: float, raw_score: float, domain: str | None = None) -> float:
+    """The level of `anomaly_probability` above which a pixel alone makes the image score reach `threshold`.
+
+    `"map"` score: `p >= t`. `"fused"` score `w * p + (1 - w) * r` (r the image branch's raw score, w
+    `config.image_score_map_weight`): `p >= (t - (1 - w) * r) / w`. `"raw"` score: the map plays no part, so no
+    pixel decides (`inf`: an empty mask)."""
+    mode = config.image_score_mode[domain or config.default_domain]
+    if mode == "map":
+        return threshold
+    if mode == "raw":
+        return math.inf
+    weight = config.image_score_map_weight
+    return (threshold - (1.0 - weight) * raw_score) / weight if weight > 0 else math.inf
+
+
+def _offline() -> bool:
+    """Offline mode as the environment says now (huggingface_hub reads it once, at import)."""
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return is_offline_mode() or any(flag.upper() in OFFLINE_VALUES for flag in flags)
+
 
 def _to_pil(image: Any, timeout: float | None = None) -> Image.Image:
     """A path/URL, PIL image, numpy array or torch tensor -> an RGB PIL image (EXIF orientation applied)."""
@@ -50,10 +102,17 @@ def _to_pil(image: Any, timeout: float | None = None) -> Image.Image:
             raise FileNotFoundError(f"image: no such file {image!r} (expected a path, URL, PIL image or array)")
         if _read_image_file is not None and os.path.isfile(image):
             return _read_image_file(image)
+        remote = image.startswith(("http://", "https://"))
+        if remote and _offline():
+            raise ValueError(f"cannot fetch URL {image[:200]!r}: offline (HF_HUB_OFFLINE is set); pass a local file")
         try:
             return load_image(image, timeout=timeout)
         except (OSError, ValueError) as error:  # UnidentifiedImageError and truncated files are OSErrors
             raise ValueError(f"image {image!r}: not a complete, readable image file ({error})") from None
+        except Exception as error:  # the HTTP client's own errors (no route, DNS, timeout): name the URL
+            if not remote:
+                raise
+            raise ValueError(f"cannot fetch URL {image[:200]!r}: {type(error).__name__}: {error}") from None
     if isinstance(image, Image.Image):
         if image.mode in HIGH_BIT_MODES:  # stretch the image's own min..max to 0..255, as aaclip_hf.image_io does
             array = np.asarray(image, dtype=np.float64)
@@ -99,17 +158,29 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
         threshold (`float`, *optional*): decision threshold on `score`. Defaults to `config.decision_threshold`
             (written by `aaclip calibrate`), else 0.5.
         domain (`str`, *optional*): `"industrial"` or `"medical"` smoothing and image score (config default).
-        return_tensors (`bool`, *optional*, defaults to `False`): `anomaly_map` as a torch tensor instead of numpy.
+        pixel_threshold (`float` in [0, 1], *optional*): level of `anomaly_probability` for `mask`. Defaults to the
+            decision-region rule (`decision_pixel_threshold`): the level at which a pixel by itself makes the image
+            score reach `threshold` (`"map"` score: `threshold`; `"fused"`: `(t - (1 - w) * raw) / w`; `"raw"`: none,
+            an empty mask).
+        return_tensors (`bool`, *optional*, defaults to `False`): `anomaly_map` and `anomaly_probability` as torch
+            tensors instead of numpy.
         batch_size (`int`, *optional*): images per forward pass. Default for a list: `choose_batch_size` (from the
             device and its free memory); pass `batch_size=` to the call or to `pipeline(...)` to fix it.
 
-    Returns, per image, a dict:
+    Returns, per image, a dict in the image-segmentation style (`score`, `label`, `mask`):
         - `score` (`float` in [0, 1]): the model's per-image anomaly score (`AAClipOutput.image_score`; it depends
           on this image only).
-        - `is_anomaly` (`bool`): `score >= threshold`; `label`: `"anomaly"` or `"normal"`.
+        - `label` (`"anomaly"` or `"normal"`): `score >= threshold`; `is_anomaly` (`bool`) says the same.
+        - `mask` (`PIL.Image`, mode `"L"`, the input image's size): 255 where `anomaly_probability >= pixel_threshold`,
+          else 0.
         - `anomaly_map` (`np.ndarray` `(H, W)` float32 at the input image's size): the summed multi-level map,
-          bilinearly resized from the patch grid; larger is more anomalous, unbounded.
-        - `raw_anomaly_score`, `class_name`, `threshold`: for bookkeeping.
+          bilinearly resized from the patch grid; larger is more anomalous, in [0, L] for L feature levels.
+        - `anomaly_probability` (`np.ndarray` `(H, W)` float32 in [0, 1]): `sigmoid(2 * anomaly_map / L - 1)`
+          (`anomaly_probability()`), the map part of the image score.
+        - `raw_anomaly_score`, `class_name`, `threshold`, `pixel_threshold` (`None` when no pixel decides): for
+          bookkeeping.
+
+    `pipeline("zero-shot-anomaly-detection")` without `model=` raises a `ValueError`: there is no default model.
     """
 
     _load_processor = True
@@ -124,6 +195,7 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
         domain: str | None = None,
         return_tensors: bool | None = None,
         timeout: float | None = None,
+        pixel_threshold: float | None = None,
         **kwargs,
     ):
         if kwargs:
@@ -135,6 +207,14 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
             preprocess["timeout"] = timeout
         if domain is not None:
             forward["domain"] = domain
+            postprocess["domain"] = domain  # the decision region follows the domain's image-score definition
+        if pixel_threshold is not None:
+            pixel_threshold = float(pixel_threshold)
+            if not 0.0 <= pixel_threshold <= 1.0:
+                raise ValueError(
+                    f"pixel_threshold must be in [0, 1] (anomaly probabilities are), got {pixel_threshold}"
+                )
+            postprocess["pixel_threshold"] = pixel_threshold
         if threshold is not None:
             threshold = float(threshold)
             if not 0.0 <= threshold <= 1.0:
@@ -229,7 +309,14 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
             "class_name": model_inputs["class_name"],
         }
 
-    def postprocess(self, model_outputs: dict, threshold: float | None = None, return_tensors: bool = False) -> dict:
+    def postprocess(
+        self,
+        model_outputs: dict,
+        threshold: float | None = None,
+        return_tensors: bool = False,
+        pixel_threshold: float | None = None,
+        domain: str | None = None,
+    ) -> dict:
         if threshold is None:
             threshold = getattr(self.model.config, "decision_threshold", None)
         if threshold is None:
@@ -244,14 +331,22 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
         result = self.processor.post_process_anomaly_detection(outputs, target_sizes=[size], threshold=threshold)[0]
         name = model_outputs["class_name"]
         anomaly_map = result["anomaly_map"]
+        probability = anomaly_probability(anomaly_map, self.model.config.num_levels)
+        level = pixel_threshold
+        if level is None:
+            level = decision_pixel_threshold(self.model.config, threshold, result["raw_anomaly_score"], domain)
+        mask = Image.fromarray(np.where(probability >= level, 255, 0).astype(np.uint8))  # mode "L"
         return {
             "score": result["score"],
-            "is_anomaly": bool(result["is_anomaly"]),
             "label": LABELS[int(result["is_anomaly"])],
+            "mask": mask,
             "anomaly_map": anomaly_map if return_tensors else anomaly_map.numpy().astype(np.float32, copy=False),
+            "anomaly_probability": torch.from_numpy(probability) if return_tensors else probability,
+            "is_anomaly": bool(result["is_anomaly"]),
             "raw_anomaly_score": result["raw_anomaly_score"],
             "class_name": name if isinstance(name, str) else name[0],
             "threshold": float(threshold),
+            "pixel_threshold": float(level) if math.isfinite(level) else None,
         }
 
 
@@ -354,8 +449,11 @@ def choose_batch_size(
 
 __all__ = [
     "AAClipAnomalyDetectionPipeline",
+    "NO_DEFAULT_MODEL",
     "TASK",
+    "anomaly_probability",
     "choose_batch_size",
+    "decision_pixel_threshold",
     "free_memory_bytes",
     "inference_activation_bytes",
 ]

@@ -76,13 +76,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "",
         "The offline end-to-end demo: synthetic data, train, zero-shot eval, detect, Hub folder.",
     ),
-}
-
     "app": (
         "aaclip_hf.cli.app",
         "",
         "Serve the Gradio app (upload an image, pick class and domain, move the threshold); also a Space's app.py.",
     ),
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
+from ..hub.card import load_json
 from ..hub.onnx_export import DEFAULT_OPSET, check_onnx, export_onnx
-from ..hub.publish import NOT_UPLOADED, load_json, prepare_hub_folder, push_folder_to_hub
+from ..hub.publish import (
+    DEFAULT_CARD_COLUMNS,
+    DEFAULT_CARD_IMAGES,
+    DEFAULT_CARD_TILE_WIDTH,
+    stage_hub_folder,
+    upload_hub_folder,
+)
 from ..modeling.modeling_aaclip import AAClipModel
 from ..modeling.pipeline_aaclip import TASK
 
@@ -23,7 +30,39 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="JSON",
-        help="results.json file(s) from `aaclip evaluate`; their class means go into the model card",
+        help="results.json file(s) from `aaclip evaluate`: their tables go into the card, the files into eval_results/",
+    )
+    parser.add_argument(
+        "--eval-dir",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="evaluation folder(s): results.json as with --eval-results, and overlay PNGs (DIR/overlays/*.png, "
+        "as `aaclip detect` writes) tiled into the card's picture",
+    )
+    parser.add_argument(
+        "--card-images",
+        type=int,
+        default=DEFAULT_CARD_IMAGES,
+        help="overlays in the card's picture grid (default: %(default)s; 0: no picture)",
+    )
+    parser.add_argument(
+        "--card-columns",
+        type=int,
+        default=DEFAULT_CARD_COLUMNS,
+        help="columns of the picture grid (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--card-tile-width",
+        type=int,
+        default=DEFAULT_CARD_TILE_WIDTH,
+        help="width in pixels of each overlay in the grid (default: %(default)s)",
+    )
+    parser.add_argument("--onnx", default=None, metavar="FILE", help="also publish this `aaclip export-onnx` graph")
+    parser.add_argument(
+        "--with-app",
+        action="store_true",
+        help="add the Gradio app (app.py, requirements.txt, Space metadata in the card) and push as a Space",
     )
     parser.add_argument("--base-model", default=None, help="Hub id of the CLIP the model was built on (card metadata)")
     parser.add_argument(
@@ -33,37 +72,44 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--commit-message", default=None)
     parser.add_argument(
         "--dry-run",
-        metavar="DIR",
+        nargs="?",
+        const="",
         default=None,
-        help="write the completed Hub folder to DIR instead of uploading (check the card and files first)",
+        metavar="DIR",
+        help="upload nothing: print the exact file list with sizes and what is left out; with DIR, also write the "
+        "Hub folder there (an empty or new folder)",
     )
 
 
 def run_push(args: argparse.Namespace) -> int:
+    """Stage the folder by allowlist (checked weights, card), then upload it or, with --dry-run, list it."""
     eval_results = [load_json(path, "eval results") for path in args.eval_results] if args.eval_results else None
-    if args.dry_run:
-        target = Path(args.dry_run)
-        if target.exists() and any(target.iterdir()):
-            raise FileExistsError(f"--dry-run folder {target} is not empty")
-        shutil.copytree(args.model_dir, target, dirs_exist_ok=True, ignore=NOT_UPLOADED)
-        prepare_hub_folder(
-            target, repo_id=args.repo_id, eval_results=eval_results, base_model=args.base_model, license=args.license
+    options = {
+        "repo_id": args.repo_id,
+        "eval_results": eval_results,
+        "eval_dirs": args.eval_dir,
+        "base_model": args.base_model,
+        "license": args.license,
+        "onnx": args.onnx,
+        "with_app": args.with_app,
+        "card_images": args.card_images,
+        "card_columns": args.card_columns,
+        "card_tile_width": args.card_tile_width,
+    }
+    with tempfile.TemporaryDirectory(prefix="aaclip-push-") as tmp:
+        target = Path(args.dry_run) if args.dry_run else Path(tmp) / "hub"
+        staged = stage_hub_folder(args.model_dir, target, **options)
+        kind = "Space" if staged.repo_type == "space" else "model repo"
+        if args.dry_run is not None:
+            where = f"written to {target}" if args.dry_run else "not kept (give --dry-run DIR to keep it)"
+            print(f"dry run: nothing uploaded to {kind} {args.repo_id}; the Hub folder is {where}")
+            print(staged.listing())
+            return 0
+        url = upload_hub_folder(
+            staged, args.repo_id, private=args.private, token=args.token, commit_message=args.commit_message
         )
-        print(
-            f"Hub-ready folder written to {target} (nothing uploaded); files: {sorted(p.name for p in target.iterdir())}"
-        )
-        return 0
-    url = push_folder_to_hub(
-        args.model_dir,
-        args.repo_id,
-        private=args.private,
-        token=args.token,
-        commit_message=args.commit_message,
-        eval_results=eval_results,
-        base_model=args.base_model,
-        license=args.license,
-    )
-    print(f"pushed {args.model_dir} to https://huggingface.co/{args.repo_id} ({url})")
+    print(f"pushed {args.model_dir} to {kind} {args.repo_id} ({url})")
+    print(staged.listing())
     print(f'use it with: pipeline("{TASK}", model="{args.repo_id}", trust_remote_code=True)')
     return 0
 
@@ -85,7 +131,9 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 
     model_dir = Path(args.model)
     if not (model_dir / "config.json").is_file():
-        raise SystemExit(f"{model_dir}: not an AA-CLIP model folder (no config.json)")
+        raise FileNotFoundError(
+            f"{model_dir}: not an AA-CLIP model folder (no config.json); expected a folder written by save_pretrained"
+        )
     model = AAClipModel.from_pretrained(model_dir, dtype=torch.float32).eval()
     path = export_onnx(model, args.output, opset=args.opset, domain=args.domain, fixed_class=args.fixed_class)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); classes: {model.stored_class_names}")

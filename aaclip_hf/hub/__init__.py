@@ -1,24 +1,26 @@
-"""Publishing: Hub folders and uploads (`publish`) and the ONNX export (`onnx_export`)."""
+"""Publishing: Hub folders by allowlist and uploads (`publish`), the model card (`card`), ONNX (`onnx_export`)."""
 
+from .card import CARD_TAGS, TRAINING_SUMMARY_FILE, build_model_card, read_training_summary
 from .onnx_export import AAClipOnnxWrapper, check_onnx, export_onnx
 from .publish import (
-    CARD_TAGS,
+    HUB_ALLOWLIST,
     PIPELINE_FILE,
-    TRAINING_SUMMARY_FILE,
-    build_model_card,
+    HubFolder,
     prepare_hub_folder,
     push_folder_to_hub,
     push_model_to_hub,
-    read_training_summary,
     save_for_hub,
+    stage_hub_folder,
 )
 
 
 __all__ = [
     "AAClipOnnxWrapper",
     "CARD_TAGS",
+    "HUB_ALLOWLIST",
     "PIPELINE_FILE",
     "TRAINING_SUMMARY_FILE",
+    "HubFolder",
     "build_model_card",
     "check_onnx",
     "export_onnx",
@@ -27,4 +29,5 @@ __all__ = [
     "push_model_to_hub",
     "read_training_summary",
     "save_for_hub",
+    "stage_hub_folder",
 ]

@@ -1,71 +1,295 @@
-"""Publishing AA-CLIP models: a Hub-ready folder, a generated model card, and `aaclip push`.
+"""Publishing AA-CLIP models: Hub folders written by allowlist, checked, then uploaded (`aaclip push`).
 
-A Hub-ready folder is what `save_pretrained` writes for the model and the processor (weights, config,
-remote code `configuration_aaclip.py` / `modeling_aaclip.py` / `processing_aaclip.py`, tokenizer) plus
-the pipeline code `pipeline_aaclip.py` declared in `config.custom_pipelines`, and a `README.md` model card.
-From such a folder or repo, users need only transformers:
+Every path that writes or uploads a Hub folder goes through `stage_hub_folder`: `aaclip push` (and its
+`--dry-run`), `--push-to-hub` of `aaclip train` / `aaclip convert-*` (`push_folder_to_hub`,
+`push_model_to_hub`) and `save_for_hub`. It copies only the top-level files `HUB_ALLOWLIST` names, never
+follows a symlink, and lists everything it left behind in one warning. Before anything is written, the weights
+are checked: they must be safetensors, match `weights_manifest.json` (written by `save_pretrained`) and be
+finite. A published folder then works with transformers alone:
 
     pipeline("zero-shot-anomaly-detection", model="org/name", trust_remote_code=True)
-
-The card is built with `huggingface_hub.ModelCard` / `ModelCardData`. It reads, when present, the
-training summary the trainer writes (`training_summary.json`) and the JSON of `aaclip evaluate`
-(`--eval-results`), whose class means become the card's `eval_results`.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import json
-import math
+import logging
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+import torch
+import transformers
+from huggingface_hub import HfApi
+from safetensors import SafetensorError, safe_open
 
 from ..modeling.configuration_aaclip import AAClipConfig
+from ..modeling.modeling_aaclip import (
+    CUSTOM_PIPELINE_ENTRY,
+    WEIGHTS_MANIFEST_NAME,
+    AAClipModel,
+    CorruptWeightsError,
+    NonFiniteWeightsError,
+    WeightsError,
+    check_safetensors_file,
+    verify_manifest,
+    weight_files,
+)
 from ..modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
+from .card import (
+    CARD_TAGS,
+    TRAINING_ARGS_FILE,
+    TRAINING_SUMMARY_FILE,
+    build_model_card,
+    load_json,
+    overlay_grid,
+    read_training_summary,
+)
 
 
 __all__ = [
     "CARD_TAGS",
+    "HUB_ALLOWLIST",
     "PIPELINE_FILE",
     "TRAINING_SUMMARY_FILE",
-    "build_model_card",
+    "HubFolder",
     "prepare_hub_folder",
     "push_folder_to_hub",
     "push_model_to_hub",
-    "read_training_summary",
+    "sanitise_paths",
     "save_for_hub",
+    "stage_hub_folder",
 ]
 
+logger = logging.getLogger(__name__)
+
 PIPELINE_FILE = "pipeline_aaclip.py"
-TRAINING_SUMMARY_FILE = "training_summary.json"
-TRAINING_ARGS_FILE = "training_args.json"  # written by `aaclip train`
-# training_args.json fields shown in the card (besides the mapped model / stage / epochs).
-TRAINING_ARGS_SHOWN = (
-    "text_lr",
-    "vision_lr",
-    "text_batch_size",
-    "vision_batch_size",
-    "image_size",
-    "stage1_loss",
-    "dpam_mode",
-    "mixed_precision",
-    "num_processes",
+MODELING_DIR = Path(inspect.getsourcefile(AAClipModel)).parent
+# The flat remote-code files of `aaclip_hf.modeling` (config, model, processor, pipeline): what `auto_map` and
+# `custom_pipelines` point at. Derived from the installed package, so a new sibling is published with it.
+REMOTE_CODE_FILES = tuple(sorted(path.name for path in MODELING_DIR.glob("*_aaclip.py")))
+
+# THE allowlist: full-match patterns on the names of top-level regular files. Nothing else in a model folder
+# is ever written to a Hub folder or uploaded; in particular never pickles (.bin .pt .pth .pkl), optimizer,
+# scheduler or RNG state, `checkpoints/` or any other folder, dotfiles (.env, .git) and nothing behind a symlink.
+HUB_ALLOWLIST = (
+    # weights (single file or shards with their index) and their SHA-256 manifest
+    r"model\.safetensors",
+    r"model-\d{5}-of-\d{5}\.safetensors",
+    r"model\.safetensors\.index\.json",
+    re.escape(WEIGHTS_MANIFEST_NAME),
+    # model config (with `auto_map` and `custom_pipelines`)
+    r"config\.json",
+    # processor and tokenizer
+    r"preprocessor_config\.json",
+    r"processor_config\.json",
+    r"tokenizer\.json",
+    r"tokenizer_config\.json",
+    r"special_tokens_map\.json",
+    r"added_tokens\.json",
+    r"vocab\.json",
+    r"merges\.txt",
+    # remote code and pipeline code
+    *(re.escape(name) for name in REMOTE_CODE_FILES),
+    # model card and its sources (absolute paths rewritten, see `sanitise_paths`)
+    r"README\.md",
+    re.escape(TRAINING_SUMMARY_FILE),
+    re.escape(TRAINING_ARGS_FILE),
 )
-CARD_TAGS = ["anomaly-detection", "zero-shot-anomaly-detection", "anomaly-segmentation", "clip", "aa-clip"]
-DEFAULT_BASE_MODEL = "openai/clip-vit-large-patch14-336"
-CUSTOM_PIPELINE_ENTRY = {
-    "impl": f"{Path(PIPELINE_FILE).stem}.{AAClipAnomalyDetectionPipeline.__name__}",
-    "pt": ["AutoModel"],
-    "type": "multimodal",
-}
-# Training state that stays local (optimizer checkpoints, VCS data).
-NOT_UPLOADED = shutil.ignore_patterns("checkpoints", "checkpoint-*", ".tmp-*", ".git", "*.tmp")
-# Files a complete folder must hold (weights may be sharded: checked separately).
+_ALLOWED = re.compile("|".join(f"(?:{pattern})" for pattern in HUB_ALLOWLIST))
+# Files added only when asked (`aaclip push` flags), under these names.
+EVAL_RESULTS_DIR = "eval_results"  # --eval-results / --eval-dir: the `aaclip evaluate` JSON, one per run
+ONNX_PATH = "onnx/model.onnx"  # --onnx: the `aaclip export-onnx` graph
+PICTURE_FILE = "eval_overlays.png"  # --eval-dir with overlays: the grid shown in the card
+APP_FILE = "app.py"  # --with-app: the Gradio Space app
+REQUIREMENTS_FILE = "requirements.txt"  # --with-app: what the Space installs
+# Besides transformers (pinned to the version the remote code was written for); gradio comes with the Space SDK.
+SPACE_EXTRA_REQUIREMENTS = ("torch", "numpy", "pillow")
+# JSON files whose absolute local paths are rewritten to their last component before publishing.
+SANITISED_FILES = (TRAINING_ARGS_FILE, TRAINING_SUMMARY_FILE)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+TRAINING_STATE = re.compile(r"optimi[sz]er|scheduler|rng_state|random_states|scaler|trainer_state", re.IGNORECASE)
+CHECKPOINT_FOLDER = re.compile(r"checkpoints?(-\d+)?|\.tmp-.*")
+DEFAULT_CARD_IMAGES = 6  # overlays in the card's picture grid
+DEFAULT_CARD_COLUMNS = 2
+DEFAULT_CARD_TILE_WIDTH = 640
+
+
+@dataclass
+class HubFolder:
+    """A staged Hub folder: its files (path in the repo -> bytes) and what was left out (name, reason)."""
+
+    path: Path
+    files: dict[str, int] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    repo_type: str = "model"
+
+    def listing(self) -> str:
+        """The exact file list with sizes in bytes, then what was not published (the `--dry-run` report)."""
+        total = sum(self.files.values())
+        lines = [f"{len(self.files)} files, {total} bytes ({total / 2**20:.1f} MiB):"]
+        lines += [f"  {size:>12} B  {name}" for name, size in sorted(self.files.items())]
+        if self.skipped:
+            lines.append(f"not published ({len(self.skipped)}):")
+            lines += [f"  {name}  ({reason})" for name, reason in self.skipped]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# The allowlist and what it leaves out
+# ----------------------------------------------------------------------------------------------
+
+
+def is_allowlisted(name: str) -> bool:
+    """Whether a top-level file name is on `HUB_ALLOWLIST`."""
+    return bool(_ALLOWED.fullmatch(name))
+
+
+def _skip_reason(entry: os.DirEntry) -> str | None:
+    """Why a folder entry is not published, or None when it is."""
+    name = entry.name
+    if entry.is_symlink():
+        return "a symlink; links are never followed"
+    if name.startswith("."):
+        return "a dotfile"
+    if entry.is_dir(follow_symlinks=False):
+        if CHECKPOINT_FOLDER.fullmatch(name):
+            return "training checkpoints (optimizer, scheduler and RNG state) stay local"
+        return "a folder; only top-level files are published"
+    if not entry.is_file(follow_symlinks=False):
+        return "not a regular file"
+    if TRAINING_STATE.search(name):
+        return "optimizer/scheduler/RNG state stays local"
+    if name.lower().endswith(PICKLE_SUFFIXES):
+        return "a pickle; weights are published only as safetensors"
+    if not is_allowlisted(name):
+        return "not on the allowlist"
+    return None
+
+
+def sanitise_paths(value):
+    """`value` with every absolute local path string replaced by its last component (lists/dicts recursively).
+
+    Training arguments record where the data, the base model and the output lived on the training machine;
+    the folder names stay (they say what was used), the rest of the path does not leave the machine.
+    """
+    if isinstance(value, dict):
+        return {key: sanitise_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [sanitise_paths(item) for item in value]
+    if isinstance(value, str) and _is_absolute(value):
+        spec = ""
+        if "::" in value:  # `PATH::classes=a,b` data specs keep their options
+            value, spec = value.split("::", 1)
+            spec = "::" + spec
+        stripped = value.replace("\\", "/").rstrip("/")
+        return (stripped.rsplit("/", 1)[-1] or ".") + spec
+    return value
+
+
+def _is_absolute(value: str) -> bool:
+    return value.startswith(("/", "~", "\\", "file:")) or bool(re.match(r"^[A-Za-z]:[\\/]", value))
+
+
+def _copy_allowlisted(source: Path, target: Path) -> list[tuple[str, str]]:
+    """Copy the allowlisted top-level files of `source` into `target`; return what was left out and why."""
+    skipped = []
+    with os.scandir(source) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            reason = _skip_reason(entry)
+            if reason:
+                slash = "/" if entry.is_dir(follow_symlinks=False) else ""
+                skipped.append((entry.name + slash, reason))
+            elif entry.name in SANITISED_FILES:
+                data = sanitise_paths(load_json(entry.path, entry.name))
+                (target / entry.name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            else:
+                shutil.copyfile(entry.path, target / entry.name, follow_symlinks=False)
+    return skipped
+
+
+def _warn_skipped(source: Path, skipped: Sequence[tuple[str, str]]) -> None:
+    if skipped:
+        listed = "; ".join(f"{name} ({reason})" for name, reason in skipped)
+        logger.warning(
+            "%s: %d item(s) not published (see aaclip_hf.hub.publish.HUB_ALLOWLIST): %s", source, len(skipped), listed
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks: safetensors only, the manifest, finite values
+# ----------------------------------------------------------------------------------------------
+
+
+def _named(text: str, staging: Path, source: Path) -> str:
+    return text.replace(str(staging), str(source))
+
+
+def check_weights(folder: Path, source: Path | None = None) -> list[str]:
+    """Refuse weights that must not be published; return the weight files (safetensors only).
+
+    Raises, naming `source` files: no safetensors weights (pickles are never published), a corrupt file, a
+    mismatch with `weights_manifest.json`, or a non-finite tensor.
+    """
+    source = source or folder
+    files = weight_files(folder)
+    if not files:
+        pickles = sorted(p.name for p in source.glob("pytorch_model*.bin"))
+        hint = f" ({', '.join(pickles)} is a pickle and is never published)" if pickles else ""
+        raise FileNotFoundError(
+            f"{source}: no model weights (model.safetensors){hint}; save the model with save_pretrained"
+        )
+    for name in files:
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{source / name}: listed in the safetensors index but missing")
+        try:
+            check_safetensors_file(folder / name)
+        except CorruptWeightsError as error:
+            raise CorruptWeightsError(_named(str(error), folder, source)) from None
+    problems = verify_manifest(folder)
+    if problems:
+        raise WeightsError(
+            f"{source}: refusing to publish weights that do not match {WEIGHTS_MANIFEST_NAME}: "
+            + "; ".join(_named(problem, folder, source) for problem in problems)
+        )
+    for name in files:
+        bad = []
+        try:
+            with safe_open(str(folder / name), framework="pt") as handle:
+                for key in handle.keys():
+                    tensor = handle.get_tensor(key)
+                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                        bad.append(key)
+        except SafetensorError as error:
+            raise CorruptWeightsError(f"{source / name}: unreadable safetensors file ({error})") from None
+        if bad:
+            raise NonFiniteWeightsError(
+                f"{source / name}: refusing to publish non-finite (NaN/inf) weights in tensor(s): {', '.join(bad)}"
+            )
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
+# Completing a folder: pipeline code, config, card
+# ----------------------------------------------------------------------------------------------
+
+
+def _add_pipeline_code(folder: Path) -> None:
+    """Copy the pipeline file and declare it in `config.json` (what `Pipeline.save_pretrained` records)."""
+    source = Path(inspect.getsourcefile(AAClipAnomalyDetectionPipeline))
+    shutil.copyfile(source, folder / PIPELINE_FILE)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["custom_pipelines"] = {TASK: dict(CUSTOM_PIPELINE_ENTRY)}
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 REQUIRED_FILES = (
     "config.json",
     "configuration_aaclip.py",
@@ -75,311 +299,195 @@ REQUIRED_FILES = (
     PIPELINE_FILE,
     "README.md",
 )
-# Metric keys of the `aaclip evaluate` JSON -> (card metric type, readable name), in the paper's order.
-CARD_METRICS = {
-    "pixel_auroc": ("roc_auc", "pixel AUROC"),
-    "pixel_aupro": ("aupro", "pixel AUPRO@0.3"),
-    "pixel_ap": ("average_precision", "pixel AP"),
-    "pixel_f1_max": ("f1", "pixel F1-max"),
-    "image_auroc": ("roc_auc", "image AUROC"),
-    "image_ap": ("average_precision", "image AP"),
-    "image_f1_max": ("f1", "image F1-max"),
-}
-
-CITATION = """@InProceedings{Ma_2025_CVPR,
-    author    = {Ma, Wenxin and Zhang, Xu and Yao, Qingsong and Tang, Fenghe and Wu, Chenxu and Li, Yingtai and Yan, Rui and Jiang, Zihang and Zhou, S. Kevin},
-    title     = {AA-CLIP: Enhancing Zero-Shot Anomaly Detection via Anomaly-Aware CLIP},
-    booktitle = {Proceedings of the Computer Vision and Pattern Recognition Conference (CVPR)},
-    month     = {June},
-    year      = {2025}
-}"""
-
-CARD_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ model_name }}
-
-AA-CLIP (Ma et al., CVPR 2025) for zero-shot anomaly detection and segmentation: a CLIP whose text and vision
-towers carry small residual adapters trained so that "normal" and "anomalous" text anchors separate and patch
-features align with them. Given an image and an object class name, it returns a per-pixel anomaly map and a
-per-image anomaly score, also for classes never seen in training.
-
-Packaged with the `aaclip-hf` package on native `transformers` CLIP towers; this repository holds the
-weights, the processor and the remote code, so only `transformers` is needed.
-
-## Model
-
-| | |
-|---|---|
-| base model | {{ base_model_text }} |
-| backbone | CLIP ViT: vision {{ vision_layers }} layers x {{ vision_width }}, patch {{ patch_size }}; text {{ text_layers }} layers x {{ text_width }} |
-| input | {{ image_size }} x {{ image_size }} RGB, bicubic resize (no crop), OpenAI CLIP mean/std |
-| adapters | text: after layers 1..{{ text_adapters }}, vision: after layers 1..{{ vision_adapters }} (weight {{ adapter_weight }}) |
-| feature levels | vision layers {{ feature_layers }} |
-| stored class anchors | {{ anchor_classes }} |
-| decision threshold | {{ threshold_text }} |
-
-## Training
-
-{{ training_text }}
-
-## Evaluation
-
-{{ eval_text }}
-
-## Usage
-
-```python
-from transformers import pipeline
-
-detector = pipeline("zero-shot-anomaly-detection", model="{{ repo_id }}", trust_remote_code=True)
-result = detector("image.png", class_name="bottle")
-print(result["score"], result["is_anomaly"], result["label"])
-anomaly_map = result["anomaly_map"]  # numpy (height, width) at the image's own size; larger = more anomalous
-```
-
-With the model and processor directly:
-
-```python
-from PIL import Image
-from transformers import AutoModel, AutoProcessor
-
-model = AutoModel.from_pretrained("{{ repo_id }}", trust_remote_code=True).eval()
-processor = AutoProcessor.from_pretrained("{{ repo_id }}", trust_remote_code=True)
-image = Image.open("image.png").convert("RGB")
-model.update_text_anchors(processor, ["bottle"])          # once per new class name (stored in the model)
-outputs = model(**processor(images=[image], return_tensors="pt"), class_names=["bottle"])
-result = processor.post_process_anomaly_detection(outputs, target_sizes=[(image.height, image.width)])[0]
-```
-
-The per-image `score` (in [0, 1]) depends on that image alone. The paper's benchmark image scores instead
-min-max normalise maps and image scores over each test class (`aaclip evaluate --protocol reference`).
-
-## Licence
-
-The CLIP backbone weights come from {{ base_model_text }}; OpenAI's CLIP weights are released under the MIT
-licence. The AA-CLIP method and reference implementation are by Ma et al.
-(https://github.com/Mwxinnn/AA-CLIP; see that repository for its licence). This packaging code is Apache-2.0.
-The card's `license` field ({{ license }}) refers to these weights; check the licences of the training data too.
-
-## Citation
-
-```bibtex
-{{ citation }}
-```
-"""
 
 
-# ----------------------------------------------------------------------------------------------
-# Reading the training summary and the evaluation results
-# ----------------------------------------------------------------------------------------------
-
-
-def load_json(path: str | os.PathLike, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: no such file {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{what}: {path} is not valid JSON ({error})") from error
-    if not isinstance(data, dict):
-        raise ValueError(f"{what}: {path} must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
-def read_training_summary(folder: str | os.PathLike) -> dict | None:
-    """The folder's `training_summary.json`, else its `training_args.json` (from `aaclip train`) in that form."""
-    folder = Path(folder)
-    if (folder / TRAINING_SUMMARY_FILE).is_file():
-        return load_json(folder / TRAINING_SUMMARY_FILE, "training summary")
-    if not (folder / TRAINING_ARGS_FILE).is_file():
-        return None
-    args = load_json(folder / TRAINING_ARGS_FILE, "training arguments")
-    summary = {
-        "base_model": args.get("model"),
-        "train_data": args.get("train_data"),
-        "shots": args.get("shots"),
-        "stages": {"both": "text + vision", "text": "text only", "vision": "vision only"}.get(
-            args.get("stage"), args.get("stage")
-        ),
-        "epochs": {"text": args.get("text_epochs"), "vision": args.get("vision_epochs")},
-        "seed": args.get("seed"),
-    }
-    summary.update({key: args[key] for key in TRAINING_ARGS_SHOWN if args.get(key) is not None})
-    return summary
-
-
-def _eval_runs(eval_results: dict | Sequence[dict] | None) -> list[dict]:
-    if eval_results is None:
-        return []
-    runs = [eval_results] if isinstance(eval_results, dict) else list(eval_results)
-    for index, run in enumerate(runs):
-        if not isinstance(run, dict) or not isinstance(run.get("mean"), dict):
-            raise ValueError(
-                f"eval results [{index}]: expected the JSON written by `aaclip evaluate` (with a 'mean' object), "
-                f"got keys {sorted(run) if isinstance(run, dict) else type(run).__name__}"
-            )
-    return runs
-
-
-def card_eval_results(eval_results: dict | Sequence[dict] | None) -> list:
-    """`huggingface_hub.EvalResult`s (values in percent) from the class means of `aaclip evaluate` JSONs."""
-
-    results = []
-    for run in _eval_runs(eval_results):
-        dataset = str(run.get("dataset") or "unknown")
-        protocol = run.get("protocol", "reference")
-        for key, (metric_type, metric_name) in CARD_METRICS.items():
-            value = run["mean"].get(key)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                continue
-            results.append(
-                EvalResult(
-                    task_type="zero-shot-anomaly-detection",
-                    task_name="Zero-shot anomaly detection and segmentation",
-                    dataset_type=dataset,
-                    dataset_name=dataset,
-                    dataset_split=run.get("split") or "test",
-                    metric_type=metric_type,
-                    metric_name=f"{metric_name} ({protocol} protocol, class mean)",
-                    metric_value=round(100.0 * float(value), 2),
-                )
-            )
-    return results
-
-
-def _eval_markdown(eval_results: dict | Sequence[dict] | None) -> str:
-    runs = _eval_runs(eval_results)
-    if not runs:
-        return "No evaluation results were attached (run `aaclip evaluate` and push with `--eval-results`)."
-    parts = []
-    for run in runs:
-        head = (
-            f"**{run.get('dataset', 'dataset')}** ({run.get('protocol', 'reference')} protocol, pixel metrics at "
-            f"{run.get('resolution', 'model')} resolution; values in %, mean over classes):"
-        )
-        table = run.get("table_markdown")
-        if not table:
-            cells = [
-                f"{name} {100.0 * run['mean'][key]:.1f}"
-                for key, (_, name) in CARD_METRICS.items()
-                if isinstance(run["mean"].get(key), (int, float)) and not math.isnan(run["mean"][key])
-            ]
-            table = ", ".join(cells)
-        notes = "".join(f"\n- {note}" for note in run.get("notes", []))
-        parts.append(f"{head}\n\n{table}\n{notes}")
-    return "\n\n".join(parts)
-
-
-def _training_markdown(summary: dict | None) -> str:
-    if not summary:
-        return "No training summary was found next to the weights (`training_summary.json` or `training_args.json`)."
-    lines = []
-    readable = {
-        "base_model": "base model",
-        "train_data": "training data",
-        "train_classes": "training classes",
-        "shots": "shots per class",
-        "stages": "stages",
-        "epochs": "epochs",
-        "seed": "seed",
-    }
-    for key, label in readable.items():
-        if summary.get(key) not in (None, "", []):
-            value = summary[key]
-            if isinstance(value, (list, tuple)):
-                value = ", ".join(map(str, value))
-            elif isinstance(value, dict):
-                value = ", ".join(f"{k}: {v}" for k, v in value.items())
-            lines.append(f"- {label}: {value}")
-    extra = {k: v for k, v in summary.items() if k not in readable and isinstance(v, (str, int, float, bool))}
-    if extra:
-        lines.append("- other settings: " + ", ".join(f"`{k}={v}`" for k, v in sorted(extra.items())))
-    return "\n".join(lines) if lines else "The training summary holds no readable fields."
-
-
-def _looks_like_vit_l14(config) -> bool:
-    vision = config.vision_config
-    return vision.hidden_size == 1024 and vision.num_hidden_layers == 24 and vision.patch_size == 14
-
-
-def build_model_card(
-    config,
-    repo_id: str,
+def prepare_hub_folder(
+    folder: str | os.PathLike,
     *,
-    training_summary: dict | None = None,
-    eval_results: dict | Sequence[dict] | None = None,
+    repo_id: str | None = None,
+    eval_results: dict | Sequence[dict] | str | os.PathLike | None = None,
     base_model: str | None = None,
     license: str = "mit",
-    model_name: str | None = None,
-):
-    """A `huggingface_hub.ModelCard` for an AA-CLIP model (offline; no Hub call)."""
+    picture: str | None = None,
+    space: Mapping[str, str] | None = None,
+) -> Path:
+    """Complete an allowlisted folder in place: pipeline code, `custom_pipelines` and the `README.md` card.
 
-    summary = training_summary or {}
-    base_model = (
-        base_model or summary.get("base_model") or (DEFAULT_BASE_MODEL if _looks_like_vit_l14(config) else None)
-    )
-    # Only Hub ids belong in `base_model` metadata; a local path or a description stays in the text.
-    base_is_hub_id = bool(base_model) and base_model.count("/") == 1 and not os.path.exists(base_model)
-    datasets = summary.get("train_datasets") or []
-    data = ModelCardData(
-        base_model=base_model if base_is_hub_id else None,
-        datasets=list(datasets) or None,
-        eval_results=card_eval_results(eval_results) or None,
-        library_name="transformers",
+    Raises naming the missing file when the folder lacks the model config or the processor.
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json; expected a folder written by save_pretrained")
+    if not weight_files(folder):
+        raise FileNotFoundError(f"{folder}: no model weights (model.safetensors); expected a saved AA-CLIP model")
+    if not (folder / "processor_config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder}: no processor_config.json; save the processor too (processor.save_pretrained(folder))"
+        )
+    _add_pipeline_code(folder)
+    if isinstance(eval_results, (str, os.PathLike)):
+        eval_results = load_json(eval_results, "eval results")
+    config = AAClipConfig.from_pretrained(folder)
+    card = build_model_card(
+        config,
+        repo_id or f"your-name/{folder.resolve().name}",
+        training_summary=read_training_summary(folder),
+        eval_results=eval_results,
+        base_model=base_model,
         license=license,
-        model_name=model_name or repo_id.split("/")[-1],
-        metrics=["roc_auc", "average_precision", "f1", "aupro"],
-        tags=list(CARD_TAGS),
+        picture=picture,
+        space=space,
     )
-    vision, text = config.vision_config, config.text_config
-    threshold = getattr(config, "decision_threshold", None)
-    anchors = list(config.anchor_class_names)
-    return ModelCard.from_template(
-        data,
-        template_str=CARD_TEMPLATE,
-        model_name=model_name or repo_id.split("/")[-1],
+    card.save(str(folder / "README.md"))
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: the Hub folder is incomplete, missing {missing}")
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Staging: the one way a Hub folder is written
+# ----------------------------------------------------------------------------------------------
+
+
+def _eval_file_name(run: dict, taken: set[str]) -> str:
+    stem = re.sub(r"[^\w.-]+", "-", f"{run.get('dataset') or 'results'}-{run.get('protocol') or 'reference'}")
+    name, index = f"{stem}.json", 2
+    while name in taken:
+        name, index = f"{stem}-{index}.json", index + 1
+    taken.add(name)
+    return f"{EVAL_RESULTS_DIR}/{name}"
+
+
+def _overlay_files(eval_dir: Path) -> list[Path]:
+    """PNG overlays of an evaluation folder (`overlays/*.png`, as `aaclip detect` writes, or top-level `*.png`).
+
+    Symlinks are not followed."""
+    found = []
+    for folder in (eval_dir / "overlays", eval_dir):
+        if folder.is_dir() and not folder.is_symlink():
+            found += sorted(
+                p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file() and not p.is_symlink()
+            )
+    return found
+
+
+def _read_eval_dirs(eval_dirs: Sequence[str | os.PathLike]) -> tuple[list[dict], list[Path]]:
+    runs, overlays = [], []
+    for eval_dir in map(Path, eval_dirs):
+        if not eval_dir.is_dir():
+            raise FileNotFoundError(f"--eval-dir {eval_dir}: no such folder (expected an `aaclip evaluate` output)")
+        found = _overlay_files(eval_dir)
+        if (eval_dir / "results.json").is_file():
+            runs.append(load_json(eval_dir / "results.json", "eval results"))
+        elif not found:
+            raise FileNotFoundError(f"--eval-dir {eval_dir}: neither results.json nor overlay PNGs in it")
+        overlays += found
+    return runs, overlays
+
+
+def space_app_source() -> Path:
+    """The standalone Gradio app published as the Space's `app.py` (it imports no aaclip_hf)."""
+    return Path(__file__).with_name("space_app.py")
+
+
+def space_requirements() -> str:
+    """What the Space installs besides gradio (its SDK): the transformers this remote code is written for, torch."""
+    return "\n".join([f"transformers=={transformers.__version__}", *SPACE_EXTRA_REQUIREMENTS]) + "\n"
+
+
+def space_metadata(repo_id: str) -> dict[str, str]:
+    """The Space YAML the card carries with `--with-app`: gradio SDK (the installed version, if any) and app file."""
+    metadata = {"sdk": "gradio", "app_file": APP_FILE, "title": repo_id.split("/")[-1]}
+    try:
+        metadata["sdk_version"] = importlib.metadata.version("gradio")
+    except importlib.metadata.PackageNotFoundError:
+        pass  # the Hub then runs its current gradio
+    return metadata
+
+
+def stage_hub_folder(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    *,
+    repo_id: str,
+    eval_results: dict | Sequence[dict] | str | os.PathLike | None = None,
+    eval_dirs: Sequence[str | os.PathLike] = (),
+    base_model: str | None = None,
+    license: str = "mit",
+    onnx: str | os.PathLike | None = None,
+    with_app: bool = False,
+    card_images: int = DEFAULT_CARD_IMAGES,
+    card_columns: int = DEFAULT_CARD_COLUMNS,
+    card_tile_width: int = DEFAULT_CARD_TILE_WIDTH,
+) -> HubFolder:
+    """Write the Hub folder for the saved model `source` into the empty folder `target`, by allowlist.
+
+    Copies the allowlisted files (one warning lists the rest), checks the weights (`check_weights`), adds what
+    was asked for (evaluation JSON and overlay picture, ONNX graph, Space app) and the card. `source` is not
+    modified. Returns the exact file list.
+    """
+    source, target = Path(source), Path(target)
+    if not source.is_dir():
+        raise FileNotFoundError(f"model folder {source} does not exist")
+    if target.exists() and any(target.iterdir()):
+        raise ValueError(f"{target}: not empty; a Hub folder is written into an empty (or new) folder")
+    if isinstance(eval_results, (str, os.PathLike)):
+        eval_results = load_json(eval_results, "eval results")
+    runs = [] if eval_results is None else [eval_results] if isinstance(eval_results, dict) else list(eval_results)
+    dir_runs, overlays = _read_eval_dirs(eval_dirs)
+    runs += dir_runs
+    if onnx is not None and not (Path(onnx).is_file() and Path(onnx).suffix == ".onnx"):
+        raise FileNotFoundError(f"--onnx {onnx}: no such .onnx file (write one with `aaclip export-onnx`)")
+    app_source = space_app_source() if with_app else None
+    if app_source is not None and not app_source.is_file():
+        raise FileNotFoundError(f"{app_source}: the Space app is missing from this installation")
+
+    target.mkdir(parents=True, exist_ok=True)
+    skipped = _copy_allowlisted(source, target)
+    _warn_skipped(source, skipped)
+    if not (target / "config.json").is_file():
+        raise FileNotFoundError(f"{source}: no config.json; expected a folder written by save_pretrained")
+    check_weights(target, source)
+
+    asked = []
+    taken: set[str] = set()
+    for run in runs:
+        name = _eval_file_name(run, taken)
+        (target / name).parent.mkdir(exist_ok=True)
+        (target / name).write_text(json.dumps(sanitise_paths(run), indent=2) + "\n", encoding="utf-8")
+        asked.append(name)
+    picture = None
+    if overlays and card_images > 0:
+        overlay_grid(overlays[:card_images], columns=card_columns, tile_width=card_tile_width).save(
+            target / PICTURE_FILE
+        )
+        picture = PICTURE_FILE
+        asked.append(PICTURE_FILE)
+    if onnx is not None:
+        (target / ONNX_PATH).parent.mkdir(exist_ok=True)
+        shutil.copyfile(onnx, target / ONNX_PATH)
+        asked.append(ONNX_PATH)
+    space = None
+    if app_source is not None:
+        shutil.copyfile(app_source, target / APP_FILE)
+        (target / REQUIREMENTS_FILE).write_text(space_requirements(), encoding="utf-8")
+        asked += [APP_FILE, REQUIREMENTS_FILE]
+        space = space_metadata(repo_id)
+    prepare_hub_folder(
+        target,
         repo_id=repo_id,
-        base_model_text=f"`{base_model}`" if base_model else "a randomly initialised CLIP (no pretrained weights)",
-        vision_layers=vision.num_hidden_layers,
-        vision_width=vision.hidden_size,
-        patch_size=vision.patch_size,
-        text_layers=text.num_hidden_layers,
-        text_width=text.hidden_size,
-        image_size=vision.image_size,
-        text_adapters=config.text_adapter_layers,
-        vision_adapters=config.vision_adapter_layers,
-        adapter_weight=config.vision_adapter_weight,
-        feature_layers=", ".join(map(str, config.feature_layers)),
-        anchor_classes=", ".join(f"`{name}`" for name in anchors[:40]) + (" ..." if len(anchors) > 40 else ""),
-        threshold_text=(
-            f"{threshold:.4f} on the image score (set by `aaclip calibrate`)"
-            if threshold is not None
-            else "not calibrated: the pipeline uses 0.5 unless given `threshold=`"
-        ),
-        training_text=_training_markdown(summary),
-        eval_text=_eval_markdown(eval_results),
+        eval_results=runs or None,
+        base_model=base_model,
         license=license,
-        citation=CITATION,
+        picture=picture,
+        space=space,
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# Hub-ready folders
-# ----------------------------------------------------------------------------------------------
-
-
-def _add_pipeline_code(folder: Path) -> None:
-    """Copy the pipeline file and declare it in `config.json` (what `Pipeline.save_pretrained` records)."""
-
-    source = Path(inspect.getsourcefile(AAClipAnomalyDetectionPipeline))
-    shutil.copyfile(source, folder / PIPELINE_FILE)
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["custom_pipelines"] = {TASK: dict(CUSTOM_PIPELINE_ENTRY)}
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    files = {p.relative_to(target).as_posix(): p.stat().st_size for p in target.rglob("*") if p.is_file()}
+    stray = sorted(name for name in files if not (("/" not in name and is_allowlisted(name)) or name in asked))
+    if stray:  # defence in depth: the completion step wrote something the allowlist does not cover
+        raise RuntimeError(f"{target}: files outside the allowlist would be published: {stray}")
+    return HubFolder(target, files, skipped, "space" if with_app else "model")
 
 
 def save_for_hub(
@@ -393,57 +501,66 @@ def save_for_hub(
     base_model: str | None = None,
     license: str = "mit",
 ) -> Path:
-    """Write a complete Hub-ready folder: weights, processor, remote code, pipeline code and model card."""
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    if training_summary is not None:
-        (folder / TRAINING_SUMMARY_FILE).write_text(json.dumps(training_summary, indent=2) + "\n", encoding="utf-8")
-    return prepare_hub_folder(
-        folder, repo_id=repo_id, eval_results=eval_results, base_model=base_model, license=license
-    )
+    """Write a complete Hub-ready folder (allowlisted): weights, processor, remote and pipeline code, card.
 
-
-def prepare_hub_folder(
-    folder: str | os.PathLike,
-    *,
-    repo_id: str | None = None,
-    eval_results: dict | Sequence[dict] | str | os.PathLike | None = None,
-    base_model: str | None = None,
-    license: str = "mit",
-) -> Path:
-    """Complete a `save_pretrained` folder in place: pipeline code, `custom_pipelines` and `README.md`.
-
-    Raises naming the missing file when the folder lacks the model or the processor.
+    An existing `output_dir` is replaced only when it holds nothing but a Hub folder's files (a previous run).
     """
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: no config.json; expected a folder written by save_pretrained")
-    if not any(folder.glob("model*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
-        raise FileNotFoundError(f"{folder}: no model weights (model.safetensors); expected a saved AA-CLIP model")
-    if not (folder / "processor_config.json").is_file():
-        raise FileNotFoundError(
-            f"{folder}: no processor_config.json; save the processor too (processor.save_pretrained(folder))"
+    folder = Path(output_dir)
+    if folder.exists() and any(folder.iterdir()):
+        foreign = sorted(entry.name for entry in os.scandir(folder) if not _is_hub_entry(entry))
+        if foreign:
+            raise ValueError(f"{folder}: not empty and not a Hub folder (holds {foreign}); choose a new folder")
+    with tempfile.TemporaryDirectory(prefix="aaclip-save-") as tmp:
+        saved = Path(tmp) / "model"
+        model.save_pretrained(saved)
+        processor.save_pretrained(saved)
+        if training_summary is not None:
+            (saved / TRAINING_SUMMARY_FILE).write_text(json.dumps(training_summary, indent=2) + "\n", encoding="utf-8")
+        staged = stage_hub_folder(
+            saved,
+            Path(tmp) / "hub",
+            repo_id=repo_id or f"your-name/{folder.resolve().name}",
+            eval_results=eval_results,
+            base_model=base_model,
+            license=license,
         )
-    _add_pipeline_code(folder)
-    if isinstance(eval_results, (str, os.PathLike)):
-        eval_results = load_json(eval_results, "eval results")
-    summary = read_training_summary(folder)
-    config = AAClipConfig.from_pretrained(folder)
-    card = build_model_card(
-        config,
-        repo_id or f"your-name/{folder.resolve().name}",
-        training_summary=summary,
-        eval_results=eval_results,
-        base_model=base_model,
-        license=license,
-    )
-    card.save(str(folder / "README.md"))
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder}: the Hub folder is incomplete, missing {missing}")
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staged.path), str(folder))
     return folder
+
+
+def _is_hub_entry(entry: os.DirEntry) -> bool:
+    """Whether a folder entry is one `stage_hub_folder` writes (an allowlisted file or an asked-for addition)."""
+    if entry.is_symlink():
+        return False
+    if entry.is_dir():
+        return entry.name in (EVAL_RESULTS_DIR, Path(ONNX_PATH).parent.name)
+    return is_allowlisted(entry.name) or entry.name in (PICTURE_FILE, APP_FILE, REQUIREMENTS_FILE)
+
+
+def upload_hub_folder(
+    staged: HubFolder,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+) -> str:
+    """Upload a staged folder (exactly its files) to `repo_id`, created if needed; returns the commit URL."""
+    api = HfApi(token=token)
+    create = {"space_sdk": "gradio"} if staged.repo_type == "space" else {}
+    api.create_repo(repo_id, private=private, exist_ok=True, token=token, repo_type=staged.repo_type, **create)
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(staged.path),
+        repo_type=staged.repo_type,
+        allow_patterns=sorted(staged.files),
+        commit_message=commit_message or "Upload AA-CLIP model (aaclip-hf)",
+        token=token,
+    )
+    return str(getattr(info, "commit_url", info))
 
 
 def push_folder_to_hub(
@@ -453,31 +570,16 @@ def push_folder_to_hub(
     private: bool = False,
     token: str | None = None,
     commit_message: str | None = None,
-    eval_results: dict | Sequence[dict] | str | os.PathLike | None = None,
-    base_model: str | None = None,
-    license: str = "mit",
+    **stage_options,
 ) -> str:
-    """Upload a saved model folder to `repo_id` (created if needed) after completing it in a staging copy.
+    """Upload a saved model folder to `repo_id` through a staged, allowlisted, checked copy.
 
-    The source folder is not modified. Returns the commit URL.
+    `stage_options` are those of `stage_hub_folder` (eval results, ONNX, app, card). The source folder is not
+    modified. Returns the commit URL.
     """
-
-    source = Path(folder)
-    if not source.is_dir():
-        raise FileNotFoundError(f"model folder {source} does not exist")
     with tempfile.TemporaryDirectory(prefix="aaclip-push-") as tmp:
-        staging = Path(tmp) / source.resolve().name
-        shutil.copytree(source, staging, ignore=NOT_UPLOADED)
-        prepare_hub_folder(staging, repo_id=repo_id, eval_results=eval_results, base_model=base_model, license=license)
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(staging),
-            commit_message=commit_message or "Upload AA-CLIP model (aaclip-hf)",
-            token=token,
-        )
-    return str(getattr(info, "commit_url", info))
+        staged = stage_hub_folder(folder, Path(tmp) / "hub", repo_id=repo_id, **stage_options)
+        return upload_hub_folder(staged, repo_id, private=private, token=token, commit_message=commit_message)
 
 
 def push_model_to_hub(
@@ -492,7 +594,7 @@ def push_model_to_hub(
     base_model: str | None = None,
     commit_message: str | None = None,
 ) -> str:
-    """What `--push-to-hub` of `aaclip train` / `aaclip convert` calls: save to a temporary folder, then push."""
+    """Save a model and processor to a temporary folder, then `push_folder_to_hub` it."""
     with tempfile.TemporaryDirectory(prefix="aaclip-save-") as tmp:
         folder = Path(tmp) / repo_id.split("/")[-1]
         model.save_pretrained(folder)
@@ -510,8 +612,3 @@ def push_model_to_hub(
             base_model=base_model,
             commit_message=commit_message,
         )
-
-
-# ----------------------------------------------------------------------------------------------
-# CLI: aaclip push
-# ----------------------------------------------------------------------------------------------

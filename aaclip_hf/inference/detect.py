@@ -9,12 +9,14 @@ the model's `config.decision_threshold` (set by `aaclip calibrate`), else 0.5.
 
 Pictures use the per-pixel anomaly probability `p = sigmoid(2 * anomaly_map / L - 1)` (L feature levels: the
 softmax anomaly probability of the level-averaged patch logits, whose maximum is the map part of the image
-score). The heat map shows `p` scaled to the image's own min..max (`heatmap_scale="image"`, the usual
-visualisation; the range is printed under the colour bar) or on the fixed 0..1 scale (`"fixed"`). The contour
-outlines the **decision region**: the pixels that by themselves make the image anomalous under the image score's
-definition, i.e. `p >= t` for the `"map"` score, `w * p + (1 - w) * r >= t` for the `"fused"` score (r the image
-branch's raw score, w `config.image_score_map_weight`); the `"raw"` score does not use the map, so no region is
-drawn. `pixel_threshold=` replaces this with a fixed level of `p`.
+score); `anomaly_probability` and `decision_pixel_threshold` are defined once, in the Hub-portable pipeline
+module, and re-exported here. The heat map shows `p` scaled to the image's own min..max
+(`heatmap_scale="image"`, the usual visualisation; the range is printed under the colour bar) or on the fixed
+0..1 scale (`"fixed"`). The third panel shades and outlines the **decision region**: the pixels that by
+themselves make the image anomalous under the image score's definition, i.e. `p >= t` for the `"map"` score,
+`w * p + (1 - w) * r >= t` for the `"fused"` score (r the image branch's raw score, w
+`config.image_score_map_weight`); the `"raw"` score does not use the map, so no region is drawn.
+`pixel_threshold=` replaces this with a fixed level of `p`. A legend names the level and the region's area.
 """
 
 from __future__ import annotations
@@ -33,8 +35,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.image_io import IMAGE_EXTENSIONS, BadInputError, load_image
-from ..modeling.pipeline_aaclip import DEFAULT_THRESHOLD, AAClipAnomalyDetectionPipeline
-from .visualize import detection_figure
+from ..modeling.pipeline_aaclip import (
+    DEFAULT_THRESHOLD,
+    AAClipAnomalyDetectionPipeline,
+    anomaly_probability,
+    decision_pixel_threshold,
+)
+from .visualize import detection_figure, region_legend
 
 
 logger = logging.getLogger(__name__)
@@ -53,23 +60,6 @@ def make_pipeline(model, processor, device: str | int | torch.device | None = No
     """The pipeline around an in-memory model (no registry or remote code involved)."""
     device = device if device is not None else next(model.parameters()).device
     return AAClipAnomalyDetectionPipeline(model=model, processor=processor, device=device)
-
-
-def anomaly_probability(anomaly_map: np.ndarray | torch.Tensor, num_levels: int) -> np.ndarray:
-    """Per-pixel anomaly probability `sigmoid(2 * map / L - 1)` of a summed `L`-level map, in [0, 1]."""
-    values = torch.as_tensor(np.asarray(anomaly_map), dtype=torch.float64)
-    return torch.sigmoid(2.0 * values / num_levels - 1.0).numpy().astype(np.float32)
-
-
-def decision_pixel_threshold(config, threshold: float, raw_score: float, domain: str | None = None) -> float:
-    """The level of `p` above which a pixel alone makes the image score reach `threshold` (module docstring)."""
-    mode = config.image_score_mode[domain or config.default_domain]
-    if mode == "map":
-        return threshold
-    if mode == "raw":
-        return math.inf
-    weight = config.image_score_map_weight
-    return (threshold - (1.0 - weight) * raw_score) / weight if weight > 0 else math.inf
 
 
 def collect_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -220,8 +210,16 @@ def detect(
             f"{'>=' if is_anomaly else '<'} {threshold:.3f}: {verdict}"
         )
         overlay = out / "overlays" / f"{names[path]}.png"
+        legend = region_legend(float(level) if math.isfinite(level) else None, float(region.mean()))
         detection_figure(
-            image, probability, region, title, max_side=max_side, heat_range=heat_range, heat_label=heat_label
+            image,
+            probability,
+            region,
+            title,
+            max_side=max_side,
+            heat_range=heat_range,
+            heat_label=heat_label,
+            legend=legend,
         ).save(overlay)
         record = {
             "image": str(path),
