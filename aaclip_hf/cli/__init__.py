@@ -14,6 +14,8 @@ import sys
 
 from huggingface_hub.errors import StrictDataclassError
 
+from ..runtime.cpu import tune_cpu_runtime
+
 
 # name -> (module, suffix, one-line help): the module defines `add_<suffix>_arguments(parser)` and
 # `run_<suffix>(args) -> int` (suffix "" : `add_arguments` / `run`). Sorted by workflow: set up, train, use, publish.
@@ -110,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     sub_parser = argparse.ArgumentParser(prog=f"aaclip {name}", description=help_text)
     getattr(module, f"add{prefix}_arguments")(sub_parser)
     args = sub_parser.parse_args(argv[1:])
+    # Fast from the first call: freed activations stay resident, one thread per core (runtime/cpu.py).
+    tune_cpu_runtime()
 
     try:
         return int(getattr(module, f"run{prefix}")(args) or 0)

@@ -14,8 +14,8 @@ from pathlib import Path
 def _load_runner():
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
     if not path.is_file():
-        raise SystemExit(
-            f"aaclip bench needs a source checkout (looked for {path}); clone the repository and "
+        raise FileNotFoundError(
+            f"{path}: not found; aaclip bench needs a source checkout: clone the repository and "
             "`pip install -e .` it, or run `python benchmarks/run.py` there"
         )
     spec = importlib.util.spec_from_file_location("aaclip_benchmarks_run", path)

@@ -16,6 +16,7 @@ from ..conversion.original import (
 )
 from ..conversion.tokenizer import build_clip_tokenizer, convert_tokenizer, find_open_clip_bpe
 from ..hub.publish import push_folder_to_hub
+from ..runtime.loading import check_model_source
 
 
 def publish(args: argparse.Namespace, folder: str | Path, plain_clip: bool = False) -> None:
@@ -95,6 +96,7 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_clip(args: argparse.Namespace) -> int:
+    check_model_source(args.src, "src", kind="file or folder")
     model = convert_clip(
         args.src,
         args.output_dir,
@@ -153,6 +155,7 @@ def add_original_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_original(args: argparse.Namespace) -> int:
+    check_model_source(args.clip, "--clip", kind="file or folder")
     convert_original(
         args.clip,
         args.output,

@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 
-from ..data.image_io import BadInputError
 from ..data.readers import is_inside, load_samples
 from ..data.samples import summarize_samples
 from ..data.sampling import DEFAULT_SHOT_SEED, sample_shots, write_jsonl
@@ -57,8 +56,7 @@ def add_make_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_make_synthetic(args: argparse.Namespace) -> int:
     if args.image_size < 16:
-        print(f"error: --image-size must be at least 16, got {args.image_size}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--image-size must be at least 16, got {args.image_size}")
     root = generate_synthetic_dataset(
         args.output_dir,
         classes=args.classes,
@@ -111,12 +109,8 @@ def add_sample_shots_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_sample_shots(args: argparse.Namespace) -> int:
-    try:
-        samples = load_samples(args.data, args.split, format=args.format, allow_outside_root=args.allow_outside_root)
-        picked = sample_shots(samples, args.shots, seed=args.seed)
-    except BadInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    samples = load_samples(args.data, args.split, format=args.format, allow_outside_root=args.allow_outside_root)
+    picked = sample_shots(samples, args.shots, seed=args.seed)
     write_jsonl(picked, args.output, relative_to=args.relative_to)
     base = args.relative_to or os.path.dirname(os.path.abspath(args.output))
     if not all(is_inside(base, p) for s in picked for p in (s.image_path, s.mask_path) if p is not None):

@@ -47,7 +47,7 @@ from ..inference.detect import collect_images, detect, make_pipeline, score_imag
 from ..modeling.configuration_aaclip import DEFAULT_IMAGE_SIZE
 from ..modeling.modeling_aaclip import AAClipModel
 from ..modeling.processing_aaclip import AAClipProcessor
-from ..runtime.loading import load_model_and_processor
+from ..runtime.loading import check_model_source, load_model_and_processor
 from ..training.arguments import TrainingArguments
 from ..training.trainer import Trainer
 
@@ -615,5 +615,7 @@ def run(args: argparse.Namespace) -> int:
     settings = QUICK if args.quick else FULL
     overrides = {k: v for k, v in (("text_epochs", args.text_epochs), ("vision_epochs", args.vision_epochs)) if v}
     settings = dataclasses.replace(settings, **overrides)
+    if args.model is not None:
+        check_model_source(args.model)  # named in one line before any step runs
     run_demo(args.output, args.model, settings=settings, seed=args.seed, progress=not args.no_progress)
     return 0

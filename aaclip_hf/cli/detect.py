@@ -16,6 +16,8 @@ from ..inference.calibrate import (
     save_threshold,
 )
 from ..inference.detect import collect_images, detect, make_pipeline, score_images
+from ..runtime.backends import add_backend_arguments, apply_backend
+from ..runtime.batching import add_batch_size_argument
 from ..runtime.loading import load_model_and_processor
 
 
@@ -43,7 +45,8 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
         help="heat map colours over each image's own probability range (default) or fixed 0..1",
     )
     parser.add_argument("--domain", default=None, help="industrial or medical (default: the model's)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    add_batch_size_argument(parser)
+    add_backend_arguments(parser)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--save-maps", action="store_true", help="also save each anomaly map as .npy")
@@ -60,6 +63,7 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
 def run_detect(args: argparse.Namespace) -> int:
 
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    model, _ = apply_backend(model, args.backend, args.quantize)
     records = detect(
         model,
         processor,
@@ -107,7 +111,7 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="normal method: added to the quantile")
     parser.add_argument("--domain", default=None)
-    parser.add_argument("--batch-size", type=int, default=8)
+    add_batch_size_argument(parser)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", default=None, help="write a calibrated copy of the model here instead")
     parser.add_argument("--no-progress", action="store_true")

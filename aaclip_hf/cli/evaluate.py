@@ -12,6 +12,8 @@ from ..data.readers import load_samples
 from ..data.samples import verify_samples
 from ..evaluation.metrics import DEFAULT_FPR_LIMIT
 from ..evaluation.protocols import PROTOCOLS, RESOLUTIONS, evaluate
+from ..runtime.backends import add_backend_arguments, apply_backend
+from ..runtime.batching import add_batch_size_argument
 from ..runtime.devices import add_dtype_argument
 from ..runtime.loading import load_model_and_processor
 
@@ -44,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="mvtec: reference AUPRO (interpolated at the limit, / limit); cflow: APRIL-GAN/AnomalyCLIP",
     )
     parser.add_argument("--fpr-limit", type=float, default=DEFAULT_FPR_LIMIT, help="AUPRO FPR limit (default 0.3)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    add_batch_size_argument(parser)
+    add_backend_arguments(parser)
     parser.add_argument("--num-workers", type=int, default=2, help="image loading processes")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     add_dtype_argument(parser, default="float32")
@@ -78,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         kept = verify_samples(samples, skip_bad_files=True, progress=not args.no_progress)
         skipped, samples = len(samples) - len(kept), kept
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    model, _ = apply_backend(model, args.backend, args.quantize)
     name = args.dataset_name or os.path.basename(os.path.normpath(args.data[0].split("::")[0]))
     result = evaluate(
         model,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from accelerate import PartialState
 
 from ..hub.publish import push_folder_to_hub
+from ..runtime.loading import check_model_source
 from ..training.arguments import add_arguments, arguments_from_namespace
 from ..training.trainer import train
 from . import main as cli_main
@@ -24,6 +25,7 @@ __all__ = ["add_arguments", "main", "run"]
 def run(args: argparse.Namespace) -> int:
     """Train; with `--push-to-hub`, the main process then uploads the folder (allowlisted, with a card)."""
     training_args = arguments_from_namespace(args)
+    check_model_source(training_args.model)  # a missing folder is named here, not by a traceback about the network
     output_dir = train(training_args)
     if training_args.push_to_hub and PartialState().is_main_process:
         repo = training_args.hub_model_id or os.path.basename(os.path.abspath(output_dir))

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from ..data.image_io import BadInputError, load_image, load_mask
 from ..data.samples import Sample
 from ..modeling.modeling_aaclip import upsample_grid
+from ..runtime.batching import resolve_batch_size
 from .anomaly_metrics.exact_metrics import (
     MEDICAL_CLASSES,
     PROTOCOLS,
@@ -272,7 +273,7 @@ def evaluate(
     *,
     protocol: str = "reference",
     resolution: str = "model",
-    batch_size: int = 8,
+    batch_size: int | None = None,
     domain: str | None = None,
     aupro_variant: str = "mvtec",
     fpr_limit: float = DEFAULT_FPR_LIMIT,
@@ -296,10 +297,12 @@ def evaluate(
         raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
     if domain not in (None, "auto", *model.config.blur_kernel_size):
         raise ValueError(f"domain must be 'auto' or one of {sorted(model.config.blur_kernel_size)}, got {domain!r}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not samples:
         raise ValueError("no samples to evaluate")
+    # None: from the device and its free memory (aaclip_hf.runtime.batching); the loader's workers decode ahead.
+    batch_size = resolve_batch_size(batch_size, model, len(samples))
     started = time.time()
     samples = _class_order(samples)
     class_names = list(OrderedDict.fromkeys(sample.class_name for sample in samples))

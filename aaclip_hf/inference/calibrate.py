@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from transformers.utils import CONFIG_NAME
 
 from ..evaluation.metrics import binary_metrics
 from ..modeling.configuration_aaclip import AAClipConfig
+from ..runtime.outputs import atomic_write_text
 
 
 __all__ = ["CALIBRATION_METHODS", "DEFAULT_MARGIN", "DEFAULT_QUANTILE", "calibrate_threshold", "save_threshold"]
@@ -76,11 +79,17 @@ def calibrate_threshold(
 
 
 def save_threshold(model_dir: str | os.PathLike, threshold: float, details: dict | None = None) -> Path:
-    """Write `decision_threshold` into the folder's `config.json` (weights untouched) and `calibration.json`."""
+    """Write `decision_threshold` into the folder's `config.json` (weights untouched) and `calibration.json`.
+
+    Each file is replaced atomically (written beside it, then renamed), so a crash leaves the old or the new
+    file, never half of one.
+    """
     folder = Path(model_dir)
     config = AAClipConfig.from_pretrained(folder)
     config.decision_threshold = float(threshold)
-    config.save_pretrained(folder)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".calibrate-") as staging:
+        config.save_pretrained(staging)
+        os.replace(Path(staging) / CONFIG_NAME, folder / CONFIG_NAME)
     if details is not None:
-        (folder / "calibration.json").write_text(json.dumps(details, indent=2) + "\n", encoding="utf-8")
-    return folder / "config.json"
+        atomic_write_text(folder / "calibration.json", json.dumps(details, indent=2) + "\n")
+    return folder / CONFIG_NAME

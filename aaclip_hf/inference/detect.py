@@ -41,6 +41,7 @@ from ..modeling.pipeline_aaclip import (
     anomaly_probability,
     decision_pixel_threshold,
 )
+from ..runtime.batching import prefetch, resolve_batch_size
 from .visualize import detection_figure, region_legend
 
 
@@ -103,7 +104,7 @@ def score_images(
     images: Sequence[str | os.PathLike],
     class_name: str | Sequence[str] | None = None,
     domain: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     progress: bool = True,
     description: str = "scoring",
     skipped: list[dict] | None = None,
@@ -112,6 +113,8 @@ def score_images(
 
     `class_name`: one name for all images or one per image. With a `skipped` list, unreadable files are
     logged, recorded there (`{"image", "error"}`) and left out instead of stopping the run.
+    `batch_size=None`: chosen from the device and its free memory (`aaclip_hf.runtime.batching`). The next
+    batch's files are decoded in a background thread while the current batch runs; results keep input order.
     """
 
     paths = [Path(p) for p in images]
@@ -119,14 +122,29 @@ def score_images(
     if per_image and len(class_name) != len(paths):
         raise ValueError(f"got {len(class_name)} class names for {len(paths)} images")
     kwargs = {"domain": domain} if domain else {}
+    batch_size = resolve_batch_size(batch_size, pipe.model, max(len(paths), 1))
+    starts = range(0, len(paths), batch_size)
+
+    def decode(start: int) -> list:
+        """A batch's images, or the error of each unreadable one (raised, or skipped, in the loop below)."""
+        decoded = []
+        for path in paths[start : start + batch_size]:
+            try:
+                decoded.append(load_image(path))
+            except BadInputError as error:
+                decoded.append(error)
+        return decoded
+
     with tqdm(total=len(paths), desc=description, unit="img", disable=not progress) as bar:
-        for start in range(0, len(paths), batch_size):
+        for start, decoded in zip(starts, prefetch(decode, starts)):
             chunk = paths[start : start + batch_size]
             names = list(class_name[start : start + batch_size]) if per_image else class_name
             readable, pil_images = [], []
-            for index, path in enumerate(chunk):
+            for index, (path, image) in enumerate(zip(chunk, decoded)):
                 try:
-                    pil_images.append(load_image(path))
+                    if isinstance(image, BadInputError):
+                        raise image
+                    pil_images.append(image)
                     readable.append(index)
                 except BadInputError as error:
                     if skipped is None:
@@ -155,7 +173,7 @@ def detect(
     threshold: float | None = None,
     pixel_threshold: float | None = None,
     domain: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     save_maps: bool = False,
     max_side: int = 512,
     heatmap_scale: str = "image",

@@ -17,11 +17,16 @@ import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 
 class UnsafeCheckpointError(ValueError):
     """The file would need unpickling arbitrary Python objects, which can run code (a bad input, refused)."""
+
+
+class CorruptCheckpointError(ValueError):
+    """The file is truncated or not what its extension says (a bad input, named)."""
 
 
 def is_torchscript_archive(path: str | Path) -> bool:
@@ -63,10 +68,22 @@ def load_tensor_file(path: str | Path) -> tuple[object, str]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        return load_file(str(path), device="cpu"), "safetensors"
+        try:
+            return load_file(str(path), device="cpu"), "safetensors"
+        except SafetensorError as error:
+            raise CorruptCheckpointError(
+                f"{path}: not a readable safetensors file ({error}); expected a complete file: re-download or "
+                "re-save it"
+            ) from None
     if is_torchscript_archive(path):
         return torch.jit.load(str(path), map_location="cpu").eval(), "torchscript"
     return safe_torch_load(path), "torch"
 
 
-__all__ = ["UnsafeCheckpointError", "is_torchscript_archive", "load_tensor_file", "safe_torch_load"]
+__all__ = [
+    "CorruptCheckpointError",
+    "UnsafeCheckpointError",
+    "is_torchscript_archive",
+    "load_tensor_file",
+    "safe_torch_load",
+]

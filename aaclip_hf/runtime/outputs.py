@@ -1,0 +1,289 @@
+"""Output folders that are never silently lost: one run at a time, written whole or not at all.
+
+- ``output_lock(folder)``: a lock file ``<folder>.lock`` next to the folder holds the pid of the run using it. A
+  second run into the same folder is refused with :class:`OutputInUseError` (naming the pid and the lock file).
+  The lock is an OS file lock (``fcntl.flock``), so it dies with its process; a lock file left behind by a
+  process that no longer runs is taken over with a warning.
+- ``atomic_output_dir(folder)``: the run writes into a temporary sibling ``.<name>.tmp-<pid>-<token>``; only
+  when it finishes is that folder put at the final name (an atomic exchange where the OS has one, else two
+  renames). On failure the temporary folder is removed and nothing at the final name changes. An existing
+  folder is replaced only when it is empty or holds nothing but what the command itself writes, so pointing
+  ``--output`` at a folder of your own files is refused instead of deleting them.
+- ``safe_text(s)``: file names that are not valid UTF-8 (on Linux, ``os.fsdecode`` keeps their bytes as
+  lone surrogates) become text with each undecodable byte written as ``\\xNN`` (Python's
+  ``backslashreplace``), so JSON, CSV and the terminal can always take them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import datetime
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import sys
+from collections.abc import Callable, Collection, Iterator
+from pathlib import Path
+
+
+try:
+    import fcntl
+except ImportError:  # Windows: the lock falls back to O_EXCL creation plus a pid check
+    fcntl = None
+
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "OutputInUseError",
+    "atomic_output_dir",
+    "atomic_write_text",
+    "holds_only",
+    "lock_path",
+    "output_lock",
+    "safe_text",
+]
+
+# renameat2(2) flag: swap two paths atomically (Linux >= 3.15, glibc >= 2.28).
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+class OutputInUseError(FileExistsError):
+    """Another run is writing the same output folder (a clear input error: wait, or choose another folder)."""
+
+
+def safe_text(value: str | os.PathLike) -> str:
+    """`value` as valid Unicode text: bytes that were not UTF-8 become `\\xNN` escapes, all else is unchanged."""
+    text = os.fspath(value)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")  # the bytes os.fsdecode kept as U+DC80..U+DCFF
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "backslashreplace")  # other lone surrogates: their \uXXXX escape
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def lock_path(folder: str | os.PathLike) -> Path:
+    """The lock file of an output folder: `<folder>.lock`, next to it (the folder itself is swapped whole)."""
+    folder = Path(folder).absolute()
+    return folder.with_name(folder.name + ".lock")
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _read_holder(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _in_use(folder: Path, lock: Path, holder: dict) -> OutputInUseError:
+    pid = holder.get("pid", "unknown")
+    command = holder.get("command") or "aaclip"
+    return OutputInUseError(
+        f"{folder}: output folder in use by another run ({command}, pid {pid}, lock file {lock}); "
+        "expected a folder no other run is writing: wait for that run or choose another --output"
+    )
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, command: str = "aaclip") -> Iterator[Path]:
+    """Hold `<folder>.lock` (with this process's pid) for the block; refuse if another run holds it."""
+    folder = Path(folder).absolute()
+    lock = lock_path(folder)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": command,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    handle = _acquire(folder, lock, payload)
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.fstat(handle), os.stat(lock)):
+                lock.unlink()
+        os.close(handle)  # releases the flock
+
+
+def _acquire(folder: Path, lock: Path, payload: dict) -> int:
+    for _ in range(100):  # retries only when another process swapped the lock file under us
+        if fcntl is None:
+            return _acquire_exclusive(folder, lock, payload)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise _in_use(folder, lock, _read_holder(lock)) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if not same:  # the previous holder removed the file between our open and our flock: start again
+            os.close(fd)
+            continue
+        previous = _read_holder(lock)
+        if previous.get("pid") is not None:
+            logger.warning(
+                "%s: taking over the stale lock of pid %s (%s, no longer running)",
+                lock,
+                previous.get("pid"),
+                previous.get("command", "aaclip"),
+            )
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(payload) + "\n").encode("utf-8"))
+        return fd
+    raise _in_use(folder, lock, _read_holder(lock))
+
+
+def _acquire_exclusive(folder: Path, lock: Path, payload: dict) -> int:
+    """Without `fcntl`: create the file exclusively; a file whose pid no longer runs is stale."""
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _read_holder(lock)
+            pid = holder.get("pid")
+            if not isinstance(pid, int) or _pid_running(pid):
+                raise _in_use(folder, lock, holder) from None
+            logger.warning("%s: taking over the stale lock of pid %s (no longer running)", lock, pid)
+            lock.unlink(missing_ok=True)
+            continue
+        os.write(fd, (json.dumps(payload) + "\n").encode("utf-8"))
+        return fd
+    raise _in_use(folder, lock, _read_holder(lock))
+
+
+def holds_only(names: Collection[str]) -> Callable[[Path], bool]:
+    """A `replaceable` rule: the folder holds no entry other than `names` (what the command writes)."""
+    allowed = set(names)
+
+    def check(folder: Path) -> bool:
+        return all(entry.name in allowed for entry in folder.iterdir())
+
+    return check
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux renameat2); False where the OS offers no such call."""
+    libc_name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if result != 0:
+        errno = ctypes.get_errno()
+        if errno in (22, 38, 95):  # EINVAL/ENOSYS/EOPNOTSUPP: file system or kernel without exchange
+            return False
+        raise OSError(errno, os.strerror(errno), str(b))
+    return True
+
+
+def _put_in_place(staging: Path, final: Path) -> None:
+    if not final.exists():
+        os.rename(staging, final)
+        return
+    if _exchange(staging, final):  # final now holds the new run; staging the previous output
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    previous = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+    os.rename(final, previous)
+    try:
+        os.rename(staging, final)
+    except OSError:
+        os.rename(previous, final)
+        raise
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _clean_leftovers(final: Path) -> None:
+    """Remove temporary siblings of dead runs; put back a previous output a crash left between two renames."""
+    prefix = f".{final.name}."
+    for entry in final.parent.iterdir():
+        if not entry.name.startswith(prefix):
+            continue
+        kind, _, rest = entry.name[len(prefix) :].partition("-")
+        pid = rest.split("-")[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or _pid_running(int(pid)):
+            continue
+        if kind == "old" and not final.exists():
+            logger.warning("%s: restoring the previous output that an interrupted run left in %s", final, entry)
+            os.rename(entry, final)
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(
+    folder: str | os.PathLike,
+    command: str,
+    replaceable: Callable[[Path], bool] | None = None,
+    lock: bool = True,
+) -> Iterator[Path]:
+    """Yield a temporary sibling of `folder` to write into; on success it becomes `folder`, on failure it goes.
+
+    `replaceable(existing)`: may an existing, non-empty `folder` be replaced (default: never)? `lock=False`
+    when the caller already holds `output_lock(folder)` for a longer span (e.g. the whole evaluation).
+    """
+    final = Path(folder).absolute()
+    with output_lock(final, command) if lock else contextlib.nullcontext():
+        if final.exists() and not final.is_dir():
+            raise FileExistsError(f"{folder}: is a file; expected an output folder (new, or written by {command})")
+        if final.is_dir() and any(final.iterdir()):
+            if replaceable is None or not replaceable(final):
+                foreign = sorted(entry.name for entry in final.iterdir())[:3]
+                raise FileExistsError(
+                    f"{folder}: the folder holds files that {command} did not write ({', '.join(foreign)}, ...); "
+                    f"expected a new or empty folder, or the output of an earlier {command} (which is replaced)"
+                )
+            logger.warning("%s: replacing the output of an earlier %s", folder, command)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _clean_leftovers(final)
+        staging = final.with_name(f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        staging.mkdir()
+        try:
+            yield staging
+            _put_in_place(staging, final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a UTF-8 text file through a temporary sibling and `os.replace`: readers see the old or the new file."""
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        staging.write_text(text, encoding="utf-8")
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    return path
