@@ -18,7 +18,8 @@ from ..inference.calibrate import (
 from ..inference.detect import collect_images, detect, make_pipeline, score_images
 from ..runtime.backends import add_backend_arguments, apply_backend
 from ..runtime.batching import add_batch_size_argument
-from ..runtime.loading import load_model_and_processor
+from ..runtime.loading import is_aaclip_folder, load_model_and_processor
+from ..runtime.outputs import atomic_output_dir, output_lock, safe_text
 
 
 def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +52,13 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--save-maps", action="store_true", help="also save each anomaly map as .npy")
     parser.add_argument("--max-side", type=int, default=512, help="longest side of each overlay panel in pixels")
-    parser.add_argument("--output", required=True, help="folder for overlays/, detections.json and detections.csv")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="folder for overlays/, detections.json and detections.csv: written whole when the run ends, an "
+        "earlier run's output replaced; refused while another run writes it (lock file OUTPUT.lock) or when it "
+        "holds other files",
+    )
     parser.add_argument(
         "--skip-bad-files",
         action="store_true",
@@ -61,6 +68,12 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_detect(args: argparse.Namespace) -> int:
+    # One run at a time per --output (aaclip_hf.runtime.outputs): refused before the model loads, held throughout.
+    with output_lock(args.output, "aaclip detect"):
+        return _detect(args)
+
+
+def _detect(args: argparse.Namespace) -> int:
 
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     model, _ = apply_backend(model, args.backend, args.quantize)
@@ -79,16 +92,21 @@ def run_detect(args: argparse.Namespace) -> int:
         heatmap_scale=args.heatmap_scale,
         progress=not args.no_progress,
         skip_bad_files=args.skip_bad_files,
+        lock=False,
     )
     flagged = sum(r["is_anomaly"] for r in records)
-    width = max(len(Path(r["image"]).name) for r in records)
-    for r in records:
-        print(f"{Path(r['image']).name:<{width}}  score {r['score']:.4f}  {r['label']}")
+    shown = [safe_text(Path(r["image"]).name) for r in records]  # a non-UTF-8 name prints with \xNN escapes
+    width = max(len(name) for name in shown)
+    for name, r in zip(shown, records):
+        print(f"{name:<{width}}  score {r['score']:.4f}  {r['label']}")
     print(f"\n{flagged} of {len(records)} image(s) anomalous at threshold {records[0]['threshold']:.4f}")
-    print(f"overlays in {Path(args.output) / 'overlays'}; scores in {Path(args.output) / 'detections.csv'}")
+    out = safe_text(args.output)
+    print(f"overlays in {Path(out) / 'overlays'}; scores in {Path(out) / 'detections.csv'}")
     skipped = Path(args.output) / "skipped.json"
     if skipped.is_file():
-        print(f"{len(json.loads(skipped.read_text()))} unreadable image(s) skipped, listed in {skipped}")
+        print(
+            f"{len(json.loads(skipped.read_text()))} unreadable image(s) skipped, listed in {Path(out) / skipped.name}"
+        )
     return 0
 
 
@@ -113,7 +131,12 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--domain", default=None)
     add_batch_size_argument(parser)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--output", default=None, help="write a calibrated copy of the model here instead")
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="write a calibrated copy of the model here instead (a new folder, or an earlier calibrated copy, "
+        "which is replaced; written whole when the run ends)",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -121,6 +144,17 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     if args.output is None and not os.path.isdir(args.model):
         raise ValueError(f"--model {args.model} is not a local folder; pass --output to save a calibrated copy")
+    # One run at a time on the folder that is written (aaclip_hf.runtime.outputs), held for the whole run.
+    with output_lock(args.model if args.output is None else args.output, "aaclip calibrate"):
+        return _calibrate(args)
+
+
+def _earlier_calibration(folder: Path) -> bool:
+    """A calibrated copy written by an earlier `aaclip calibrate --output` may be replaced."""
+    return (folder / "calibration.json").is_file() and is_aaclip_folder(folder)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
     model, processor = load_model_and_processor(args.model, args.device)
     pipe = make_pipeline(model, processor)
 
@@ -138,14 +172,19 @@ def run_calibrate(args: argparse.Namespace) -> int:
     threshold, details = calibrate_threshold(normal, anomalous, args.method, args.quantile, args.margin)
     details.update(class_name=args.class_name or "object", normal_scores=normal, anomalous_scores=anomalous or [])
     target = args.model
-    if args.output is not None:
-        if os.path.isdir(args.model):
-            shutil.copytree(args.model, args.output, dirs_exist_ok=True)
-        else:
-            model.save_pretrained(args.output)
-            processor.save_pretrained(args.output)
+    if args.output is None:
+        save_threshold(target, threshold, details)  # each file replaced atomically
+    else:
         target = args.output
-    save_threshold(target, threshold, details)
+        with atomic_output_dir(
+            args.output, "aaclip calibrate", replaceable=_earlier_calibration, lock=False
+        ) as staging:  # the copy appears whole, or not at all
+            if os.path.isdir(args.model):
+                shutil.copytree(args.model, staging, dirs_exist_ok=True)
+            else:
+                model.save_pretrained(staging)
+                processor.save_pretrained(staging)
+            save_threshold(staging, threshold, details)
     print(f"decision threshold {threshold:.4f} ({details['method']} rule) saved in {Path(target) / 'config.json'}")
     print(
         f"on the calibration images: {len(normal) - details['normal_accepted']} of {len(normal)} normal flagged"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 
@@ -16,6 +17,7 @@ from ..runtime.backends import add_backend_arguments, apply_backend
 from ..runtime.batching import add_batch_size_argument
 from ..runtime.devices import add_dtype_argument
 from ..runtime.loading import load_model_and_processor
+from ..runtime.outputs import output_lock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept metadata paths that lead outside the dataset root (refused by default)",
     )
-    parser.add_argument("--output", required=True, help="folder for results.json, results.csv and results.md")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help="folder for results.json, results.csv and results.md: written whole when the run ends, an earlier "
+        "run's results replaced; refused while another run writes it (lock file OUTPUT.lock)",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -69,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`
         accelerator = Accelerator()
         args.device = str(accelerator.device)
+    # One run at a time per --output (aaclip_hf.runtime.outputs): the main process holds the lock throughout.
+    main_process = accelerator is None or accelerator.is_main_process
+    with output_lock(args.output, "aaclip evaluate") if main_process else contextlib.nullcontext():
+        return _evaluate_and_save(args, accelerator)
+
+
+def _evaluate_and_save(args: argparse.Namespace, accelerator: Accelerator | None) -> int:
     samples = load_samples(
         args.data,
         args.split,
@@ -107,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         )
     result.settings["model"] = args.model
     result.settings["data"] = list(args.data)
-    paths = result.save(args.output)
+    paths = result.save(args.output, lock=False)
     print(f"\n{name}: {args.protocol} protocol, pixel metrics at {args.resolution} resolution (%)\n")
     print(result.to_markdown())
     for note in result.notes:

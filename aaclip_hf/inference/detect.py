@@ -42,6 +42,7 @@ from ..modeling.pipeline_aaclip import (
     decision_pixel_threshold,
 )
 from ..runtime.batching import prefetch, resolve_batch_size
+from ..runtime.outputs import atomic_output_dir, holds_only, safe_text
 from .visualize import detection_figure, region_legend
 
 
@@ -55,6 +56,9 @@ __all__ = [
     "make_pipeline",
     "score_images",
 ]
+
+# What `detect` writes into its output folder; a folder holding only these (an earlier run's) may be replaced.
+DETECT_OUTPUTS = ("overlays", "maps", "detections.json", "detections.csv", "skipped.json")
 
 
 def make_pipeline(model, processor, device: str | int | torch.device | None = None) -> AAClipAnomalyDetectionPipeline:
@@ -149,7 +153,7 @@ def score_images(
                 except BadInputError as error:
                     if skipped is None:
                         raise
-                    logger.warning("skipping %s: %s", path, error)
+                    logger.warning("skipping %s: %s", safe_text(path), safe_text(str(error)))
                     skipped.append({"image": str(path), "error": str(error)})
             bar.update(len(chunk) - len(readable))
             if not readable:
@@ -179,11 +183,15 @@ def detect(
     heatmap_scale: str = "image",
     progress: bool = True,
     skip_bad_files: bool = False,
+    lock: bool = True,
 ) -> list[dict[str, Any]]:
     """Score image files and write overlays, `detections.json` and `detections.csv` under `output_dir`.
 
     `class_name` is one name for all images or one per collected image (files in the given order).
     `skip_bad_files`: unreadable images are logged and listed in `skipped.json` instead of stopping the run.
+    `output_dir` is written whole or not at all, by one run at a time (`aaclip_hf.runtime.outputs`): a folder
+    in use by another run is refused, an earlier run's output is replaced, a folder of other files is refused.
+    `lock=False` when the caller already holds the folder's `output_lock` (the CLI takes it before loading).
 
     Returns one record per image: `image`, `class_name`, `score`, `raw_anomaly_score`, `is_anomaly`, `label`,
     `threshold`, `anomalous_area` (fraction of pixels in the decision region), `height`, `width`, `overlay`.
@@ -198,13 +206,52 @@ def detect(
         raise ValueError(f"heatmap_scale must be 'image' or 'fixed', got {heatmap_scale!r}")
     paths = collect_images(images)
     out = Path(output_dir)
-    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    with atomic_output_dir(out, "aaclip detect", replaceable=holds_only(DETECT_OUTPUTS), lock=lock) as staging:
+        records = _detect_into(
+            staging,
+            out,
+            model,
+            processor,
+            paths,
+            class_name=class_name,
+            threshold=threshold,
+            pixel_threshold=pixel_threshold,
+            domain=domain,
+            batch_size=batch_size,
+            save_maps=save_maps,
+            max_side=max_side,
+            heatmap_scale=heatmap_scale,
+            progress=progress,
+            skip_bad_files=skip_bad_files,
+        )
+    return records
+
+
+def _detect_into(
+    staging: Path,
+    out: Path,
+    model,
+    processor,
+    paths: list[Path],
+    *,
+    class_name,
+    threshold: float,
+    pixel_threshold: float | None,
+    domain: str | None,
+    batch_size: int | None,
+    save_maps: bool,
+    max_side: int,
+    heatmap_scale: str,
+    progress: bool,
+    skip_bad_files: bool,
+) -> list[dict[str, Any]]:
+    """`detect`'s work: files go into `staging` (the temporary folder), records name their place under `out`."""
+    (staging / "overlays").mkdir()
     if save_maps:
-        (out / "maps").mkdir(parents=True, exist_ok=True)
+        (staging / "maps").mkdir()
     names = dict(zip(paths, _unique_stems(paths)))
     pipe = make_pipeline(model, processor)
     records = []
-    (out / "skipped.json").unlink(missing_ok=True)  # never report a previous run's skips
     skipped: list[dict] | None = [] if skip_bad_files else None
     levels = model.config.num_levels
     scored = score_images(pipe, paths, class_name, domain, batch_size, progress, "detecting", skipped)
@@ -224,10 +271,10 @@ def detect(
             heat_range, heat_label = (0.0, 1.0), "anomaly probability"
         verdict = "ANOMALY" if is_anomaly else "normal"
         title = (
-            f"{path.parent.name}/{path.name}  [{result['class_name']}]  score {result['score']:.3f} "
+            f"{safe_text(path.parent.name)}/{safe_text(path.name)}  [{result['class_name']}]  score {result['score']:.3f} "
             f"{'>=' if is_anomaly else '<'} {threshold:.3f}: {verdict}"
         )
-        overlay = out / "overlays" / f"{names[path]}.png"
+        overlay = Path("overlays") / f"{names[path]}.png"
         legend = region_legend(float(level) if math.isfinite(level) else None, float(region.mean()))
         detection_figure(
             image,
@@ -238,7 +285,7 @@ def detect(
             heat_range=heat_range,
             heat_label=heat_label,
             legend=legend,
-        ).save(overlay)
+        ).save(staging / overlay)
         record = {
             "image": str(path),
             "class_name": result["class_name"],
@@ -251,22 +298,31 @@ def detect(
             "anomalous_area": float(region.mean()),
             "height": image.height,
             "width": image.width,
-            "overlay": str(overlay),
+            "overlay": str(out / overlay),
         }
         if save_maps:
-            map_path = out / "maps" / f"{names[path]}.npy"
-            np.save(map_path, result["anomaly_map"].astype(np.float32))
-            record["anomaly_map"] = str(map_path)
+            map_path = Path("maps") / f"{names[path]}.npy"
+            np.save(staging / map_path, result["anomaly_map"].astype(np.float32))
+            record["anomaly_map"] = str(out / map_path)
         records.append(record)
-    if skipped:
-        (out / "skipped.json").write_text(json.dumps(skipped, indent=2) + "\n", encoding="utf-8")
     if not records:
+        first = skipped[0] if skipped else {"image": str(paths[0]), "error": "unreadable"}
         raise BadInputError(
-            f"none of the {len(paths)} image(s) could be read (see {out / 'skipped.json'})", str(paths[0]), "images"
+            f"none of the {len(paths)} image(s) could be read (the first: {safe_text(first['error'])})",
+            safe_text(first["image"]),
+            "images",
         )
-    (out / "detections.json").write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
-    with open(out / "detections.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+    if skipped:
+        skipped_safe = [{key: safe_text(value) for key, value in entry.items()} for entry in skipped]
+        (staging / "skipped.json").write_text(json.dumps(skipped_safe, indent=2) + "\n", encoding="utf-8")
+    # file names that are not valid UTF-8 are written with \xNN escapes (safe_text); the returned records keep
+    # the real paths
+    written = [{key: safe_text(v) if isinstance(v, str) else v for key, v in r.items()} for r in records]
+    (staging / "detections.json").write_text(
+        json.dumps(written, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    with open(staging / "detections.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(written[0]))
         writer.writeheader()
-        writer.writerows(records)
+        writer.writerows(written)
     return records
