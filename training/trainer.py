@@ -40,9 +40,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import set_seed
+from datasets import Dataset
 from tqdm.auto import tqdm
 
 from ..data.dataset import AnomalyDataset
+from ..data.hf_datasets import dataset_samples
 from ..data.image_io import BadInputError
 from ..data.readers import load_samples
 from ..data.samples import summarize_samples, verify_samples
@@ -199,6 +201,8 @@ class Trainer:
             model, processor = load_model_and_processor(args)
         self.model = model.to(acc.device)
         self.processor = processor
+        if isinstance(samples, Dataset):  # a `datasets.Dataset` in the hf_datasets schema
+            samples = dataset_samples(samples)
         self.samples = samples if samples is not None else self._load_samples()
         self.use_masks = any(s.label == 1 and s.mask_path is not None for s in self.samples)
         self._describe_data()

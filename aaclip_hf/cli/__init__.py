@@ -2,19 +2,19 @@
 
 Each subcommand lives in the module that owns its concern and exposes two functions:
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their
-subcommand runs, so ``aaclip --help`` stays fast and light. `main` is the one error boundary: expected
-failures print one line naming the file or field and exit 2 (see ``cli/errors.py``; ``--debug`` shows the
-traceback).
+subcommand runs, so ``aaclip --help`` stays fast and light.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from huggingface_hub.errors import StrictDataclassError
+
 from ..runtime.cpu import tune_cpu_runtime
-from .errors import debug_requested, expected_error_message
 
 
 # name -> (module, suffix, one-line help): the module defines `add_<suffix>_arguments(parser)` and
@@ -45,6 +45,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "aaclip_hf.cli.data",
         "sample_shots",
         "Draw a k-shot split (k/2 normal + k/2 anomalous per class) as JSON-lines.",
+    ),
+    "export-dataset": (
+        "aaclip_hf.cli.data",
+        "export_dataset",
+        "Write any supported layout as a Hugging Face datasets folder (save_to_disk) with a dataset card.",
     ),
     "train": ("aaclip_hf.cli.train", "", "Two-stage AA-CLIP training (text, then vision) with Accelerate."),
     "evaluate": (
@@ -91,11 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aaclip",
         description="AA-CLIP zero-shot anomaly detection and segmentation on Hugging Face transformers.",
     )
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        help="show the traceback of an error instead of its one-line message (also AACLIP_DEBUG=1)",
-    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, _suffix, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text, add_help=False)
@@ -104,9 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = False
-    while argv and argv[0] == "--debug":  # the global flag, before the subcommand
-        debug, argv = True, argv[1:]
     parser = build_parser()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
@@ -118,17 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     prefix = f"_{suffix}" if suffix else ""
     sub_parser = argparse.ArgumentParser(prog=f"aaclip {name}", description=help_text)
+    getattr(module, f"add{prefix}_arguments")(sub_parser)
+    args = sub_parser.parse_args(argv[1:])
+    # Fast from the first call: freed activations stay resident, one thread per core (runtime/cpu.py).
+    tune_cpu_runtime()
+
     try:
-        getattr(module, f"add{prefix}_arguments")(sub_parser)
-        args = sub_parser.parse_args(argv[1:])
-        # Fast from the first call: freed activations stay resident, one thread per core (runtime/cpu.py).
-        tune_cpu_runtime()
         return int(getattr(module, f"run{prefix}")(args) or 0)
-    except Exception as error:
-        # The one error boundary (cli/errors.py): expected failures are one line, exit 2; bugs keep their traceback.
-        message = expected_error_message(error)
-        if message is None or debug or debug_requested():
+    except (ValueError, KeyError, FileNotFoundError, StrictDataclassError) as error:
+        # Clear input errors (they name the file/field) without a traceback; AACLIP_DEBUG=1 shows it.
+        if os.environ.get("AACLIP_DEBUG"):
             raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"aaclip {name}: error: {message}", file=sys.stderr)
         return 2
 

@@ -1,4 +1,4 @@
-"""`aaclip make-synthetic` and `aaclip sample-shots`: data you can train and evaluate on."""
+"""`aaclip make-synthetic`, `aaclip sample-shots` and `aaclip export-dataset`: data you can train and evaluate on."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from ..data.readers import is_inside, load_samples
+from ..data.hf_datasets import export_dataset
+from ..data.readers import is_inside, load_samples, parse_spec
 from ..data.samples import summarize_samples
 from ..data.sampling import DEFAULT_SHOT_SEED, sample_shots, write_jsonl
 from ..data.synthetic import (
@@ -123,4 +124,37 @@ def run_sample_shots(args: argparse.Namespace) -> int:
     for cls, row in summarize_samples(picked).items():
         print(f"{cls:<24} {row['normal']:>6} {row['anomaly']:>7}")
     print(f"wrote {len(picked)} samples ({args.shots}-shot, seed {args.seed}) to {args.output}")
+    return 0
+
+
+def add_export_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "data",
+        nargs="+",
+        help="dataset folder, metadata file or spec, in any layout --data reads; several are combined",
+    )
+    parser.add_argument("--output", required=True, help="folder to write (new or empty)")
+    parser.add_argument(
+        "--split", default="test", help="split to read, also the split's name in the written dataset (default test)"
+    )
+    parser.add_argument("--format", default=None, help="dataset layout, if auto-detection is wrong")
+    parser.add_argument(
+        "--name", default=None, help="the dataset's name in its card (default: the output folder name)"
+    )
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept metadata paths that lead outside the dataset root (refused by default)",
+    )
+
+
+def run_export_dataset(args: argparse.Namespace) -> int:
+    samples = load_samples(args.data, args.split, format=args.format, allow_outside_root=args.allow_outside_root)
+    # The card names the sources by folder/file name only: no local paths in a file meant to be shared.
+    source = ", ".join(os.path.basename(os.path.normpath(parse_spec(spec)[0])) for spec in args.data)
+    out = export_dataset(samples, args.output, split=args.split, name=args.name, source=source)
+    print(f"{'class':<24} {'normal':>6} {'anomaly':>7}")
+    for cls, row in summarize_samples(samples).items():
+        print(f"{cls:<24} {row['normal']:>6} {row['anomaly']:>7}")
+    print(f"wrote {len(samples)} images to {out} (datasets save_to_disk, split {args.split!r}, card README.md)")
     return 0

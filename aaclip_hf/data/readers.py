@@ -28,15 +28,20 @@ Layouts (`load_samples` tries them in this order when ``format`` is not given):
            optional ``masks/`` matched by stem (``<stem>`` or ``<stem>_mask``), in the
            folder itself (class = folder name) or in each ``<class>/`` sub-folder.
            No split: all images.
+``hf``     a Hugging Face `datasets` ``save_to_disk`` folder (the split of a
+           `DatasetDict`) or a Hub dataset id ``owner/name``: columns ``image``, ``mask``,
+           ``label``, ``class_name``, other names mapped with spec keys (`hf_datasets`).
 =========  ===========================================================================
 
-Auto-detection on a folder checks ``meta.json`` and ``split_csv/1cls.csv`` first, then the
+Auto-detection takes a ``save_to_disk`` folder, or a missing path of the form ``owner/name``, for ``hf``;
+on other folders it checks ``meta.json`` and ``split_csv/1cls.csv`` first, then the
 folder itself and its direct sub-folders against visa, bmad, mvtec, polyp, folder, in that
 order (bmad before mvtec because ``test/good/img`` also looks like an MVTec defect folder).
 
 Spec strings: ``PATH[::key=value]...`` with keys ``format``, ``split``, ``classes``
 (comma-separated), ``root`` (base folder of relative paths) and ``name`` (class name for
-single-class layouts). Example: ``data/mvtec::classes=bottle,cable``. Pass a list of specs
+single-class layouts); for ``hf`` also ``image_column``, ``mask_column``, ``label_column``,
+``class_column``, ``defect_column`` and ``cache``. Example: ``data/mvtec::classes=bottle,cable``. Pass a list of specs
 to combine datasets.
 
 Metadata hygiene (``jsonl``, ``meta``, the VisA csv):
@@ -65,6 +70,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from .hf_datasets import COLUMN_KEYS, HF_FORMAT, is_saved_dataset, looks_like_hub_id, read_hf_dataset
 from .image_io import IMAGE_EXTENSIONS, BadInputError, MissingFileError
 from .samples import BadFiles, Sample, parse_label
 
@@ -99,7 +105,7 @@ REFERENCE_CLASS_NAMES: dict[str, str] = {
     "CVC-ClinicDB": "Colon_clinicDB",
     "CVC-ColonDB": "Colon_colonDB",
 }
-_SPEC_KEYS = ("format", "split", "classes", "root", "name")
+_SPEC_KEYS = ("format", "split", "classes", "root", "name", "cache", *COLUMN_KEYS)
 
 
 def _join(root: str, path: str) -> str:
@@ -622,6 +628,7 @@ FORMATS: dict[str, str] = {
     "btad": "alias of mvtec",
     "polyp": "images/ + masks/, anomalies only",
     "folder": "generic normal/ + anomaly/ [+ masks/]",
+    HF_FORMAT: "datasets save_to_disk folder or Hub dataset id owner/name",
 }
 _FOLDER_PROBES: tuple[tuple[str, Callable[[str], bool]], ...] = (
     ("visa", _is_visa_class),
@@ -635,6 +642,8 @@ _FOLDER_PROBES: tuple[tuple[str, Callable[[str], bool]], ...] = (
 def detect_format(path: str | os.PathLike) -> str:
     """Name the layout of ``path`` (see the module docstring for the order)."""
     path = os.fspath(path)
+    if is_saved_dataset(path) or looks_like_hub_id(path):
+        return HF_FORMAT
     if os.path.isfile(path):
         ext = os.path.splitext(path)[1].lower()
         if ext == ".jsonl":
@@ -728,7 +737,15 @@ def load_samples(
         classes = [c for c in opts["classes"].split(",") if c]
     if fmt not in FORMATS:
         raise BadInputError(f"unknown format {fmt!r}; choose from {sorted(FORMATS)}", path, "format")
-    if fmt == "jsonl":
+    if fmt == HF_FORMAT:
+        samples = read_hf_dataset(
+            path,
+            split,
+            cache_dir=opts.get("cache"),
+            class_name=class_name,
+            **{key: opts[key] for key in COLUMN_KEYS if key in opts},
+        )
+    elif fmt == "jsonl":
         samples = read_jsonl(
             path, root, check_files=check_files, skip_bad_files=skip_bad_files, allow_outside_root=allow_outside_root
         )

@@ -41,14 +41,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from datasets import Dataset
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..data.hf_datasets import dataset_samples
 from ..data.image_io import BadInputError, load_image, load_mask
 from ..data.samples import Sample
 from ..modeling.modeling_aaclip import upsample_grid
 from ..runtime.batching import resolve_batch_size
-from ..runtime.outputs import atomic_output_dir, holds_only
 from .anomaly_metrics.exact_metrics import (
     MEDICAL_CLASSES,
     PROTOCOLS,
@@ -73,8 +74,6 @@ __all__ = [
 ]
 
 RESOLUTIONS = ("model", "original")
-# What `EvaluationResult.save` writes (json, csv, markdown); a folder holding only these may be replaced.
-RESULT_FILES = ("results.json", "results.csv", "results.md")
 # Table columns in the paper's order (pixel-level AUROC/AUPRO, image-level AUROC/AP), then the extras.
 METRIC_COLUMNS = OrderedDict(
     [
@@ -194,20 +193,11 @@ class EvaluationResult:
         data["table_markdown"] = self.to_markdown()
         return _json_safe(data)
 
-    def save(self, output_dir: str | os.PathLike, lock: bool = True) -> dict[str, Path]:
-        """Write `results.json` (fractions), `results.csv` and `results.md` (percent, paper layout).
-
-        The folder is written whole or not at all (`aaclip_hf.runtime.outputs.atomic_output_dir`): an earlier
-        run's results are replaced, a folder of other files is refused. `lock=False` when the caller already
-        holds the folder's `output_lock` (the CLI holds it for the whole evaluation).
-        """
-        final = Path(output_dir)
-        with atomic_output_dir(final, "aaclip evaluate", replaceable=holds_only(RESULT_FILES), lock=lock) as staging:
-            self._write(staging)
-        return {key: final / name for key, name in zip(("json", "csv", "markdown"), RESULT_FILES)}
-
-    def _write(self, folder: Path) -> None:
-        paths = {key: folder / name for key, name in zip(("json", "csv", "markdown"), RESULT_FILES)}
+    def save(self, output_dir: str | os.PathLike) -> dict[str, Path]:
+        """Write `results.json` (fractions), `results.csv` and `results.md` (percent, paper layout)."""
+        folder = Path(output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {"json": folder / "results.json", "csv": folder / "results.csv", "markdown": folder / "results.md"}
         paths["json"].write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         with open(paths["csv"], "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
@@ -231,6 +221,7 @@ class EvaluationResult:
             title + "Values in %, unweighted mean over classes.\n\n" + self.to_markdown() + "\n\n" + notes,
             encoding="utf-8",
         )
+        return paths
 
 
 def _json_safe(value):
@@ -280,7 +271,7 @@ def _class_order(samples: Sequence[Sample]) -> list[Sample]:
 def evaluate(
     model,
     processor,
-    samples: Sequence[Sample],
+    samples: Sequence[Sample] | Dataset,
     *,
     protocol: str = "reference",
     resolution: str = "model",
@@ -297,6 +288,8 @@ def evaluate(
     """Evaluate `model` on `samples` (see the module docstring for the protocols).
 
     Args:
+        samples: `Sample`s, or a `datasets.Dataset` in the `aaclip_hf.data.hf_datasets` schema (image, mask,
+            label, class_name).
         domain: `None`/`"auto"` (per class name), `"industrial"` or `"medical"`.
         accelerator: an `accelerate.Accelerator` to shard the images over processes; results are gathered
             without tail duplicates (`gather_for_metrics`) and returned on the main process (`None` elsewhere).
@@ -310,6 +303,8 @@ def evaluate(
         raise ValueError(f"domain must be 'auto' or one of {sorted(model.config.blur_kernel_size)}, got {domain!r}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(samples, Dataset):
+        samples = dataset_samples(samples)
     if not samples:
         raise ValueError("no samples to evaluate")
     # None: from the device and its free memory (aaclip_hf.runtime.batching); the loader's workers decode ahead.
