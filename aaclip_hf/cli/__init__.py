@@ -2,19 +2,19 @@
 
 Each subcommand lives in the module that owns its concern and exposes two functions:
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their
-subcommand runs, so ``aaclip --help`` stays fast and light.
+subcommand runs, so ``aaclip --help`` stays fast and light. `main` is the one error boundary: expected
+failures print one line naming the file or field and exit 2 (see ``cli/errors.py``; ``--debug`` shows the
+traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
-from huggingface_hub.errors import StrictDataclassError
-
 from ..runtime.cpu import tune_cpu_runtime
+from .errors import debug_requested, expected_error_message
 
 
 # name -> (module, suffix, one-line help): the module defines `add_<suffix>_arguments(parser)` and
@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aaclip",
         description="AA-CLIP zero-shot anomaly detection and segmentation on Hugging Face transformers.",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error instead of its one-line message (also AACLIP_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, _suffix, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text, add_help=False)
@@ -104,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = False
+    while argv and argv[0] == "--debug":  # the global flag, before the subcommand
+        debug, argv = True, argv[1:]
     parser = build_parser()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
@@ -115,18 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     prefix = f"_{suffix}" if suffix else ""
     sub_parser = argparse.ArgumentParser(prog=f"aaclip {name}", description=help_text)
-    getattr(module, f"add{prefix}_arguments")(sub_parser)
-    args = sub_parser.parse_args(argv[1:])
-    # Fast from the first call: freed activations stay resident, one thread per core (runtime/cpu.py).
-    tune_cpu_runtime()
-
     try:
+        getattr(module, f"add{prefix}_arguments")(sub_parser)
+        args = sub_parser.parse_args(argv[1:])
+        # Fast from the first call: freed activations stay resident, one thread per core (runtime/cpu.py).
+        tune_cpu_runtime()
         return int(getattr(module, f"run{prefix}")(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError, StrictDataclassError) as error:
-        # Clear input errors (they name the file/field) without a traceback; AACLIP_DEBUG=1 shows it.
-        if os.environ.get("AACLIP_DEBUG"):
+    except Exception as error:
+        # The one error boundary (cli/errors.py): expected failures are one line, exit 2; bugs keep their traceback.
+        message = expected_error_message(error)
+        if message is None or debug or debug_requested():
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"aaclip {name}: error: {message}", file=sys.stderr)
         return 2
 

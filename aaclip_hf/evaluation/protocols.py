@@ -50,6 +50,7 @@ from ..data.image_io import BadInputError, load_image, load_mask
 from ..data.samples import Sample
 from ..modeling.modeling_aaclip import upsample_grid
 from ..runtime.batching import resolve_batch_size
+from ..runtime.outputs import atomic_output_dir, holds_only
 from .anomaly_metrics.exact_metrics import (
     MEDICAL_CLASSES,
     PROTOCOLS,
@@ -74,6 +75,8 @@ __all__ = [
 ]
 
 RESOLUTIONS = ("model", "original")
+# What `EvaluationResult.save` writes (json, csv, markdown); a folder holding only these may be replaced.
+RESULT_FILES = ("results.json", "results.csv", "results.md")
 # Table columns in the paper's order (pixel-level AUROC/AUPRO, image-level AUROC/AP), then the extras.
 METRIC_COLUMNS = OrderedDict(
     [
@@ -193,11 +196,20 @@ class EvaluationResult:
         data["table_markdown"] = self.to_markdown()
         return _json_safe(data)
 
-    def save(self, output_dir: str | os.PathLike) -> dict[str, Path]:
-        """Write `results.json` (fractions), `results.csv` and `results.md` (percent, paper layout)."""
-        folder = Path(output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        paths = {"json": folder / "results.json", "csv": folder / "results.csv", "markdown": folder / "results.md"}
+    def save(self, output_dir: str | os.PathLike, lock: bool = True) -> dict[str, Path]:
+        """Write `results.json` (fractions), `results.csv` and `results.md` (percent, paper layout).
+
+        The folder is written whole or not at all (`aaclip_hf.runtime.outputs.atomic_output_dir`): an earlier
+        run's results are replaced, a folder of other files is refused. `lock=False` when the caller already
+        holds the folder's `output_lock` (the CLI holds it for the whole evaluation).
+        """
+        final = Path(output_dir)
+        with atomic_output_dir(final, "aaclip evaluate", replaceable=holds_only(RESULT_FILES), lock=lock) as staging:
+            self._write(staging)
+        return {key: final / name for key, name in zip(("json", "csv", "markdown"), RESULT_FILES)}
+
+    def _write(self, folder: Path) -> None:
+        paths = {key: folder / name for key, name in zip(("json", "csv", "markdown"), RESULT_FILES)}
         paths["json"].write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         with open(paths["csv"], "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
@@ -221,7 +233,6 @@ class EvaluationResult:
             title + "Values in %, unweighted mean over classes.\n\n" + self.to_markdown() + "\n\n" + notes,
             encoding="utf-8",
         )
-        return paths
 
 
 def _json_safe(value):
