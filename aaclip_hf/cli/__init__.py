@@ -72,6 +72,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "push",
         "Upload a model folder to the Hub with remote code, pipeline code and a model card.",
     ),
+    "push-metric": (
+        "aaclip_hf.cli.hub",
+        "push_metric",
+        "Upload the `evaluate` metric module as a Hub Space that evaluate.load reads.",
+    ),
     "export-onnx": (
         "aaclip_hf.cli.hub",
         "export_onnx",
