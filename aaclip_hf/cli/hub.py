@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..hub.card import load_json
+from ..hub.metric import DEFAULT_METRIC_REPO, push_metric_to_hub, stage_metric_folder
 from ..hub.onnx_export import DEFAULT_OPSET, check_onnx, export_onnx
 from ..hub.publish import (
     DEFAULT_CARD_COLUMNS,
@@ -111,6 +112,48 @@ def run_push(args: argparse.Namespace) -> int:
     print(f"pushed {args.model_dir} to {kind} {args.repo_id} ({url})")
     print(staged.listing())
     print(f'use it with: pipeline("{TASK}", model="{args.repo_id}", trust_remote_code=True)')
+    return 0
+
+
+def add_push_metric_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "repo_id",
+        nargs="?",
+        default=None,
+        help=f"Hub Space for the metric, owner/name with an identifier name (default with --dry-run: "
+        f"{DEFAULT_METRIC_REPO}); `evaluate.load(repo_id)` then loads it",
+    )
+    parser.add_argument("--private", action="store_true", help="create the Space as private")
+    parser.add_argument("--token", default=None, help="Hub token (default: the saved login / HF_TOKEN)")
+    parser.add_argument("--commit-message", default=None)
+    parser.add_argument(
+        "--dry-run",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="upload nothing: print the file list with sizes; with DIR, also write the metric folder there",
+    )
+
+
+def run_push_metric(args: argparse.Namespace) -> int:
+    """Write the `evaluate` metric module as a Space folder, then upload it or, with --dry-run, list it."""
+    if args.dry_run is None:
+        if not args.repo_id:
+            raise ValueError("push-metric: give the Hub Space id (owner/name), or --dry-run [DIR] to only list")
+        url = push_metric_to_hub(
+            args.repo_id, private=args.private, token=args.token, commit_message=args.commit_message
+        )
+        print(f"pushed the metric to Space {args.repo_id} ({url})")
+        print(f'use it with: evaluate.load("{args.repo_id}")')
+        return 0
+    repo_id = args.repo_id or DEFAULT_METRIC_REPO
+    with tempfile.TemporaryDirectory(prefix="aaclip-metric-") as tmp:
+        target = Path(args.dry_run) if args.dry_run else Path(tmp) / "metric"
+        staged = stage_metric_folder(target, repo_id)
+        where = f"written to {target}" if args.dry_run else "not kept (give --dry-run DIR to keep it)"
+        print(f"dry run: nothing uploaded to Space {repo_id}; the metric folder is {where}")
+        print(staged.listing())
     return 0
 
 
