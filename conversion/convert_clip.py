@@ -352,18 +352,10 @@ def aaclip_fields_for(clip_config: CLIPConfig, **overrides) -> dict:
     return fields
 
 
-def default_processor(image_size: int):
-    """The bundled offline ``AAClipProcessor`` (reference preprocessing) resizing to ``image_size``."""
+def plain_clip_processor(model: CLIPModel):
+    """A stock ``CLIPProcessor`` with the reference preprocessing at the model's size, for ``--clip-only`` folders."""
 
-    processor = AAClipProcessor()
-    processor.image_processor.size = {"height": image_size, "width": image_size}
-    return processor
-
-
-def plain_clip_processor(image_size: int):
-    """A stock ``CLIPProcessor`` with the same preprocessing and tokenizer, for ``--clip-only`` folders."""
-
-    processor = default_processor(image_size)
+    processor = AAClipProcessor.for_model(model.config)
     return CLIPProcessor(image_processor=processor.image_processor, tokenizer=processor.tokenizer)
 
 
@@ -401,13 +393,12 @@ def convert_clip(
     act = source.hidden_act
     if clip_only:
         model = resize_clip_model(clip_model, image_size)
-        processor = plain_clip_processor(image_size)
+        processor = plain_clip_processor(model)
     else:
-        processor = default_processor(image_size)
         fields = aaclip_fields_for(clip_model.config, feature_layers=feature_layers)
-        model = build_aaclip(
-            clip_model, image_size=image_size, hidden_act=act, processor=processor, seed=seed, **fields
-        )
+        model = build_aaclip(clip_model, image_size=image_size, hidden_act=act, seed=seed, **fields)
+        processor = AAClipProcessor.for_model(model.config)
+        model.refresh_text_anchors(processor)  # the generic anchor, with its fingerprint
     print_fn(
         f"Target: {type(model).__name__}, image_size {image_size} "
         f"({image_size // clip_model.config.vision_config.patch_size}^2 patches), hidden_act {act}"

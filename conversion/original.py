@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from ..modeling.configuration_aaclip import DEFAULT_IMAGE_SIZE, GENERIC_CLASS
+from ..modeling.processing_aaclip import AAClipProcessor
 from ..runtime.serialization import safe_torch_load
 from .clip_weights import ConversionError
 from .convert_clip import (
@@ -37,7 +39,6 @@ from .convert_clip import (
     check_verification,
     clip_view,
     default_feature_layers,
-    default_processor,
     load_clip_source,
     save_output,
     verify_clip,
@@ -45,7 +46,7 @@ from .convert_clip import (
 
 
 # The reference setting (SPEC sections 1 and 9).
-REFERENCE_IMAGE_SIZE = 518
+REFERENCE_IMAGE_SIZE = DEFAULT_IMAGE_SIZE
 REFERENCE_HIDDEN_ACT = "gelu"
 REFERENCE_ADAPTER_WEIGHT = 0.1
 
@@ -118,7 +119,7 @@ class AdapterWeights:
 
 def reference_anchor_names(prefixed: bool = True, bare: bool = True) -> list[str]:
     """Class names whose anchors a converted reference model stores (``object`` first)."""
-    names = ["object"]
+    names = [GENERIC_CLASS]
     for dataset, classes in REFERENCE_DATASET_CLASSES.items():
         if bare:
             names += classes
@@ -289,10 +290,8 @@ def convert_original(
     else:
         print_fn("No image adapter: vision adapters and projectors keep a fresh xavier initialisation (untrained).")
 
-    processor = default_processor(image_size)
-    model = build_aaclip(
-        source.model, image_size=image_size, hidden_act=hidden_act, processor=processor, seed=seed, **fields
-    )
+    model = build_aaclip(source.model, image_size=image_size, hidden_act=hidden_act, seed=seed, **fields)
+    processor = AAClipProcessor.for_model(model.config)
     for piece in pieces:
         load_adapter_weights(model, piece)
         print_fn(
@@ -306,20 +305,11 @@ def convert_original(
         f"projector_activation {model.config.projector_activation}, text_head {model.config.text_head}"
     )
 
-    names = list(dict.fromkeys(["object", *(anchor_classes or reference_anchor_names())]))
-    # One text-tower pass per distinct prompt name; prefixed keys reuse the anchors of their bare name.
-    by_prompt: dict[str, list[str]] = {}
-    for name in names:
-        by_prompt.setdefault(processor.prompt_name(name), []).append(name)
-    representatives = [group[0] for group in by_prompt.values()]
-    with torch.no_grad():
-        anchors = model.compute_text_anchors(representatives, processor)
-    expanded_names, expanded = [], []
-    for anchor, group in zip(anchors, by_prompt.values()):
-        expanded_names += group
-        expanded += [anchor] * len(group)
-    model.store_text_anchors(expanded_names, torch.stack(expanded))
-    print_fn(f"Stored anchors for {len(expanded_names)} class names ({len(representatives)} distinct prompt names).")
+    # The adapters changed the text branch: every stored class is recomputed (one text-tower pass per distinct
+    # prompt, so prefixed keys share the anchors of their bare name) and the fingerprint recorded.
+    model.refresh_text_anchors(processor, anchor_classes or reference_anchor_names())
+    distinct = len({processor.prompt_name(name) for name in model.stored_class_names})
+    print_fn(f"Stored anchors for {len(model.stored_class_names)} class names ({distinct} distinct prompt names).")
 
     if verify:
         check_verification(verify_clip(clip_view(model), source, print_fn), verify_atol, print_fn)

@@ -10,25 +10,39 @@ Read top to bottom, this file is the method (SPEC sections 2-5):
    multi-level patch tokens into the same space, and scores patches and images against the anchors.
 
 This file is copied to the Hub by `save_pretrained`: it imports only torch, transformers and its
-flat siblings.
+flat siblings. It never builds a processor: anchor methods take tokenized prompts (or any object with
+`tokenize_prompts`, such as `AAClipProcessor`).
+
+Trust: a loaded model has every weight it needs, all finite, from a readable file, and its stored anchors
+are checked against the text branch that made them (`anchor_fingerprint`). `save_pretrained` writes a
+pipeline-ready, Hub-safe folder with a SHA-256 manifest of its weight files (`verify_manifest`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
-from collections.abc import Sequence
+import os
+import struct
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+from pathlib import Path
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel, CLIPTextModel, CLIPVisionModel, PreTrainedModel
+from huggingface_hub import CommitOperationAdd, HfApi
 from transformers import initialization as init
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.utils import ModelOutput, logging
 
-from .configuration_aaclip import GENERIC_CLASS, AAClipConfig
+from .configuration_aaclip import GENERIC_CLASS, AAClipConfig, StaleAnchorsWarning, check_class_name
+from .pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
 
 
 logger = logging.get_logger(__name__)
@@ -243,6 +257,269 @@ class AAClipModel(AAClipPreTrainedModel):
 
         if config.include_text_model:
             self.text_model = CLIPTextModel._from_config(text_config)
+# ----------------------------------------------------------------------------------------------
+# Trust: weight files, their manifest, fingerprints and the model card
+# ----------------------------------------------------------------------------------------------
+
+WEIGHTS_MANIFEST_NAME = "weights_manifest.json"
+MODEL_CARD_NAME = "README.md"
+PIPELINE_FILE = "pipeline_aaclip.py"
+# What `save_pretrained` may write and upload: weights and their index, JSON configs and the manifest, the
+# remote code and the card. Never pickles, optimizer or RNG state, dotfiles or anything behind a symlink.
+HUB_SAFE_SUFFIXES = (".safetensors", ".json", ".py", ".md")
+MODEL_CARD_TAGS = ("anomaly-detection", "zero-shot-anomaly-detection", "anomaly-segmentation", "clip", "aa-clip")
+# The Hub has no anomaly-detection task; "other" is its tag for models outside its task list.
+MODEL_CARD_PIPELINE_TAG = "other"
+CUSTOM_PIPELINE_ENTRY = {
+    "impl": f"{Path(PIPELINE_FILE).stem}.{AAClipAnomalyDetectionPipeline.__name__}",
+    "pt": ["AutoModel"],
+    "type": "multimodal",
+}
+# How many key or tensor names an error lists before it says how many more there are.
+NAMES_SHOWN = 8
+HASH_CHUNK_BYTES = 1 << 24
+# Config fields that change what the text branch computes (besides its weights).
+TEXT_BRANCH_SETTINGS = ("text_head", "text_adapter_layers", "text_adapter_weight", "adapter_negative_slope")
+TEXT_TOWER_SETTINGS = ("hidden_act", "layer_norm_eps", "num_attention_heads")
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be trusted (incomplete, non-finite or unreadable); the message is one line naming
+    the file or the tensors. A `ValueError`, so the CLI shows it as one line."""
+
+
+class IncompleteWeightsError(WeightsError):
+    """Missing, unexpected or mis-shaped keys in a model folder."""
+
+
+class NonFiniteWeightsError(WeightsError):
+    """NaN or inf values in weights that are loaded or about to be saved."""
+
+
+class CorruptWeightsError(WeightsError):
+    """A truncated or corrupt safetensors file (or index)."""
+
+
+def _listed(names: Iterable[str]) -> str:
+    names = sorted(names)
+    more = f" (+{len(names) - NAMES_SHOWN} more)" if len(names) > NAMES_SHOWN else ""
+    return ", ".join(names[:NAMES_SHOWN]) + more
+
+
+def non_finite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf (tensors on the meta device are skipped)."""
+    return sorted(
+        name
+        for name, tensor in tensors.items()
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all())
+    )
+
+
+def weight_files(folder: str | os.PathLike, variant: str | None = None) -> list[str]:
+    """The safetensors files `from_pretrained` reads from `folder`: the shards its index names, or the single file."""
+    folder = Path(folder)
+    stem = f"model.{variant}" if variant else "model"
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            return sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise CorruptWeightsError(
+                f"{index}: not a valid safetensors index ({error!r}); re-save the model"
+            ) from None
+    return [f"{stem}.safetensors"] if (folder / f"{stem}.safetensors").is_file() else []
+
+
+def check_safetensors_file(path: str | os.PathLike) -> None:
+    """Refuse a truncated or corrupt safetensors file from its header alone (no tensor is read).
+
+    The format is an 8-byte little-endian header length, a JSON header whose `data_offsets` describe the tensors,
+    then exactly the bytes those offsets cover.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+
+    def corrupt(reason: str) -> CorruptWeightsError:
+        return CorruptWeightsError(
+            f"{path}: truncated or corrupt safetensors file ({reason}); re-download or re-save it"
+        )
+
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise corrupt(f"{size} bytes, shorter than the 8-byte header length")
+        (header_size,) = struct.unpack("<Q", prefix)
+        if 8 + header_size > size:
+            raise corrupt(f"the header claims {header_size} bytes but the file has {size}")
+        try:
+            header = json.loads(handle.read(header_size))
+        except ValueError:
+            raise corrupt("the header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise corrupt("the header is not a JSON object")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise corrupt(f"tensor {name!r} has no valid data_offsets")
+        end = max(end, offsets[1])
+    if 8 + header_size + end != size:
+        raise corrupt(f"the header describes {8 + header_size + end} bytes, the file has {size}")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manifest_files(folder: Path, variant: str | None = None) -> list[str]:
+    stem = f"model.{variant}" if variant else "model"
+    index = f"{stem}.safetensors.index.json"
+    return weight_files(folder, variant) + ([index] if (folder / index).is_file() else [])
+
+
+def write_weights_manifest(folder: str | os.PathLike, variant: str | None = None) -> Path:
+    """Record `{file: {sha256, bytes}}` of the weight files (and their index) in `weights_manifest.json`."""
+    folder = Path(folder)
+    manifest = {
+        name: {"sha256": _sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+        for name in _manifest_files(folder, variant)
+    }
+    path = folder / WEIGHTS_MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def verify_manifest(folder: str | os.PathLike) -> list[str]:
+    """Check a saved folder's weight files against its `weights_manifest.json`.
+
+    Returns one line per problem, naming the file (an empty list means every weight file is exactly what
+    `save_pretrained` wrote): a missing manifest, a listed file that is missing or differs in size or SHA-256,
+    and a weight file the manifest does not list.
+    """
+    folder = Path(folder)
+    path = folder / WEIGHTS_MANIFEST_NAME
+    if not path.is_file():
+        return [f"{path}: missing; re-save the model with save_pretrained to record the weights' SHA-256"]
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        entries = {name: (str(entry["sha256"]), int(entry["bytes"])) for name, entry in manifest.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return [f"{path}: not a valid manifest ({error!r}); expected {{file: {{sha256, bytes}}}}"]
+    problems = []
+    for name, (sha256, size) in sorted(entries.items()):
+        file = folder / name
+        if not file.is_file():
+            problems.append(f"{file}: listed in {WEIGHTS_MANIFEST_NAME} but missing")
+        elif file.stat().st_size != size:
+            problems.append(f"{file}: {file.stat().st_size} bytes, the manifest says {size} (truncated or replaced)")
+        elif _sha256_file(file) != sha256:
+            problems.append(f"{file}: SHA-256 differs from the manifest (changed or corrupt since it was saved)")
+    present = {p.name for p in folder.glob("*.safetensors")} | {
+        p.name for p in folder.glob("*.safetensors.index.json")
+    }
+    problems += [
+        f"{folder / name}: a weight file not listed in {WEIGHTS_MANIFEST_NAME}"
+        for name in sorted(present - set(entries))
+    ]
+    return problems
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not os.path.exists(name)
+
+
+def model_card_text(config: AAClipConfig, extra_tags: Sequence[str] = ()) -> str:
+    """A minimal, correct model card for a saved folder that has none (the `aaclip push` card is richer)."""
+    tags = list(dict.fromkeys([*MODEL_CARD_TAGS, *extra_tags]))
+    front = ["---", "library_name: transformers", f"pipeline_tag: {MODEL_CARD_PIPELINE_TAG}", "tags:"]
+    front += [f"- {json.dumps(tag)}" for tag in tags]
+    if config.base_model:
+        front.append(f"base_model: {json.dumps(config.base_model)}")
+    front.append("---")
+    vision = config.vision_config
+    names = config.anchor_class_names
+    shown = ", ".join(f"`{name}`" for name in names[: NAMES_SHOWN * 5]) + (
+        " ..." if len(names) > NAMES_SHOWN * 5 else ""
+    )
+    threshold = (
+        f"{config.decision_threshold:.4f} on the image score"
+        if config.decision_threshold is not None
+        else "not calibrated (0.5)"
+    )
+    body = f"""
+# AA-CLIP zero-shot anomaly detection
+
+AA-CLIP (Ma et al., CVPR 2025): a CLIP whose text and vision towers carry residual adapters, so that "normal" and
+"anomalous" text anchors separate and patch features align with them. Given an image and an object class name it
+returns a per-pixel anomaly map and a per-image anomaly score in [0, 1], also for classes never seen in training.
+
+## Usage
+
+```python
+from transformers import pipeline
+
+detector = pipeline("{TASK}", model="path/or/repo-id", trust_remote_code=True)
+result = detector("image.png", class_name="bottle")
+print(result["score"], result["is_anomaly"], result["anomaly_map"].shape)
+```
+
+| | |
+|---|---|
+| input | {vision.image_size} x {vision.image_size} RGB, bicubic resize, no crop, OpenAI CLIP mean/std |
+| backbone | CLIP ViT, patch {vision.patch_size}, {vision.num_hidden_layers} vision layers |
+| stored class anchors | {shown} |
+| decision threshold | {threshold} |
+"""
+    return "\n".join(front) + "\n" + body
+
+
+def _hub_safe(folder: Path, name: str) -> bool:
+    path = folder / name
+    return not name.startswith(".") and name.endswith(HUB_SAFE_SUFFIXES) and path.is_file() and not path.is_symlink()
+
+
+def _file_stamps(folder: Path) -> dict[str, tuple[int, int]]:
+    if not folder.is_dir():
+        return {}
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.iterdir() if p.is_file()}
+
+
+def _upload_files(
+    folder: Path,
+    names: Iterable[str],
+    repo_id: str,
+    *,
+    token: str | bool | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    create_pr: bool = False,
+    revision: str | None = None,
+):
+    """One commit of exactly `names` (Hub-safe ones only); a card already in the repo is kept."""
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    names = sorted(name for name in set(names) if _hub_safe(folder, name))
+    if MODEL_CARD_NAME in names and api.file_exists(repo_id, MODEL_CARD_NAME, revision=revision):
+        names.remove(MODEL_CARD_NAME)
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name)) for name in names]
+    return api.create_commit(
+        repo_id,
+        operations=operations,
+        commit_message=commit_message or "Upload AA-CLIP model",
+        commit_description=commit_description,
+        create_pr=create_pr,
+        revision=revision,
+    )
+
+
             _inject_adapters(self.text_model, config.text_adapter_layers, config.text_adapter_weight, slope)
             self.text_projection = nn.Linear(text_config.hidden_size, config.projection_dim, bias=False)
             self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
@@ -308,8 +585,9 @@ class AAClipModel(AAClipPreTrainedModel):
 
         `overrides` may set `image_size` (the position table is resized once, with antialias, SPEC section 1),
         `hidden_act` (both towers; `"gelu"` = the reference setting) and any `AAClipConfig` field. Adapters and
-        heads get a fresh xavier init (`seed`). With a `processor` (default: the bundled one, when available),
-        the anchors of `"object"` and of `anchor_classes` are computed and stored.
+        heads get a fresh xavier init (`seed`). With a `processor` (e.g. `AAClipProcessor()`: only its prompt
+        ensemble is used), the anchors of `"object"` and of `anchor_classes` are computed and stored; without one
+        they are left for `refresh_text_anchors`. A Hub id source is recorded as `config.base_model`.
         """
         clip_model = clip if isinstance(clip, CLIPModel) else CLIPModel.from_pretrained(clip)
         clip_config = clip_model.config
@@ -341,10 +619,13 @@ class AAClipModel(AAClipPreTrainedModel):
                 f"unexpected {sorted(unexpected)[:5]}"
             )
         model.init_adapter_weights(seed)
-        if processor is None:
-            processor = _default_processor()
+        )
         if processor is not None:
-            model.update_text_anchors(processor, [GENERIC_CLASS, *anchor_classes])
+            model.refresh_text_anchors(processor, anchor_classes)
+        elif anchor_classes:
+            raise ValueError("anchor_classes need a processor: its prompt ensemble makes the anchors")
+        else:
+            logger.info("no processor given: text anchors not computed; call model.refresh_text_anchors(processor)")
         model.eval()
         return model
 
@@ -389,6 +670,9 @@ class AAClipModel(AAClipPreTrainedModel):
             )
         pooled = self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
         if self.config.text_head == "adapter":
+        source = clip if isinstance(clip, str) else getattr(clip_model, "name_or_path", "")
+        if config.base_model is None and source and _looks_like_hub_id(str(source)):
+            config.base_model = str(source)
             return self.text_projector(pooled)
         return self.text_projection(pooled)
 
@@ -405,14 +689,25 @@ class AAClipModel(AAClipPreTrainedModel):
         anomaly = F.normalize(features[:, num_normal:].mean(dim=1), dim=-1)
         return torch.stack([normal, anomaly], dim=-1)
 
-    def compute_text_anchors(self, class_names: Sequence[str], processor) -> torch.Tensor:
-        """Anchors `(C, E, 2)` for class names through the processor's prompt ensemble (grad flows unless no_grad)."""
-        prompts = processor.tokenize_prompts(list(class_names))
+    def compute_text_anchors(self, class_names: Sequence[str], prompts) -> torch.Tensor:
+        """Anchors `(C, E, 2)` of `class_names` (grad flows unless under no_grad); nothing is stored.
+
+        `prompts` is `processor.tokenize_prompts(class_names)` (`input_ids`, `attention_mask`, `num_normal`), or
+        an object with `tokenize_prompts` (an `AAClipProcessor`), which is asked for them.
+        """
+        names = _class_name_list(class_names)
+        if hasattr(prompts, "tokenize_prompts"):
+            prompts = prompts.tokenize_prompts(names)
+        if prompts["input_ids"].shape[0] % max(len(names), 1):
+            raise ValueError(
+                f"{prompts['input_ids'].shape[0]} tokenized prompts do not split evenly over {len(names)} class names; "
+                "pass processor.tokenize_prompts(class_names) for the same names"
+            )
         device = self.text_anchors.device
         return self.encode_anchors(
             prompts["input_ids"].to(device),
             prompts["attention_mask"].to(device),
-            num_classes=len(class_names),
+            num_classes=len(names),
             num_normal=prompts["num_normal"],
         )
 
@@ -422,7 +717,14 @@ class AAClipModel(AAClipPreTrainedModel):
 
     @torch.no_grad()
     def store_text_anchors(self, class_names: Sequence[str], anchors: torch.Tensor) -> None:
-        """Add or replace stored anchors; they are saved with the weights and recorded in the config."""
+        """Add or replace stored anchors computed elsewhere; they are saved with the weights.
+
+        Their provenance is unknown, so `config.anchor_fingerprint` is cleared; prefer `update_text_anchors`.
+        """
+        self._store_rows(_class_name_list(class_names), anchors)
+        self.config.anchor_fingerprint = None
+
+    def _store_rows(self, class_names: list[str], anchors: torch.Tensor) -> None:
         anchors = anchors.detach()
         if anchors.shape != (len(class_names), self.config.projection_dim, 2):
             raise ValueError(
@@ -434,6 +736,159 @@ class AAClipModel(AAClipPreTrainedModel):
             if name in names:
                 table = table.index_copy(
                     0, torch.tensor([names.index(name)], device=table.device), anchor[None].to(table)
+    # ------------------------------------------------------------------ loading and saving (trust)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained` that refuses weights it cannot trust, naming the file or tensors.
+
+        - Missing, unexpected or mis-shaped keys are an `IncompleteWeightsError` (transformers would re-initialise
+          them at random). Pass `output_loading_info=True` (or `ignore_mismatched_sizes=True`) to inspect a
+          partial load instead: you then get transformers' lists. Inference-only folders load, as their config
+          says they hold no text tower.
+        - A truncated or corrupt `model.safetensors` is a one-line `CorruptWeightsError`.
+        - Non-finite tensors are a `NonFiniteWeightsError`.
+        - Stored anchors that disagree with the loaded text branch warn (`StaleAnchorsWarning`) with the fix.
+        """
+        wants_info = kwargs.pop("output_loading_info", False)
+        strict = (
+            not wants_info and not kwargs.get("ignore_mismatched_sizes") and pretrained_model_name_or_path is not None
+        )
+        where = str(pretrained_model_name_or_path)
+        local = pretrained_model_name_or_path is not None and os.path.isdir(pretrained_model_name_or_path)
+        if local and kwargs.get("state_dict") is None:
+            folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
+            for name in weight_files(folder, kwargs.get("variant")):
+                check_safetensors_file(folder / name)
+        if strict:
+            kwargs["ignore_mismatched_sizes"] = True  # collected and named below, instead of transformers' error
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            )
+        except Exception as error:
+            if type(error).__name__ == "SafetensorError":  # safetensors' own class (this file imports no safetensors)
+                raise CorruptWeightsError(
+                    f"{where}: a weight file is truncated or corrupt ({error}); re-download or re-save it"
+                ) from None
+            raise
+        if strict:
+            problems = []
+            if info["missing_keys"]:
+                problems.append(f"missing {_listed(info['missing_keys'])}")
+            if info["unexpected_keys"]:
+                problems.append(f"unexpected {_listed(info['unexpected_keys'])}")
+            if info["mismatched_keys"]:
+                shapes = (
+                    f"{key} (file {tuple(old)}, model {tuple(new)})" for key, old, new in info["mismatched_keys"]
+                )
+                problems.append(f"mis-shaped {_listed(shapes)}")
+            if problems:
+                raise IncompleteWeightsError(
+                    f"{where}: the weights do not match its config.json: {'; '.join(problems)}. A folder written by "
+                    "AAClipModel.save_pretrained holds exactly the keys its config describes; re-save or re-convert "
+                    "it (output_loading_info=True inspects a partial load)"
+                )
+        bad = non_finite_tensors(model.state_dict())
+        if bad:
+            raise NonFiniteWeightsError(
+                f"{where}: non-finite (NaN/inf) values in {len(bad)} tensor(s): {_listed(bad)}; refusing to load them"
+            )
+        status = model.anchor_status()
+        if status["state"] == "stale":
+            warnings.warn(f"{where}: {status['reason']}", StaleAnchorsWarning, stacklevel=2)
+        elif status["state"] != "fresh":
+            logger.info(f"{where}: stored anchors not checked: {status['reason']}")
+        return (model, info) if wants_info else model
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        state_dict: dict | None = None,
+        push_to_hub: bool = False,
+        **kwargs,
+    ):
+        """`PreTrainedModel.save_pretrained`, refusing non-finite weights and writing a pipeline-ready Hub folder.
+
+        Besides the weights, `config.json` and the remote code, it writes `pipeline_aaclip.py` with
+        `custom_pipelines` in `config.json` (so `pipeline(..., trust_remote_code=True)` works where `aaclip_hf` is
+        not installed), a `README.md` model card when the folder has none, and `weights_manifest.json` (SHA-256 of
+        the weight files, see `verify_manifest`). Nothing else is ever copied, and `push_to_hub=True` uploads
+        exactly the files this call wrote.
+        """
+        bad = non_finite_tensors(state_dict if state_dict is not None else self.state_dict())
+        if bad:
+            raise NonFiniteWeightsError(
+                f"{save_directory}: refusing to save non-finite (NaN/inf) weights in {len(bad)} tensor(s): "
+                f"{_listed(bad)}; nothing was written"
+            )
+        hub_options = {
+            key: kwargs.pop(key)
+            for key in ("repo_id", "commit_message", "commit_description", "create_pr", "private", "revision", "token")
+            if key in kwargs
+        }
+        folder = Path(save_directory)
+        before = _file_stamps(folder)
+        super().save_pretrained(
+            save_directory, is_main_process=is_main_process, state_dict=state_dict, push_to_hub=False, **kwargs
+        )
+        if (
+            not self.should_save_on_this_rank(is_main_process)
+            or not folder.is_dir()
+            or kwargs.get("distributed_checkpoint")
+        ):
+            return None
+        self._write_hub_files(folder, kwargs.get("variant"))
+        if not push_to_hub:
+            return None
+        written = [name for name, stamp in _file_stamps(folder).items() if before.get(name) != stamp]
+        return _upload_files(folder, written, hub_options.pop("repo_id", folder.name), **hub_options)
+
+    def _write_hub_files(self, folder: Path, variant: str | None = None) -> None:
+        pipeline_file = Path(__file__).with_name(PIPELINE_FILE)  # a sibling in the package and in the Hub copy
+        if not (folder / PIPELINE_FILE).is_file():
+            (folder / PIPELINE_FILE).write_bytes(pipeline_file.read_bytes())
+        config_path = folder / "config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["custom_pipelines"] = {TASK: dict(CUSTOM_PIPELINE_ENTRY)}
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if not (folder / MODEL_CARD_NAME).exists():
+            (folder / MODEL_CARD_NAME).write_text(model_card_text(self.config), encoding="utf-8")
+        write_weights_manifest(folder, variant)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str = "50GB",
+        tags: Sequence[str] | None = None,
+    ):
+        """Upload what `save_pretrained` writes (weights, config, remote and pipeline code, manifest, card) in one
+        commit. A `README.md` already in the repo is kept; `tags` go into a new card."""
+        with tempfile.TemporaryDirectory(prefix="aaclip-push-") as tmp:
+            folder = Path(tmp)
+            self.save_pretrained(folder, max_shard_size=max_shard_size)
+            if tags:
+                (folder / MODEL_CARD_NAME).write_text(model_card_text(self.config, tags), encoding="utf-8")
+            return _upload_files(
+                folder,
+                os.listdir(folder),
+                repo_id,
+                token=token,
+                private=private,
+                commit_message=commit_message,
+                commit_description=commit_description,
+                create_pr=create_pr,
+                revision=revision,
+            )
+
                 )
             else:
                 names.append(name)
@@ -443,12 +898,27 @@ class AAClipModel(AAClipPreTrainedModel):
 
     @torch.no_grad()
     def update_text_anchors(self, processor, class_names: Sequence[str] | None = None) -> None:
-        """Recompute and store anchors (default: every stored class), e.g. after training the text branch."""
-        names = list(class_names) if class_names is not None else self.stored_class_names
+        """Compute and store the anchors of `class_names` (default: every stored class).
+
+        When the text branch or the prompt ensemble changed since the stored table was made (or its provenance is
+        unknown), every stored class is recomputed with them (`refresh_text_anchors`): the table never mixes old
+        and new anchors.
+        """
+        if class_names is None:
+            return self.refresh_text_anchors(processor)
+        names = list(dict.fromkeys(_class_name_list(class_names)))
+        prompts = processor.tokenize_prompts(names)
+        recorded = self.config.anchor_fingerprint
+        current = {**self.text_branch_fingerprint(), "prompts": str(prompts.get("prompt_fingerprint", "unknown"))}
+        if recorded != current:
+            return self.refresh_text_anchors(processor, names)
         was_training = self.training
         self.eval()
-        self.store_text_anchors(names, self.compute_text_anchors(names, processor))
-        self.train(was_training)
+        try:
+            self._store_rows(names, self._encode_distinct(names, prompts))
+        finally:
+            self.train(was_training)
+        return None
 
     def anchors_for(self, class_names: Sequence[str]) -> torch.Tensor:
         """Stored anchors gathered per sample: `(B, E, 2)`."""
@@ -503,10 +973,116 @@ class AAClipModel(AAClipPreTrainedModel):
         """Image-level logits `(B, 2)`: raw dot products `det @ T`, no temperature (the stage-2 CE input)."""
         return torch.matmul(image_embeds.unsqueeze(1), anchors).squeeze(1)
 
+    def _encode_distinct(self, class_names: list[str], prompts: Mapping) -> torch.Tensor:
+        """`compute_text_anchors`, running the text tower once per distinct prompt block (names that share a
+        descriptive name, e.g. `mvtec/bottle` and `bottle`, share their anchors exactly)."""
+        ids, mask = prompts["input_ids"], prompts["attention_mask"]
+        ids, mask = (
+            ids.reshape(len(class_names), -1, ids.shape[-1]),
+            mask.reshape(len(class_names), -1, mask.shape[-1]),
+        )
+        first: dict[bytes, int] = {}
+        owner = [first.setdefault(ids[i].numpy().tobytes() + mask[i].numpy().tobytes(), i) for i in range(len(ids))]
+        distinct = sorted(set(owner))
+        device = self.text_anchors.device
+        anchors = self.encode_anchors(
+            ids[distinct].flatten(0, 1).to(device),
+            mask[distinct].flatten(0, 1).to(device),
+            num_classes=len(distinct),
+            num_normal=prompts["num_normal"],
+        )
+        return anchors[torch.tensor([distinct.index(i) for i in owner], device=anchors.device)]
+
     @staticmethod
     def _to_grid(values: torch.Tensor) -> torch.Tensor:
         """`(B, N, C)` patch values -> `(B, C, G, G)`."""
         grid = math.isqrt(values.shape[1])
+    # ------------------------------------------------------------------ stored anchors: derived state
+
+    def _require_text_tower(self) -> None:
+        if not self.config.include_text_model:
+            raise ValueError(
+                "this is an inference-only AA-CLIP (include_text_model=False): it has no text tower and scores "
+                f"against its stored anchors only ({self.stored_class_names}); load the full model to add classes"
+            )
+
+    def text_branch_fingerprint(self) -> dict[str, str]:
+        """`{"text_branch": sha256, "dtype": ...}` of everything `encode_anchors` uses: the text tower with its
+        adapters, the text head in use and the config fields that change what they compute."""
+        self._require_text_tower()
+        head = "text_projector." if self.config.text_head == "adapter" else "text_projection."
+        settings = {name: getattr(self.config, name) for name in TEXT_BRANCH_SETTINGS}
+        settings.update(
+            {f"text_config.{name}": getattr(self.config.text_config, name) for name in TEXT_TOWER_SETTINGS}
+        )
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8"))
+        for name, tensor in sorted(self.state_dict().items()):
+            if name.startswith(("text_model.", head)):
+                tensor = tensor.detach().to("cpu").contiguous()
+                digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)};".encode())
+                digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        dtype = str(self.text_model.embeddings.token_embedding.weight.dtype).removeprefix("torch.")
+        return {"text_branch": digest.hexdigest(), "dtype": dtype}
+
+    def anchor_status(self) -> dict:
+        """Whether the stored anchors are what the current text branch gives.
+
+        `state`: `"fresh"` (fingerprints match), `"stale"` (the text branch changed since: scores use old
+        anchors), `"unknown"` (no fingerprint recorded) or `"unchecked"` (inference-only model, or weights in
+        another dtype than the fingerprint's); `reason` says why and how to fix it; `fingerprint` is the record.
+        """
+        recorded = self.config.anchor_fingerprint
+        fix = "fix: model.update_text_anchors(processor) recomputes every stored class, then save the model"
+        status = {"fingerprint": recorded}
+        if not self.config.include_text_model:
+            return status | {
+                "state": "unchecked",
+                "reason": "inference-only model: there is no text tower to check the stored anchors against",
+            }
+        if recorded is None:
+            return status | {
+                "state": "unknown",
+                "reason": f"no anchor fingerprint recorded (anchors stored without one, or by an older version); {fix}",
+            }
+        current = self.text_branch_fingerprint()
+        if current["dtype"] != recorded["dtype"]:
+            return status | {
+                "state": "unchecked",
+                "reason": f"the text branch is {current['dtype']}, the fingerprint is of {recorded['dtype']} weights",
+            }
+        if current["text_branch"] != recorded["text_branch"]:
+            return status | {
+                "state": "stale",
+                "reason": (
+                    f"the stored anchors of {len(self.stored_class_names)} class(es) were computed with other "
+                    f"text-branch weights (fingerprint {recorded['text_branch'][:12]}, these weights give "
+                    f"{current['text_branch'][:12]}), so scores use stale anchors; {fix}"
+                ),
+            }
+        return status | {"state": "fresh", "reason": "the stored anchors match the text branch"}
+
+    @torch.no_grad()
+    def refresh_text_anchors(self, processor, class_names: Sequence[str] = ()) -> None:
+        """Recompute EVERY stored class (plus `class_names`) from the current text branch and record the fingerprint.
+
+        Call it after any change to the text branch (training, conversion): anchors are derived state. `processor`
+        is anything with `tokenize_prompts` (its prompt ensemble and class-name table make the anchors).
+        """
+        names = list(dict.fromkeys([GENERIC_CLASS, *self.stored_class_names, *_class_name_list(class_names)]))
+        prompts = processor.tokenize_prompts(names)
+        was_training = self.training
+        self.eval()
+        try:
+            anchors = self._encode_distinct(names, prompts)
+        finally:
+            self.train(was_training)
+        self.text_anchors = anchors.detach().to(self.text_anchors)
+        self.config.anchor_class_names = names
+        self.config.anchor_fingerprint = {
+            **self.text_branch_fingerprint(),
+            "prompts": str(prompts.get("prompt_fingerprint", "unknown")),
+        }
+
         return values.transpose(1, 2).reshape(values.shape[0], values.shape[2], grid, grid)
 
     def training_maps(
@@ -539,6 +1115,7 @@ class AAClipModel(AAClipPreTrainedModel):
 
     def image_scores(
         self, grid_sum: torch.Tensor, image_embeds: torch.Tensor, anchors: torch.Tensor, domain: str | None = None
+        class_names = _class_name_list(class_names)
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image `(image_score, raw_anomaly_score)`, both in [0, 1] (see `AAClipOutput`)."""
         domain = self._domain(domain)
@@ -611,15 +1188,13 @@ class AAClipModel(AAClipPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-def _default_processor():
-    """The bundled offline processor, when this file runs inside the installed package."""
-    try:
-        from .processing_aaclip import AAClipProcessor
-
-        return AAClipProcessor()
-    except (ImportError, OSError) as error:  # remote copy without bundled tokenizer files
-        logger.warning(f"no default processor available ({error}); anchors not computed")
-        return None
+def _class_name_list(class_names) -> list[str]:
+    """A list of class names, each a non-empty string (a bare string is one name, not its characters)."""
+    if isinstance(class_names, str):
+        return [check_class_name(class_names)]
+    if not isinstance(class_names, Iterable):
+        raise TypeError(f"class names must be a string or a list of strings, got {class_names!r}")
+    return [check_class_name(name) for name in class_names]
 
 
 AAClipModel.register_for_auto_class("AutoModel")
@@ -635,3 +1210,12 @@ __all__ = [
     "resize_position_embedding",
     "upsample_grid",
 ]
+    "CorruptWeightsError",
+    "IncompleteWeightsError",
+    "NonFiniteWeightsError",
+    "WeightsError",
+    "check_safetensors_file",
+    "model_card_text",
+    "non_finite_tensors",
+    "verify_manifest",
+    "weight_files",

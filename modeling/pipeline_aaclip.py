@@ -10,39 +10,46 @@
 ```
 
 This file is pushed to the Hub next to the model (`config.custom_pipelines`), so it imports only torch,
-transformers, numpy and PIL: it works where the `aaclip_hf` package is not installed.
+transformers, numpy, PIL and its flat siblings: the Hub copy and the installed copy behave the same.
+
+The pipeline never writes into the model: anchors of class names the model has not stored are computed
+with the processor's prompt ensemble and kept in this pipeline instance.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers import Pipeline
 from transformers.image_utils import load_image
 from transformers.utils.hub import is_offline_mode
 
+from .configuration_aaclip import (
+    GENERIC_CLASS,
+    StaleAnchorsWarning,
+    UnknownClassNameWarning,
+    check_class_name,
+    image_to_rgb,
+    load_rgb_image,
+)
+
 
 TASK = "zero-shot-anomaly-detection"
-GENERIC_CLASS = "object"
 # Used only when neither the call nor `config.decision_threshold` (set by `aaclip calibrate`) gives one: the
 # image score is in [0, 1] and 0.5 is its midpoint (for the map part, an anomaly logit of 0).
 DEFAULT_THRESHOLD = 0.5
 LABELS = ("normal", "anomaly")
-# PIL modes whose convert("RGB") clips instead of scaling (16-bit PNG/TIFF scans, 32-bit int, float).
-HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-
-try:  # the installed package's reader (16-bit scaled, alpha on black, errors name the file); absent on the Hub
-    from aaclip_hf.image_io import load_image as _read_image_file
-except ImportError:
-    _read_image_file = None
-
+# How many spelling suggestions an unknown class name gets.
+CLOSE_MATCHES = 3
 # Values of HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE that switch the network off (huggingface_hub's reading).
 OFFLINE_VALUES = ("1", "ON", "YES", "TRUE")
 
@@ -98,28 +105,23 @@ def _to_pil(image: Any, timeout: float | None = None) -> Image.Image:
     if isinstance(image, os.PathLike):
         image = os.fspath(image)
     if isinstance(image, str):
-        if not image.startswith(("http://", "https://", "data:image/")) and not os.path.isfile(image):
-            raise FileNotFoundError(f"image: no such file {image!r} (expected a path, URL, PIL image or array)")
-        if _read_image_file is not None and os.path.isfile(image):
-            return _read_image_file(image)
-        remote = image.startswith(("http://", "https://"))
-        if remote and _offline():
-            raise ValueError(f"cannot fetch URL {image[:200]!r}: offline (HF_HUB_OFFLINE is set); pass a local file")
-        try:
-            return load_image(image, timeout=timeout)
-        except (OSError, ValueError) as error:  # UnidentifiedImageError and truncated files are OSErrors
-            raise ValueError(f"image {image!r}: not a complete, readable image file ({error})") from None
-        except Exception as error:  # the HTTP client's own errors (no route, DNS, timeout): name the URL
-            if not remote:
-                raise
-            raise ValueError(f"cannot fetch URL {image[:200]!r}: {type(error).__name__}: {error}") from None
+        if image.startswith(("http://", "https://", "data:image/")):
+            remote = image.startswith(("http://", "https://"))
+            if remote and _offline():
+                raise ValueError(
+                    f"cannot fetch URL {image[:200]!r}: offline (HF_HUB_OFFLINE is set); pass a local file"
+                )
+            try:
+                return load_image(image, timeout=timeout)
+            except (OSError, ValueError) as error:  # UnidentifiedImageError and truncated data are OSErrors
+                raise ValueError(f"image {image[:200]!r}: not a complete, readable image ({error})") from None
+            except Exception as error:  # the HTTP client's own errors (no route, DNS, timeout): name the URL
+                if not remote:
+                    raise
+                raise ValueError(f"cannot fetch URL {image[:200]!r}: {type(error).__name__}: {error}") from None
+        return load_rgb_image(image)  # 16-bit scaled, alpha on black, errors name the file
     if isinstance(image, Image.Image):
-        if image.mode in HIGH_BIT_MODES:  # stretch the image's own min..max to 0..255, as aaclip_hf.image_io does
-            array = np.asarray(image, dtype=np.float64)
-            low, high = float(np.nanmin(array)), float(np.nanmax(array))
-            array = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
-            image = Image.fromarray(np.clip(np.rint(np.nan_to_num(array)), 0, 255).astype(np.uint8))
-        return load_image(image)
+        return image_to_rgb(ImageOps.exif_transpose(image))
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):
@@ -154,7 +156,9 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
             `(C, H, W)`), a list of them, or dicts `{"image": ..., "class_name": ...}`.
         class_name (`str` or `list[str]`, *optional*): the object class, one for all images or one per image
             (mixed classes batch fine). Defaults to the generic `"object"`. Anchors of classes the model has not
-            stored are computed once with the processor's prompt ensemble and cached in the model.
+            stored are computed once with the processor's prompt ensemble and cached in this pipeline (the model
+            is never changed). A name that is neither stored nor in the processor's class-name table is used as
+            written, with an `UnknownClassNameWarning` that shows its prompt (typo protection).
         threshold (`float`, *optional*): decision threshold on `score`. Defaults to `config.decision_threshold`
             (written by `aaclip calibrate`), else 0.5.
         domain (`str`, *optional*): `"industrial"` or `"medical"` smoothing and image score (config default).
@@ -187,6 +191,12 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _load_tokenizer = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Anchors `(E, 2)` of class names the model has not stored, computed once per pipeline.
+        self.anchor_cache: dict[str, torch.Tensor] = {}
+        self._prompts_checked = False
 
     def _sanitize_parameters(
         self,
@@ -255,18 +265,45 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
         names = []
         for item in items:
             name = item.get("class_name") if isinstance(item, dict) else None
-            names.append(name or default or GENERIC_CLASS)
+            name = default if name is None else name
+            names.append(check_class_name(GENERIC_CLASS if name is None else name))
         return list(dict.fromkeys(names))
 
-    def _ensure_anchors(self, class_names: Sequence[str]) -> None:
-        """Compute (once, then cached in the model) the anchors of classes the model has not stored."""
+    def _has_stored_anchor(self, name: str) -> bool:
         model = self.model
-        stored = model.stored_class_names
-        missing = [name for name in class_names if name not in stored]
-        if GENERIC_CLASS in class_names and not bool(model.text_anchors[0].any()):
-            missing.append(GENERIC_CLASS)
+        if name not in model.stored_class_names:
+            return False
+        # The generic anchor row exists from construction, but is all zero until it is computed.
+        return name != GENERIC_CLASS or bool(model.text_anchors[model.stored_class_names.index(name)].any())
+
+    def _check_prompts_once(self) -> None:
+        """Warn when the stored anchors were made with another prompt ensemble than this pipeline's processor."""
+        if self._prompts_checked:
+            return
+        self._prompts_checked = True
+        recorded = getattr(self.model.config, "anchor_fingerprint", None)
+        if recorded and self.processor is not None and hasattr(self.processor, "prompt_fingerprint"):
+            if self.processor.prompt_fingerprint() != recorded.get("prompts"):
+                warnings.warn(
+                    "the model's stored anchors were computed with another prompt ensemble or class-name table than "
+                    "this pipeline's processor holds; stored classes keep their stored anchors. To use this "
+                    "processor's prompts, run model.refresh_text_anchors(processor) and save the model.",
+                    StaleAnchorsWarning,
+                    stacklevel=3,
+                )
+
+    def _ensure_anchors(self, class_names: Sequence[str]) -> None:
+        """Compute once, and keep in this pipeline, the anchors of classes the model has not stored."""
+        self._check_prompts_once()
+        model = self.model
+        missing = [
+            check_class_name(name)
+            for name in dict.fromkeys(class_names)
+            if name not in self.anchor_cache and not self._has_stored_anchor(name)
+        ]
         if not missing:
             return
+        stored = model.stored_class_names
         if not getattr(model.config, "include_text_model", True):
             raise ValueError(
                 f"class(es) {missing} have no stored anchors and this inference-only model has no text tower; "
@@ -274,7 +311,30 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
             )
         if self.processor is None or not hasattr(self.processor, "tokenize_prompts"):
             raise ValueError(f"class(es) {missing} need anchors but the pipeline has no AA-CLIP processor")
-        model.update_text_anchors(self.processor, list(dict.fromkeys(missing)))
+        for name in missing:
+            if name not in stored and not self.processor.is_known_class(name):
+                _, anomaly = self.processor.build_prompts(name)
+                known = stored + sorted(self.processor.class_name_table)
+                close = difflib.get_close_matches(name, known, n=CLOSE_MATCHES)
+                warnings.warn(
+                    f"class name {name!r} is neither stored in the model nor in the processor's class-name table; "
+                    f"it is used as written, e.g. in the prompt {anomaly[0]!r}"
+                    + (f". Did you mean one of {close}?" if close else ""),
+                    UnknownClassNameWarning,
+                    stacklevel=3,
+                )
+        with torch.no_grad():
+            anchors = model.compute_text_anchors(missing, self.processor.tokenize_prompts(missing))
+        self.anchor_cache.update(zip(missing, anchors))
+
+    def _anchors(self, names: Sequence[str]) -> torch.Tensor:
+        """`(B, E, 2)` anchors per item: from this pipeline's cache, else the model's stored table."""
+        return torch.stack(
+            [
+                self.anchor_cache[name] if name in self.anchor_cache else self.model.anchors_for([name])[0]
+                for name in names
+            ]
+        )
 
     # ------------------------------------------------------------------ steps
 
@@ -282,15 +342,15 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
         if isinstance(inputs, dict):
             if "image" not in inputs:
                 raise ValueError(f"dict inputs need an 'image' key, got keys {sorted(inputs)}")
-            class_name = inputs.get("class_name") or class_name
+            class_name = inputs["class_name"] if inputs.get("class_name") is not None else class_name
             inputs = inputs["image"]
-        if class_name is not None and not isinstance(class_name, str):
-            raise TypeError(f"class_name must be a string per image, got {type(class_name).__name__}")
+        if class_name is not None:
+            check_class_name(class_name)
         image = _to_pil(inputs, timeout=timeout)
         pixel_values = self.processor(images=[image], return_tensors="pt")["pixel_values"]
         return {
             "pixel_values": pixel_values,
-            "class_name": class_name or GENERIC_CLASS,
+            "class_name": GENERIC_CLASS if class_name is None else class_name,
             "target_size": (image.height, image.width),
         }
 
@@ -299,8 +359,8 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
         names = [names] if isinstance(names, str) else list(names)
         self._ensure_anchors(list(dict.fromkeys(names)))  # no-op unless inputs came from a generator or dataset
         pixel_values = model_inputs["pixel_values"].to(self.model.dtype)
-        grid = self.model.config.grid_size
-        outputs = self.model(pixel_values=pixel_values, class_names=names, domain=domain, output_size=(grid, grid))
+        # Grid-level maps only: postprocess resizes them straight to each image's own size.
+        outputs = self.model(pixel_values=pixel_values, text_anchors=self._anchors(names), domain=domain)
         return {
             "anomaly_map_grid": outputs.anomaly_map_grid.float(),
             "image_score": outputs.image_score.float(),

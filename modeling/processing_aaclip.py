@@ -8,6 +8,8 @@ user can edit them and push them with the model.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,10 +20,10 @@ from transformers import CLIPImageProcessorPil, CLIPTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .configuration_aaclip import DEFAULT_IMAGE_SIZE, GENERIC_CLASS, binarize_mask, check_class_name, image_to_rgb
 
-DEFAULT_IMAGE_SIZE = 518
+
 CONTEXT_LENGTH = 77
-GENERIC_CLASS = "object"
 BUNDLED_TOKENIZER_DIR = Path(__file__).parent / "clip_tokenizer"
 
 # The reference prompt ensemble: sentences = template(state(name)), states in the outer loop.
@@ -84,18 +86,14 @@ CLASS_NAME_TABLE = {
 }
 
 
-# PIL modes whose convert("RGB") clips instead of scaling: 16-bit PNG/TIFF scans, 32-bit integer, float.
-HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+def reference_image_processor(image_size: int) -> CLIPImageProcessorPil:
+    """The reference preprocessing at `image_size`: PIL bicubic resize to a square, no crop, OpenAI mean/std."""
+    return CLIPImageProcessorPil(size={"height": image_size, "width": image_size}, do_center_crop=False)
 
 
-def _scale_high_bit(image):
-    """A high-bit-depth PIL image stretched from its own min..max to 8 bit (PIL would clip it: a scan turns white)."""
-    if not isinstance(image, Image.Image) or image.mode not in HIGH_BIT_MODES:
-        return image
-    array = np.asarray(image, dtype=np.float64)
-    low, high = float(np.nanmin(array)), float(np.nanmax(array))
-    array = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
-    return Image.fromarray(np.clip(np.rint(np.nan_to_num(array)), 0, 255).astype(np.uint8)).convert("RGB")
+def _decode(image):
+    """PIL images follow the package's one decoding policy (`image_to_rgb`); arrays and tensors pass through."""
+    return image_to_rgb(image) if isinstance(image, Image.Image) else image
 
 
 class AAClipProcessor(ProcessorMixin):
@@ -122,9 +120,7 @@ class AAClipProcessor(ProcessorMixin):
         **kwargs,
     ):
         if image_processor is None:
-            image_processor = CLIPImageProcessorPil(
-                size={"height": DEFAULT_IMAGE_SIZE, "width": DEFAULT_IMAGE_SIZE}, do_center_crop=False
-            )
+            image_processor = reference_image_processor(DEFAULT_IMAGE_SIZE)
         if tokenizer is None:
             tokenizer = self.bundled_tokenizer()
         self.normal_states = list(normal_states if normal_states is not None else NORMAL_STATES)
@@ -150,12 +146,11 @@ class AAClipProcessor(ProcessorMixin):
     def for_model(cls, config, **kwargs) -> AAClipProcessor:
         """The one way to build the reference preprocessing that fits a model: resize to its input size, no crop.
 
-        `config` is an `AAClipConfig` (or any config with a `vision_config`); `kwargs` go to `__init__`
+        `config` is an `AAClipConfig` (or any config with a `vision_config`, or a model); `kwargs` go to `__init__`
         (prompt ensemble, class-name table, tokenizer).
         """
-        size = config.vision_config.image_size
-        image_processor = CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False)
-        return cls(image_processor=image_processor, **kwargs)
+        config = getattr(config, "config", config)
+        return cls(image_processor=reference_image_processor(config.vision_config.image_size), **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -176,9 +171,7 @@ class AAClipProcessor(ProcessorMixin):
             raise ValueError("AAClipProcessor needs images and/or text")
         data = {}
         if images is not None:
-            images = (
-                [_scale_high_bit(i) for i in images] if isinstance(images, (list, tuple)) else _scale_high_bit(images)
-            )
+            images = [_decode(i) for i in images] if isinstance(images, (list, tuple)) else _decode(images)
             data.update(self.image_processor(images, return_tensors=return_tensors, **kwargs))
         if text is not None:
             data.update(self.tokenize(text if isinstance(text, list) else [text]))
@@ -196,20 +189,18 @@ class AAClipProcessor(ProcessorMixin):
         for index, mask in enumerate(masks):
             if isinstance(mask, torch.Tensor):
                 mask = mask.detach().cpu().numpy()
-            array = np.asarray(mask)
-            if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
-                array = array.max(axis=-1)
-            if array.ndim != 2:
-                raise ValueError(f"mask {index} must be 2-D (height, width), got shape {array.shape}")
-            binary = Image.fromarray(((array != 0) * 255).astype(np.uint8))
-            resized = np.asarray(binary.resize((width, height), Image.NEAREST)) != 0
-            out.append(torch.from_numpy(resized.astype(np.float32)))
+            try:
+                binary = binarize_mask(mask, (height, width))
+            except ValueError as error:
+                raise ValueError(f"mask {index} {error}") from None
+            out.append(torch.from_numpy(binary.astype(np.float32)))
         return torch.stack(out)
 
     # ------------------------------------------------------------------ prompts (SPEC section 3)
 
     def prompt_name(self, class_name: str) -> str:
         """The descriptive name used in prompts for a class key."""
+        check_class_name(class_name)
         if class_name == GENERIC_CLASS:
             return GENERIC_CLASS
         if class_name in self.class_name_table:
@@ -218,6 +209,22 @@ class AAClipProcessor(ProcessorMixin):
         if short in self.class_name_table:
             return self.class_name_table[short]
         return short.replace("_", " ")
+
+    def is_known_class(self, class_name: str) -> bool:
+        """Whether the class-name table (or the generic class) knows `class_name` or its `dataset/` suffix."""
+        short = check_class_name(class_name).rsplit("/", 1)[-1]
+        return class_name == GENERIC_CLASS or class_name in self.class_name_table or short in self.class_name_table
+
+    def prompt_fingerprint(self) -> str:
+        """SHA-256 of the prompt ensemble and class-name table: recorded with the anchors they produce, so a model
+        can tell whether its stored anchors came from this processor's prompts."""
+        ensemble = {
+            "normal_states": self.normal_states,
+            "anomaly_states": self.anomaly_states,
+            "templates": self.templates,
+            "class_name_table": self.class_name_table,
+        }
+        return hashlib.sha256(json.dumps(ensemble, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
 
     def build_prompts(self, class_name: str) -> tuple[list[str], list[str]]:
         """`(normal_sentences, anomaly_sentences)`: template(state(name)), states in the outer loop."""
@@ -240,13 +247,18 @@ class AAClipProcessor(ProcessorMixin):
         return dict(self.tokenizer.pad(encoded, padding="longest", return_tensors="pt"))
 
     def tokenize_prompts(self, class_names: Sequence[str]) -> dict:
-        """All anchor prompts of `class_names`, laid out per class as `[normal..., anomaly...]`."""
+        """All anchor prompts of `class_names`, laid out per class as `[normal..., anomaly...]`: what the model's
+        anchor methods take. `num_normal` says where each class's anomaly sentences start; `prompt_fingerprint`
+        names the ensemble that made them."""
+        if isinstance(class_names, str):
+            raise TypeError(f"class_names must be a list of strings, got the string {class_names!r}")
         sentences = []
         for name in class_names:
             normal, anomaly = self.build_prompts(name)
             sentences += normal + anomaly
         encoded = self.tokenize(sentences)
         encoded["num_normal"] = len(self.normal_states) * len(self.templates)
+        encoded["prompt_fingerprint"] = self.prompt_fingerprint()
         return encoded
 
     # ------------------------------------------------------------------ post-processing
@@ -254,8 +266,10 @@ class AAClipProcessor(ProcessorMixin):
     def post_process_anomaly_detection(
         self, outputs, target_sizes: Sequence[tuple[int, int]] | None = None, threshold: float | None = None
     ) -> list[dict]:
-        """Per image: `score`, `raw_anomaly_score`, `anomaly_map` at `target_sizes[i]` (default: model input
-        size) resized from the patch grid, and `is_anomaly` when a `threshold` on the score is given."""
+        """Per image: `score`, `raw_anomaly_score`, `anomaly_map` at `target_sizes[i]` (default: this processor's
+        input size) bilinearly resized from the model's patch grid (`outputs.anomaly_map_grid`), and `is_anomaly`
+        when a `threshold` on the score is given. The model computes no full-size map itself (transformers'
+        segmentation convention)."""
         from .modeling_aaclip import upsample_grid
 
         grids = outputs.anomaly_map_grid
@@ -263,7 +277,7 @@ class AAClipProcessor(ProcessorMixin):
             raise ValueError(f"got {len(target_sizes)} target sizes for {grids.shape[0]} images")
         results = []
         for index in range(grids.shape[0]):
-            size = tuple(target_sizes[index]) if target_sizes is not None else tuple(outputs.anomaly_map.shape[-2:])
+            size = tuple(target_sizes[index]) if target_sizes is not None else self.image_size
             result = {
                 "score": float(outputs.image_score[index]),
                 "raw_anomaly_score": float(outputs.raw_anomaly_score[index]),

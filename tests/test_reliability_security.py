@@ -8,6 +8,7 @@ the malicious training checkpoints in tests/test_reliability_training.py::test_r
 from __future__ import annotations
 
 import ast
+import json
 import os
 from pathlib import Path
 
@@ -140,6 +141,10 @@ def test_no_trust_remote_code_needed_with_the_package_installed(tmp_path, proces
     hub = save_for_hub(model, processor, tmp_path / "hub")
     model.save_pretrained(tmp_path / "plain")
     processor.save_pretrained(tmp_path / "plain")
+    # save_pretrained declares custom_pipelines too; a folder without it (an older save) is the "plain" case.
+    plain_config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    del plain_config["custom_pipelines"]
+    (tmp_path / "plain" / "config.json").write_text(json.dumps(plain_config))
     image = (np.random.default_rng(0).random((24, 30, 3)) * 255).astype(np.uint8)
     with torch.no_grad():
         expected = model(processor(images=[image])["pixel_values"]).image_score.item()

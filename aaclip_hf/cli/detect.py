@@ -16,6 +16,7 @@ from ..inference.calibrate import (
     save_threshold,
 )
 from ..inference.detect import collect_images, detect, make_pipeline, score_images
+from ..modeling.configuration_aaclip import GENERIC_CLASS
 from ..runtime.backends import add_backend_arguments, apply_backend
 from ..runtime.batching import add_batch_size_argument
 from ..runtime.loading import is_aaclip_folder, load_model_and_processor
@@ -170,7 +171,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     normal = scores(args.normal, "normal")
     anomalous = scores(args.anomalous, "anomalous") if args.anomalous else None
     threshold, details = calibrate_threshold(normal, anomalous, args.method, args.quantile, args.margin)
-    details.update(class_name=args.class_name or "object", normal_scores=normal, anomalous_scores=anomalous or [])
+    details.update(class_name=args.class_name or GENERIC_CLASS, normal_scores=normal, anomalous_scores=anomalous or [])
     target = args.model
     if args.output is None:
         save_threshold(target, threshold, details)  # each file replaced atomically

@@ -12,6 +12,7 @@ from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
+from ..modeling.configuration_aaclip import binarize_mask
 from .image_io import BadInputError, load_image, load_mask
 from .samples import Sample, verify_samples
 
@@ -120,8 +121,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
                 logger.warning(
                     "mask %s is not binary (several non-zero values); binarising with != 0", sample.mask_path
                 )
-        resized = mask.resize((out_hw[1], out_hw[0]), Image.NEAREST)
-        return torch.from_numpy((np.asarray(resized) != 0).astype(np.float32))
+        return torch.from_numpy(binarize_mask(mask, out_hw).astype(np.float32))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]

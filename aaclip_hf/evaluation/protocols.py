@@ -42,12 +42,12 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.hf_datasets import dataset_samples
 from ..data.image_io import BadInputError, load_image, load_mask
 from ..data.samples import Sample
+from ..modeling.configuration_aaclip import binarize_mask
 from ..modeling.modeling_aaclip import upsample_grid
 from ..runtime.batching import resolve_batch_size
 from ..runtime.outputs import atomic_output_dir, holds_only
@@ -132,9 +132,7 @@ def _read_mask(sample: Sample, image_size: tuple[int, int], out_size: tuple[int,
             sample.mask_path,
             "mask_path",
         )
-    if (mask.height, mask.width) != tuple(out_size):
-        mask = mask.resize((out_size[1], out_size[0]), Image.NEAREST)
-    return np.asarray(mask) != 0
+    return binarize_mask(mask, tuple(out_size))
 
 
 # ----------------------------------------------------------------------------------------------

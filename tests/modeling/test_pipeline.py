@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -92,30 +94,36 @@ def test_threshold_default_config_and_override(pipe, tiny_model):
         pipe(image, threshold=1.5)
 
 
-def test_missing_anchors_are_computed_once_and_cached(processor, monkeypatch):
+def test_missing_anchors_are_computed_once_and_cached_in_the_pipeline(processor, monkeypatch):
+    """Anchors of new names live in the pipeline instance: the model's weights and config are never written."""
     model = make_tiny_model()
     model.update_text_anchors(processor, ["object"])
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    config = model.config.to_dict()
     pipe = AAClipAnomalyDetectionPipeline(model=model, processor=processor, device="cpu")
     calls = []
-    original = model.update_text_anchors
+    original = model.compute_text_anchors
     monkeypatch.setattr(
-        model, "update_text_anchors", lambda proc, names: (calls.append(list(names)), original(proc, names))
+        model, "compute_text_anchors", lambda names, prompts: (calls.append(list(names)), original(names, prompts))[1]
     )
     images = [_image(seed=i) for i in range(3)]
     pipe(images, class_name=["widget", "gear", "widget"], batch_size=2)
     pipe(images[0], class_name="widget")
     assert calls == [["widget", "gear"]]
-    assert {"widget", "gear"} <= set(model.stored_class_names)
+    assert model.stored_class_names == ["object"] and model.config.to_dict() == config
+    assert all(torch.equal(weights[name], tensor) for name, tensor in model.state_dict().items())
+    assert set(pipe.anchor_cache) == {"widget", "gear"}
     with torch.no_grad():
-        expected = model.compute_text_anchors(["widget"], processor)
-    torch.testing.assert_close(model.anchors_for(["widget"]), expected)
+        expected = original(["widget"], processor)[0]
+    torch.testing.assert_close(pipe.anchor_cache["widget"], expected)
 
 
 def test_generic_anchor_is_computed_when_never_stored(processor):
     model = make_tiny_model()  # text_anchors all zero: "object" never computed
     pipe = AAClipAnomalyDetectionPipeline(model=model, processor=processor, device="cpu")
     result = pipe(_image())
-    assert result["class_name"] == "object" and bool(model.text_anchors[0].any())
+    assert result["class_name"] == "object" and "object" in pipe.anchor_cache
+    assert not bool(model.text_anchors.any())  # the model is not written
 
 
 def test_inference_only_model_refuses_unknown_classes(tiny_model, processor):
@@ -143,15 +151,21 @@ def test_bad_inputs_say_what_is_wrong(pipe, tmp_path):
 def test_registered_task_loads_a_saved_folder_in_process(tiny_model, processor, tmp_path):
     from transformers import pipeline
 
-    tiny_model.save_pretrained(tmp_path)  # the task is registered by `import aaclip_hf`
+    tiny_model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    detector = pipeline(TASK, model=str(tmp_path), device="cpu")
-    assert isinstance(detector, AAClipAnomalyDetectionPipeline)
     direct = AAClipAnomalyDetectionPipeline(model=tiny_model, processor=processor, device="cpu")
     image = _image()
-    assert detector(image, class_name="bottle")["score"] == pytest.approx(
-        direct(image, class_name="bottle")["score"], abs=1e-6
-    )
+    expected = direct(image, class_name="bottle")["score"]
+    # save_pretrained declares `custom_pipelines` (Hub-ready); in process, the installed class is passed ...
+    detector = pipeline(TASK, model=str(tmp_path), pipeline_class=AAClipAnomalyDetectionPipeline, device="cpu")
+    assert detector(image, class_name="bottle")["score"] == pytest.approx(expected, abs=1e-6)
+    # ... and a folder without the declaration (an older save) resolves through the task `import aaclip_hf` registers.
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["custom_pipelines"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    detector = pipeline(TASK, model=str(tmp_path), device="cpu")
+    assert isinstance(detector, AAClipAnomalyDetectionPipeline)
+    assert detector(image, class_name="bottle")["score"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_generator_inputs_with_per_item_classes(pipe):
