@@ -160,30 +160,6 @@ def load_model_and_processor(args: TrainingArguments):
     return model, processor
 
 
-def _is_text_adapter_key(name: str) -> bool:
-    return name.startswith("text_projector.") or (name.startswith("text_model.") and ".adapter." in name)
-
-
-def plain_clip_text_branch(model, processor):
-    """The same model with its untrained text adapters and text head dropped (``text_adapter_layers=0``,
-    ``text_head="clip"``): its text branch is then exactly CLIP's text tower with ``text_projection``.
-
-    Stage 2 without stage 1 needs this: the reference takes its anchors from plain CLIP (``encode_text``) when
-    there is no trained text adapter, in training and at test time; xavier-random adapters and head would make
-    meaningless anchors. Every stored anchor is recomputed with the plain branch (and fingerprinted).
-    """
-    config = model.config.__class__.from_dict(model.config.to_dict())
-    config.text_adapter_layers = 0
-    config.text_head = "clip"
-    config.untrained_text_adapters = False
-    state = {k: v for k, v in model.state_dict().items() if not _is_text_adapter_key(k)}
-    plain = model.__class__(config).to(device=model.device, dtype=model.dtype)
-    plain.load_state_dict(state, strict=True)
-    plain.train(model.training)
-    plain.refresh_text_anchors(processor)
-    return plain
-
-
 # ----------------------------------------------------------------------------------------------
 # the trainer
 # ----------------------------------------------------------------------------------------------
@@ -604,29 +580,6 @@ class Trainer:
                 for batch in loader:
                     logged = self.train_step(stage, batch, state.epoch)
                     state.step_in_epoch += 1
-    def save_epoch_model(self, epoch: int) -> str:
-        """``OUTPUT/epoch_models/epoch_{epoch}``: a complete model (``save_pretrained``) after a stage-2 epoch, as
-        the reference keeps ``image_adapter_{epoch}`` for its per-epoch evaluation. Every stored anchor is
-        recomputed for the saved copy only; the run's own anchors are left exactly as they are."""
-        acc, model = self.accelerator, self.model
-        final = os.path.join(self.args.output_dir, "epoch_models", f"epoch_{epoch}")
-        if acc.is_main_process:
-            saved = (model.text_anchors, list(model.config.anchor_class_names), model.config.anchor_fingerprint)
-            tmp = os.path.join(os.path.dirname(final), f".tmp-epoch_{epoch}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            try:
-                if model.config.include_text_model:
-                    model.refresh_text_anchors(self.processor)
-                model.save_pretrained(tmp)
-                self.processor.save_pretrained(tmp)
-            finally:
-                model.text_anchors, model.config.anchor_class_names, model.config.anchor_fingerprint = saved
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            logger.info("saved the epoch-%d model to %s", epoch, final)
-        acc.wait_for_everyone()
-        return final
-
                     state.stage_step += 1
                     state.global_step += 1
                     bar.update(1)
