@@ -21,7 +21,8 @@ _deprecated.install()
 AutoConfig.register(AAClipConfig.model_type, AAClipConfig, exist_ok=True)
 AutoModel.register(AAClipConfig, AAClipModel, exist_ok=True)
 AutoProcessor.register(AAClipConfig, AAClipProcessor, exist_ok=True)
-# In-process task; Hub folders ship the same class as remote code (`config.custom_pipelines`).
+# In-process task; Hub folders ship the same class as remote code (`config.custom_pipelines`). No default
+# checkpoint: `pipeline(TASK)` without a model raises a ValueError saying to pass one.
 PIPELINE_REGISTRY.register_pipeline(
     TASK,
     pipeline_class=AAClipAnomalyDetectionPipeline,
