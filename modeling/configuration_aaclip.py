@@ -263,6 +263,10 @@ class AAClipConfig(PreTrainedConfig):
             `AAClipModel.refresh_text_anchors`: `text_branch` (SHA-256 of the text-branch weights and settings),
             `prompts` (SHA-256 of the prompt ensemble and class-name table) and `dtype`. `None` = unknown.
         base_model (`str`, *optional*): Hub id of the CLIP the model was built on (model card metadata).
+        untrained_text_adapters (`bool`, defaults to `False`): `True` when the text adapters and text head hold the
+            fresh initialisation of `AAClipModel.from_clip_pretrained` (no stage 1 has trained them). Stage-2
+            training without stage 1 then uses the plain CLIP text branch (text tower + `text_projection`), as the
+            reference does without a text adapter; stage-1 training sets it to `False`.
     """
 
     model_type = "aaclip"
@@ -296,12 +300,13 @@ class AAClipConfig(PreTrainedConfig):
     anchor_class_names: list[str] | None = None
     decision_threshold: float | None = None
     include_text_model: bool = True
+    anchor_fingerprint: dict | None = None
+    base_model: str | None = None
+    untrained_text_adapters: bool = False
 
     def __post_init__(self, **kwargs):
         # Mutable defaults cannot be dataclass defaults; fill them here.
         if self.blur_kernel_size is None:
-    anchor_fingerprint: dict | None = None
-    base_model: str | None = None
             self.blur_kernel_size = {"industrial": 7, "medical": 9}
         if self.blur_sigma is None:
             self.blur_sigma = {"industrial": 1.0, "medical": 1.5}
@@ -313,23 +318,23 @@ class AAClipConfig(PreTrainedConfig):
         # A partial tower dict completes from the ViT-L/14 defaults, not from CLIP's ViT-B/32 class defaults.
         if isinstance(self.text_config, dict):
             self.text_config = {**VIT_L14_TEXT_CONFIG, **self.text_config}
+            _check_tower("text_config", self.text_config)  # before CLIP's own checks divide by these fields
         if isinstance(self.vision_config, dict):
             self.vision_config = {**VIT_L14_518_VISION_CONFIG, **self.vision_config}
+            _check_tower("vision_config", self.vision_config)
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
-            _check_tower("text_config", self.text_config)  # before CLIP's own checks divide by these fields
         """Checked at construction and on `save_pretrained`: a bad field fails early, with its name."""
-        vision_layers = self.vision_config.num_hidden_layers
-            _check_tower("vision_config", self.vision_config)
-        text_layers = self.text_config.num_hidden_layers
-        levels = list(self.feature_layers)
-        if not levels or any(not 1 <= layer <= vision_layers for layer in levels) or levels != sorted(set(levels)):
-            raise ValueError(
         for name, value in _non_finite_fields(self.to_dict()):
             raise ValueError(f"{name} must be a finite number, got {value!r}")
         _check_tower("text_config", self.text_config.to_dict())
         _check_tower("vision_config", self.vision_config.to_dict())
+        vision_layers = self.vision_config.num_hidden_layers
+        text_layers = self.text_config.num_hidden_layers
+        levels = list(self.feature_layers)
+        if not levels or any(not 1 <= layer <= vision_layers for layer in levels) or levels != sorted(set(levels)):
+            raise ValueError(
                 f"feature_layers must be strictly increasing 1-based layer indices in [1, {vision_layers}] "
                 f"(vision_config.num_hidden_layers), got {levels}"
             )
@@ -374,11 +379,6 @@ class AAClipConfig(PreTrainedConfig):
             raise ValueError(f"anchor_class_names must be unique and start with {GENERIC_CLASS!r}, got {names[:5]}...")
         if self.decision_threshold is not None and not 0.0 <= self.decision_threshold <= 1.0:
             raise ValueError(f"decision_threshold must be in [0, 1] (image scores are), got {self.decision_threshold}")
-
-    @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        """Refuse another architecture's `config.json` (BERT, ViT, plain CLIP): transformers would only warn and
-        `AAClipModel.from_pretrained` would then run on random weights."""
         if self.anchor_fingerprint is not None:
             fingerprint = self.anchor_fingerprint
             if not isinstance(fingerprint, Mapping) or not all(
@@ -388,6 +388,11 @@ class AAClipConfig(PreTrainedConfig):
                     f"anchor_fingerprint must be None or a dict with string entries {ANCHOR_FINGERPRINT_KEYS}, "
                     f"got {fingerprint!r}"
                 )
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """Refuse another architecture's `config.json` (BERT, ViT, plain CLIP): transformers would only warn and
+        `AAClipModel.from_pretrained` would then run on random weights."""
         config_dict, unused = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
         found = config_dict.get("model_type", cls.model_type)
         if found != cls.model_type:
@@ -455,24 +460,6 @@ class AAClipConfig(PreTrainedConfig):
         return cls(text_config=text, vision_config=vision, **fields)
 
 
-AAClipConfig.register_for_auto_class()
-
-__all__ = [
-    "DEFAULT_IMAGE_SIZE",
-    "GENERIC_CLASS",
-    "HIGH_BIT_MODES",
-    "AAClipConfig",
-    "ImageFileError",
-    "MissingImageFileError",
-    "StaleAnchorsWarning",
-    "UnknownClassNameWarning",
-    "binarize_mask",
-    "check_class_name",
-    "high_bit_to_uint8",
-    "image_to_rgb",
-    "load_rgb_image",
-    "open_image_file",
-]
 # Entries of `AAClipConfig.anchor_fingerprint`.
 ANCHOR_FINGERPRINT_KEYS = ("text_branch", "prompts", "dtype")
 # Tower fields that must be positive integers (a zero would divide by zero or build an empty model).
@@ -526,3 +513,21 @@ def _check_tower(name: str, tower: Mapping) -> None:
         raise ValueError(f"{name}.attention_dropout must be in [0, 1), got {dropout!r}")
 
 
+AAClipConfig.register_for_auto_class()
+
+__all__ = [
+    "DEFAULT_IMAGE_SIZE",
+    "GENERIC_CLASS",
+    "HIGH_BIT_MODES",
+    "AAClipConfig",
+    "ImageFileError",
+    "MissingImageFileError",
+    "StaleAnchorsWarning",
+    "UnknownClassNameWarning",
+    "binarize_mask",
+    "check_class_name",
+    "high_bit_to_uint8",
+    "image_to_rgb",
+    "load_rgb_image",
+    "open_image_file",
+]

@@ -21,7 +21,9 @@ pipeline-ready, Hub-safe folder with a SHA-256 manifest of its weight files (`ve
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -30,16 +32,18 @@ import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from pathlib import Path
 import torch.nn.functional as F
+from huggingface_hub import CommitOperationAdd, HfApi
 from torch import nn
 from transformers import CLIPModel, CLIPTextModel, CLIPVisionModel, PreTrainedModel
-from huggingface_hub import CommitOperationAdd, HfApi
 from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 
 from .configuration_aaclip import GENERIC_CLASS, AAClipConfig, StaleAnchorsWarning, check_class_name
 from .pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
@@ -98,6 +102,38 @@ def upsample_grid(grid: torch.Tensor, size: int | tuple[int, int]) -> torch.Tens
     return F.interpolate(grid[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
 
 
+def check_output_size(output_size) -> int | tuple[int, int]:
+    """A positive int or a `(height, width)` pair of positive ints, else a `ValueError` naming `output_size`."""
+    size = tuple(output_size) if isinstance(output_size, Sequence) else output_size
+    ints = size if isinstance(size, tuple) else (size,)
+    if len(ints) not in (1, 2) or (isinstance(size, tuple) and len(ints) != 2):
+        raise ValueError(f"output_size must be a positive int or (height, width), got {output_size!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ints):
+        raise ValueError(f"output_size must be a positive int or (height, width), got {output_size!r}")
+    return size
+
+
+# Keyword arguments transformers' generic code may pass to a model method (`TransformersKwargs`).
+TRANSFORMERS_KWARGS = frozenset(TransformersKwargs.__required_keys__ | TransformersKwargs.__optional_keys__)
+
+
+def _reject_unknown_kwargs(method: str, kwargs: dict, accepted: frozenset[str] = frozenset()) -> None:
+    """One `TypeError` naming every unexpected keyword argument (with near spellings) instead of ignoring them."""
+    unknown = sorted(set(kwargs) - accepted)
+    if not unknown:
+        return
+    signature = inspect.signature(getattr(AAClipModel, method))
+    known = [name for name in signature.parameters if name not in ("self", "kwargs")] + sorted(accepted)
+    hints = [f"{name!r} -> {close[0]!r}" for name in unknown if (close := difflib.get_close_matches(name, known, n=1))]
+    if method == "forward" and {"input_ids", "attention_mask"} & set(unknown):
+        hints.append("text is not a forward input: pass class_names (stored anchors) or text_anchors")
+    raise TypeError(
+        f"AAClipModel.{method}() got unexpected keyword argument(s) {unknown}"
+        + (f" ({'; '.join(hints)})" if hints else "")
+        + f"; it takes {', '.join(known)}"
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Outputs
 # ----------------------------------------------------------------------------------------------
@@ -106,13 +142,15 @@ def upsample_grid(grid: torch.Tensor, size: int | tuple[int, int]) -> torch.Tens
 @dataclass
 class AAClipOutput(ModelOutput):
     r"""
-    anomaly_map (`torch.FloatTensor` of shape `(batch_size, height, width)`):
-        SPEC section 5 test map: per level `s_l = (p_A + 1 - p_N) / 2` on the patch grid, Gaussian-blurred,
-        bilinearly upsampled, summed over levels. Larger means more anomalous; not bounded.
-    anomaly_map_levels (`tuple(torch.FloatTensor)`):
-        The per-level terms of `anomaly_map`, each `(batch_size, height, width)`.
+    Like transformers' segmentation models, `forward` returns maps on the patch grid; resize them to the sizes you need
+    with `AAClipProcessor.post_process_anomaly_detection(outputs, target_sizes=...)`.
+
     anomaly_map_grid (`torch.FloatTensor` of shape `(batch_size, G, G)`):
-        `anomaly_map` before upsampling; resize it to any size (see `post_process_anomaly_detection`).
+        SPEC section 5 test map on the `G x G` patch grid: per level `s_l = (p_A + 1 - p_N) / 2`, Gaussian-blurred,
+        summed over levels. Larger means more anomalous; not bounded. Blur and bilinear resizing are linear, so
+        resizing this sum equals summing the resized levels.
+    anomaly_map_grid_levels (`tuple(torch.FloatTensor)`):
+        The per-level terms of `anomaly_map_grid`, each `(batch_size, G, G)`.
     image_score (`torch.FloatTensor` of shape `(batch_size,)`):
         Per-image anomaly score in [0, 1] that depends on that image alone. With `map_score` the maximum over
         the grid of `sigmoid(2 * anomaly_map_grid / L - 1)` (the anomaly probability of the level-averaged,
@@ -120,22 +158,39 @@ class AAClipOutput(ModelOutput):
         `"map"` = `map_score`, `"raw"` = `raw_anomaly_score`; chosen per domain by `config.image_score_mode`.
     raw_anomaly_score (`torch.FloatTensor` of shape `(batch_size,)`):
         SPEC `r = (image_embeds . T_A + 1) / 2`, in [0, 1].
+    anomaly_map (`torch.FloatTensor` of shape `(batch_size, height, width)`, *optional*):
+        Only when `forward` is given an `output_size`: each level bilinearly upsampled (`align_corners=True`) to
+        that size, then summed (the reference's order of operations).
     patch_embeds (`tuple(torch.FloatTensor)`):
         One `(batch_size, num_patches, E)` tensor of L2-normalised patch features per feature level.
     image_embeds (`torch.FloatTensor` of shape `(batch_size, E)`):
         Mean of the normalised `det_projection` patch features of the last layer (not re-normalised).
     text_anchors (`torch.FloatTensor` of shape `(batch_size, E, 2)`):
         The anchors used for each image: column 0 normal, column 1 anomaly.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+        With `output_hidden_states=True`: the vision tower's hidden states (embeddings, then every layer,
+        post-adapter), each `(batch_size, 1 + num_patches, hidden_size)`.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        With `output_attentions=True` (eager attention): the vision tower's attention weights per layer.
+    vision_model_output (`BaseModelOutputWithPooling`):
+        The output of the vision tower, as in `CLIPOutput`.
     """
 
-    anomaly_map: torch.FloatTensor | None = None
-    anomaly_map_levels: tuple[torch.FloatTensor, ...] | None = None
     anomaly_map_grid: torch.FloatTensor | None = None
+    anomaly_map_grid_levels: tuple[torch.FloatTensor, ...] | None = None
     image_score: torch.FloatTensor | None = None
     raw_anomaly_score: torch.FloatTensor | None = None
+    anomaly_map: torch.FloatTensor | None = None
     patch_embeds: tuple[torch.FloatTensor, ...] | None = None
     image_embeds: torch.FloatTensor | None = None
     text_anchors: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        """Nested tower outputs become tuples too (as `CLIPOutput.to_tuple` does)."""
+        return tuple(value.to_tuple() if isinstance(value, ModelOutput) else value for value in self.values())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,61 +257,6 @@ def _inject_adapters(tower: CLIPTextModel | CLIPVisionModel, num_layers: int, fu
         tower.encoder.layers[index] = AAClipEncoderLayer(tower.config, fusion_weight, slope)
 
 
-# ----------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------
-
-
-class AAClipPreTrainedModel(PreTrainedModel):
-    config_class = AAClipConfig
-    config: AAClipConfig
-    base_model_prefix = "aaclip"
-    main_input_name = "pixel_values"
-    input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings", "AAClipEncoderLayer"]
-
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, AAClipModel):
-            if module.config.include_text_model:
-                init.constant_(module.logit_scale, self.config.logit_scale_init_value)
-            init.zeros_(module.text_anchors)
-
-
-class AAClipModel(AAClipPreTrainedModel):
-    r"""
-    AA-CLIP on native HF CLIP towers. Attribute names mirror `CLIPModel`, so any HF CLIP checkpoint loads into
-    the backbone with only the adapter, head and anchor keys missing.
-
-    Example:
-
-    ```python
-    >>> from aaclip_hf import AAClipModel, AAClipProcessor
-    >>> model = AAClipModel.from_pretrained("path/to/aaclip-model")
-    >>> processor = AAClipProcessor.from_pretrained("path/to/aaclip-model")
-    >>> inputs = processor(images=image, return_tensors="pt")
-    >>> outputs = model(**inputs, class_names=["bottle"])
-    >>> outputs.anomaly_map.shape, outputs.image_score
-    ```
-    """
-
-    def __init__(self, config: AAClipConfig):
-        super().__init__(config)
-        text_config, vision_config = config.text_config, config.vision_config
-        slope = config.adapter_negative_slope
-
-        self.vision_model = CLIPVisionModel._from_config(vision_config)
-        _inject_adapters(self.vision_model, config.vision_adapter_layers, config.vision_adapter_weight, slope)
-        # CLIP's own image head, kept so the backbone stays a complete CLIP (stage-1 features, CLIP parity).
-        self.visual_projection = nn.Linear(vision_config.hidden_size, config.projection_dim, bias=False)
-
-        if config.include_text_model:
-            self.text_model = CLIPTextModel._from_config(text_config)
 # ----------------------------------------------------------------------------------------------
 # Trust: weight files, their manifest, fingerprints and the model card
 # ----------------------------------------------------------------------------------------------
@@ -520,6 +520,75 @@ def _upload_files(
     )
 
 
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+
+
+class AAClipPreTrainedModel(PreTrainedModel):
+    config_class = AAClipConfig
+    config: AAClipConfig
+    base_model_prefix = "aaclip"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings", "AAClipEncoderLayer"]
+    # `forward` takes no loss kwargs (its `**kwargs` only exists to name unknown arguments in one error).
+    accepts_loss_kwargs = False
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """`False`: initialise like a native model, so missing tower weights get CLIP's own init.
+
+        For custom code, transformers skips every module whose own parameters are all flagged as initialised, which
+        is vacuously true for CLIP's attention and MLP blocks (they hold only child layers): their projections would
+        keep the generic `std=initializer_range` init. That guard protects `_init_weights` that write tensors in
+        place; every init here (ours and the towers' `CLIPPreTrainedModel._init_weights`) goes through
+        `transformers.initialization`, which never touches a loaded tensor.
+        """
+        return False
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, AAClipModel):
+            if module.config.include_text_model:
+                init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            init.zeros_(module.text_anchors)
+
+
+class AAClipModel(AAClipPreTrainedModel):
+    r"""
+    AA-CLIP on native HF CLIP towers. Attribute names mirror `CLIPModel`, so any HF CLIP checkpoint loads into
+    the backbone with only the adapter, head and anchor keys missing.
+
+    Example:
+
+    ```python
+    >>> from aaclip_hf import AAClipModel, AAClipProcessor
+    >>> model = AAClipModel.from_pretrained("path/to/aaclip-model")
+    >>> processor = AAClipProcessor.from_pretrained("path/to/aaclip-model")
+    >>> inputs = processor(images=image, return_tensors="pt")
+    >>> outputs = model(**inputs, class_names=["bottle"])
+    >>> outputs.anomaly_map.shape, outputs.image_score
+    ```
+    """
+
+    def __init__(self, config: AAClipConfig):
+        super().__init__(config)
+        text_config, vision_config = config.text_config, config.vision_config
+        slope = config.adapter_negative_slope
+
+        self.vision_model = CLIPVisionModel._from_config(vision_config)
+        _inject_adapters(self.vision_model, config.vision_adapter_layers, config.vision_adapter_weight, slope)
+        # CLIP's own image head, kept so the backbone stays a complete CLIP (stage-1 features, CLIP parity).
+        self.visual_projection = nn.Linear(vision_config.hidden_size, config.projection_dim, bias=False)
+
+        if config.include_text_model:
+            self.text_model = CLIPTextModel._from_config(text_config)
             _inject_adapters(self.text_model, config.text_adapter_layers, config.text_adapter_weight, slope)
             self.text_projection = nn.Linear(text_config.hidden_size, config.projection_dim, bias=False)
             self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
@@ -598,6 +667,9 @@ def _upload_files(
         image_size = overrides.pop("image_size", clip_config.vision_config.image_size)
         hidden_act = overrides.pop("hidden_act", None)
         config = AAClipConfig.from_clip_config(clip_config, **overrides)
+        source = clip if isinstance(clip, str) else getattr(clip_model, "name_or_path", "")
+        if config.base_model is None and source and _looks_like_hub_id(str(source)):
+            config.base_model = str(source)
         config.vision_config.image_size = image_size
         if hidden_act is not None:
             config.text_config.hidden_act = hidden_act
@@ -619,6 +691,9 @@ def _upload_files(
                 f"unexpected {sorted(unexpected)[:5]}"
             )
         model.init_adapter_weights(seed)
+        # Fresh text adapters/head: stage 2 without stage 1 must not take anchors from them (config docstring).
+        model.config.untrained_text_adapters = config.include_text_model and (
+            config.text_adapter_layers > 0 or config.text_head == "adapter"
         )
         if processor is not None:
             model.refresh_text_anchors(processor, anchor_classes)
@@ -643,99 +718,6 @@ def _upload_files(
             raise RuntimeError(f"inference-only copy is missing weights: {missing[:5]}")
         return model.eval()
 
-    # ------------------------------------------------------------------ adapters on/off
-
-    @contextlib.contextmanager
-    def adapters_disabled(self):
-        """Run the towers as plain CLIP (no adapter fusion) inside the block."""
-        towers = [self.vision_model] + ([self.text_model] if self.config.include_text_model else [])
-        layers = [layer for tower in towers for layer in self._adapted_layers(tower)]
-        previous = [layer.adapter_enabled for layer in layers]
-        for layer in layers:
-            layer.adapter_enabled = False
-        try:
-            yield self
-        finally:
-            for layer, state in zip(layers, previous):
-                layer.adapter_enabled = state
-
-    # ------------------------------------------------------------------ text branch (SPEC section 3)
-
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Adapted text tower, EOS pooling, then the text head: `(num_texts, E)`, not normalised."""
-        if not self.config.include_text_model:
-            raise ValueError(
-                "this is an inference-only AA-CLIP (include_text_model=False): it has no text tower and scores "
-                f"against its stored anchors only ({self.stored_class_names}); load the full model to add classes"
-            )
-        pooled = self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-        if self.config.text_head == "adapter":
-        source = clip if isinstance(clip, str) else getattr(clip_model, "name_or_path", "")
-        if config.base_model is None and source and _looks_like_hub_id(str(source)):
-            config.base_model = str(source)
-            return self.text_projector(pooled)
-        return self.text_projection(pooled)
-
-    def encode_anchors(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, num_classes: int, num_normal: int
-    ) -> torch.Tensor:
-        """Anchors `(num_classes, E, 2)` from prompts laid out per class as `[normal..., anomaly...]`.
-
-        Each sentence embedding is L2-normalised, each group averaged and normalised again.
-        """
-        features = F.normalize(self.get_text_features(input_ids, attention_mask), dim=-1)
-        features = features.reshape(num_classes, -1, features.shape[-1])
-        normal = F.normalize(features[:, :num_normal].mean(dim=1), dim=-1)
-        anomaly = F.normalize(features[:, num_normal:].mean(dim=1), dim=-1)
-        return torch.stack([normal, anomaly], dim=-1)
-
-    def compute_text_anchors(self, class_names: Sequence[str], prompts) -> torch.Tensor:
-        """Anchors `(C, E, 2)` of `class_names` (grad flows unless under no_grad); nothing is stored.
-
-        `prompts` is `processor.tokenize_prompts(class_names)` (`input_ids`, `attention_mask`, `num_normal`), or
-        an object with `tokenize_prompts` (an `AAClipProcessor`), which is asked for them.
-        """
-        names = _class_name_list(class_names)
-        if hasattr(prompts, "tokenize_prompts"):
-            prompts = prompts.tokenize_prompts(names)
-        if prompts["input_ids"].shape[0] % max(len(names), 1):
-            raise ValueError(
-                f"{prompts['input_ids'].shape[0]} tokenized prompts do not split evenly over {len(names)} class names; "
-                "pass processor.tokenize_prompts(class_names) for the same names"
-            )
-        device = self.text_anchors.device
-        return self.encode_anchors(
-            prompts["input_ids"].to(device),
-            prompts["attention_mask"].to(device),
-            num_classes=len(names),
-            num_normal=prompts["num_normal"],
-        )
-
-    @property
-    def stored_class_names(self) -> list[str]:
-        return list(self.config.anchor_class_names)
-
-    @torch.no_grad()
-    def store_text_anchors(self, class_names: Sequence[str], anchors: torch.Tensor) -> None:
-        """Add or replace stored anchors computed elsewhere; they are saved with the weights.
-
-        Their provenance is unknown, so `config.anchor_fingerprint` is cleared; prefer `update_text_anchors`.
-        """
-        self._store_rows(_class_name_list(class_names), anchors)
-        self.config.anchor_fingerprint = None
-
-    def _store_rows(self, class_names: list[str], anchors: torch.Tensor) -> None:
-        anchors = anchors.detach()
-        if anchors.shape != (len(class_names), self.config.projection_dim, 2):
-            raise ValueError(
-                f"anchors must have shape ({len(class_names)}, {self.config.projection_dim}, 2), got {tuple(anchors.shape)}"
-            )
-        names = self.stored_class_names
-        table = self.text_anchors
-        for name, anchor in zip(class_names, anchors):
-            if name in names:
-                table = table.index_copy(
-                    0, torch.tensor([names.index(name)], device=table.device), anchor[None].to(table)
     # ------------------------------------------------------------------ loading and saving (trust)
 
     @classmethod
@@ -889,89 +871,85 @@ def _upload_files(
                 revision=revision,
             )
 
-                )
-            else:
-                names.append(name)
-                table = torch.cat([table, anchor[None].to(table)], dim=0)
-        self.text_anchors = table
-        self.config.anchor_class_names = names
+    # ------------------------------------------------------------------ adapters on/off
 
-    @torch.no_grad()
-    def update_text_anchors(self, processor, class_names: Sequence[str] | None = None) -> None:
-        """Compute and store the anchors of `class_names` (default: every stored class).
-
-        When the text branch or the prompt ensemble changed since the stored table was made (or its provenance is
-        unknown), every stored class is recomputed with them (`refresh_text_anchors`): the table never mixes old
-        and new anchors.
-        """
-        if class_names is None:
-            return self.refresh_text_anchors(processor)
-        names = list(dict.fromkeys(_class_name_list(class_names)))
-        prompts = processor.tokenize_prompts(names)
-        recorded = self.config.anchor_fingerprint
-        current = {**self.text_branch_fingerprint(), "prompts": str(prompts.get("prompt_fingerprint", "unknown"))}
-        if recorded != current:
-            return self.refresh_text_anchors(processor, names)
-        was_training = self.training
-        self.eval()
+    @contextlib.contextmanager
+    def adapters_disabled(self):
+        """Run the towers as plain CLIP (no adapter fusion) inside the block."""
+        towers = [self.vision_model] + ([self.text_model] if self.config.include_text_model else [])
+        layers = [layer for tower in towers for layer in self._adapted_layers(tower)]
+        previous = [layer.adapter_enabled for layer in layers]
+        for layer in layers:
+            layer.adapter_enabled = False
         try:
-            self._store_rows(names, self._encode_distinct(names, prompts))
+            yield self
         finally:
-            self.train(was_training)
-        return None
+            for layer, state in zip(layers, previous):
+                layer.adapter_enabled = state
 
-    def anchors_for(self, class_names: Sequence[str]) -> torch.Tensor:
-        """Stored anchors gathered per sample: `(B, E, 2)`."""
-        names = self.stored_class_names
-        unknown = sorted({name for name in class_names if name not in names})
-        if unknown:
-            raise KeyError(
-                f"no stored text anchors for class(es) {unknown}; stored: {names[:10]}{'...' if len(names) > 10 else ''}. "
-                "Compute them with model.update_text_anchors(processor, [...]) (needs the tokenizer), pass "
-                "text_anchors=..., or use the generic class 'object'."
-            )
-        if GENERIC_CLASS in class_names and not bool(self.text_anchors[0].any()):
+    # ------------------------------------------------------------------ text branch (SPEC section 3)
+
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling | tuple:
+        """The adapted text tower's output with `pooler_output` set to the text head's features `(num_texts, E)`
+        (EOS pooling, then the head; not normalised), as `CLIPModel.get_text_features` does with its projection.
+
+        `kwargs` (`output_hidden_states`, `output_attentions`, ...) go to the text tower.
+        """
+        if not self.config.include_text_model:
             raise ValueError(
-                "the generic 'object' anchor was never computed for this model; call "
-                "model.update_text_anchors(processor) once (from_clip_pretrained does it)"
+                "this is an inference-only AA-CLIP (include_text_model=False): it has no text tower and scores "
+                f"against its stored anchors only ({self.stored_class_names}); load the full model to add classes"
             )
-        index = torch.tensor([names.index(name) for name in class_names], device=self.text_anchors.device)
-        return self.text_anchors.index_select(0, index)
+        _reject_unknown_kwargs("get_text_features", kwargs, TRANSFORMERS_KWARGS)
+        outputs = self.text_model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
+        )
+        head = self.text_projector if self.config.text_head == "adapter" else self.text_projection
+        outputs.pooler_output = head(outputs.pooler_output)
+        return outputs
 
-    # ------------------------------------------------------------------ vision branch (SPEC section 4)
+    def encode_anchors(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, num_classes: int, num_normal: int
+    ) -> torch.Tensor:
+        """Anchors `(num_classes, E, 2)` from prompts laid out per class as `[normal..., anomaly...]`.
 
-    def get_vision_features(
-        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
-    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-        """Multi-level patch features `L x (B, N, E)` (L2-normalised) and the image feature `(B, E)`."""
-        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.vision_config.num_channels:
+        Each sentence embedding is L2-normalised, each group averaged and normalised again.
+        """
+        features = self.get_text_features(input_ids, attention_mask, return_dict=True).pooler_output
+        features = F.normalize(features, dim=-1)
+        features = features.reshape(num_classes, -1, features.shape[-1])
+        normal = F.normalize(features[:, :num_normal].mean(dim=1), dim=-1)
+        anomaly = F.normalize(features[:, num_normal:].mean(dim=1), dim=-1)
+        return torch.stack([normal, anomaly], dim=-1)
+
+    def compute_text_anchors(self, class_names: Sequence[str], prompts) -> torch.Tensor:
+        """Anchors `(C, E, 2)` of `class_names` (grad flows unless under no_grad); nothing is stored.
+
+        `prompts` is `processor.tokenize_prompts(class_names)` (`input_ids`, `attention_mask`, `num_normal`), or
+        an object with `tokenize_prompts` (an `AAClipProcessor`), which is asked for them.
+        """
+        names = _class_name_list(class_names)
+        if hasattr(prompts, "tokenize_prompts"):
+            prompts = prompts.tokenize_prompts(names)
+        if prompts["input_ids"].shape[0] % max(len(names), 1):
             raise ValueError(
-                f"pixel_values must be (batch, {self.config.vision_config.num_channels}, height, width), "
-                f"got {tuple(pixel_values.shape)}"
+                f"{prompts['input_ids'].shape[0]} tokenized prompts do not split evenly over {len(names)} class names; "
+                "pass processor.tokenize_prompts(class_names) for the same names"
             )
-        outputs = self.vision_model(
-            pixel_values=pixel_values,
-            output_hidden_states=list(self.config.feature_layers),
-            interpolate_pos_encoding=interpolate_pos_encoding,
+        device = self.text_anchors.device
+        return self.encode_anchors(
+            prompts["input_ids"].to(device),
+            prompts["attention_mask"].to(device),
+            num_classes=len(names),
+            num_normal=prompts["num_normal"],
         )
-        post_layernorm = self.vision_model.post_layernorm
-        patch_embeds = tuple(
-            F.normalize(projection(post_layernorm(outputs.hidden_states[layer][:, 1:])), dim=-1)
-            for projection, layer in zip(self.seg_projections, self.config.feature_layers)
-        )
-        last_patches = post_layernorm(outputs.last_hidden_state[:, 1:])
-        image_embeds = F.normalize(self.det_projection(last_patches), dim=-1).mean(dim=1)
-        return patch_embeds, image_embeds
-
-    # ------------------------------------------------------------------ scores (SPEC section 5)
-
-    def patch_logits(self, patch_embeds: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        """`p = temperature * f @ T`: `(B, N, 2)` from `(B, N, E)` features and `(B|1, E, 2)` anchors."""
-        return self.config.similarity_temperature * torch.matmul(patch_embeds, anchors)
-
-    def similarity_logits(self, image_embeds: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
-        """Image-level logits `(B, 2)`: raw dot products `det @ T`, no temperature (the stage-2 CE input)."""
-        return torch.matmul(image_embeds.unsqueeze(1), anchors).squeeze(1)
 
     def _encode_distinct(self, class_names: list[str], prompts: Mapping) -> torch.Tensor:
         """`compute_text_anchors`, running the text tower once per distinct prompt block (names that share a
@@ -993,10 +971,10 @@ def _upload_files(
         )
         return anchors[torch.tensor([distinct.index(i) for i in owner], device=anchors.device)]
 
-    @staticmethod
-    def _to_grid(values: torch.Tensor) -> torch.Tensor:
-        """`(B, N, C)` patch values -> `(B, C, G, G)`."""
-        grid = math.isqrt(values.shape[1])
+    @property
+    def stored_class_names(self) -> list[str]:
+        return list(self.config.anchor_class_names)
+
     # ------------------------------------------------------------------ stored anchors: derived state
 
     def _require_text_tower(self) -> None:
@@ -1083,6 +1061,148 @@ def _upload_files(
             "prompts": str(prompts.get("prompt_fingerprint", "unknown")),
         }
 
+    @torch.no_grad()
+    def store_text_anchors(self, class_names: Sequence[str], anchors: torch.Tensor) -> None:
+        """Add or replace stored anchors computed elsewhere; they are saved with the weights.
+
+        Their provenance is unknown, so `config.anchor_fingerprint` is cleared; prefer `update_text_anchors`.
+        """
+        self._store_rows(_class_name_list(class_names), anchors)
+        self.config.anchor_fingerprint = None
+
+    def _store_rows(self, class_names: list[str], anchors: torch.Tensor) -> None:
+        anchors = anchors.detach()
+        if anchors.shape != (len(class_names), self.config.projection_dim, 2):
+            raise ValueError(
+                f"anchors must have shape ({len(class_names)}, {self.config.projection_dim}, 2), got {tuple(anchors.shape)}"
+            )
+        names = self.stored_class_names
+        table = self.text_anchors
+        for name, anchor in zip(class_names, anchors):
+            if name in names:
+                table = table.index_copy(
+                    0, torch.tensor([names.index(name)], device=table.device), anchor[None].to(table)
+                )
+            else:
+                names.append(name)
+                table = torch.cat([table, anchor[None].to(table)], dim=0)
+        self.text_anchors = table
+        self.config.anchor_class_names = names
+
+    @torch.no_grad()
+    def update_text_anchors(self, processor, class_names: Sequence[str] | None = None) -> None:
+        """Compute and store the anchors of `class_names` (default: every stored class).
+
+        When the text branch or the prompt ensemble changed since the stored table was made (or its provenance is
+        unknown), every stored class is recomputed with them (`refresh_text_anchors`): the table never mixes old
+        and new anchors.
+        """
+        if class_names is None:
+            return self.refresh_text_anchors(processor)
+        names = list(dict.fromkeys(_class_name_list(class_names)))
+        prompts = processor.tokenize_prompts(names)
+        recorded = self.config.anchor_fingerprint
+        current = {**self.text_branch_fingerprint(), "prompts": str(prompts.get("prompt_fingerprint", "unknown"))}
+        if recorded != current:
+            return self.refresh_text_anchors(processor, names)
+        was_training = self.training
+        self.eval()
+        try:
+            self._store_rows(names, self._encode_distinct(names, prompts))
+        finally:
+            self.train(was_training)
+        return None
+
+    def anchors_for(self, class_names: Sequence[str]) -> torch.Tensor:
+        """Stored anchors gathered per sample: `(B, E, 2)`."""
+        class_names = _class_name_list(class_names)
+        names = self.stored_class_names
+        unknown = sorted({name for name in class_names if name not in names})
+        if unknown:
+            raise KeyError(
+                f"no stored text anchors for class(es) {unknown}; stored: {names[:10]}{'...' if len(names) > 10 else ''}. "
+                "Compute them with model.update_text_anchors(processor, [...]) (needs the tokenizer), pass "
+                "text_anchors=..., or use the generic class 'object'."
+            )
+        if GENERIC_CLASS in class_names and not bool(self.text_anchors[0].any()):
+            raise ValueError(
+                "the generic 'object' anchor was never computed for this model; call "
+                "model.update_text_anchors(processor) once (from_clip_pretrained does it)"
+            )
+        index = torch.tensor([names.index(name) for name in class_names], device=self.text_anchors.device)
+        return self.text_anchors.index_select(0, index)
+
+    # ------------------------------------------------------------------ vision branch (SPEC section 4)
+
+    def get_vision_features(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Multi-level patch features `L x (B, N, E)` (L2-normalised) and the image feature `(B, E)`."""
+        patch_embeds, image_embeds, _ = self._vision_branch(pixel_values, interpolate_pos_encoding)
+        return patch_embeds, image_embeds
+
+    def _vision_branch(
+        self,
+        pixel_values: torch.Tensor,
+        interpolate_pos_encoding: bool = False,
+        output_hidden_states: bool | int | Sequence[int] = False,
+        output_attentions: bool = False,
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, BaseModelOutputWithPooling]:
+        """`get_vision_features` and the tower's output, whose `hidden_states` hold what `output_hidden_states` asks
+        for: all (`True`), none (`False`) or the hidden states at the given indices (others `None`, negative
+        indices from the end, as transformers selects them). The tower records only those and the feature layers."""
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.vision_config.num_channels:
+            raise ValueError(
+                f"pixel_values must be (batch, {self.config.vision_config.num_channels}, height, width), "
+                f"got {tuple(pixel_values.shape)}"
+            )
+        wanted = None  # indices of the hidden states to return; None = all of them
+        if output_hidden_states is False or output_hidden_states is None:
+            wanted = set()
+        elif output_hidden_states is not True:
+            count = self.config.vision_config.num_hidden_layers + 1
+            indices = [output_hidden_states] if isinstance(output_hidden_states, int) else list(output_hidden_states)
+            wanted = {index % count for index in indices if -count <= index < count}
+        record = True if wanted is None else sorted(wanted | set(self.config.feature_layers))
+        outputs = self.vision_model(
+            pixel_values=pixel_values,
+            output_hidden_states=record,
+            output_attentions=output_attentions,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            return_dict=True,
+        )
+        post_layernorm = self.vision_model.post_layernorm
+        patch_embeds = tuple(
+            F.normalize(projection(post_layernorm(outputs.hidden_states[layer][:, 1:])), dim=-1)
+            for projection, layer in zip(self.seg_projections, self.config.feature_layers)
+        )
+        last_patches = post_layernorm(outputs.last_hidden_state[:, 1:])
+        image_embeds = F.normalize(self.det_projection(last_patches), dim=-1).mean(dim=1)
+        hidden_states = outputs.hidden_states
+        if wanted is not None:
+            hidden_states = tuple(state if i in wanted else None for i, state in enumerate(hidden_states))
+        tower_output = BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=outputs.pooler_output,
+            hidden_states=hidden_states if wanted is None or wanted else None,
+            attentions=outputs.attentions if output_attentions else None,
+        )
+        return patch_embeds, image_embeds, tower_output
+
+    # ------------------------------------------------------------------ scores (SPEC section 5)
+
+    def patch_logits(self, patch_embeds: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """`p = temperature * f @ T`: `(B, N, 2)` from `(B, N, E)` features and `(B|1, E, 2)` anchors."""
+        return self.config.similarity_temperature * torch.matmul(patch_embeds, anchors)
+
+    def similarity_logits(self, image_embeds: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """Image-level logits `(B, 2)`: raw dot products `det @ T`, no temperature (the stage-2 CE input)."""
+        return torch.matmul(image_embeds.unsqueeze(1), anchors).squeeze(1)
+
+    @staticmethod
+    def _to_grid(values: torch.Tensor) -> torch.Tensor:
+        """`(B, N, C)` patch values -> `(B, C, G, G)`."""
+        grid = math.isqrt(values.shape[1])
         return values.transpose(1, 2).reshape(values.shape[0], values.shape[2], grid, grid)
 
     def training_maps(
@@ -1115,7 +1235,6 @@ def _upload_files(
 
     def image_scores(
         self, grid_sum: torch.Tensor, image_embeds: torch.Tensor, anchors: torch.Tensor, domain: str | None = None
-        class_names = _class_name_list(class_names)
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image `(image_score, raw_anomaly_score)`, both in [0, 1] (see `AAClipOutput`)."""
         domain = self._domain(domain)
@@ -1138,18 +1257,41 @@ def _upload_files(
         domain: str | None = None,
         output_size: int | tuple[int, int] | None = None,
         interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | int | list[int] | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> AAClipOutput | tuple:
         r"""
+        Scores and patch-grid maps (see `AAClipOutput`); `AAClipProcessor.post_process_anomaly_detection` resizes the
+        maps to each image's size.
+
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`): from `AAClipProcessor`.
         class_names (`str` or `list[str]`, *optional*): one name for the batch or one per image (mixed classes
             work); their anchors must be stored (see `update_text_anchors`). Defaults to `"object"`.
         text_anchors (`torch.FloatTensor` of shape `(batch_size | 1, E, 2)`, *optional*): explicit anchors instead.
         domain (`str`, *optional*): `"industrial"` or `"medical"` smoothing and image score; config default.
-        output_size (`int` or `(h, w)`, *optional*): size of `anomaly_map`; defaults to the input size.
+        output_size (`int` or `(height, width)`, *optional*): also compute `anomaly_map` at this size. Without it
+            no map beyond the patch grid is computed.
+        interpolate_pos_encoding (`bool`, defaults to `False`): CLIP's position-table interpolation for other input
+            sizes (no antialias; not the reference's load-time resize).
+        output_attentions (`bool`, *optional*): also return the vision tower's attention weights (eager attention;
+            default: the config's).
+        output_hidden_states (`bool`, `int` or `list[int]`, *optional*): also return the vision tower's hidden
+            states: all of them, or those at the given indices (the others `None`), as transformers' models select
+            them (default: the config's).
+        return_dict (`bool`, *optional*): `False` returns a tuple (default: the config's).
+
+        Any other keyword argument is a `TypeError`: nothing passed is silently ignored.
         """
+        _reject_unknown_kwargs("forward", kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_size is not None:
+            output_size = check_output_size(output_size)
         if class_names is not None and text_anchors is not None:
             raise ValueError("pass either class_names or text_anchors, not both")
         batch_size = pixel_values.shape[0]
@@ -1168,22 +1310,28 @@ def _upload_files(
             text_anchors = text_anchors.to(pixel_values.device).expand(batch_size, -1, -1)
         text_anchors = text_anchors.to(self.dtype)
 
-        patch_embeds, image_embeds = self.get_vision_features(pixel_values, interpolate_pos_encoding)
+        patch_embeds, image_embeds, vision_outputs = self._vision_branch(
+            pixel_values, interpolate_pos_encoding, output_hidden_states, bool(output_attentions)
+        )
         grids = self.anomaly_grids(patch_embeds, text_anchors, domain)
         grid_sum = torch.stack(grids).sum(dim=0)
         image_score, raw_score = self.image_scores(grid_sum, image_embeds, text_anchors, domain)
+        anomaly_map = None
+        if output_size is not None:
+            anomaly_map = torch.stack([upsample_grid(grid, output_size) for grid in grids]).sum(dim=0)
 
-        size = output_size or tuple(pixel_values.shape[-2:])
-        levels = tuple(upsample_grid(grid, size) for grid in grids)
         output = AAClipOutput(
-            anomaly_map=torch.stack(levels).sum(dim=0),
-            anomaly_map_levels=levels,
             anomaly_map_grid=grid_sum,
+            anomaly_map_grid_levels=grids,
             image_score=image_score,
             raw_anomaly_score=raw_score,
+            anomaly_map=anomaly_map,
             patch_embeds=patch_embeds,
             image_embeds=image_embeds,
             text_anchors=text_anchors,
+            hidden_states=vision_outputs.hidden_states,
+            attentions=vision_outputs.attentions,
+            vision_model_output=vision_outputs,
         )
         return output if return_dict else output.to_tuple()
 
@@ -1206,16 +1354,16 @@ __all__ = [
     "AAClipOutput",
     "AAClipPreTrainedModel",
     "AAClipProjection",
-    "gaussian_blur2d",
-    "resize_position_embedding",
-    "upsample_grid",
-]
     "CorruptWeightsError",
     "IncompleteWeightsError",
     "NonFiniteWeightsError",
     "WeightsError",
     "check_safetensors_file",
+    "gaussian_blur2d",
     "model_card_text",
     "non_finite_tensors",
     "verify_manifest",
     "weight_files",
+    "resize_position_embedding",
+    "upsample_grid",
+]
