@@ -116,6 +116,7 @@ SANITISED_FILES = (TRAINING_ARGS_FILE, TRAINING_SUMMARY_FILE)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 TRAINING_STATE = re.compile(r"optimi[sz]er|scheduler|rng_state|random_states|scaler|trainer_state", re.IGNORECASE)
 CHECKPOINT_FOLDER = re.compile(r"checkpoints?(-\d+)?|\.tmp-.*")
+TENSORS_NAMED = 8  # non-finite tensors an error names before it says how many more there are
 DEFAULT_CARD_IMAGES = 6  # overlays in the card's picture grid
 DEFAULT_CARD_COLUMNS = 2
 DEFAULT_CARD_TILE_WIDTH = 640
@@ -269,8 +270,10 @@ def check_weights(folder: Path, source: Path | None = None) -> list[str]:
         except SafetensorError as error:
             raise CorruptWeightsError(f"{source / name}: unreadable safetensors file ({error})") from None
         if bad:
+            more = f" (+{len(bad) - TENSORS_NAMED} more)" if len(bad) > TENSORS_NAMED else ""
             raise NonFiniteWeightsError(
-                f"{source / name}: refusing to publish non-finite (NaN/inf) weights in tensor(s): {', '.join(bad)}"
+                f"{source / name}: refusing to publish non-finite (NaN/inf) weights in {len(bad)} tensor(s): "
+                f"{', '.join(bad[:TENSORS_NAMED])}{more}"
             )
     return files
 

@@ -608,3 +608,25 @@ def test_save_for_hub_replaces_a_previous_hub_folder_only(tiny_model, processor,
     with pytest.raises(ValueError, match=r"not a Hub folder \(holds \['notes.txt'\]\)"):
         hub.save_for_hub(tiny_model, processor, folder)
     assert (folder / "notes.txt").read_text() == "mine"
+
+
+def test_train_push_to_hub_goes_through_the_allowlist(trained_folder, recording_api, monkeypatch, tmp_path):
+    """`aaclip train --push-to-hub` uploads the training output folder by allowlist (training itself stubbed)."""
+    from aaclip_hf.cli import main
+    from aaclip_hf.cli import train as train_cli
+
+    (trained_folder / "training_args.json").write_text(json.dumps({"model": "/abs/base", "train_data": ["/d/visa"]}))
+    monkeypatch.setattr(train_cli, "train", lambda args: args.output_dir)
+    argv = [
+        "train",
+        "--model",
+        str(trained_folder),
+        "--train-data",
+        str(tmp_path),
+        "--output-dir",
+        str(trained_folder),
+    ]
+    assert main([*argv, "--push-to-hub", "--hub-model-id", "acme/trained"]) == 0
+    create, upload = recording_api.calls
+    assert create[1] == "acme/trained" and set(upload[2]) == EXPECTED_FILES | {"training_args.json"}
+    assert json.loads(upload[2]["training_args.json"]) == {"model": "base", "train_data": ["visa"]}
