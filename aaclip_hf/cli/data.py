@@ -81,6 +81,22 @@ def run_make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_reader_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `load_samples` options of the commands that read a dataset."""
+    parser.add_argument("--format", default=None, help="dataset layout, if auto-detection is wrong")
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept metadata paths that lead outside the dataset root (refused by default)",
+    )
+
+
+def _print_classes(samples) -> None:
+    print(f"{'class':<24} {'normal':>6} {'anomaly':>7}")
+    for cls, row in summarize_samples(samples).items():
+        print(f"{cls:<24} {row['normal']:>6} {row['anomaly']:>7}")
+
+
 def add_sample_shots_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "data", nargs="+", help="dataset folder, metadata file or spec (PATH::classes=a,b); several are combined"
@@ -98,15 +114,10 @@ def add_sample_shots_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split", default="test", help="split to draw from (default 'test', as the reference's VisA training data)"
     )
-    parser.add_argument("--format", default=None, help="dataset layout, if auto-detection is wrong")
     parser.add_argument(
         "--relative-to", default=None, help="write paths relative to this folder (default: the output file's folder)"
     )
-    parser.add_argument(
-        "--allow-outside-root",
-        action="store_true",
-        help="accept metadata paths that lead outside the dataset root (refused by default)",
-    )
+    _add_reader_arguments(parser)
 
 
 def run_sample_shots(args: argparse.Namespace) -> int:
@@ -120,9 +131,7 @@ def run_sample_shots(args: argparse.Namespace) -> int:
             "--relative-to DATASET_FOLDER and read it as FILE::root=DATASET_FOLDER",
             file=sys.stderr,
         )
-    print(f"{'class':<24} {'normal':>6} {'anomaly':>7}")
-    for cls, row in summarize_samples(picked).items():
-        print(f"{cls:<24} {row['normal']:>6} {row['anomaly']:>7}")
+    _print_classes(picked)
     print(f"wrote {len(picked)} samples ({args.shots}-shot, seed {args.seed}) to {args.output}")
     return 0
 
@@ -137,15 +146,10 @@ def add_export_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split", default="test", help="split to read, also the split's name in the written dataset (default test)"
     )
-    parser.add_argument("--format", default=None, help="dataset layout, if auto-detection is wrong")
     parser.add_argument(
         "--name", default=None, help="the dataset's name in its card (default: the output folder name)"
     )
-    parser.add_argument(
-        "--allow-outside-root",
-        action="store_true",
-        help="accept metadata paths that lead outside the dataset root (refused by default)",
-    )
+    _add_reader_arguments(parser)
 
 
 def run_export_dataset(args: argparse.Namespace) -> int:
@@ -153,8 +157,6 @@ def run_export_dataset(args: argparse.Namespace) -> int:
     # The card names the sources by folder/file name only: no local paths in a file meant to be shared.
     source = ", ".join(os.path.basename(os.path.normpath(parse_spec(spec)[0])) for spec in args.data)
     out = export_dataset(samples, args.output, split=args.split, name=args.name, source=source)
-    print(f"{'class':<24} {'normal':>6} {'anomaly':>7}")
-    for cls, row in summarize_samples(samples).items():
-        print(f"{cls:<24} {row['normal']:>6} {row['anomaly']:>7}")
+    _print_classes(samples)
     print(f"wrote {len(samples)} images to {out} (datasets save_to_disk, split {args.split!r}, card README.md)")
     return 0
