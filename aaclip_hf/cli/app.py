@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -22,6 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    # Offline-friendly by default: no usage reports to gradio's servers unless the environment asks for them.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         from ..hub import space_app  # gradio is an optional extra, imported only for this command
     except ImportError as error:

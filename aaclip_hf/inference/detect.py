@@ -2,7 +2,7 @@
 
 `detect` runs the `zero-shot-anomaly-detection` pipeline on image files (EXIF orientation applied, any size;
 the map comes back at each image's own size) and writes, per image, an overlay PNG
-`[image | heat map | decision contour]`, plus `detections.json` and `detections.csv` with score and decision.
+`[image | heat map | decision region]`, plus `detections.json` and `detections.csv` with score and decision.
 
 The decision is `score >= threshold` on the per-image score (in [0, 1]). The threshold is `--threshold`, else
 the model's `config.decision_threshold` (set by `aaclip calibrate`), else 0.5.

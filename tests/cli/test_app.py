@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -22,9 +23,11 @@ def test_app_command_loads_the_model_and_launches_with_the_flags(tiny_model, pro
         launched.update(kwargs, blocks=self)
 
     monkeypatch.setattr(gradio.Blocks, "launch", fake_launch)
+    monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
     assert main(["app", str(tmp_path / "model"), "--port", "7999", "--share", "--device", "cpu"]) == 0
     assert (launched["server_name"], launched["server_port"], launched["share"]) == ("127.0.0.1", 7999, True)
     assert isinstance(launched["blocks"], gradio.Blocks)
+    assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"  # no usage reports unless asked for
     launched.clear()
     assert main(["app", str(tmp_path / "model")]) == 0
     assert (launched["server_port"], launched["share"]) == (7860, False)
