@@ -88,6 +88,17 @@ UINT16_MAX = 65535.0
 ALPHA_MODES = ("RGBA", "LA", "RGBa", "La", "PA")
 
 
+def finite_pixels(image: Image.Image | np.ndarray) -> np.ndarray:
+    """The pixel array of an image; NaN/inf in a float image are refused (no windowing can place them, and
+    `nan_to_num` would silently make them black, or "normal" in a mask)."""
+    array = np.asarray(image)
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ValueError(f"float image holds {bad} NaN/inf pixel value(s); expected finite intensities")
+    return array
+
+
 def high_bit_to_uint8(image: Image.Image | np.ndarray, policy: str = "range") -> np.ndarray:
     """A high-bit-depth image as uint8, scaled and never clipped (PIL's `convert("RGB")` clips: a scan turns white).
 
@@ -97,13 +108,9 @@ def high_bit_to_uint8(image: Image.Image | np.ndarray, policy: str = "range") ->
     """
     if policy not in HIGH_BIT_POLICIES:
         raise ValueError(f"high-bit-depth policy must be one of {HIGH_BIT_POLICIES}, got {policy!r}")
-    is_float = (isinstance(image, Image.Image) and image.mode == "F") or (
-        isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating)
-    )
-    array = np.asarray(image).astype(np.float64)
-    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-    if bad:
-        raise ValueError(f"float image holds {bad} NaN/inf pixel value(s); expected finite intensities")
+    array = finite_pixels(image)
+    is_float = np.issubdtype(array.dtype, np.floating)
+    array = array.astype(np.float64)
     if policy == "max" and not is_float:
         scaled = array / UINT16_MAX * 255.0
     else:
@@ -168,7 +175,7 @@ def open_image_file(path, max_pixels: int | None = Image.MAX_IMAGE_PIXELS) -> Im
     with image:
         frames = getattr(image, "n_frames", 1)
         if frames > 1:  # animated GIF/PNG/WebP, multi-page TIFF
-            logger.warning(f"{path} holds {frames} frames; using the first one")
+            logger.warning(f"{path} holds {frames} frames; using the first one")  # stdlib logging: propagates
             image.seek(0)
         if max_pixels is not None and image.width * image.height > max_pixels:
             if image.format == "JPEG":  # `draft` picks the largest DCT scale at least as big as the request
@@ -526,6 +533,7 @@ __all__ = [
     "UnknownClassNameWarning",
     "binarize_mask",
     "check_class_name",
+    "finite_pixels",
     "high_bit_to_uint8",
     "image_to_rgb",
     "load_rgb_image",

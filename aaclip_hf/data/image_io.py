@@ -39,22 +39,29 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from ..modeling.configuration_aaclip import (
+    HIGH_BIT_MODES,
+    ImageFileError,
+    MissingImageFileError,
+    binarize_mask,
+    finite_pixels,
+    high_bit_to_uint8,
+    image_to_rgb,
+    open_image_file,
+)
 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BadInputError", "MissingFileError", "load_image", "load_mask", "IMAGE_EXTENSIONS"]
+__all__ = ["BadInputError", "MissingFileError", "load_image", "load_mask", "IMAGE_EXTENSIONS", "high_bit_to_uint8"]
 
 # Lower-case file extensions treated as images by the folder readers.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-_HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-_MAX_UINT16 = 65535.0
 
 
 class BadInputError(ValueError):
@@ -81,86 +88,21 @@ class MissingFileError(BadInputError, FileNotFoundError):
 
 
 def _open_checked(path: str | os.PathLike, field: str, max_pixels: int | None) -> Image.Image:
-    """Open and fully decode `path`, mapping every failure to a `BadInputError`."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise MissingFileError("does not exist", path=path, field=field)
-    if os.path.isdir(path):
-        raise BadInputError("is a directory, expected an image file", path=path, field=field)
+    """`open_image_file` (the policy the pipeline's Hub copy follows too), its errors as `BadInputError`s."""
     try:
-        with warnings.catch_warnings():
-            # We apply our own, clearer size policy below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except Image.DecompressionBombError as err:
-        raise BadInputError(
-            f"image is larger than PIL's decompression-bomb limit ({err}); raise "
-            "PIL.Image.MAX_IMAGE_PIXELS if the file is trusted",
-            path=path,
-            field=field,
-        ) from None
-    except UnidentifiedImageError:
-        raise BadInputError(
-            "is not a readable image (the content is not a known image format, whatever the extension says)",
-            path=path,
-            field=field,
-        ) from None
-    except OSError as err:
-        raise BadInputError(f"cannot be opened as an image: {err}", path=path, field=field) from None
+        return open_image_file(path, max_pixels)
+    except MissingImageFileError as error:
+        raise MissingFileError(error.reason, path=error.path, field=field) from None
+    except ImageFileError as error:
+        raise BadInputError(error.reason, path=error.path, field=field) from None
 
-    if max_pixels is not None and im.width * im.height > max_pixels:
-        if im.format == "JPEG":
-            # `draft` picks the largest DCT scale (1, 1/2, 1/4, 1/8) at least as big as the request.
-            scale = (max_pixels / (im.width * im.height)) ** 0.5
-            im.draft(im.mode, (max(1, int(im.width * scale)), max(1, int(im.height * scale))))
-        if im.width * im.height > max_pixels:
-            size = f"{im.width}x{im.height}"
-            im.close()
-            raise BadInputError(
-                f"image is {size} = {im.width * im.height} pixels, above max_pixels={max_pixels}; "
-                "downscale it first or pass a larger max_pixels",
-                path=path,
-                field=field,
-            )
-    frames = getattr(im, "n_frames", 1)
-    if frames > 1:
-        logger.warning("%s: %s holds %d frames; using the first one", field, path, frames)
-        im.seek(0)
+
+def _apply(rule, path: str | os.PathLike, field: str, *args):
+    """A modeling rule on decoded pixels, its `ValueError` (non-finite pixels) naming the file."""
     try:
-        im.load()
-    except (OSError, SyntaxError, ValueError) as err:
-        im.close()
-        raise BadInputError(
-            f"image data is corrupt or truncated ({err}); expected a complete image file", path=path, field=field
-        ) from None
-    if im.width < 1 or im.height < 1:
-        raise BadInputError(f"image has an empty size {im.size}", path=path, field=field)
-    return im
-
-
-def _finite_array(im: Image.Image, path: str | os.PathLike, field: str) -> np.ndarray:
-    """The pixel array of a high-bit-depth image; NaN/inf (float images) are a `BadInputError`."""
-    arr = np.asarray(im)
-    if arr.dtype.kind == "f":
-        bad = int(np.count_nonzero(~np.isfinite(arr)))
-        if bad:
-            raise BadInputError(
-                f"float image holds {bad} NaN/inf pixel value(s); expected finite intensities",
-                path=os.fspath(path),
-                field=field,
-            )
-    return arr
-
-
-def _high_bit_to_uint8(arr: np.ndarray, mode: Literal["range", "max"]) -> np.ndarray:
-    is_float = arr.dtype.kind == "f"
-    arr = arr.astype(np.float64)
-    if mode == "max" and not is_float:
-        out = arr / _MAX_UINT16 * 255.0
-    else:
-        lo, hi = float(arr.min()), float(arr.max())
-        out = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return rule(*args)
+    except ValueError as error:
+        raise BadInputError(str(error), path=os.fspath(path), field=field) from None
 
 
 def load_image(
@@ -177,20 +119,7 @@ def load_image(
     """
     if high_bit_depth not in ("range", "max"):
         raise ValueError(f"high_bit_depth must be 'range' or 'max', got {high_bit_depth!r}")
-    with _open_checked(path, field, max_pixels) as raw:
-        im = ImageOps.exif_transpose(raw)
-        if im.mode in _HIGH_BIT_MODES:
-            return Image.fromarray(_high_bit_to_uint8(_finite_array(im, path, field), high_bit_depth)).convert("RGB")
-        if im.mode == "P" and "transparency" in im.info:
-            im = im.convert("RGBA")
-        if im.mode == "PA":
-            im = im.convert("RGBA")
-        if im.mode in ("RGBA", "LA", "RGBa", "La"):
-            rgba = im.convert("RGBA")
-            black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-            return Image.alpha_composite(black, rgba).convert("RGB")
-        out = im.convert("RGB")
-        return out if out is not raw else out.copy()
+    return _apply(image_to_rgb, path, field, _open_checked(path, field, max_pixels), high_bit_depth)
 
 
 def load_mask(
@@ -204,14 +133,13 @@ def load_mask(
     Values are kept for grey masks (the caller binarises with ``!= 0``); see the module
     docstring for colour, palette, alpha and high-bit-depth masks.
     """
-    with _open_checked(path, field, max_pixels) as raw:
-        im = ImageOps.exif_transpose(raw)
-        if im.mode in _HIGH_BIT_MODES:
-            arr = _finite_array(im, path, field)
-            return Image.fromarray(np.where(arr != 0, 255, 0).astype(np.uint8))
-        if im.mode == "1":
-            return im.convert("L")
-        if im.mode in ("L", "LA", "La"):
-            return im.getchannel("L") if im.mode != "L" else (im if im is not raw else im.copy())
-        rgb = np.asarray(im.convert("RGB"))
-        return Image.fromarray(rgb.max(axis=2))
+    im = _open_checked(path, field, max_pixels)
+    if im.mode in HIGH_BIT_MODES:
+        pixels = _apply(finite_pixels, path, field, im)
+        return Image.fromarray(binarize_mask(pixels).astype(np.uint8) * 255)
+    if im.mode == "1":
+        return im.convert("L")
+    if im.mode in ("L", "LA", "La"):
+        return im.getchannel("L") if im.mode != "L" else im
+    rgb = np.asarray(im.convert("RGB"))
+    return Image.fromarray(rgb.max(axis=2))
