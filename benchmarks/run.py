@@ -237,8 +237,7 @@ def worker_vision(preset: dict, attn: str) -> dict:
                 "memory": memory.to_dict(),
             }
         if attn == "sdpa":
-            processor = AAClipProcessor()
-            processor.image_processor.size = {"height": size, "width": size}
+            processor = AAClipProcessor.for_model(model.config)
             pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
             anchors = model.compute_text_anchors(["bottle"], processor)
             model.store_text_anchors(["bottle"], anchors)
@@ -272,9 +271,7 @@ def worker_save(preset: dict, tmp: str) -> dict:
 
     config = _config(preset)
     model = _model(config)
-    processor = AAClipProcessor()
-    size = config.vision_config.image_size
-    processor.image_processor.size = {"height": size, "width": size}
+    processor = AAClipProcessor.for_model(config)
     model.update_text_anchors(processor, ["object", "bottle"])
     lean = model.to_inference_only()
     out = {"meta_device_counts": parameter_bytes(config)}
@@ -371,8 +368,7 @@ def worker_stage1(preset: dict) -> dict:
     size = spec["image_size"]
     config = _config(preset, vision_config={"image_size": size})
     model = _model(config)
-    processor = AAClipProcessor()
-    processor.image_processor.size = {"height": size, "width": size}
+    processor = AAClipProcessor.for_model(config)
     params = stage_parameters(model, "text")
     set_trainable(model, params)
     initial = [p.detach().clone() for p in params]
