@@ -229,6 +229,7 @@ class Trainer:
         self.cache = Stage1FeatureCache() if args.cache_stage1_features else None
         self.image_mean = list(processor.image_processor.image_mean)
         self.image_std = list(processor.image_processor.image_std)
+        self.last_grad_norm = math.nan  # L2 norm of the last step's gradients (train log, trackers)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -486,7 +487,7 @@ class Trainer:
             )
         acc.backward(terms["loss"])
         self._reduce_grads(optimizer.optimizer.param_groups[0]["params"])
-        logged["grad_norm"] = grad_norm(optimizer.optimizer.param_groups[0]["params"])
+        self.last_grad_norm = grad_norm(optimizer.optimizer.param_groups[0]["params"])  # for the log and trackers
         optimizer.step()
         self.schedulers[stage].step()
         optimizer.zero_grad(set_to_none=True)
@@ -592,6 +593,7 @@ class Trainer:
                                 "step": state.global_step,
                                 "lr": self.schedulers[stage].get_last_lr()[0],
                                 **logged,
+                                "grad_norm": self.last_grad_norm,
                             }
                             self._log(record)
                             acc.log(step_values(record), step=state.global_step)
