@@ -292,6 +292,8 @@ def convert_original(
 
     model = build_aaclip(source.model, image_size=image_size, hidden_act=hidden_act, seed=seed, **fields)
     processor = AAClipProcessor.for_model(model.config)
+    # The reference's text adapter (if given) is trained; without one the text branch is plain CLIP.
+    model.config.untrained_text_adapters = False
     for piece in pieces:
         load_adapter_weights(model, piece)
         print_fn(

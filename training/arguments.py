@@ -18,16 +18,16 @@ from .trackers import REPORT_TO, trackers
 STAGES = ("text", "vision")
 
 
-class NonFiniteTrainingError(RuntimeError):
-    """A run stopped because a number went NaN/inf; nothing non-finite was saved."""
-
-
-class NonFiniteLossError(NonFiniteTrainingError):
+class NonFiniteLossError(RuntimeError):
     """Raised when the loss is NaN/inf and ``--skip-nonfinite`` is off."""
 
 
-class NonFiniteWeightsError(NonFiniteTrainingError):
-    """Raised when an optimizer step left a trainable parameter NaN/inf (checked after every step)."""
+class NonFiniteWeightsError(NonFiniteLossError):
+    """An optimizer step left a trainable parameter NaN/inf (checked after every step); nothing was saved.
+
+    A subclass of `NonFiniteLossError`, so whatever handles a non-finite loss (the CLI's error boundary) handles
+    it too.
+    """
 
 
 # Fields of `TrainingArguments` that cannot change what a run computes: `--resume` ignores changes to them.

@@ -5,10 +5,17 @@ Pure torch (``affine_grid`` / ``grid_sample``), no torchvision at run time. Per 
 1. colour jitter (stage 2 only), on the [0, 1] image: brightness, contrast and saturation, each
    applied with probability ``jitter_p`` (0.7) and a factor drawn uniformly from
    ``[1 - s, 1 + s]`` (s = 0.5), in that order, as ``RandomApply(ColorJitter(...))`` x 3;
-2. one geometric transform applied to image **and** mask with the same sampling grid, so the
-   mask moves exactly with the image: rotation in ``+-30`` degrees (p 0.5), translation by a whole
-   number of pixels up to 15 % of the side (p 0.5), horizontal flip (p 0.5), vertical flip (p 0.5);
-   nearest-neighbour sampling and fill 0.
+2. the geometric ops, applied to image **and** mask alike, so the mask moves exactly with the
+   image: rotation in ``+-30`` degrees about the centre (p 0.5), translation by a whole number of
+   pixels up to 15 % of the side (p 0.5), horizontal flip (p 0.5), vertical flip (p 0.5);
+   nearest-neighbour sampling and fill 0. Two modes (``AugmentConfig.mode``, ``--augment-mode``):
+
+   - ``"reference"`` (default): the reference's ``RandomRotation``, ``RandomAffine(translate)``,
+     ``RandomHorizontalFlip``, ``RandomVerticalFlip`` **one after the other**, each zero-filling what
+     leaves the frame: a corner cut off by the rotation stays black after the shift.
+   - ``"composed"``: the same ops folded into one affine warp, sampled once from the original
+     image. It differs only where the rotation pushed content out of the frame and the shift
+     would bring it back (the composed warp keeps that content; the reference has zeros there).
 
 As in the reference, the fill is 0 on the *normalised* image (i.e. the dataset mean colour) and
 masks stay binary. The reference applies the jitter to the PIL image before resizing; here it is
@@ -30,7 +37,19 @@ import torch
 import torch.nn.functional as F
 
 
-__all__ = ["AugmentConfig", "sample_seed", "sample_params", "apply_geometric", "apply_color_jitter", "augment_batch"]
+__all__ = [
+    "AUGMENT_MODES",
+    "AugmentConfig",
+    "apply_color_jitter",
+    "apply_geometric",
+    "apply_reference_geometric",
+    "augment_batch",
+    "sample_params",
+    "sample_seed",
+]
+
+# "reference": rotate, translate, flips one after the other (each zero-fills); "composed": one affine warp.
+AUGMENT_MODES = ("reference", "composed")
 
 # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
@@ -51,6 +70,11 @@ class AugmentConfig:
     contrast: float = 0.5
     saturation: float = 0.5
     jitter_p: float = 0.7
+    mode: str = "reference"
+
+    def __post_init__(self) -> None:
+        if self.mode not in AUGMENT_MODES:
+            raise ValueError(f"augmentation mode must be one of {AUGMENT_MODES}, got {self.mode!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -141,6 +165,45 @@ def apply_geometric(
     return new_images, new_masks
 
 
+def _shift(stack: torch.Tensor, tx: int, ty: int) -> torch.Tensor:
+    """Move (C, H, W) content right by ``tx`` and down by ``ty`` whole pixels; zero fill."""
+    h, w = stack.shape[-2:]
+    out = torch.zeros_like(stack)
+    if abs(tx) >= w or abs(ty) >= h:
+        return out
+    out[..., max(ty, 0) : h + min(ty, 0), max(tx, 0) : w + min(tx, 0)] = stack[
+        ..., max(-ty, 0) : h + min(-ty, 0), max(-tx, 0) : w + min(-tx, 0)
+    ]
+    return out
+
+
+def apply_reference_geometric(
+    images: torch.Tensor, masks: torch.Tensor | None, params: Sequence[dict]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reference's order: rotate (nearest, fill 0), then shift (fill 0), then h-flip, then v-flip.
+
+    Each op works on the previous op's output, so what one op moves out of the frame is gone for the next.
+    """
+    c = images.shape[1]
+    stack = images.float() if masks is None else torch.cat([images.float(), masks[:, None].float()], dim=1)
+    out = []
+    for sample, p in zip(stack, params):
+        if p["angle"]:
+            rotation = {**p, "tx": 0, "ty": 0, "hflip": False, "vflip": False}
+            sample = apply_geometric(sample[None], None, [rotation])[0][0]
+        if p["tx"] or p["ty"]:
+            sample = _shift(sample, int(p["tx"]), int(p["ty"]))
+        if p["hflip"]:
+            sample = sample.flip(-1)
+        if p["vflip"]:
+            sample = sample.flip(-2)
+        out.append(sample)
+    result = torch.stack(out)
+    new_images = result[:, :c].to(images.dtype)
+    new_masks = None if masks is None else result[:, c].to(masks.dtype)
+    return new_images, new_masks
+
+
 def _gray(img: torch.Tensor) -> torch.Tensor:
     w = torch.tensor(_GRAY_WEIGHTS, dtype=img.dtype, device=img.device).view(3, 1, 1)
     return (img * w).sum(0, keepdim=True)
@@ -169,7 +232,7 @@ def augment_batch(
     image_mean: Sequence[float],
     image_std: Sequence[float],
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Augment a normalised batch (B, 3, H, W) and its (B, H, W) masks, one seed per sample."""
+    """Augment a normalised batch (B, 3, H, W) and its (B, H, W) masks, one seed per sample (``cfg.mode``)."""
     b, _, h, w = pixel_values.shape
     if len(seeds) != b:
         raise ValueError(f"augment_batch: {len(seeds)} seeds for a batch of {b}")
@@ -184,4 +247,6 @@ def augment_batch(
                 img = (apply_color_jitter((img * std + mean).clamp(0.0, 1.0), p["jitter"]) - mean) / std
             out.append(img)
         x = torch.stack(out)
-    return apply_geometric(x, masks, params)
+    if cfg.mode == "composed":
+        return apply_geometric(x, masks, params)
+    return apply_reference_geometric(x, masks, params)

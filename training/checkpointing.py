@@ -1,22 +1,40 @@
-"""What a checkpoint holds besides Accelerate's own state: the position in the run and the trainable weights.
+"""What a checkpoint holds besides Accelerate's own state: the position in the run, the trainable weights and
+the arguments of the run that wrote it; and the checks `--resume` makes before trusting one.
 
 Checkpoints are written to a temporary folder and renamed atomically (`Trainer.save_checkpoint`); every
 file is read back with the safe unpickler, so a tampered checkpoint cannot run code.
+
+- Only folders named ``checkpoint-<step>`` that hold ``trainer_state.json`` (written last, before the rename)
+  are checkpoints; anything else under ``checkpoints/`` is ignored with a warning (`list_checkpoints`).
+- ``run_args.json`` in each checkpoint records every result-affecting argument (all `TrainingArguments`
+  fields except `RESUME_NEUTRAL_FIELDS`); `changed_arguments` lists what a resuming run changed.
+- `repair_log` drops torn or unreadable lines of ``train_log.jsonl`` (a crash mid-write) and the records of
+  steps that will be redone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 import accelerate.accelerator as acc_module
 import torch
 
 from ..runtime.serialization import safe_torch_load
+from .arguments import RESUME_NEUTRAL_FIELDS, TrainingArguments
 
+
+logger = logging.getLogger("aaclip_hf.training")
 
 CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_PATTERN = re.compile(rf"^{re.escape(CHECKPOINT_PREFIX)}(\d+)$")
+# Written last into the temporary folder, so a checkpoint folder without it is incomplete.
+STATE_FILE = "trainer_state.json"
+RUN_ARGS_FILE = "run_args.json"
 
 
 @dataclass
@@ -93,6 +111,110 @@ def _named_adapter_params(model) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if id(p) in ids]
 
 
-def _named_adapter_params(model) -> list[tuple[str, torch.nn.Parameter]]:
-    ids = {id(p) for m in model.adapter_modules() for p in m.parameters()}
-    return [(n, p) for n, p in model.named_parameters() if id(p) in ids]
+# ----------------------------------------------------------------------------------------------
+# what --resume checks
+# ----------------------------------------------------------------------------------------------
+
+
+def list_checkpoints(root: str) -> tuple[list[str], list[str]]:
+    """``(complete checkpoints sorted by step, names of everything else under root)``."""
+    if not os.path.isdir(root):
+        return [], []
+    found, stray = [], []
+    for name in sorted(os.listdir(root)):
+        match = CHECKPOINT_PATTERN.match(name)
+        path = os.path.join(root, name)
+        if match and os.path.isdir(path) and os.path.isfile(os.path.join(path, STATE_FILE)):
+            found.append((int(match.group(1)), path))
+        else:
+            stray.append(name)
+    return [path for _, path in sorted(found)], stray
+
+
+def result_arguments(args: TrainingArguments) -> dict:
+    """The arguments that change what a run computes, JSON-normalised (tuples become lists)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name not in RESUME_NEUTRAL_FIELDS}
+    return json.loads(json.dumps(values))
+
+
+def write_run_arguments(folder: str, args: TrainingArguments) -> None:
+    with open(os.path.join(folder, RUN_ARGS_FILE), "w", encoding="utf-8") as f:
+        json.dump(result_arguments(args), f, indent=2, sort_keys=True)
+
+
+def changed_arguments(checkpoint: str, args: TrainingArguments) -> list[str] | None:
+    """``"name: old -> new"`` for each result-affecting argument that differs from the checkpoint's run.
+
+    None when the checkpoint records no arguments (written by an older version): nothing can be compared.
+    """
+    path = os.path.join(checkpoint, RUN_ARGS_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        recorded = json.load(f)
+    current = result_arguments(args)
+    names = sorted(set(recorded) | set(current))
+    missing = "<not recorded>"
+    return [
+        f"{name}: {recorded.get(name, missing)!r} -> {current.get(name, missing)!r}"
+        for name in names
+        if recorded.get(name, missing) != current.get(name, missing)
+    ]
+
+
+def checkpoint_is_finite(path: str) -> bool:
+    """Whether every trainable weight saved in checkpoint ``path`` is finite (False if none can be read)."""
+    found = False
+    for name in sorted(os.listdir(path)):
+        if not (name.startswith("custom_checkpoint_") and name.endswith(".pkl")):
+            continue
+        try:
+            state = safe_torch_load(os.path.join(path, name))
+        except Exception:  # an unreadable file cannot vouch for the checkpoint
+            return False
+        if isinstance(state, dict) and isinstance(state.get("params"), dict):
+            found = True
+            if not all(torch.isfinite(t).all() for t in state["params"].values()):
+                return False
+    return found
+
+
+def repair_log(path: str, last_step: int) -> None:
+    """Keep the readable records of steps ``<= last_step``; drop torn lines (with a warning) and later steps.
+
+    A crash can cut the last line of ``train_log.jsonl`` short; appending to it would glue the next record onto
+    the fragment. Steps after ``last_step`` (the checkpoint resumed from) are redone, so their old records go.
+    The file is rewritten atomically.
+    """
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    kept, torn, later = [], [], 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+            torn.append(number)
+            continue
+        if record.get("step", 0) <= last_step:
+            kept.append(line + "\n")
+        else:
+            later += 1
+    if torn:
+        logger.warning(
+            "%s: dropped %d unreadable line(s) (line %s; a write cut short by a crash)",
+            path,
+            len(torn),
+            ", ".join(map(str, torn)),
+        )
+    if later:
+        logger.info("%s: dropped %d record(s) of steps after %d, which are redone", path, later, last_step)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)

@@ -51,9 +51,20 @@ from ..data.samples import summarize_samples, verify_samples
 from ..data.sampling import sample_shots
 from ..modeling.modeling_aaclip import AAClipModel
 from ..runtime.loading import is_aaclip_folder, processor_for
-from .arguments import STAGES, NonFiniteLossError, TrainingArguments
+from .arguments import STAGES, NonFiniteLossError, NonFiniteWeightsError, TrainingArguments
 from .augment import augment_batch, sample_seed
-from .checkpointing import CHECKPOINT_PREFIX, TrainableWeights, TrainState, load_state_weights_only
+from .checkpointing import (
+    CHECKPOINT_PREFIX,
+    STATE_FILE,
+    TrainableWeights,
+    TrainState,
+    changed_arguments,
+    checkpoint_is_finite,
+    list_checkpoints,
+    load_state_weights_only,
+    repair_log,
+    write_run_arguments,
+)
 from .dpam import Stage1FeatureCache, dpam_features
 from .losses import BatchReducer, stage1_loss, stage2_loss
 from .trackers import PROJECT_NAME, accelerator_kwargs, grad_norm, run_config, step_values
@@ -160,6 +171,30 @@ def load_model_and_processor(args: TrainingArguments):
     return model, processor
 
 
+def _is_text_adapter_key(name: str) -> bool:
+    return name.startswith("text_projector.") or (name.startswith("text_model.") and ".adapter." in name)
+
+
+def plain_clip_text_branch(model, processor):
+    """The same model with its untrained text adapters and text head dropped (``text_adapter_layers=0``,
+    ``text_head="clip"``): its text branch is then exactly CLIP's text tower with ``text_projection``.
+
+    Stage 2 without stage 1 needs this: the reference takes its anchors from plain CLIP (``encode_text``) when
+    there is no trained text adapter, in training and at test time; xavier-random adapters and head would make
+    meaningless anchors. Every stored anchor is recomputed with the plain branch (and fingerprinted).
+    """
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    config.text_adapter_layers = 0
+    config.text_head = "clip"
+    config.untrained_text_adapters = False
+    state = {k: v for k, v in model.state_dict().items() if not _is_text_adapter_key(k)}
+    plain = model.__class__(config).to(device=model.device, dtype=model.dtype)
+    plain.load_state_dict(state, strict=True)
+    plain.train(model.training)
+    plain.refresh_text_anchors(processor)
+    return plain
+
+
 # ----------------------------------------------------------------------------------------------
 # the trainer
 # ----------------------------------------------------------------------------------------------
@@ -203,6 +238,8 @@ class Trainer:
             model, processor = load_model_and_processor(args)
         self.model = model.to(acc.device)
         self.processor = processor
+        self.model = self._text_branch_for_run(self.model)
+        self._stray_warned: set[str] = set()
         if isinstance(samples, Dataset):  # a `datasets.Dataset` in the hf_datasets schema
             samples = dataset_samples(samples)
         self.samples = samples if samples is not None else self._load_samples()
@@ -298,20 +335,52 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
+    def _text_branch_for_run(self, model):
+        """Stage 2 without stage 1 on untrained text adapters: switch to the plain CLIP text branch (see
+        `plain_clip_text_branch`). A run with stage 1 marks the adapters as trained (saved in config.json)."""
+        config = model.config
+        if not config.include_text_model:
+            return model
+        if "text" in self.args.stages:
+            config.untrained_text_adapters = False
+            return model
+        if not config.untrained_text_adapters:
+            return model
+        logger.info(
+            "no stage 1 and the model's text adapters are untrained (built from a plain CLIP): stage 2 takes its "
+            "anchors from plain CLIP (text tower + text_projection), as the reference does; the saved model keeps "
+            "that text branch (text_adapter_layers=0, text_head='clip')"
+        )
+        return plain_clip_text_branch(model, self.processor)
+
     def _checkpoints(self) -> list[str]:
-        if not os.path.isdir(self.checkpoint_root):
-            return []
-        names = [n for n in os.listdir(self.checkpoint_root) if n.startswith(CHECKPOINT_PREFIX)]
-        return [
-            os.path.join(self.checkpoint_root, n)
-            for n in sorted(names, key=lambda n: int(n[len(CHECKPOINT_PREFIX) :]))
-        ]
+        """Complete checkpoints, oldest first; anything else under checkpoints/ is named once and left alone."""
+        found, stray = list_checkpoints(self.checkpoint_root)
+        new = [n for n in stray if n not in self._stray_warned]
+        if new and self.accelerator.is_main_process:
+            logger.warning(
+                "ignoring %s under %s: not a complete %sN checkpoint (an interrupted save, or not written by "
+                "aaclip train)",
+                ", ".join(new),
+                self.checkpoint_root,
+                CHECKPOINT_PREFIX,
+            )
+        self._stray_warned.update(new)
+        return found
+
+    def _last_good_checkpoint(self) -> str:
+        """The newest checkpoint whose trainable weights are all finite, for error messages."""
+        for path in reversed(self._checkpoints()):
+            if checkpoint_is_finite(path):
+                return path
+        return "(none yet)"
 
     def save_checkpoint(self) -> str:
         """``save_state`` into a temporary folder, atomic rename, then drop older checkpoints."""
         acc = self.accelerator
         final = os.path.join(self.checkpoint_root, f"{CHECKPOINT_PREFIX}{self.state.global_step}")
         tmp = os.path.join(self.checkpoint_root, f".tmp-{CHECKPOINT_PREFIX}{self.state.global_step}")
+        self._stray_warned.add(os.path.basename(tmp))  # our own save in progress, not a stray folder
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
@@ -319,7 +388,8 @@ class Trainer:
         acc.save_state(tmp)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            with open(os.path.join(tmp, "trainer_state.json"), "w", encoding="utf-8") as f:
+            write_run_arguments(tmp, self.args)
+            with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:  # last: marks it complete
                 json.dump(self.state.state_dict(), f, indent=2)
             old = [p for p in self._checkpoints() if p != final]
             shutil.rmtree(final, ignore_errors=True)
@@ -345,7 +415,18 @@ class Trainer:
             logger.info("--resume: no checkpoint in %s yet, starting from the beginning", self.checkpoint_root)
             return
         stages, fingerprint = list(self.state.stages), self.state.data_fingerprint
-        load_state_weights_only(acc, path)
+        load_state_weights_only(acc, path)  # first: a tampered checkpoint is refused before anything else
+        changed = changed_arguments(path, args)
+        if changed is None:
+            logger.warning("%s records no run arguments (an older version): changed arguments cannot be checked", path)
+        elif changed and not args.resume_changed_args:
+            raise ValueError(
+                f"--resume: {len(changed)} argument(s) that change the result differ from the run that wrote {path}: "
+                f"{'; '.join(changed)}. Resume with the same values, start again with --overwrite-output-dir, or "
+                "pass --resume-changed-args to continue anyway"
+            )
+        elif changed:
+            logger.warning("--resume-changed-args: continuing %s with changed arguments: %s", path, "; ".join(changed))
         if list(self.state.stages) != stages:
             raise ValueError(f"checkpoint {path} is from a run with stages {self.state.stages}, this run has {stages}")
         if self.state.data_fingerprint != fingerprint:
@@ -361,14 +442,6 @@ class Trainer:
             self.state.step_in_epoch,
             self.state.global_step,
         )
-        if acc.is_main_process and os.path.isfile(self.log_path):
-            # steps logged after the checkpoint are redone: drop their records so the log reads as one run
-            with open(self.log_path, encoding="utf-8") as f:
-                kept = [
-                    line for line in f if line.strip() and json.loads(line).get("step", 0) <= self.state.global_step
-                ]
-            with open(self.log_path, "w", encoding="utf-8") as f:
-                f.writelines(kept)
 
     # ------------------------------------------------------------------ steps
 
@@ -479,19 +552,38 @@ class Trainer:
                 logger.warning("non-finite loss (%s) at %s: step skipped (--skip-nonfinite)", logged["loss"], where)
                 optimizer.zero_grad(set_to_none=True)
                 return None
-            last = self._checkpoints()
             raise NonFiniteLossError(
                 f"the loss became {logged['loss']} at {where}; stopped. The last good checkpoint is "
-                f"{last[-1] if last else '(none yet)'}; continue with --resume (consider a lower learning rate or "
+                f"{self._last_good_checkpoint()}; continue with --resume (consider a lower learning rate or "
                 "--mixed-precision no), or pass --skip-nonfinite to skip such steps"
             )
         acc.backward(terms["loss"])
         self._reduce_grads(optimizer.optimizer.param_groups[0]["params"])
         self.last_grad_norm = grad_norm(optimizer.optimizer.param_groups[0]["params"])  # for the log and trackers
         optimizer.step()
+        self._check_finite_weights(stage, epoch, optimizer)
         self.schedulers[stage].step()
         optimizer.zero_grad(set_to_none=True)
         return logged
+
+    def _check_finite_weights(self, stage: str, epoch: int, optimizer) -> None:
+        """Stop at the first optimizer step that leaves a trainable parameter NaN/inf: such weights are never
+        saved (the checkpoints and the final model come after this check)."""
+        params = [p for group in optimizer.optimizer.param_groups for p in group["params"]]
+        finite = torch.stack([torch.isfinite(p.detach()).all() for p in params])
+        if bool(finite.all()):
+            return
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        bad = [p for p, ok in zip(params, finite.tolist()) if not ok]
+        first = bad[0]
+        count = int((~torch.isfinite(first.detach())).sum())
+        more = f" (and {len(bad) - 1} more parameter(s))" if len(bad) > 1 else ""
+        raise NonFiniteWeightsError(
+            f"the optimizer step at stage {stage}, epoch {epoch}, step {self.state.global_step + 1} made parameter "
+            f"{names.get(id(first), '?')} non-finite ({count} of {first.numel()} values NaN/inf){more}; stopped "
+            f"without saving it. The last good checkpoint is {self._last_good_checkpoint()}; continue with --resume "
+            "and a lower learning rate"
+        )
 
     # ------------------------------------------------------------------ stages
 
@@ -504,13 +596,37 @@ class Trainer:
                 anchors = model.compute_text_anchors(classes, self.processor)
             model.store_text_anchors(classes, anchors)
             self.state.anchors_ready = True
-            source = (
-                "the stage-1 text branch"
-                if "text" in self.args.stages
-                else "the model's current text branch (no stage 1 in this run)"
-            )
+            if "text" in self.args.stages:
+                source = "the stage-1 text branch"
+            elif model.config.text_head == "clip" and model.config.text_adapter_layers == 0:
+                source = "the plain CLIP text branch (text tower + text_projection; no trained text adapters)"
+            else:
+                source = "the model's trained text branch (no stage 1 in this run)"
             logger.info("stage 2 anchors computed once with %s for %d classes", source, len(classes))
         model.train()
+
+    def save_epoch_model(self, epoch: int) -> str:
+        """``OUTPUT/epoch_models/epoch_{epoch}``: a complete model (``save_pretrained``) after a stage-2 epoch, as
+        the reference keeps ``image_adapter_{epoch}`` for its per-epoch evaluation. Every stored anchor is
+        recomputed for the saved copy only; the run's own anchors are left exactly as they are."""
+        acc, model = self.accelerator, self.model
+        final = os.path.join(self.args.output_dir, "epoch_models", f"epoch_{epoch}")
+        if acc.is_main_process:
+            saved = (model.text_anchors, list(model.config.anchor_class_names), model.config.anchor_fingerprint)
+            tmp = os.path.join(os.path.dirname(final), f".tmp-epoch_{epoch}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                if model.config.include_text_model:
+                    model.refresh_text_anchors(self.processor)
+                model.save_pretrained(tmp)
+                self.processor.save_pretrained(tmp)
+            finally:
+                model.text_anchors, model.config.anchor_class_names, model.config.anchor_fingerprint = saved
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            logger.info("saved the epoch-%d model to %s", epoch, final)
+        acc.wait_for_everyone()
+        return final
 
     def _log(self, record: dict) -> None:
         if self.accelerator.is_main_process:
@@ -528,6 +644,8 @@ class Trainer:
                     os.remove(self.log_path)
         acc.wait_for_everyone()
         self._resume()
+        if acc.is_main_process:  # torn lines (a crash mid-write) and records of steps that will be redone go
+            repair_log(self.log_path, self.state.global_step)
         if acc.is_main_process:
             with open(os.path.join(args.output_dir, "training_args.json"), "w", encoding="utf-8") as f:
                 json.dump({**dataclasses.asdict(args), "num_processes": self.world}, f, indent=2)
@@ -617,6 +735,8 @@ class Trainer:
                     acc.log({f"{stage}/epoch_seconds": seconds, f"{stage}/epoch": state.epoch}, step=state.global_step)
                     state.epoch += 1
                     state.step_in_epoch = 0
+                    if args.save_epoch_models and stage == "vision":
+                        self.save_epoch_model(state.epoch)
                 finished = stop or state.epoch >= epochs
                 if finished:
                     state.stage_index = stage_index + 1
