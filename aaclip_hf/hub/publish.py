@@ -115,6 +115,7 @@ SPACE_EXTRA_REQUIREMENTS = ("torch", "numpy", "pillow")
 SANITISED_FILES = (TRAINING_ARGS_FILE, TRAINING_SUMMARY_FILE)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 TRAINING_STATE = re.compile(r"optimi[sz]er|scheduler|rng_state|random_states|scaler|trainer_state", re.IGNORECASE)
+SYMLINK_HINT = "copy the real files first, e.g. `cp -rL` of a Hub cache snapshot"
 CHECKPOINT_FOLDER = re.compile(r"checkpoints?(-\d+)?|\.tmp-.*")
 TENSORS_NAMED = 8  # non-finite tensors an error names before it says how many more there are
 DEFAULT_CARD_IMAGES = 6  # overlays in the card's picture grid
@@ -243,12 +244,15 @@ def check_weights(folder: Path, source: Path | None = None) -> list[str]:
     if not files:
         pickles = sorted(p.name for p in source.glob("pytorch_model*.bin"))
         hint = f" ({', '.join(pickles)} is a pickle and is never published)" if pickles else ""
+        if (source / "model.safetensors").is_symlink():
+            hint = f" (model.safetensors is a symlink, never followed; {SYMLINK_HINT})"
         raise FileNotFoundError(
             f"{source}: no model weights (model.safetensors){hint}; save the model with save_pretrained"
         )
     for name in files:
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{source / name}: listed in the safetensors index but missing")
+            hint = f" (a symlink, never followed; {SYMLINK_HINT})" if (source / name).is_symlink() else ""
+            raise FileNotFoundError(f"{source / name}: listed in the safetensors index but missing{hint}")
         try:
             check_safetensors_file(folder / name)
         except CorruptWeightsError as error:
@@ -450,7 +454,12 @@ def stage_hub_folder(
     skipped = _copy_allowlisted(source, target)
     _warn_skipped(source, skipped)
     if not (target / "config.json").is_file():
-        raise FileNotFoundError(f"{source}: no config.json; expected a folder written by save_pretrained")
+        hint = (
+            f" (config.json is a symlink, never followed; {SYMLINK_HINT})"
+            if (source / "config.json").is_symlink()
+            else ""
+        )
+        raise FileNotFoundError(f"{source}: no config.json{hint}; expected a folder written by save_pretrained")
     check_weights(target, source)
 
     asked = []

@@ -630,3 +630,16 @@ def test_train_push_to_hub_goes_through_the_allowlist(trained_folder, recording_
     create, upload = recording_api.calls
     assert create[1] == "acme/trained" and set(upload[2]) == EXPECTED_FILES | {"training_args.json"}
     assert json.loads(upload[2]["training_args.json"]) == {"model": "base", "train_data": ["visa"]}
+
+
+def test_a_folder_of_symlinks_such_as_a_hub_cache_snapshot_is_refused_with_a_hint(saved_model, tmp_path):
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    for path in saved_model.iterdir():
+        os.symlink(path, snapshot / path.name)
+    with pytest.raises(FileNotFoundError, match=r"config\.json is a symlink, never followed; copy the real files"):
+        hub.stage_hub_folder(snapshot, tmp_path / "hub", repo_id="acme/x")
+    (snapshot / "config.json").unlink()
+    (snapshot / "config.json").write_bytes((saved_model / "config.json").read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors is a symlink, never followed; copy the real"):
+        hub.stage_hub_folder(snapshot, tmp_path / "hub2", repo_id="acme/x")
