@@ -59,12 +59,15 @@ __all__ = [
     "PIPELINE_FILE",
     "TRAINING_SUMMARY_FILE",
     "HubFolder",
+    "check_weights",
+    "is_allowlisted",
     "prepare_hub_folder",
     "push_folder_to_hub",
     "push_model_to_hub",
     "sanitise_paths",
     "save_for_hub",
     "stage_hub_folder",
+    "upload_hub_folder",
 ]
 
 logger = logging.getLogger(__name__)
