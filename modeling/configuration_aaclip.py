@@ -274,10 +274,6 @@ class AAClipConfig(PreTrainedConfig):
             fresh initialisation of `AAClipModel.from_clip_pretrained` (no stage 1 has trained them). Stage-2
             training without stage 1 then uses the plain CLIP text branch (text tower + `text_projection`), as the
             reference does without a text adapter; stage-1 training sets it to `False`.
-        untrained_text_adapters (`bool`, defaults to `False`): `True` when the text adapters and text head hold the
-            fresh initialisation of `AAClipModel.from_clip_pretrained` (no stage 1 has trained them). Stage-2
-            training without stage 1 then uses the plain CLIP text branch (text tower + `text_projection`), as the
-            reference does without a text adapter; stage-1 training sets it to `False`.
     """
 
     model_type = "aaclip"
@@ -313,7 +309,6 @@ class AAClipConfig(PreTrainedConfig):
     include_text_model: bool = True
     anchor_fingerprint: dict | None = None
     base_model: str | None = None
-    untrained_text_adapters: bool = False
     untrained_text_adapters: bool = False
 
     def __post_init__(self, **kwargs):

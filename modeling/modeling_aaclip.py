@@ -695,10 +695,6 @@ class AAClipModel(AAClipPreTrainedModel):
         model.config.untrained_text_adapters = config.include_text_model and (
             config.text_adapter_layers > 0 or config.text_head == "adapter"
         )
-        # Fresh text adapters/head: stage 2 without stage 1 must not take anchors from them (config docstring).
-        model.config.untrained_text_adapters = config.include_text_model and (
-            config.text_adapter_layers > 0 or config.text_head == "adapter"
-        )
         if processor is not None:
             model.refresh_text_anchors(processor, anchor_classes)
         elif anchor_classes:
