@@ -11,7 +11,9 @@ unwrapped to the original message. Anything else is a bug and keeps its tracebac
 
 from __future__ import annotations
 
+import ast
 import builtins
+import contextlib
 import os
 import pickle
 import sys
@@ -107,7 +109,11 @@ def _unwrap_worker(error: BaseException) -> tuple[type | None, str] | None:
     qualified, sep, message = tail.partition(": ")
     if not sep or " " in qualified:
         return _resolve_type(qualified.strip()), tail or first
-    return _resolve_type(qualified), message
+    kind = _resolve_type(qualified)
+    if kind is not None and issubclass(kind, KeyError) and message[:1] in "'\"":
+        with contextlib.suppress(ValueError, SyntaxError):  # traceback shows a KeyError's message as its repr
+            message = str(ast.literal_eval(message))
+    return kind, message
 
 
 def _file_in_traceback(error: BaseException) -> str | None:

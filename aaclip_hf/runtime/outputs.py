@@ -254,6 +254,8 @@ def atomic_output_dir(
     """
     final = Path(folder).absolute()
     with output_lock(final, command) if lock else contextlib.nullcontext():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _clean_leftovers(final)
         if final.exists() and not final.is_dir():
             raise FileExistsError(f"{folder}: is a file; expected an output folder (new, or written by {command})")
         if final.is_dir() and any(final.iterdir()):
@@ -264,8 +266,6 @@ def atomic_output_dir(
                     f"expected a new or empty folder, or the output of an earlier {command} (which is replaced)"
                 )
             logger.warning("%s: replacing the output of an earlier %s", folder, command)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        _clean_leftovers(final)
         staging = final.with_name(f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         staging.mkdir()
         try:

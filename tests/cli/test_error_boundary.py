@@ -1,0 +1,395 @@
+"""The one CLI error boundary: every subcommand x every failure class that applies -> one stderr line, exit 2.
+
+Each case runs `aaclip_hf.cli.main` in-process against a broken input built once per module (tiny models from
+tests/conftest.py) and checks three things: exit status 2, exactly one line on stderr (no traceback), and that
+the line names the file or field that is wrong. `--debug` / `AACLIP_DEBUG=1` bring the traceback back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers.utils import logging as hf_logging
+
+from aaclip_hf import AAClipProcessor
+from aaclip_hf.cli import COMMANDS, main
+from aaclip_hf.cli.errors import expected_error_message
+from aaclip_hf.data.image_io import BadInputError
+from aaclip_hf.data.synthetic import generate_synthetic_dataset
+from aaclip_hf.runtime.outputs import output_lock
+
+from ..conftest import make_tiny_model
+
+
+class _RunsCode:
+    """A pickle payload that would run a shell command when unpickled."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Good inputs and one broken copy per failure class."""
+    root = tmp_path_factory.mktemp("boundary")
+    model = make_tiny_model()
+    processor = AAClipProcessor.for_model(model.config)
+    model.update_text_anchors(processor, ["object"])
+    good = root / "model"
+    model.save_pretrained(good)
+    processor.save_pretrained(good)
+
+    def variant(name, edit):
+        folder = root / name
+        shutil.copytree(good, folder)
+        edit(folder)
+        return folder
+
+    config = json.loads((good / "config.json").read_text())
+    bad_field = dict(config, vision_config={**config["vision_config"], "patch_size": 0})
+    weights = (good / "model.safetensors").read_bytes()
+
+    def pickled_weights(folder):
+        (folder / "model.safetensors").unlink()
+        torch.save({"payload": _RunsCode()}, folder / "pytorch_model.bin")
+
+    paths = {
+        "model": good,
+        "bad_json": variant("bad_json", lambda f: (f / "config.json").write_text('{"model_type": "aaclip",')),
+        "bad_field": variant("bad_field", lambda f: (f / "config.json").write_text(json.dumps(bad_field))),
+        "bad_utf8": variant(
+            "bad_utf8", lambda f: (f / "config.json").write_bytes(b'{"model_type": "aaclip", "x": "\xff"}')
+        ),
+        "truncated": variant(
+            "truncated", lambda f: (f / "model.safetensors").write_bytes(weights[: len(weights) // 3])
+        ),
+        "pickled": variant("pickled", pickled_weights),
+    }
+    torch.save({"payload": _RunsCode()}, root / "evil.pt")
+    paths["evil_pt"] = root / "evil.pt"
+    (root / "cut.safetensors").write_bytes(weights[:1000])
+    paths["cut_safetensors"] = root / "cut.safetensors"
+    data = generate_synthetic_dataset(
+        root / "data",
+        classes=["stripes"],
+        image_size=32,
+        n_train_good=0,
+        n_test_good=2,
+        n_test_defect_per_kind=1,
+        defect_kinds=["hole", "stain"],
+        progress=False,
+    )
+    data = Path(data)
+    paths["data"] = data
+    corrupt = root / "data_corrupt"
+    shutil.copytree(data, corrupt)
+    victim = corrupt / "stripes" / "test" / "hole" / "000.png"
+    victim.write_bytes(victim.read_bytes()[:60])
+    paths["data_corrupt"], paths["corrupt_image"] = corrupt, victim
+    paths["image"] = data / "stripes" / "test" / "good" / "000.png"
+    paths["normal"] = data / "stripes" / "test" / "good"
+    (root / "latin1.jsonl").write_bytes(b'{"image_path": "caf\xe9.png", "label": 0, "class_name": "cup"}\n')
+    paths["latin1_jsonl"] = root / "latin1.jsonl"
+    foreign = root / "my_files"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work\n")
+    paths["foreign"] = foreign
+    paths["root"] = root
+    return paths
+
+
+@pytest.fixture(autouse=True)
+def _quiet(monkeypatch, tmp_path):
+    """No progress bars on stderr (the single-line check), no debug mode, a cwd without `no_such_folder`."""
+    hf_logging.disable_progress_bar()
+    monkeypatch.delenv("AACLIP_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield
+    hf_logging.enable_progress_bar()
+
+
+MISSING = "no_such_folder"
+OFFLINE = "no such folder, and the Hub is offline"
+
+# (subcommand, fault) -> argv (with {placeholders} from `world`; {out} is a fresh folder) and what the line names.
+CASES = {
+    # a model path that is neither a folder nor reachable
+    ("detect", "missing_model"): (["detect", "{image}", "--model", MISSING, "--output", "{out}"], [MISSING, OFFLINE]),
+    ("evaluate", "missing_model"): (
+        ["evaluate", "--model", MISSING, "--data", "{data}", "--output", "{out}"],
+        [OFFLINE],
+    ),
+    ("calibrate", "missing_model"): (
+        ["calibrate", "--model", MISSING, "--normal", "{normal}", "--output", "{out}"],
+        [MISSING, OFFLINE],
+    ),
+    ("train", "missing_model"): (
+        ["train", "--model", MISSING, "--train-data", "{data}", "--output", "{out}"],
+        [OFFLINE],
+    ),
+    ("convert-clip", "missing_model"): (["convert-clip", MISSING, "{out}"], [MISSING, "the Hub is offline"]),
+    ("convert-original", "missing_model"): (
+        ["convert-original", "--clip", MISSING, "--output", "{out}"],
+        [MISSING, "the Hub is offline"],
+    ),
+    ("demo", "missing_model"): (["demo", "--model", MISSING, "--output", "{out}"], [OFFLINE]),
+    ("info", "missing_model"): (["info", MISSING], [MISSING, "config.json"]),
+    ("export-onnx", "missing_model"): (["export-onnx", MISSING, "{out}.onnx"], [MISSING, "config.json"]),
+    ("push", "missing_model"): (["push", MISSING, "me/model", "--dry-run", "{out}"], [MISSING]),
+    # invalid config.json: not JSON, an impossible field, not UTF-8
+    **{
+        (command, fault): (argv, names)
+        for fault, names in (
+            ("bad_json", ["bad_json/config.json"]),
+            ("bad_field", ["patch_size"]),
+            ("bad_utf8", ["bad_utf8/config.json"]),
+        )
+        for command, argv in (
+            ("detect", ["detect", "{image}", "--model", "{%s}" % fault, "--output", "{out}"]),
+            ("evaluate", ["evaluate", "--model", "{%s}" % fault, "--data", "{data}", "--output", "{out}"]),
+            ("calibrate", ["calibrate", "--model", "{%s}" % fault, "--normal", "{normal}", "--output", "{out}"]),
+            ("train", ["train", "--model", "{%s}" % fault, "--train-data", "{data}", "--output", "{out}"]),
+            ("info", ["info", "{%s}" % fault]),
+            ("export-onnx", ["export-onnx", "{%s}" % fault, "{out}.onnx"]),
+        )
+    },
+    # corrupt safetensors
+    **{
+        (command, "truncated_safetensors"): (argv, ["truncated/model.safetensors"])
+        for command, argv in (
+            ("detect", ["detect", "{image}", "--model", "{truncated}", "--output", "{out}"]),
+            ("evaluate", ["evaluate", "--model", "{truncated}", "--data", "{data}", "--output", "{out}"]),
+            ("calibrate", ["calibrate", "--model", "{truncated}", "--normal", "{normal}", "--output", "{out}"]),
+            ("train", ["train", "--model", "{truncated}", "--train-data", "{data}", "--output", "{out}"]),
+            ("export-onnx", ["export-onnx", "{truncated}", "{out}.onnx"]),
+        )
+    },
+    ("convert-clip", "truncated_safetensors"): (["convert-clip", "{cut_safetensors}", "{out}"], ["cut.safetensors"]),
+    # refused pickles
+    **{
+        (command, "refused_pickle"): (argv, ["pytorch_model.bin", "refusing"])
+        for command, argv in (
+            ("detect", ["detect", "{image}", "--model", "{pickled}", "--output", "{out}"]),
+            ("evaluate", ["evaluate", "--model", "{pickled}", "--data", "{data}", "--output", "{out}"]),
+            ("calibrate", ["calibrate", "--model", "{pickled}", "--normal", "{normal}", "--output", "{out}"]),
+            ("train", ["train", "--model", "{pickled}", "--train-data", "{data}", "--output", "{out}"]),
+        )
+    },
+    ("convert-clip", "refused_pickle"): (["convert-clip", "{evil_pt}", "{out}"], ["evil.pt", "refusing"]),
+    ("convert-original", "refused_pickle"): (
+        ["convert-original", "--clip", "{evil_pt}", "--output", "{out}"],
+        ["evil.pt", "refusing"],
+    ),
+    # missing input files and impossible values
+    ("detect", "missing_input"): (["detect", "nope.png", "--model", "{model}", "--output", "{out}"], ["nope.png"]),
+    ("evaluate", "missing_input"): (
+        ["evaluate", "--model", "{model}", "--data", "nope", "--output", "{out}"],
+        ["nope"],
+    ),
+    ("calibrate", "missing_input"): (
+        ["calibrate", "--model", "{model}", "--normal", "nope", "--output", "{out}"],
+        ["nope"],
+    ),
+    ("train", "missing_input"): (
+        ["train", "--model", "{model}", "--train-data", "nope", "--output", "{out}"],
+        ["nope"],
+    ),
+    ("sample-shots", "missing_input"): (["sample-shots", "nope", "--shots", "2", "--output", "{out}.jsonl"], ["nope"]),
+    ("convert-tokenizer", "missing_input"): (["convert-tokenizer", "nope.txt", "{out}"], ["nope.txt"]),
+    ("push", "missing_input"): (
+        ["push", "{model}", "me/model", "--eval-results", "nope.json", "--dry-run", "{out}"],
+        ["nope.json"],
+    ),
+    ("make-synthetic", "bad_value"): (["make-synthetic", "{out}", "--image-size", "8"], ["--image-size"]),
+    # errors raised inside DataLoader workers
+    ("evaluate", "worker_error"): (
+        ["evaluate", "--model", "{model}", "--data", "{data_corrupt}", "--output", "{out}", "--num-workers", "1"],
+        ["hole/000.png", "image_path"],
+    ),
+    # encoding errors
+    **{
+        (command, "not_utf8"): (argv, ["latin1.jsonl", "UTF-8"])
+        for command, argv in (
+            ("sample-shots", ["sample-shots", "{latin1_jsonl}", "--shots", "2", "--output", "{out}.jsonl"]),
+            ("evaluate", ["evaluate", "--model", "{model}", "--data", "{latin1_jsonl}", "--output", "{out}"]),
+            ("train", ["train", "--model", "{model}", "--train-data", "{latin1_jsonl}", "--output", "{out}"]),
+        )
+    },
+    # an output folder that another run is writing, or that holds other files
+    **{
+        (command, fault): (argv, names)
+        for fault, target, names in (
+            ("output_in_use", "{out}", ["in use", "pid", ".lock"]),
+            ("output_foreign", "{foreign}", ["my_files", "thesis.tex"]),
+        )
+        for command, argv in (
+            ("detect", ["detect", "{image}", "--model", "{model}", "--output", target]),
+            ("evaluate", ["evaluate", "--model", "{model}", "--data", "{data}", "--output", target]),
+            ("calibrate", ["calibrate", "--model", "{model}", "--normal", "{normal}", "--output", target]),
+        )
+    },
+}
+# Flags that keep stderr to the error line (no progress bars) and the work on the CPU.
+QUIET = {
+    "detect": ["--no-progress", "--device", "cpu"],
+    "evaluate": ["--no-progress", "--device", "cpu"],
+    "calibrate": ["--no-progress", "--device", "cpu"],
+    "train": ["--no-progress", "--cpu", "--num-workers", "0"],
+    "demo": ["--no-progress"],
+}
+
+
+def _argv(template, world, out):
+    values = {key: str(value) for key, value in world.items()} | {"out": str(out)}
+    argv = [part.format(**values) for part in template]
+    return argv + QUIET.get(argv[0], [])
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("command", "fault"), sorted(CASES), ids=[f"{c}-{f}" for c, f in sorted(CASES)])
+def test_expected_failure_is_one_named_line_with_exit_2(command, fault, world, tmp_path, capsys):
+    template, names = CASES[(command, fault)]
+    out = tmp_path / "out"
+    argv = _argv(template, world, out)
+    before = _snapshot(world["foreign"])
+    if fault == "output_in_use":
+        with output_lock(out, "another run"):  # a second open of the lock file: refused like another process
+            code = main(argv)
+    else:
+        code = main(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured.err
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"aaclip {command}: error: "), lines[0]
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    assert "Traceback" not in captured.err and "Caught" not in captured.err
+    assert _snapshot(world["foreign"]) == before  # a refused output folder keeps its files
+    assert not out.exists() or fault == "missing_input" and command == "push"
+
+
+def test_every_subcommand_with_inputs_is_covered():
+    """Every subcommand that reads files or a model has at least one row (bench/app take no input files)."""
+    covered = {command for command, _ in CASES}
+    assert set(COMMANDS) - covered <= {"bench", "app", "export-dataset", "push-metric"}
+
+
+def test_debug_flag_and_env_show_the_traceback(world, tmp_path, monkeypatch):
+    argv = ["detect", str(world["image"]), "--model", MISSING, "--output", str(tmp_path / "o"), "--no-progress"]
+    with pytest.raises(FileNotFoundError, match=OFFLINE):
+        main(["--debug", *argv])
+    monkeypatch.setenv("AACLIP_DEBUG", "1")
+    with pytest.raises(FileNotFoundError, match=OFFLINE):
+        main(argv)
+    monkeypatch.setenv("AACLIP_DEBUG", "0")  # an explicit "off"
+    assert main(argv) == 2
+
+
+def test_the_debug_flag_is_listed_in_help(capsys):
+    assert main([]) == 0
+    assert "--debug" in capsys.readouterr().out
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
+    """Only expected failures are shortened: a TypeError from a bug propagates."""
+    from aaclip_hf.cli import info
+
+    monkeypatch.setattr(info, "describe_environment", lambda: 1 + "x")
+    with pytest.raises(TypeError):
+        main(["info"])
+
+
+def test_the_real_hub_path_when_online_but_unreachable(monkeypatch, tmp_path, capsys):
+    """Online with no Hub (an endpoint on a closed local port, no network used): 'the Hub is unreachable'."""
+    from huggingface_hub import constants
+
+    import aaclip_hf.runtime.loading as loading
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr("huggingface_hub.utils._http.time.sleep", lambda seconds: None)  # skip the retry waits
+    with pytest.raises(FileNotFoundError, match="the Hub is unreachable") as error:
+        loading.load_model_and_processor("someone/not-cached", "cpu")
+    assert "someone/not-cached" in str(error.value)
+    # and through the CLI: one line
+    code = main(["detect", "x.png", "--model", "someone/not-cached", "--output", str(tmp_path / "o")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert [line for line in lines if line.startswith("aaclip")] == [lines[-1]]
+    assert "the Hub is unreachable" in lines[-1]
+
+
+# ---------------------------------------------------------------------------------------- unwrapping
+
+
+class _TwoArgError(ValueError):
+    """Cannot be rebuilt from one message: torch re-raises it as a RuntimeError."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a}: {b}")
+
+
+def _from_worker(error):
+    """What the main process receives when a DataLoader worker raises `error` (torch's own wrapper)."""
+    from torch.utils.data._utils.worker import ExceptionWrapper
+
+    try:
+        raise error
+    except BaseException:
+        wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
+    try:
+        wrapper.reraise()
+    except BaseException as reraised:
+        return reraised
+
+
+def test_worker_errors_are_unwrapped_to_the_original_message():
+    wrapped = _from_worker(BadInputError("image data is corrupt", "/data/a.png", "image_path"))
+    assert "Original Traceback" in str(wrapped)  # what torch gives
+    assert expected_error_message(wrapped) == "file '/data/a.png', field 'image_path': image data is corrupt"
+    rebuilt = _from_worker(_TwoArgError("/data/b.png", "bad mask"))
+    assert isinstance(rebuilt, RuntimeError)  # torch could not rebuild the type
+    assert expected_error_message(rebuilt) == "/data/b.png: bad mask"
+    assert expected_error_message(_from_worker(KeyError("no stored anchors for 'x'"))) == "no stored anchors for 'x'"
+    assert expected_error_message(_from_worker(TypeError("a bug"))) is None  # bugs stay bugs
+
+
+def test_the_worker_unwrapping_runs_in_a_real_worker_process(world, tmp_path, capsys):
+    """evaluate with one loader worker: the corrupt image is named once, as the reader words it."""
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(world["model"]),
+            "--data",
+            str(world["data_corrupt"]),
+            "--output",
+            str(tmp_path / "o"),
+            "--num-workers",
+            "1",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert f"file '{world['corrupt_image']}', field 'image_path'" in err
+
+
+def test_unpickling_refusals_name_the_file(world):
+    with pytest.raises(pickle.UnpicklingError) as error:
+        torch.load(world["pickled"] / "pytorch_model.bin", weights_only=True)
+    message = expected_error_message(error.value)
+    assert message is not None and "refusing to load" in message and "GLOBAL" in message
