@@ -41,6 +41,7 @@ RESUME_NEUTRAL_FIELDS = frozenset(
         "checkpointing_steps",
         "num_workers",
         "log_every",
+        "report_to",
         "progress",
         "push_to_hub",
         "hub_model_id",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 import os
@@ -11,6 +12,7 @@ import torch
 
 from aaclip_hf.training import trackers as T
 from aaclip_hf.training.arguments import TrainingArguments, add_arguments, arguments_from_namespace
+from aaclip_hf.training.checkpointing import changed_arguments, write_run_arguments
 from aaclip_hf.training.trainer import Trainer
 
 
@@ -48,8 +50,6 @@ def test_report_to_choices_and_missing_packages(monkeypatch):
 
 
 def test_cli_flag_defaults_to_none():
-    import argparse
-
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     base = ["--model", "m", "--train-data", "d", "--output", "o"]
@@ -110,3 +110,10 @@ def test_no_tracker_by_default_writes_no_runs_folder(training_root, tmp_path):
     Trainer(_args(training_root, out, stage="text", max_steps=1)).train()
     assert not (out / "runs").exists()
     assert "grad_norm" in json.loads(open(out / "train_log.jsonl", encoding="utf-8").readline())
+
+
+def test_switching_trackers_does_not_block_resume(tmp_path):
+    base = {"model": "m", "train_data": ["d"], "output_dir": str(tmp_path)}
+    write_run_arguments(str(tmp_path), TrainingArguments(**base, report_to="none"))
+    assert changed_arguments(str(tmp_path), TrainingArguments(**base, report_to="tensorboard")) == []
+    assert changed_arguments(str(tmp_path), TrainingArguments(**base, seed=1)) == ["seed: 111 -> 1"]
