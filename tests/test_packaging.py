@@ -31,7 +31,7 @@ SMOKE = textwrap.dedent(
     model = AAClipModel(AAClipConfig.tiny()).eval()
     model.update_text_anchors(processor)
     with torch.no_grad():
-        out = model(torch.zeros(1, 3, 40, 40))
+        out = model(torch.zeros(1, 3, 40, 40), output_size=(40, 40))
     assert out.anomaly_map.shape == (1, 40, 40)
     assert main(["info"]) == 0
     print("wheel OK")

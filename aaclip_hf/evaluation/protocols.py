@@ -365,12 +365,8 @@ def evaluate(
             by_domain.setdefault(states[name].domain, []).append(position)
         for batch_domain, positions in by_domain.items():
             select = torch.tensor(positions, device=device)
-            grid = model.config.grid_size
-            out = model(
-                pixel_values=pixel_values[select],
-                class_names=[names[p] for p in positions],
-                domain=batch_domain,
-                output_size=(grid, grid),
+            out = model(  # grid-level maps only: _consume resizes each to its image's size
+                pixel_values=pixel_values[select], class_names=[names[p] for p in positions], domain=batch_domain
             )
             grids[select] = out.anomaly_map_grid.float()
             image_score[select] = out.image_score.float()

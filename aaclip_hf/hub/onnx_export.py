@@ -12,7 +12,7 @@ Inputs / outputs (batch is dynamic, the image size is the model's `vision_config
 * outputs `anomaly_map_grid (B, G, G)`, `image_score (B,)`, `raw_anomaly_score (B,)` and
   `anomaly_map (B, S, S)` (the grid upsampled to the input size: bilinear, align_corners=True).
 
-`anomaly_map` is the upsampled *sum* of the level grids; `forward` sums upsampled levels. Bilinear
+`anomaly_map` is the upsampled *sum* of the level grids; `forward(output_size=...)` sums upsampled levels. Bilinear
 resizing is linear, so the two agree to float rounding (the test checks 1e-4).
 
 The export uses torch's TorchScript-based exporter (`dynamo=False`): the dynamo exporter needs the
@@ -192,7 +192,12 @@ def check_onnx(
     else:
         index, class_names = None, [fixed_class] * batch_size
     with torch.no_grad():
-        out = model(pixel_values.to(model.device, model.dtype), class_names=class_names, domain=domain)
+        out = model(
+            pixel_values.to(model.device, model.dtype),
+            class_names=class_names,
+            domain=domain,
+            output_size=(size, size),
+        )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {"pixel_values": pixel_values.numpy()}
     if index is not None:

@@ -75,7 +75,7 @@ def _oracle(model, processor, samples):
                 continue
             image = Image.open(s.image_path).convert("RGB")
             with torch.no_grad():
-                o = model(**processor(images=[image], return_tensors="pt"), class_names=[name])
+                o = model(**processor(images=[image], return_tensors="pt"), class_names=[name], output_size=size)
             maps.append(o.anomaly_map[0].numpy())  # sum of per-level upsampled maps, as in the reference
             raws.append(float(o.raw_anomaly_score[0]))
             own.append(float(o.image_score[0]))

@@ -13,7 +13,9 @@ def test_same_outputs_as_full_model_for_stored_classes(tiny_model, pixel_values)
     assert small.stored_class_names == tiny_model.stored_class_names
     with torch.no_grad():
         for names in (["bottle"] * 3, ["pcb1", "object", "bottle"]):
-            full, lean = tiny_model(pixel_values, class_names=names), small(pixel_values, class_names=names)
+            size = pixel_values.shape[-2:]
+            full = tiny_model(pixel_values, class_names=names, output_size=size)
+            lean = small(pixel_values, class_names=names, output_size=size)
             for field in ("anomaly_map", "anomaly_map_grid", "image_score", "raw_anomaly_score", "image_embeds"):
                 torch.testing.assert_close(getattr(lean, field), getattr(full, field), rtol=0, atol=0)
 
@@ -34,8 +36,9 @@ def test_save_load_round_trip_and_runs_through_processor(tiny_model, processor, 
     proc = AAClipProcessor.from_pretrained(tmp_path / "lean")
     inputs = proc(images=[image], return_tensors="pt")
     with torch.no_grad():
-        got = loaded(inputs["pixel_values"], class_names="bottle")
-        want = tiny_model(inputs["pixel_values"], class_names="bottle")
+        size = inputs["pixel_values"].shape[-2:]
+        got = loaded(inputs["pixel_values"], class_names="bottle", output_size=size)
+        want = tiny_model(inputs["pixel_values"], class_names="bottle", output_size=size)
     torch.testing.assert_close(got.anomaly_map, want.anomaly_map, rtol=0, atol=0)
     result = proc.post_process_anomaly_detection(got, target_sizes=[(50, 60)])[0]
     assert result["anomaly_map"].shape == (50, 60) and 0.0 <= result["score"] <= 1.0

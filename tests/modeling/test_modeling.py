@@ -18,6 +18,7 @@ from aaclip_hf.modeling.modeling_aaclip import (
     AAClipEncoderLayer,
     gaussian_blur2d,
     resize_position_embedding,
+    upsample_grid,
 )
 
 from ..conftest import TINY_IMAGE_SIZE, make_tiny_model
@@ -123,7 +124,7 @@ def _bilinear_align_corners(grid: np.ndarray, size: int) -> np.ndarray:
 def test_anomaly_map_and_scores_follow_the_spec_step_by_step(tiny_model, pixel_values):
     model, config = tiny_model, tiny_model.config
     classes = ["bottle", "pcb1", "bottle"]
-    out = model(pixel_values, class_names=classes, domain="industrial")
+    out = model(pixel_values, class_names=classes, domain="industrial", output_size=TINY_IMAGE_SIZE)
 
     states = model.vision_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
     ln = model.vision_model.post_layernorm
@@ -146,7 +147,8 @@ def test_anomaly_map_and_scores_follow_the_spec_step_by_step(tiny_model, pixel_v
     np.testing.assert_allclose(out.anomaly_map_grid.numpy(), expected_grid, rtol=1e-4, atol=1e-3)
     for level, expected in enumerate(expected_levels):
         upsampled = np.stack([_bilinear_align_corners(e, TINY_IMAGE_SIZE) for e in expected])
-        np.testing.assert_allclose(out.anomaly_map_levels[level].numpy(), upsampled, rtol=1e-4, atol=1e-3)
+        level_map = upsample_grid(out.anomaly_map_grid_levels[level], TINY_IMAGE_SIZE)
+        np.testing.assert_allclose(level_map.numpy(), upsampled, rtol=1e-4, atol=1e-3)
     full = np.stack([_bilinear_align_corners(e, TINY_IMAGE_SIZE) for e in expected_grid])
     np.testing.assert_allclose(out.anomaly_map.numpy(), full, rtol=1e-4, atol=1e-3)
 
@@ -185,9 +187,9 @@ def test_feature_levels_differ(tiny_model, pixel_values):
 @torch.no_grad()
 def test_mixed_class_batch_equals_per_image_runs(tiny_model, pixel_values):
     classes = ["bottle", "object", "pcb1"]
-    batch = tiny_model(pixel_values, class_names=classes)
+    batch = tiny_model(pixel_values, class_names=classes, output_size=TINY_IMAGE_SIZE)
     for index, name in enumerate(classes):
-        single = tiny_model(pixel_values[index : index + 1], class_names=name)
+        single = tiny_model(pixel_values[index : index + 1], class_names=name, output_size=TINY_IMAGE_SIZE)
         torch.testing.assert_close(batch.anomaly_map[index], single.anomaly_map[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(batch.image_score[index], single.image_score[0], atol=1e-6, rtol=1e-6)
 
@@ -201,9 +203,9 @@ def test_image_score_does_not_depend_on_the_rest_of_the_batch(tiny_model, pixel_
 
 @torch.no_grad()
 def test_explicit_anchors_equal_stored_ones(tiny_model, pixel_values):
-    stored = tiny_model(pixel_values, class_names="bottle")
+    stored = tiny_model(pixel_values, class_names="bottle", output_size=TINY_IMAGE_SIZE)
     anchors = tiny_model.anchors_for(["bottle"])
-    explicit = tiny_model(pixel_values, text_anchors=anchors)
+    explicit = tiny_model(pixel_values, text_anchors=anchors, output_size=TINY_IMAGE_SIZE)
     torch.testing.assert_close(stored.anomaly_map, explicit.anomaly_map)
 
 
@@ -222,9 +224,9 @@ def test_training_maps_are_softmax_of_upsampled_logits(tiny_model, pixel_values)
 
 @torch.no_grad()
 def test_sdpa_equals_eager(tiny_model, pixel_values):
-    sdpa = tiny_model(pixel_values, class_names="bottle")
+    sdpa = tiny_model(pixel_values, class_names="bottle", output_size=TINY_IMAGE_SIZE)
     tiny_model.set_attn_implementation("eager")
-    eager = tiny_model(pixel_values, class_names="bottle")
+    eager = tiny_model(pixel_values, class_names="bottle", output_size=TINY_IMAGE_SIZE)
     torch.testing.assert_close(sdpa.anomaly_map, eager.anomaly_map, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sdpa.image_score, eager.image_score, atol=1e-5, rtol=1e-5)
 
@@ -254,7 +256,7 @@ def test_anchors_are_normalised_means_of_normalised_sentence_embeddings(tiny_mod
     feats = []
     for sentence in normal + anomaly:
         ids = processor.tokenize([sentence])
-        feats.append(F.normalize(tiny_model.get_text_features(**ids), dim=-1)[0])
+        feats.append(F.normalize(tiny_model.get_text_features(**ids).pooler_output, dim=-1)[0])
     feats = torch.stack(feats)
     expected = torch.stack([F.normalize(feats[:6].mean(0), dim=0), F.normalize(feats[6:].mean(0), dim=0)], dim=-1)
     torch.testing.assert_close(tiny_model.anchors_for(["bottle"])[0], expected, atol=1e-5, rtol=1e-5)
@@ -267,11 +269,11 @@ def test_text_head_switch(processor):
     ids = processor.tokenize(["a photo of object."])
     with torch.no_grad():
         pooled = clip_head.text_model(**ids).pooler_output
-        torch.testing.assert_close(clip_head.get_text_features(**ids), clip_head.text_projection(pooled))
+        torch.testing.assert_close(clip_head.get_text_features(**ids).pooler_output, clip_head.text_projection(pooled))
         expected = F.leaky_relu(
             adapter_head.text_model(**ids).pooler_output @ adapter_head.text_projector.fc.weight.T, 0.01
         )
-        torch.testing.assert_close(adapter_head.get_text_features(**ids), expected)
+        torch.testing.assert_close(adapter_head.get_text_features(**ids).pooler_output, expected)
 
 
 def test_stored_anchors_update_and_clear_errors(tiny_model, processor, pixel_values):
@@ -301,8 +303,8 @@ def test_unknown_class_without_tokenizer_is_a_clear_error(tiny_model, pixel_valu
     with pytest.raises(ValueError, match="inference-only AA-CLIP"):
         inference_only.get_text_features(torch.ones(1, 3, dtype=torch.long))
     torch.testing.assert_close(
-        inference_only(pixel_values, class_names="pcb1").anomaly_map,
-        tiny_model(pixel_values, class_names="pcb1").anomaly_map,
+        inference_only(pixel_values, class_names="pcb1", output_size=TINY_IMAGE_SIZE).anomaly_map,
+        tiny_model(pixel_values, class_names="pcb1", output_size=TINY_IMAGE_SIZE).anomaly_map,
     )
 
 

@@ -113,7 +113,7 @@ def test_bundled_tokenizer_ids_equal_open_clip():
 
 def test_post_processing_resizes_from_the_grid(tiny_model, processor, pixel_values):
     with torch.no_grad():
-        out = tiny_model(pixel_values, class_names="bottle")
+        out = tiny_model(pixel_values, class_names="bottle", output_size=(40, 40))
     results = processor.post_process_anomaly_detection(out, target_sizes=[(40, 40), (7, 9), (100, 60)], threshold=0.5)
     torch.testing.assert_close(results[0]["anomaly_map"], out.anomaly_map[0])
     assert results[1]["anomaly_map"].shape == (7, 9) and results[2]["anomaly_map"].shape == (100, 60)
