@@ -15,22 +15,7 @@ from aaclip_hf.training.arguments import TrainingArguments, add_arguments, argum
 from aaclip_hf.training.checkpointing import changed_arguments, write_run_arguments
 from aaclip_hf.training.trainer import Trainer
 
-
-def _args(training_root, out, **kw) -> TrainingArguments:
-    base = {
-        "model": str(training_root / "model"),
-        "train_data": [str(training_root / "data")],
-        "output_dir": str(out),
-        "text_epochs": 1,
-        "vision_epochs": 1,
-        "text_batch_size": 4,
-        "vision_batch_size": 4,
-        "num_workers": 0,
-        "progress": False,
-        "log_every": 1,
-    }
-    base.update(kw)
-    return TrainingArguments(**base)
+from .test_trainer import _args
 
 
 def test_report_to_choices_and_missing_packages(monkeypatch):
@@ -86,7 +71,7 @@ def test_tensorboard_event_files_hold_the_logged_scalars(training_root, tmp_path
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    Trainer(_args(training_root, out, report_to="tensorboard")).train()
+    Trainer(_args(training_root, out, text_epochs=1, report_to="tensorboard")).train()
     events = glob.glob(str(out / "runs" / T.PROJECT_NAME / "events.out.tfevents.*"))
     assert events, os.listdir(out)
     acc = EventAccumulator(str(out / "runs" / T.PROJECT_NAME))
