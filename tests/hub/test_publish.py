@@ -643,3 +643,52 @@ def test_a_folder_of_symlinks_such_as_a_hub_cache_snapshot_is_refused_with_a_hin
     (snapshot / "config.json").write_bytes((saved_model / "config.json").read_bytes())
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors is a symlink, never followed; copy the real"):
         hub.stage_hub_folder(snapshot, tmp_path / "hub2", repo_id="acme/x")
+
+
+SPACE_RUN = """
+import json, sys
+try:
+    import aaclip_hf
+    package = "importable"
+except ImportError:
+    package = "missing"
+import numpy as np
+from PIL import Image
+sys.path.insert(0, sys.argv[1])
+import app  # the Space's app.py, as `python app.py` would run it (without launching the server)
+detector = app.load_detector(sys.argv[1], device="cpu")
+blocks = app.build_app(detector, title="t")
+image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 30, 3), dtype=np.uint8))
+result = detector(image, class_name="bottle")
+overlay = app.overlay_image(image, result["anomaly_probability"], result["mask"])
+print(json.dumps({"package": package, "score": result["score"], "overlay": list(overlay.size),
+                  "blocks": type(blocks).__name__, "pipeline_module": type(detector).__module__}))
+"""
+
+
+def test_with_app_folder_runs_as_a_space_without_the_package(saved_model, tiny_model, processor, tmp_path):
+    """The --with-app folder's app.py loads the model from its own folder in a process that cannot import aaclip_hf."""
+    pytest.importorskip("gradio")
+    space = hub.stage_hub_folder(saved_model, tmp_path / "space", repo_id="acme/space", with_app=True).path
+    (tmp_path / "run.py").write_text(SPACE_RUN)
+    site_packages = sysconfig.get_paths()["purelib"]
+    code = f"import sys; sys.path.append({site_packages!r}); exec(open({str(tmp_path / 'run.py')!r}).read())"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", code, str(space)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["package"] == "missing" and out["blocks"] == "Blocks" and out["overlay"] == [30, 24]
+    assert out["pipeline_module"].startswith("transformers_modules.")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 30, 3), dtype=np.uint8))
+    expected = AAClipAnomalyDetectionPipeline(model=tiny_model, processor=processor, device="cpu")(
+        image, class_name="bottle"
+    )
+    assert out["score"] == pytest.approx(expected["score"], abs=1e-5)
