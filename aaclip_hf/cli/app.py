@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from .errors import MissingExtraError
 
 
 # The app's default address: this machine only; `--host 0.0.0.0` serves the network, `--share` a public link.
@@ -28,7 +29,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         from ..hub import space_app  # gradio is an optional extra, imported only for this command
     except ImportError as error:
-        print(f"aaclip app: error: {INSTALL_HINT} ({error})", file=sys.stderr)
-        return 2
+        raise MissingExtraError(f"{INSTALL_HINT} ({error})") from error
     space_app.main(args.model, host=args.host, port=args.port, share=args.share, device=args.device)
     return 0

@@ -25,7 +25,12 @@ from safetensors import SafetensorError
 from ..runtime.outputs import safe_text
 
 
-__all__ = ["EXPECTED_ERRORS", "debug_requested", "expected_error_message"]
+__all__ = ["EXPECTED_ERRORS", "MissingExtraError", "debug_requested", "expected_error_message"]
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency (an extra such as `aaclip-hf[app]`) is not installed; the message says how to."""
+
 
 # ValueError covers BadInputError, UnsafeCheckpointError, ConversionError, WeightsError, JSONDecodeError and
 # UnicodeError; UnpicklingError is a pickle that torch.load(weights_only=True) refused; OSError covers missing
@@ -37,6 +42,7 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     StrictDataclassError,
     SafetensorError,
     pickle.UnpicklingError,
+    MissingExtraError,
 )
 # Expected errors of modules the CLI imports only when a subcommand needs them: (module, class name).
 _LAZY_EXPECTED = (("aaclip_hf.training.arguments", "NonFiniteLossError"),)
@@ -140,14 +146,14 @@ def expected_error_message(error: BaseException) -> str | None:
         kind = original if original is not None else kind
     if not _is_expected_type(kind):
         return None
-    if issubclass(kind, UnicodeError):
-        where = _file_in_traceback(error)
-        prefix = f"{where}: " if where and where not in message else ""
-        expected = "expected UTF-8 text" if issubclass(kind, UnicodeDecodeError) else "expected text UTF-8 can hold"
-        message = f"{prefix}{message}; {expected}"
+    where = _file_in_traceback(error) if issubclass(kind, (UnicodeError, SafetensorError)) else None
+    prefix = f"{where}: " if where and where not in message else ""
+    if issubclass(kind, UnicodeEncodeError):
+        encoding = getattr(error, "encoding", "the output encoding")
+        message = f"{prefix}{message}; expected text that {encoding} can hold (a terminal: PYTHONIOENCODING=utf-8)"
+    elif issubclass(kind, UnicodeError):
+        message = f"{prefix}{message}; expected UTF-8 text"
     elif issubclass(kind, SafetensorError):
-        where = _file_in_traceback(error)
-        prefix = f"{where}: " if where and where not in message else ""
         message = f"{prefix}not a readable safetensors file ({message}); expected a complete file: re-save it"
     elif issubclass(kind, pickle.UnpicklingError):  # torch.load(weights_only=True) refused it (transformers' .bin)
         where = _file_in_traceback(error) or "a checkpoint"

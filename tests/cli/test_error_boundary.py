@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from transformers.utils import logging as hf_logging
 
 from aaclip_hf import AAClipProcessor
@@ -393,3 +394,33 @@ def test_unpickling_refusals_name_the_file(world):
         torch.load(world["pickled"] / "pytorch_model.bin", weights_only=True)
     message = expected_error_message(error.value)
     assert message is not None and "refusing to load" in message and "GLOBAL" in message
+
+
+def test_encoding_and_safetensors_errors_name_the_file_they_were_reading(world, tmp_path):
+    def read_text(path):
+        return path.read_text(encoding="utf-8")
+
+    with pytest.raises(UnicodeDecodeError) as error:
+        read_text(world["latin1_jsonl"])
+    message = expected_error_message(error.value)
+    assert message.startswith(f"{world['latin1_jsonl']}: 'utf-8' codec can't decode") and "expected UTF-8" in message
+    with pytest.raises(UnicodeEncodeError) as error:
+        "café".encode("ascii")
+    assert "expected text that ascii can hold" in expected_error_message(error.value)
+
+    def load(path):
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+
+    with pytest.raises(SafetensorError) as error:
+        load(world["cut_safetensors"])
+    message = expected_error_message(error.value)
+    assert message.startswith(f"{world['cut_safetensors']}: not a readable safetensors file") and "\n" not in message
+
+
+def test_a_missing_optional_extra_is_one_line(monkeypatch, tmp_path, capsys):
+    from aaclip_hf.cli.errors import MissingExtraError
+
+    assert expected_error_message(MissingExtraError("the app needs gradio: pip install 'aaclip-hf[app]'"))
+    assert expected_error_message(ImportError("a broken import is a bug")) is None
