@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -137,3 +138,24 @@ def test_missing_local_paths_stay_path_errors(tmp_path):
         load_samples(str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError):
         load_samples("nope/meta.json")
+
+
+def test_cli_evaluate_and_train_read_a_saved_dataset(exported, training_root, tmp_path):
+    out, samples = exported
+    model = str(training_root / "model")
+    results = tmp_path / "results"
+    assert main(["evaluate", "--model", model, "--data", str(out), "--output", str(results), "--no-progress"]) == 0
+    table = json.loads((results / "results.json").read_text(encoding="utf-8"))
+    counts = {name: (row["num_normal"], row["num_anomalous"]) for name, row in table["classes"].items()}
+    assert counts == {
+        name: (
+            sum(s.label == 0 for s in samples if s.class_name == name),
+            sum(s.label for s in samples if s.class_name == name),
+        )
+        for name in {s.class_name for s in samples}
+    }
+    run = tmp_path / "run"
+    argv = ["train", "--model", model, "--train-data", str(out), "--output", str(run), "--stage", "text"]
+    argv += ["--max-steps", "1", "--text-batch-size", "4", "--num-workers", "0", "--no-progress"]
+    assert main(argv) == 0
+    assert (run / "model.safetensors").is_file()
