@@ -64,6 +64,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stage1": {"image_size": 224, "num_images": 2, "batch_size": 2, "epochs": 5},
         "stage2_batch": 2,
         "metrics": {"num_maps": 400, "size": 518, "check_f1": True},
+        # issue 12 rows: kept short on 2 shared cores (each ViT-L/14 518 px forward is 7-30 s there)
+        "first_call": {"calls": 3},
+        "detect": {"num_images": 8, "height": 480, "width": 640},
+        "int8": {
+            "classes": ["bottle", "carpet"],
+            "good": 3,
+            "defects_per_kind": 1,
+            "kinds": ["scratch", "hole", "stain"],
+            "batch": 4,
+        },
+        "backends": {"batches": [1, 4], "compile": True},
+        "gpu": {"repeats": 5, "stage2_batch": 8, "stage2_steps": 30, "stage2_warmup_steps": 5, "stage2_lr": 5e-4},
     },
     "quick": {
         "model": VIT_B16_224,
@@ -77,6 +89,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stage1": {"image_size": 224, "num_images": 4, "batch_size": 2, "epochs": 5},
         "stage2_batch": 2,
         "metrics": {"num_maps": 40, "size": 518, "check_f1": False},
+        "first_call": {"calls": 3},
+        "detect": {"num_images": 8, "height": 480, "width": 640},
+        "int8": {
+            "classes": ["bottle", "carpet"],
+            "good": 4,
+            "defects_per_kind": 1,
+            "kinds": ["scratch", "hole", "stain", "crack"],
+            "batch": 4,
+        },
+        "backends": {"batches": [1, 4], "compile": True},
+        "gpu": {"repeats": 5, "stage2_batch": 8, "stage2_steps": 30, "stage2_warmup_steps": 5, "stage2_lr": 5e-4},
     },
 }
 # A seconds-long smoke preset (tiny towers) that exercises every worker; used by the slow test.
@@ -105,11 +128,25 @@ PRESETS["smoke"] = {
         "text_adapter_layers": 1,
     },
     "model_name": "tiny smoke-test towers @ 64 px",
+    "gpu": {"repeats": 1, "stage2_batch": 2, "stage2_steps": 3, "stage2_warmup_steps": 1, "stage2_lr": 5e-4},
     "stage1": {"image_size": 64, "num_images": 4, "batch_size": 2, "epochs": 5},
     "metrics": {"num_maps": 4, "size": 64, "check_f1": True},
 }
 # Run order: the headline numbers first, so a partial report (written after every job) has them.
-SECTIONS = ("peak", "vision", "inference_only", "stage2", "stage1", "metrics")
+SECTIONS = (
+    "peak",
+    "vision",
+    "inference_only",
+    "stage2",
+    "stage1",
+    "metrics",
+    "first_call",
+    "detect",
+    "int8",
+    "backends",
+)
+# `--only` shorthands: the rows of issue 12 (runtime: allocator, batching, int8, backends).
+SECTION_GROUPS = {"runtime": ("first_call", "detect", "int8", "backends")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -510,72 +547,401 @@ def worker_stage2(preset: dict, checkpointing: bool) -> dict:
     }
 
 
-def worker_gpu(preset: dict, batches: list[int]) -> dict:
-    """CUDA: fp32 and bf16 s/image and peak memory per batch size, and one stage-2 step (fp32 and bf16 autocast)."""
+def worker_gpu(
+    preset: dict, batches: list[int], device: str = "cuda", steps: int | None = None, tmp: str | None = None
+) -> dict:
+    """GPU readiness (`benchmarks/gpu.sh`): forward throughput in fp32/bf16/fp16 per batch size, and a stage-2
+    run (real loss, synthetic defect images with exact masks, bf16 autocast where supported) with its loss curve,
+    peak memory and images/s. `device="cpu"` runs the same code as a dry run (tests, smoke preset)."""
+    import numpy as np
     import torch
+    from PIL import Image
 
-    from aaclip_hf.runtime.devices import resolve_dtype
-
-    device = torch.device("cuda")
-    out: dict[str, Any] = {"device": torch.cuda.get_device_name(device), "forward": {}, "stage2": {}}
-    config = _config(preset, include_text_model=False)
-    base = _model(config)
-    size = config.vision_config.image_size
-    for dtype_name in ("float32", "bfloat16"):
-        dtype = resolve_dtype(dtype_name, device)
-        model = base.to(device=device, dtype=dtype)
-        for batch in batches:
-            pixels = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats(device)
-            try:
-                with torch.inference_mode():
-                    model(pixels)  # warm-up (kernel selection)
-                    torch.cuda.synchronize()
-                    start = time.perf_counter()
-                    repeats = 5
-                    for _ in range(repeats):
-                        model(pixels)
-                    torch.cuda.synchronize()
-                seconds = (time.perf_counter() - start) / repeats
-                out["forward"][f"{dtype_name}/{batch}"] = {
-                    "seconds_per_image": seconds / batch,
-                    "peak_allocated": torch.cuda.max_memory_allocated(device),
-                }
-            except torch.OutOfMemoryError:
-                out["forward"][f"{dtype_name}/{batch}"] = {"error": "out of memory"}
-            torch.cuda.empty_cache()
+    from aaclip_hf import AAClipProcessor
+    from aaclip_hf.data.readers import load_samples
+    from aaclip_hf.data.synthetic import generate_synthetic_dataset
+    from aaclip_hf.runtime.devices import dtype_supported
+    from aaclip_hf.runtime.flops import vision_forward_flops
     from aaclip_hf.training import stage2_loss
     from aaclip_hf.training.trainer import set_trainable, stage_parameters
 
-    model = base.to(device=device, dtype=torch.float32)
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    def reset_peak():
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def peak():
+        return torch.cuda.max_memory_allocated(device) if cuda else None
+
+    spec = preset["gpu"]
+    out: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu (dry run)",
+        "torch": torch.__version__,
+        "forward": {},
+        "stage2": {},
+    }
+    config = _config(preset, include_text_model=False)
+    flops = vision_forward_flops(config).total
+    base = _model(config).to(device)
+    size = config.vision_config.image_size
+    for dtype_name in ("float32", "bfloat16", "float16"):
+        dtype = getattr(torch, dtype_name)
+        if not dtype_supported(dtype, device):
+            out["forward"][dtype_name] = {"error": f"{dtype_name} not supported on {device}"}
+            continue
+        model = base.to(dtype=dtype)
+        for batch in batches:
+            pixels = torch.randn(batch, 3, size, size, device=device, dtype=dtype)
+            reset_peak()
+            try:
+                with torch.inference_mode():
+                    model(pixels)  # warm-up: kernel selection, allocator
+                    sync()
+                    start = time.perf_counter()
+                    for _ in range(spec["repeats"]):
+                        model(pixels)
+                    sync()
+                seconds = (time.perf_counter() - start) / spec["repeats"]
+                out["forward"][f"{dtype_name}/{batch}"] = {
+                    "seconds_per_image": seconds / batch,
+                    "images_per_second": batch / seconds,
+                    "tflops": flops * batch / seconds / 1e12,
+                    "peak_allocated": peak(),
+                }
+            except torch.OutOfMemoryError:
+                out["forward"][f"{dtype_name}/{batch}"] = {"error": "out of memory"}
+            del pixels
+    model = base.to(dtype=torch.float32)
+    # Stage 2 on the synthetic benchmark's defect images (exact masks), cycling through them.
+    batch, steps = spec["stage2_batch"], steps or spec["stage2_steps"]
+    root = generate_synthetic_dataset(
+        Path(tmp) / "gpu_synthetic",
+        classes=["bottle", "carpet"],
+        image_size=size,
+        n_train_good=1,
+        n_test_good=batch // 2,
+        n_test_defect_per_kind=1,
+        progress=False,
+    )
+    samples = load_samples(root, "test")
+    processor = AAClipProcessor()
+    processor.image_processor.size = {"height": size, "width": size}
+    pixels_all = processor(images=[Image.open(s.image_path).convert("RGB") for s in samples], return_tensors="pt")[
+        "pixel_values"
+    ]
+    masks_all = torch.from_numpy(
+        np.stack(
+            [
+                np.asarray(Image.open(s.mask_path).convert("L").resize((size, size), Image.NEAREST)) > 0
+                if s.mask_path
+                else np.zeros((size, size), dtype=bool)
+                for s in samples
+            ]
+        )
+    ).float()
     params = stage_parameters(model, "vision")
     set_trainable(model, params)
     model.train()
-    batch = preset["stage2_batch"]
-    pixels = torch.randn(batch, 3, size, size, device=device)
-    masks = _random_masks(batch, size, seed=1).to(device)
-    labels = (masks.flatten(1).amax(1) > 0).long()
-    anchors = model.anchors_for(["object"] * batch)
-    for name, autocast in (("float32", False), ("bfloat16_autocast", True)):
-        optimizer = torch.optim.Adam(params, lr=5e-4, betas=(0.5, 0.999))
-        times = []
-        torch.cuda.reset_peak_memory_stats(device)
-        for _ in range(3):  # first step warms up; report the best of the next two
-            torch.cuda.synchronize()
+    autocast = cuda and torch.cuda.is_bf16_supported()
+    optimizer = torch.optim.Adam(params, lr=spec["stage2_lr"], betas=(0.5, 0.999))
+    losses, times = [], []
+    reset_peak()
+    for step in range(steps):
+        index = [(step * batch + i) % len(samples) for i in range(batch)]
+        pixels = pixels_all[index].to(device)
+        masks = masks_all[index].to(device)
+        labels = (masks.flatten(1).amax(1) > 0).long()
+        anchors = model.anchors_for(["object"] * batch)
+        sync()
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            patch_embeds, image_embeds = model.get_vision_features(pixels)
+        maps = model.training_maps([f.float() for f in patch_embeds], anchors, (size, size))
+        loss = stage2_loss(
+            maps, masks, torch.ones(batch, dtype=torch.bool, device=device), image_embeds.float(), anchors, labels
+        )["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        sync()
+        times.append(time.perf_counter() - start)
+        losses.append(float(loss.detach()))
+    steady = times[min(spec["stage2_warmup_steps"], len(times) - 1) :]
+    out["stage2"] = {
+        "batch_size": batch,
+        "steps": steps,
+        "precision": "bf16 autocast" if autocast else "fp32",
+        "loss_curve": losses,
+        "step_seconds": times,
+        "images_per_second": batch * len(steady) / sum(steady),
+        "peak_allocated": peak(),
+        "num_images": len(samples),
+    }
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# issue 12: first call vs steady state, detect against the floor, int8, backends
+# ----------------------------------------------------------------------------------------------
+
+
+def _matmul_peak(preset: dict) -> float:
+    """The fp32 matmul peak measured inside the calling worker (GFLOP/s), so a floor is from the same run."""
+    return worker_peak(preset)["gflops"]
+
+
+def worker_first_call(preset: dict, tuned: bool) -> dict:
+    """Batch-1 forwards in a fresh process, one after the other: the first call against the steady state, with
+    or without `tune_cpu_runtime` (glibc keeps freed activations; see aaclip_hf/runtime/cpu.py)."""
+    import statistics
+
+    import torch
+
+    from aaclip_hf.runtime.cpu import tune_cpu_runtime
+
+    tuning = tune_cpu_runtime(torch.get_num_threads()).to_dict() if tuned else None
+    config = _config(preset, include_text_model=False)
+    model = _model(config)
+    size = config.vision_config.image_size
+    pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    seconds = []
+    with torch.inference_mode():
+        for _ in range(preset["first_call"]["calls"]):
             start = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-                patch_embeds, image_embeds = model.get_vision_features(pixels)
-            maps = model.training_maps([f.float() for f in patch_embeds], anchors, (size, size))
-            loss = stage2_loss(
-                maps, masks, torch.ones(batch, dtype=torch.bool, device=device), image_embeds.float(), anchors, labels
-            )["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        out["stage2"][name] = {"seconds": min(times[1:]), "peak_allocated": torch.cuda.max_memory_allocated(device)}
+            model(pixels)
+            seconds.append(time.perf_counter() - start)
+    steady = statistics.median(seconds[1:])
+    return {
+        "tuned": tuned,
+        "tuning": tuning,
+        "seconds": seconds,
+        "first": seconds[0],
+        "steady": steady,
+        "first_over_steady": seconds[0] / steady,
+    }
+
+
+def worker_detect(preset: dict, tmp: str) -> dict:
+    """`aaclip detect` over a folder of N images in a fresh process (start-up, loading, decoding, overlays
+    included) against the fp32 floor N x FLOPs / matmul peak, the peak measured in this run just before."""
+    import numpy as np
+    from PIL import Image
+
+    from aaclip_hf import AAClipProcessor
+    from aaclip_hf.runtime.batching import choose_batch_size
+    from aaclip_hf.runtime.flops import vision_forward_flops
+
+    spec = preset["detect"]
+    config = _config(preset, include_text_model=False)
+    folder = Path(tmp) / "detect_model"
+    model = _model(config)
+    model.save_pretrained(folder)
+    AAClipProcessor.for_model(config).save_pretrained(folder)
+    batch = choose_batch_size(config, "cpu", num_images=spec["num_images"])
+    del model
+    images = Path(tmp) / "detect_images"
+    images.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(spec["num_images"]):
+        pixels = rng.integers(0, 256, (spec["height"], spec["width"], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"{i:03d}.png")
+    peak = _matmul_peak(preset)
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from aaclip_hf.cli import main; sys.exit(main())",
+        "detect",
+        str(images),
+        "--model",
+        str(folder),
+        "--output",
+        str(Path(tmp) / "detect_out"),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=str(REPO_ROOT))
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"aaclip detect failed: {proc.stderr[-2000:]}")
+    peak_after = _matmul_peak(preset)
+    flops = vision_forward_flops(config).total
+    per_image = wall / spec["num_images"]
+    floor = flops / (max(peak, peak_after) * 1e9)
+    return {
+        **spec,
+        "wall_seconds_process": wall,
+        "seconds_per_image": per_image,
+        "batch_size_auto": batch,
+        "peak_gflops_before": peak,
+        "peak_gflops_after": peak_after,
+        "floor_seconds_per_image": floor,
+        "ratio_to_floor": per_image / floor,
+    }
+
+
+def _synthetic_eval_set(preset: dict, tmp: str, size: int):
+    """The synthetic benchmark's test images at the model size: pixel values, masks, labels, class names."""
+    import numpy as np
+    from PIL import Image
+
+    from aaclip_hf import AAClipProcessor
+    from aaclip_hf.data.readers import load_samples
+    from aaclip_hf.data.synthetic import generate_synthetic_dataset
+
+    spec = preset["int8"]
+    root = generate_synthetic_dataset(
+        Path(tmp) / "synthetic",
+        classes=spec["classes"],
+        image_size=size,
+        n_train_good=1,
+        n_test_good=spec["good"],
+        n_test_defect_per_kind=spec["defects_per_kind"],
+        defect_kinds=spec["kinds"],
+        progress=False,
+    )
+    samples = load_samples(root, "test")
+    processor = AAClipProcessor()
+    processor.image_processor.size = {"height": size, "width": size}
+    images = [Image.open(s.image_path).convert("RGB") for s in samples]
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    masks = []
+    for s in samples:
+        if s.mask_path:
+            mask = Image.open(s.mask_path).convert("L").resize((size, size), Image.NEAREST)
+            masks.append(np.asarray(mask) > 0)
+        else:
+            masks.append(np.zeros((size, size), dtype=bool))
+    return pixels, np.stack(masks), np.array([s.label for s in samples]), [s.class_name for s in samples]
+
+
+def worker_int8(preset: dict, tmp: str) -> dict:
+    """fp32 vs dynamic int8 (torch.ao and ONNX Runtime) on the same weights and the same synthetic test images,
+    batch by batch side by side: s/image at the preset batch, map differences, image/pixel AUROC."""
+    import copy
+
+    import numpy as np
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from aaclip_hf.runtime.backends import apply_backend
+    from aaclip_hf.runtime.quantize import quantize_dynamic_int8
+
+    config = _config(preset, include_text_model=False)
+    size = config.vision_config.image_size
+    pixels, masks, labels, _names = _synthetic_eval_set(preset, tmp, size)
+    base = _model(config)
+    cache = Path(tmp) / "onnx_cache"
+    variants, setup = {"fp32": base}, {}
+    start = time.perf_counter()
+    variants["torch_int8"] = quantize_dynamic_int8(copy.deepcopy(base))
+    setup["torch_int8"] = time.perf_counter() - start
+    start = time.perf_counter()
+    variants["onnx_fp32"] = apply_backend(copy.deepcopy(base), "onnx", cache_dir=cache)[0]
+    setup["onnx_fp32"] = time.perf_counter() - start
+    start = time.perf_counter()
+    variants["onnx_int8"] = apply_backend(copy.deepcopy(base), "onnx", "int8", cache_dir=cache)[0]
+    setup["onnx_int8"] = time.perf_counter() - start
+    batch = preset["int8"]["batch"]
+    seconds = dict.fromkeys(variants, 0.0)
+    maps = {name: [] for name in variants}
+    scores = {name: [] for name in variants}
+    with torch.inference_mode():
+        for model in variants.values():  # warm-up (untimed): first-touch pages, ORT session set-up
+            model(pixels[:batch])
+        for first in range(0, len(pixels), batch):
+            chunk = pixels[first : first + batch]
+            for name, model in variants.items():  # interleaved: load changes hit every variant alike
+                start = time.perf_counter()
+                out = model(chunk, output_size=size)
+                seconds[name] += time.perf_counter() - start
+                maps[name].append(out.anomaly_map.float().numpy())
+                scores[name].append(out.image_score.float().numpy())
+    maps = {k: np.concatenate(v) for k, v in maps.items()}
+    scores = {k: np.concatenate(v) for k, v in scores.items()}
+    n = len(pixels)
+    result: dict[str, Any] = {
+        "num_images": n,
+        "batch_size": batch,
+        "setup_seconds": setup,
+        "num_pixels": int(masks.size),
+        "anomalous_pixels": int(masks.sum()),
+        "variants": {},
+    }
+    reference = maps["fp32"].ravel()
+    for name in variants:
+        flat = maps[name].ravel()
+        row = {
+            "seconds_per_image": seconds[name] / n,
+            "speedup_vs_fp32": seconds["fp32"] / seconds[name],
+            "image_auroc": float(roc_auc_score(labels, scores[name])),
+            "pixel_auroc": float(roc_auc_score(masks.ravel(), flat)),
+            "max_abs_map_diff": float(np.abs(flat - reference).max()),
+            "mean_abs_map_diff": float(np.abs(flat - reference).mean()),
+            "map_correlation": float(np.corrcoef(flat, reference)[0, 1]),
+            "map_range_fp32": float(reference.max() - reference.min()),
+        }
+        result["variants"][name] = row
+    for row in result["variants"].values():
+        row["image_auroc_change_points"] = 100 * (row["image_auroc"] - result["variants"]["fp32"]["image_auroc"])
+        row["pixel_auroc_change_points"] = 100 * (row["pixel_auroc"] - result["variants"]["fp32"]["pixel_auroc"])
+    return result
+
+
+def worker_backends(preset: dict, tmp: str) -> dict:
+    """Eager fp32 vs torch.compile vs ONNX Runtime: set-up (compile / export) time and s/image at each batch.
+
+    For each backend and batch the first call is timed separately (for compile it includes compiling that
+    shape), then one more call is the steady speed."""
+    import copy
+
+    import torch
+
+    from aaclip_hf.runtime.backends import apply_backend
+
+    spec = preset["backends"]
+    config = _config(preset, include_text_model=False)
+    size = config.vision_config.image_size
+    base = _model(config)
+    names = ["torch", "onnx"] + (["compile"] if spec.get("compile") else [])
+    out: dict[str, Any] = {"batches": spec["batches"], "backends": {}}
+    for name in names:
+        start = time.perf_counter()
+        try:
+            model = apply_backend(copy.deepcopy(base), name, cache_dir=Path(tmp) / "onnx_cache")[0]
+        except Exception as error:  # a backend that cannot run here is reported, not fatal
+            out["backends"][name] = {"error": f"{type(error).__name__}: {error}"[:500]}
+            continue
+        row: dict[str, Any] = {"setup_seconds": time.perf_counter() - start, "batches": {}}
+        with torch.inference_mode():
+            for batch in spec["batches"]:
+                pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+                try:
+                    start = time.perf_counter()
+                    model(pixels)
+                    first = time.perf_counter() - start
+                    start = time.perf_counter()
+                    model(pixels)
+                    steady = time.perf_counter() - start
+                except Exception as error:
+                    row["batches"][str(batch)] = {"error": f"{type(error).__name__}: {error}"[:500]}
+                    continue
+                row["batches"][str(batch)] = {"first_call_seconds": first, "seconds_per_image": steady / batch}
+        out["backends"][name] = row
+        del model
+    eager = out["backends"].get("torch", {}).get("batches", {})
+    for row in out["backends"].values():
+        for batch, cell in row.get("batches", {}).items():
+            if "seconds_per_image" in cell and "seconds_per_image" in eager.get(batch, {}):
+                cell["speedup_vs_eager"] = eager[batch]["seconds_per_image"] / cell["seconds_per_image"]
     return out
 
 
@@ -588,14 +954,22 @@ WORKERS = {
     "stage1": worker_stage1,
     "stage2": worker_stage2,
     "gpu": worker_gpu,
+    "first_call": worker_first_call,
+    "detect": worker_detect,
+    "int8": worker_int8,
+    "backends": worker_backends,
 }
 
 
 def _worker_main(name: str, preset_name: str, kwargs_json: str, threads: int | None) -> None:
     import torch
 
+    from aaclip_hf.runtime.cpu import tune_cpu_runtime
+
     if threads:
         torch.set_num_threads(threads)
+    if name != "first_call":  # the benchmarks run tuned, as the CLI does; first_call measures both ways itself
+        tune_cpu_runtime(torch.get_num_threads())
     result = WORKERS[name](PRESETS[preset_name], **json.loads(kwargs_json))
     result["threads"] = torch.get_num_threads()
     print(RESULT_TAG + json.dumps(result), flush=True)
@@ -662,7 +1036,25 @@ def machine_info() -> dict:
     }
 
 
-def run_benchmarks(preset_name: str, output: Path, only: list[str] | None = None, threads: int | None = None) -> dict:
+REPORT_METADATA = (
+    "preset",
+    "model",
+    "settings",
+    "machine",
+    "load_average_start",
+    "load_average_end",
+    "started",
+    "flops",
+    "parameters",
+    "total_seconds",
+    "goals",
+    "merged_from",
+)
+
+
+def run_benchmarks(
+    preset_name: str, output: Path, only: list[str] | None = None, threads: int | None = None, merge: bool = False
+) -> dict:
     from tqdm.auto import tqdm
 
     from aaclip_hf.runtime.flops import parameter_bytes, text_anchor_flops, vision_forward_flops
@@ -700,11 +1092,33 @@ def run_benchmarks(preset_name: str, output: Path, only: list[str] | None = None
                 ("stage2", "stage2_plain", {"checkpointing": False}),
                 ("stage2", "stage2_checkpointing", {"checkpointing": True}),
             ]
+        elif section == "first_call":
+            jobs += [
+                ("first_call", "first_call_default", {"tuned": False}),
+                ("first_call", "first_call_tuned", {"tuned": True}),
+            ]
+        elif section in ("detect", "int8", "backends"):
+            jobs.append((section, section, {"tmp": None}))
         else:
             jobs.append((section, section, {}))
+    previous_path = output / "report.json"
+    if merge and previous_path.is_file():
+        previous = json.loads(previous_path.read_text())
+        if previous.get("preset") == preset_name:
+            measured = {key for _, key, _ in jobs} | ({"peak_end"} if "peak" in sections else set())
+            kept = [key for key in previous if key not in REPORT_METADATA and key not in measured]
+            report.update({key: previous[key] for key in kept})
+            report["merged_from"] = {
+                "started": previous.get("started"),
+                "sections": kept,
+                "load_average_start": previous.get("load_average_start"),
+                "load_average_end": previous.get("load_average_end"),
+                "total_seconds": previous.get("total_seconds"),
+                "machine": previous.get("machine"),
+            }
     with tempfile.TemporaryDirectory(prefix="aaclip-bench-") as tmp, open(output / "bench.log", "w") as log:
         for worker, key, kwargs in tqdm(jobs, desc=f"aaclip bench ({preset_name})", unit="job"):
-            if worker in ("save", "load"):
+            if worker in ("save", "load") or "tmp" in kwargs:
                 kwargs = {**kwargs, "tmp": tmp}
             report[key] = _spawn(worker, preset_name, threads, log, **kwargs)
             _write(report, output, start)  # partial report after every job
@@ -817,7 +1231,225 @@ def evaluate_goals(report: dict) -> list[dict]:
                 "remedy": "",
             }
         )
+    goals += runtime_goals(report)
     return goals
+
+
+FIRST_CALL_GOAL = 1.15  # issue 12: the first call within 15 % of the steady state
+DETECT_FLOOR_GOAL = 1.4  # issue 12: per-image wall time of `aaclip detect` over 8 images <= 1.4x the fp32 floor
+INT8_SPEEDUP_GOAL, INT8_CORRELATION_GOAL, INT8_AUROC_GOAL_POINTS = 1.8, 0.99, 0.5
+
+
+def best_int8(report: dict) -> tuple[str, dict] | None:
+    """The faster of the two int8 paths (torch.ao, ONNX Runtime) of the int8 row."""
+    variants = _get(report, "int8", "variants") or {}
+    rows = [(name, row) for name, row in variants.items() if name.endswith("int8")]
+    return min(rows, key=lambda item: item[1]["seconds_per_image"]) if rows else None
+
+
+def runtime_goals(report: dict) -> list[dict]:
+    """The goals of issue 12, each with its measured value and, when missed, why and what would close it."""
+    goals = []
+    tuned, default = report.get("first_call_tuned") or {}, report.get("first_call_default") or {}
+    if "first" in tuned:
+        ratio = tuned["first_over_steady"]
+        contrast = (
+            f"; default allocator {default['first']:.1f} s vs {default['steady']:.1f} s ({default['first_over_steady']:.2f}x)"
+            if "first" in default
+            else ""
+        )
+        goals.append(
+            {
+                "goal": "first call within 15 % of the steady state (tune_cpu_runtime, batch 1)",
+                "value": f"first {tuned['first']:.1f} s vs steady {tuned['steady']:.1f} s ({ratio:.2f}x){contrast}",
+                "met": ratio <= FIRST_CALL_GOAL,
+                "reason": ""
+                if ratio <= FIRST_CALL_GOAL
+                else "the first call still grows the heap to the forward's peak (first-touch page faults, kept for "
+                "later calls) and sets up oneDNN/sdpa kernels; other processes shared the 2 cores, so single "
+                "calls vary by more than the goal's 15 %",
+                "remedy": ""
+                if ratio <= FIRST_CALL_GOAL
+                else "one untimed warm-up call at start-up (the app and "
+                "long-running services), an otherwise idle machine",
+            }
+        )
+    detect = report.get("detect") or {}
+    if "ratio_to_floor" in detect:
+        ratio = detect["ratio_to_floor"]
+        met = ratio <= DETECT_FLOOR_GOAL
+        goals.append(
+            {
+                "goal": f"aaclip detect over {detect['num_images']} images, process start included, <= 1.4x the "
+                "fp32 floor per image",
+                "value": f"{detect['seconds_per_image']:.2f} s/image vs floor {detect['floor_seconds_per_image']:.2f} s "
+                f"({ratio:.2f}x; auto batch {detect['batch_size_auto']})",
+                "met": met,
+                "reason": ""
+                if met
+                else "outside the FLOP count: the process start (importing torch and transformers), loading "
+                "the weights, decoding and writing overlays; inside it the forward runs at 72-78 % of the matmul "
+                "peak at best (attention over 64-wide heads, memory-bound norms/softmax/GELU); other "
+                "processes shared the 2 cores",
+                "remedy": ""
+                if met
+                else "more images per process (start-up amortised), the int8 path (--quantize int8), a GPU",
+            }
+        )
+    best = best_int8(report)
+    if best:
+        name, row = best
+        worst_auroc = max(abs(row["image_auroc_change_points"]), abs(row["pixel_auroc_change_points"]))
+        speed_ok = row["speedup_vs_fp32"] >= INT8_SPEEDUP_GOAL
+        corr_ok = row["map_correlation"] >= INT8_CORRELATION_GOAL
+        auroc_ok = worst_auroc <= INT8_AUROC_GOAL_POINTS
+        reasons, remedies = [], []
+        if not speed_ok:
+            reasons.append(
+                f"speed {row['speedup_vs_fp32']:.2f}x is {INT8_SPEEDUP_GOAL - row['speedup_vs_fp32']:.2f}x short: only "
+                "the linear layers (81 % of the FLOPs) run int8; attention matmuls (18 %), softmax, GELU and norms "
+                "stay fp32, and each linear input is quantised per call (an extra pass over the activations); "
+                "AVX2 without VNNI gives int8 GEMM about 2x the fp32 multiply-adds per cycle, not more"
+            )
+            remedies.append("a CPU with AVX512-VNNI/AMX (4x int8 throughput), int8 attention (static quantisation)")
+        if not corr_ok:
+            reasons.append(f"map correlation {row['map_correlation']:.4f} below 0.99")
+            remedies.append("keep the adapters and the last layers in fp32, or per-channel weight scales")
+        if not auroc_ok:
+            reasons.append(
+                f"AUROC change {worst_auroc:.2f} points above 0.5 (image AUROC over {report['int8']['num_images']} "
+                "images moves in steps of several points)"
+            )
+            remedies.append("a larger evaluation set to resolve sub-point changes; per-channel weight scales")
+        goals.append(
+            {
+                "goal": "int8 >= 1.8x fp32 at batch 4, map correlation >= 0.99, AUROC change <= 0.5 points",
+                "value": f"{name}: {row['speedup_vs_fp32']:.2f}x, correlation {row['map_correlation']:.4f}, image "
+                f"AUROC {row['image_auroc_change_points']:+.2f} / pixel AUROC {row['pixel_auroc_change_points']:+.2f} "
+                "points",
+                "met": speed_ok and corr_ok and auroc_ok,
+                "reason": "; ".join(reasons),
+                "remedy": "; ".join(remedies),
+            }
+        )
+    backends = _get(report, "backends", "backends") or {}
+    if backends:
+        winners = []
+        for batch in _get(report, "backends", "batches") or []:
+            cells = [
+                (name, row["batches"][str(batch)]["seconds_per_image"])
+                for name, row in backends.items()
+                if "seconds_per_image" in (row.get("batches", {}).get(str(batch)) or {})
+            ]
+            if cells:
+                winner = min(cells, key=lambda cell: cell[1])
+                winners.append(f"batch {batch}: {winner[0]} ({winner[1]:.2f} s/image)")
+        goals.append(
+            {
+                "goal": "torch.compile and ONNX Runtime measured against eager fp32; the winner is the CPU default",
+                "value": "; ".join(winners),
+                "met": True,
+                "reason": "",
+                "remedy": "",
+            }
+        )
+    return goals
+
+
+def runtime_markdown(report: dict) -> list[str]:
+    """The issue-12 sections of the report."""
+    lines: list[str] = []
+    tuned, default = report.get("first_call_tuned") or {}, report.get("first_call_default") or {}
+    if "first" in tuned or "first" in default:
+        lines += [
+            "",
+            "## First call vs steady state (batch 1, a fresh process each)",
+            "",
+            "| allocator | calls (s) | first / steady |",
+            "|---|---|---|",
+        ]
+        for label, row in (("glibc default", default), ("tune_cpu_runtime()", tuned)):
+            if "first" in row:
+                calls = ", ".join(f"{value:.2f}" for value in row["seconds"])
+                lines.append(f"| {label} | {calls} | {row['first_over_steady']:.2f}x |")
+            elif row:
+                lines.append(f"| {label} | {row.get('error')} | |")
+        if tuned.get("tuning"):
+            lines += [
+                "",
+                f"Tuning applied: `{json.dumps(tuned['tuning']['mallopt'])}`, {tuned['tuning']['num_threads']} threads.",
+            ]
+    detect = report.get("detect") or {}
+    if "ratio_to_floor" in detect:
+        lines += [
+            "",
+            f"## `aaclip detect` over {detect['num_images']} images ({detect['width']}x{detect['height']} PNG), fresh process",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| wall time, process start to exit | {detect['wall_seconds_process']:.1f} s |",
+            f"| per image | {detect['seconds_per_image']:.2f} s |",
+            f"| fp32 floor per image (FLOPs / matmul peak {max(detect['peak_gflops_before'], detect['peak_gflops_after']):.1f} GFLOP/s, same worker) | {detect['floor_seconds_per_image']:.2f} s |",
+            f"| ratio | **{detect['ratio_to_floor']:.2f}x** |",
+            f"| batch size chosen (auto) | {detect['batch_size_auto']} |",
+        ]
+    int8 = report.get("int8") or {}
+    if "variants" in int8:
+        lines += [
+            "",
+            f"## int8 vs fp32 (same weights, {int8['num_images']} synthetic test images, batch {int8['batch_size']}, interleaved)",
+            "",
+            "| path | s/image | speed-up | max / mean abs map diff | map correlation | image AUROC (change) | pixel AUROC (change) | set-up |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, row in int8["variants"].items():
+            setup = int8["setup_seconds"].get(name)
+            lines.append(
+                f"| {name} | {row['seconds_per_image']:.2f} | {row['speedup_vs_fp32']:.2f}x | "
+                f"{row['max_abs_map_diff']:.3g} / {row['mean_abs_map_diff']:.3g} | {row['map_correlation']:.5f} | "
+                f"{100 * row['image_auroc']:.2f} ({row['image_auroc_change_points']:+.2f}) | "
+                f"{100 * row['pixel_auroc']:.2f} ({row['pixel_auroc_change_points']:+.2f}) | "
+                f"{'-' if setup is None else f'{setup:.1f} s'} |"
+            )
+        lines += [
+            "",
+            f"Maps are the summed anomaly maps at the model's input size (fp32 range {int8['variants']['fp32']['map_range_fp32']:.3g}); "
+            f"{int8['num_pixels']:,} pixels, {int8['anomalous_pixels']:,} anomalous. Random weights: the AUROCs "
+            "themselves mean nothing, their change under int8 is the measurement. onnx set-up = export (or cache hit) "
+            "+ session; onnx_int8 adds ONNX Runtime's quantiser.",
+        ]
+    backends = _get(report, "backends", "backends") or {}
+    if backends:
+        batches = report["backends"]["batches"]
+        header = " | ".join(f"batch {b}: first call / steady s/image (vs eager)" for b in batches)
+        lines += [
+            "",
+            "## Backends (fp32)",
+            "",
+            f"| backend | set-up | {header} |",
+            "|---|---|" + "---|" * len(batches),
+        ]
+        for name, row in backends.items():
+            if "error" in row:
+                lines.append(f"| {name} | {row['error']} |" + " |" * len(batches))
+                continue
+            cells = []
+            for b in batches:
+                cell = row["batches"].get(str(b)) or {}
+                if "seconds_per_image" in cell:
+                    cells.append(
+                        f"{cell['first_call_seconds']:.1f} s / {cell['seconds_per_image']:.2f} "
+                        f"({cell.get('speedup_vs_eager', float('nan')):.2f}x)"
+                    )
+                else:
+                    cells.append(cell.get("error", "-"))
+            lines.append(f"| {name} | {row['setup_seconds']:.1f} s | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "set-up: torch = none, onnx = export once (cached by weights hash) + session, compile = wrapping; the "
+            "compile cost itself is in each batch's first call (one compilation per batch shape).",
+        ]
+    return lines
 
 
 def attainable_peak(report: dict) -> float | None:
@@ -845,6 +1477,17 @@ def to_markdown(report: dict) -> str:
         "",
         "Memory = peak resident set during the measured region minus the resident set just before it "
         "(`VmHWM` reset per region; each job is its own process).",
+    ]
+    merged = report.get("merged_from")
+    if merged:
+        load = merged.get("load_average_start") or [float("nan")]
+        lines += [
+            "",
+            f"Merged (`--merge`): the sections {', '.join(merged['sections'])} are from the run started "
+            f"{merged['started']} (load average {load[0]:.1f} at its start); every other section is from this run. "
+            "Each ratio is measured side by side inside one run.",
+        ]
+    lines += [
         "",
         "## Goals",
         "",
@@ -998,6 +1641,7 @@ def to_markdown(report: dict) -> str:
                 )
             elif part:
                 lines.append(f"| ? | - | {part.get('error')} | | | |")
+    lines += runtime_markdown(report)
     gpu = report.get("gpu")
     if gpu:
         lines += ["", gpu_markdown(gpu)]
@@ -1006,42 +1650,62 @@ def to_markdown(report: dict) -> str:
 
 
 def gpu_markdown(gpu: dict) -> str:
+    """The GPU report (`benchmarks/gpu.sh`): forward throughput table, stage-2 run with its loss curve."""
     if "error" in gpu:
         return f"## GPU\n\n{gpu['error']}\n"
-    lines = [f"## GPU: {gpu['device']}", "", "| dtype | batch | s/image | peak allocated |", "|---|---|---|---|"]
+    lines = [
+        f"## GPU: {gpu['device']} (torch {gpu.get('torch', '?')})",
+        "",
+        "| dtype | batch | ms/image | images/s | TFLOP/s | peak allocated |",
+        "|---|---|---|---|---|---|",
+    ]
     for key, row in gpu["forward"].items():
-        dtype, batch = key.split("/")
+        dtype, _, batch = key.partition("/")
         if "error" in row:
-            lines.append(f"| {dtype} | {batch} | {row['error']} | |")
+            lines.append(f"| {dtype} | {batch or '-'} | {row['error']} | | | |")
         else:
             lines.append(
-                f"| {dtype} | {batch} | {row['seconds_per_image'] * 1e3:.1f} ms | {_gib(row['peak_allocated'])} |"
+                f"| {dtype} | {batch} | {row['seconds_per_image'] * 1e3:.2f} | {row['images_per_second']:.1f} | "
+                f"{row['tflops']:.3g} | {_gib(row['peak_allocated'])} |"
             )
-    lines += ["", "| stage-2 step | s/step | peak allocated |", "|---|---|---|"]
-    for key, row in gpu["stage2"].items():
-        lines.append(f"| {key} | {row['seconds']:.3f} | {_gib(row['peak_allocated'])} |")
+    stage2 = gpu.get("stage2") or {}
+    if "loss_curve" in stage2:
+        curve = ", ".join(f"{value:.4f}" for value in stage2["loss_curve"])
+        lines += [
+            "",
+            f"### Stage 2: {stage2['steps']} steps, batch {stage2['batch_size']}, {stage2['precision']}",
+            "",
+            f"- images/s (after the warm-up steps): **{stage2['images_per_second']:.1f}**",
+            f"- peak allocated: {_gib(stage2['peak_allocated'])}",
+            f"- step seconds: first {stage2['step_seconds'][0]:.3f}, last {stage2['step_seconds'][-1]:.3f}",
+            f"- loss curve: {curve}",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def run_gpu(output: Path, batches: list[int]) -> int:
-    """Measure the CUDA section and add it to an existing report (or start one)."""
+def run_gpu(output: Path, batches: list[int], device: str = "cuda", preset: str = "full") -> int:
+    """The GPU section in one report file, `OUTPUT/report_gpu.md` (tables + raw JSON). Without CUDA (and
+    `device="cuda"`) it prints "no CUDA GPU, skipped" and returns 0; `device="cpu"` is a dry run of the same code."""
     import torch
 
-    if not torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA GPU, skipped")
         return 0
     output.mkdir(parents=True, exist_ok=True)
-    with open(output / "bench_gpu.log", "w") as log:
-        gpu = _spawn("gpu", "full", None, log, batches=batches)
-    report_path = output / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else None
-    if report is not None:
-        report["gpu"] = gpu
-        report_path.write_text(json.dumps(report, indent=2, default=str))
-        (output / "report.md").write_text(to_markdown(report))
-    (output / "report_gpu.json").write_text(json.dumps(gpu, indent=2, default=str))
-    (output / "report_gpu.md").write_text(gpu_markdown(gpu))
-    print(gpu_markdown(gpu))
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="aaclip-gpu-") as tmp, open(output / "bench_gpu.log", "w") as log:
+        gpu = _spawn("gpu", preset, None, log, batches=batches, device=device, tmp=tmp)
+    text = (
+        f"# AA-CLIP GPU report ({preset} preset: {PRESETS[preset]['model_name']}, random weights)\n\n"
+        f"Started {started}, {time.perf_counter() - start:.0f} s in all (`bash benchmarks/gpu.sh`).\n\n"
+        + gpu_markdown(gpu)
+        + "\n## Raw numbers\n\n```json\n"
+        + json.dumps(gpu, indent=2, default=str)
+        + "\n```\n"
+    )
+    (output / "report_gpu.md").write_text(text)
+    print(text)
     return 0 if "error" not in gpu else 1
 
 
@@ -1056,10 +1720,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--preset", default=None, choices=sorted(PRESETS), help="explicit preset (overrides --quick)")
     parser.add_argument("--output", default="benchmarks/results", help="folder for report.md, report.json, bench.log")
-    parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help=f"comma-separated subset of {','.join(SECTIONS)}; 'runtime' = {','.join(SECTION_GROUPS['runtime'])}",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the sections of the existing report.json (same preset) that this run does not measure",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's)")
     parser.add_argument("--gpu", action="store_true", help="only the CUDA section, added to an existing report")
     parser.add_argument("--gpu-batches", default="1,8,32", help="batch sizes of the CUDA section")
+    parser.add_argument(
+        "--gpu-device", default="cuda", help="device of --gpu; cpu = a dry run of the same code (use --preset smoke)"
+    )
     parser.add_argument("--render", action="store_true", help="only rewrite report.md (and goals) from report.json")
 
 
@@ -1073,13 +1749,16 @@ def run(args: argparse.Namespace) -> int:
         print(output / "report.md")
         return 0
     if args.gpu:
-        return run_gpu(output, [int(b) for b in args.gpu_batches.split(",")])
+        batches = [int(b) for b in args.gpu_batches.split(",")]
+        return run_gpu(output, batches, args.gpu_device, args.preset or "full")
     only = [s.strip() for s in args.only.split(",")] if args.only else None
+    if only:
+        only = [part for name in only for part in SECTION_GROUPS.get(name, (name,))]
     unknown = sorted(set(only or []) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"--only: unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     preset = args.preset or ("quick" if args.quick else "full")
-    report = run_benchmarks(preset, output, only, args.threads)
+    report = run_benchmarks(preset, output, only, args.threads, merge=getattr(args, "merge", False))
     print((output / "report.md").read_text())
     failed = [key for key, value in report.items() if isinstance(value, dict) and "error" in value]
     if failed:

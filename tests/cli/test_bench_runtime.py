@@ -1,0 +1,224 @@
+"""Benchmark rows of issue 12 (goals, report, --only runtime, --merge) and benchmarks/gpu.sh's CPU path.
+
+Timings are never asserted: the reports are built from hand-written numbers and the goal checks are tested.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_PY = ROOT / "benchmarks" / "run.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("aaclip_benchmarks_run_runtime_test", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _int8_row(seconds, corr, image_change, pixel_change):
+    return {
+        "seconds_per_image": seconds,
+        "speedup_vs_fp32": 8.0 / seconds,
+        "image_auroc": 0.5 + image_change / 100,
+        "pixel_auroc": 0.6 + pixel_change / 100,
+        "max_abs_map_diff": 0.1,
+        "mean_abs_map_diff": 0.01,
+        "map_correlation": corr,
+        "map_range_fp32": 10.0,
+        "image_auroc_change_points": image_change,
+        "pixel_auroc_change_points": pixel_change,
+    }
+
+
+def _report():
+    return {
+        "preset": "full",
+        "model": "m",
+        "settings": {"matmul_repeats": 3},
+        "machine": {"cpu": "cpu", "simd": ["avx2"], "logical_cpus": 2, "torch": "2", "torch_threads": 2, "cuda": None},
+        "started": "now",
+        "total_seconds": 60.0,
+        "load_average_start": (1.0, 1, 1),
+        "load_average_end": (1.0, 1, 1),
+        "flops": {
+            "vision_forward_per_image": {"terms": {"mlp": 2e9}, "elementwise_estimate": 1e8, "total": 2e9},
+            "text_anchors_per_class_77_tokens": {"total": 1e9},
+        },
+        "parameters": {"full_parameters": 100, "inference_only_parameters": 70},
+        "first_call_default": {"seconds": [20.0, 9.0, 11.0], "first": 20.0, "steady": 10.0, "first_over_steady": 2.0},
+        "first_call_tuned": {
+            "seconds": [8.4, 8.0, 7.6],
+            "first": 8.4,
+            "steady": 7.8,
+            "first_over_steady": 8.4 / 7.8,
+            "tuning": {"mallopt": {"M_MMAP_THRESHOLD": 1}, "num_threads": 2},
+        },
+        "detect": {
+            "num_images": 8,
+            "width": 640,
+            "height": 480,
+            "wall_seconds_process": 80.0,
+            "seconds_per_image": 10.0,
+            "floor_seconds_per_image": 6.0,
+            "ratio_to_floor": 10.0 / 6.0,
+            "batch_size_auto": 4,
+            "peak_gflops_before": 170.0,
+            "peak_gflops_after": 160.0,
+        },
+        "int8": {
+            "num_images": 12,
+            "batch_size": 4,
+            "num_pixels": 100,
+            "anomalous_pixels": 5,
+            "setup_seconds": {"torch_int8": 1.0, "onnx_int8": 60.0},
+            "variants": {
+                "fp32": _int8_row(8.0, 1.0, 0.0, 0.0),
+                "torch_int8": _int8_row(4.0, 0.995, 0.0, -0.2),  # 2.0x: the faster int8 path
+                "onnx_int8": _int8_row(5.0, 0.999, 0.0, 0.0),
+            },
+        },
+        "backends": {
+            "batches": [1, 4],
+            "backends": {
+                "torch": {
+                    "setup_seconds": 0.0,
+                    "batches": {
+                        "1": {"first_call_seconds": 9, "seconds_per_image": 8.0},
+                        "4": {"first_call_seconds": 30, "seconds_per_image": 7.0},
+                    },
+                },
+                "onnx": {
+                    "setup_seconds": 50.0,
+                    "batches": {
+                        "1": {"first_call_seconds": 9, "seconds_per_image": 7.5},
+                        "4": {"first_call_seconds": 30, "seconds_per_image": 7.2},
+                    },
+                },
+                "compile": {"error": "RuntimeError: no compiler"},
+            },
+        },
+    }
+
+
+def test_runtime_goals_from_hand_numbers():
+    bench = _bench()
+    goals = {g["goal"].split(" ")[0] + g["goal"].split(" ")[1]: g for g in bench.runtime_goals(_report())}
+    first = goals["firstcall"]
+    assert first["met"] is True and "1.08x" in first["value"] and "2.00x" in first["value"]
+    detect = goals["aaclipdetect"]
+    assert detect["met"] is False and "1.67x" in detect["value"] and detect["reason"]
+    int8 = goals["int8>="]
+    assert int8["met"] is True and int8["value"].startswith("torch_int8: 2.00x")
+    assert "batch 1: onnx (7.50 s/image); batch 4: torch (7.00 s/image)" == goals["torch.compileand"]["value"]
+    report = _report()
+    report["int8"]["variants"]["torch_int8"] = _int8_row(6.0, 0.98, -1.0, 0.0)  # 1.33x, low corr, -1 point
+    report["int8"]["variants"]["onnx_int8"] = _int8_row(7.0, 0.999, 0.0, 0.0)  # slower: not the one judged
+    int8 = {g["goal"]: g for g in bench.runtime_goals(report)}[int8["goal"]]
+    assert int8["met"] is False and int8["value"].startswith("torch_int8: 1.33x")
+    assert (
+        "0.47x short" in int8["reason"] and "0.9800 below 0.99" in int8["reason"] and "1.00 points" in int8["reason"]
+    )
+
+
+def test_runtime_rows_in_the_markdown():
+    bench = _bench()
+    report = _report()
+    report["goals"] = bench.evaluate_goals(report)
+    text = bench.to_markdown(report)
+    assert "| tune_cpu_runtime() | 8.40, 8.00, 7.60 | 1.08x |" in text
+    assert "| ratio | **1.67x** |" in text
+    assert "| torch_int8 | 4.00 | 2.00x | 0.1 / 0.01 | 0.99500 | 50.00 (+0.00) | 59.80 (-0.20) | 1.0 s |" in text
+    assert "| compile | RuntimeError: no compiler |" in text
+    assert "| onnx | 50.0 s | 9.0 s / 7.50 (1.07x) |" not in text  # the speed-up is only set by the worker
+    assert "| onnx | 50.0 s | 9.0 s / 7.50 (nanx) | 30.0 s / 7.20 (nanx) |" in text
+
+
+def test_only_runtime_and_merge_keep_the_earlier_sections(tmp_path, monkeypatch):
+    bench = _bench()
+    earlier = _report()
+    earlier["vision_sdpa"] = {"attn": "sdpa", "batches": {}}
+    earlier["first_call_tuned"] = {"old": True}
+    (tmp_path / "report.json").write_text(json.dumps(earlier))
+    spawned = []
+
+    def fake_spawn(worker, preset, threads, log, **kwargs):
+        spawned.append(worker)
+        return {"error": "not run in this test"}
+
+    monkeypatch.setattr(bench, "_spawn", fake_spawn)
+    monkeypatch.setattr(bench, "machine_info", lambda: earlier["machine"])
+    args = bench.argparse.Namespace(
+        output=str(tmp_path),
+        render=False,
+        gpu=False,
+        only="runtime",
+        preset="smoke",
+        quick=False,
+        threads=None,
+        merge=True,
+    )
+    earlier["preset"] = "smoke"
+    (tmp_path / "report.json").write_text(json.dumps(earlier))
+    monkeypatch.setattr(bench, "print", lambda *a, **k: None, raising=False)
+    bench.run(args)
+    assert spawned == ["first_call", "first_call", "detect", "int8", "backends"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["vision_sdpa"] == {"attn": "sdpa", "batches": {}}  # kept from the earlier run
+    assert report["first_call_tuned"] == {"error": "not run in this test"}  # replaced by this run
+    assert "vision_sdpa" in report["merged_from"]["sections"]
+    assert "Merged (`--merge`)" in (tmp_path / "report.md").read_text()
+
+
+def test_gpu_script_skips_cleanly_without_a_gpu(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHON": sys.executable}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu.sh"), str(tmp_path / "out")], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA GPU, skipped" in proc.stdout
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_gpu_section_dry_run_on_cpu(tmp_path):
+    """The GPU worker's code on the CPU (smoke preset): every table of report_gpu.md is filled."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(RUN_PY),
+            "--gpu",
+            "--gpu-device",
+            "cpu",
+            "--preset",
+            "smoke",
+            "--gpu-batches",
+            "1,2",
+            "--output",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "report_gpu.md").read_text()
+    for row in (
+        "| float32 | 2 |",
+        "| bfloat16 | 1 |",
+        "| float16 | 2 |",
+        "### Stage 2: 3 steps, batch 2",
+        "loss curve",
+    ):
+        assert row in text
+    raw = json.loads(text.split("```json\n")[1].split("\n```")[0])
+    assert len(raw["stage2"]["loss_curve"]) == 3
