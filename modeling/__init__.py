@@ -1,8 +1,17 @@
 """The Hub-portable model files (flat; copied next to the weights by `save_pretrained`)."""
 
-from .configuration_aaclip import AAClipConfig
-from .modeling_aaclip import AAClipModel, AAClipOutput
+from .configuration_aaclip import AAClipConfig, StaleAnchorsWarning, UnknownClassNameWarning
+from .modeling_aaclip import AAClipModel, AAClipOutput, WeightsError, verify_manifest
 from .processing_aaclip import AAClipProcessor
 
 
-__all__ = ["AAClipConfig", "AAClipModel", "AAClipOutput", "AAClipProcessor"]
+__all__ = [
+    "AAClipConfig",
+    "AAClipModel",
+    "AAClipOutput",
+    "AAClipProcessor",
+    "StaleAnchorsWarning",
+    "UnknownClassNameWarning",
+    "WeightsError",
+    "verify_manifest",
+]
