@@ -424,3 +424,23 @@ def test_a_missing_optional_extra_is_one_line(monkeypatch, tmp_path, capsys):
 
     assert expected_error_message(MissingExtraError("the app needs gradio: pip install 'aaclip-hf[app]'"))
     assert expected_error_message(ImportError("a broken import is a bug")) is None
+
+
+def test_a_training_worker_error_is_one_line(world, tmp_path, monkeypatch, capsys):
+    """`aaclip train --num-workers 1`: an image that turns bad after the pre-flight scan fails in a worker."""
+    from aaclip_hf.data.dataset import AnomalyDataset
+
+    original = AnomalyDataset.__getitem__
+
+    def fails_in_worker(self, index):
+        if torch.utils.data.get_worker_info() is not None:  # only inside a loader worker process
+            raise BadInputError("image data is corrupt or truncated", self.samples[index].image_path, "image_path")
+        return original(self, index)
+
+    monkeypatch.setattr(AnomalyDataset, "__getitem__", fails_in_worker)
+    argv = ["train", "--model", str(world["model"]), "--train-data", str(world["data"]), "--output", str(tmp_path)]
+    argv += ["--stage", "vision", "--max-steps", "1", "--vision-batch-size", "2", "--num-workers", "1"]
+    assert main([*argv, "--cpu", "--no-progress"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("aaclip train: error: file '"), lines
+    assert "field 'image_path': image data is corrupt" in lines[0] and "Caught" not in lines[0]
