@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..runtime.loading import check_model_source
 from .errors import MissingExtraError
 
 
@@ -24,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    check_model_source(args.model, "model")  # a missing folder is named here, not by a traceback about the network
     # Offline-friendly by default: no usage reports to gradio's servers unless the environment asks for them.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:

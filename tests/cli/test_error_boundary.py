@@ -140,6 +140,7 @@ CASES = {
         [MISSING, "the Hub is offline"],
     ),
     ("demo", "missing_model"): (["demo", "--model", MISSING, "--output", "{out}"], [OFFLINE]),
+    ("app", "missing_model"): (["app", MISSING], [MISSING, OFFLINE]),
     ("info", "missing_model"): (["info", MISSING], [MISSING, "config.json"]),
     ("export-onnx", "missing_model"): (["export-onnx", MISSING, "{out}.onnx"], [MISSING, "config.json"]),
     ("push", "missing_model"): (["push", MISSING, "me/model", "--dry-run", "{out}"], [MISSING]),
@@ -202,6 +203,7 @@ CASES = {
         ["nope"],
     ),
     ("sample-shots", "missing_input"): (["sample-shots", "nope", "--shots", "2", "--output", "{out}.jsonl"], ["nope"]),
+    ("export-dataset", "missing_input"): (["export-dataset", "nope", "--output", "{out}"], ["nope"]),
     ("convert-tokenizer", "missing_input"): (["convert-tokenizer", "nope.txt", "{out}"], ["nope.txt"]),
     ("push", "missing_input"): (
         ["push", "{model}", "me/model", "--eval-results", "nope.json", "--dry-run", "{out}"],
@@ -280,9 +282,9 @@ def test_expected_failure_is_one_named_line_with_exit_2(command, fault, world, t
 
 
 def test_every_subcommand_with_inputs_is_covered():
-    """Every subcommand that reads files or a model has at least one row (bench/app take no input files)."""
+    """Every subcommand that reads files or a model has at least one row (bench reads none; push-metric: H3a)."""
     covered = {command for command, _ in CASES}
-    assert set(COMMANDS) - covered <= {"bench", "app", "export-dataset", "push-metric"}
+    assert set(COMMANDS) - covered <= {"bench", "push-metric"}
 
 
 def test_debug_flag_and_env_show_the_traceback(world, tmp_path, monkeypatch):
