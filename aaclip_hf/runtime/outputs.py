@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import datetime
+import functools
 import json
 import logging
 import os
@@ -188,13 +188,20 @@ def holds_only(names: Collection[str]) -> Callable[[Path], bool]:
     return check
 
 
+@functools.cache
+def _renameat2():
+    """libc's renameat2 (already loaded into the process on Linux), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except OSError:
+        return None
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two existing paths (Linux renameat2); False where the OS offers no such call."""
-    libc_name = ctypes.util.find_library("c") if sys.platform.startswith("linux") else None
-    if not libc_name:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
+    renameat2 = _renameat2()
     if renameat2 is None:
         return False
     result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
