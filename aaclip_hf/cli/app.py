@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..runtime.backends import add_backend_arguments, apply_backend
 from ..runtime.loading import check_model_source
 from .errors import MissingExtraError
 
@@ -20,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs network)")
     parser.add_argument("--device", default=None, help="torch device for the model (default: the pipeline's)")
+    add_backend_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,5 +34,10 @@ def run(args: argparse.Namespace) -> int:
         from ..hub import space_app  # gradio is an optional extra, imported only for this command
     except ImportError as error:
         raise MissingExtraError(f"{INSTALL_HINT} ({error})") from error
-    space_app.main(args.model, host=args.host, port=args.port, share=args.share, device=args.device)
+    backend, quantize = getattr(args, "backend", "auto"), getattr(args, "quantize", "none")
+
+    def prepare(model) -> None:
+        apply_backend(model, backend, quantize)
+
+    space_app.main(args.model, host=args.host, port=args.port, share=args.share, device=args.device, prepare=prepare)
     return 0

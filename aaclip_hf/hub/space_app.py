@@ -130,10 +130,14 @@ def main(
     port: int = DEFAULT_PORT,
     share: bool = False,
     device: str | int | None = None,
+    prepare=None,
 ) -> None:
-    """Load the model and serve the app until interrupted."""
+    """Load the model and serve the app until interrupted. `prepare(model)`, when given, is called on the loaded
+    model first (`aaclip app --quantize int8 / --backend onnx` put it on the faster CPU path in place)."""
     model = model or os.environ.get(MODEL_ENV) or os.path.dirname(os.path.abspath(__file__))
     detector = load_detector(model, device)
+    if prepare is not None:
+        prepare(detector.model)
     build_app(detector, title=f"AA-CLIP: {os.path.basename(os.path.normpath(model))}").launch(
         server_name=host, server_port=port, share=share
     )
