@@ -58,7 +58,7 @@ def check_model_source(model: str | os.PathLike, what: str = "--model", kind: st
         validate_repo_id(model)
     except HFValidationError:
         raise FileNotFoundError(f"{what} {model}: no such {kind} (and not a valid Hub id); {expected}") from None
-    if hub_constants.HF_HUB_OFFLINE and try_to_load_from_cache(model, CONFIG_NAME) is None:
+    if hub_constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(model, CONFIG_NAME), str):
         raise FileNotFoundError(
             f"{what} {model}: no such {kind}, and the Hub is offline (HF_HUB_OFFLINE is set, and the id is not "
             f"in the local cache); {expected}"
