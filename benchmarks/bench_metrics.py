@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from aaclip_hf import metrics as M
+from aaclip_hf.evaluation import metrics as M
 
 
 def make_class(
