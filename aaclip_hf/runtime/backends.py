@@ -10,12 +10,14 @@ backend returns `AAClipOutput` with the same maps (to float rounding) and suppor
   fuses) and cached under `cache_dir` (default `$AACLIP_CACHE/onnx`, else `~/.cache/aaclip_hf/onnx`), keyed by
   a hash of the tower's weights, its config and the exporter settings; later runs load the cached file. With
   `--quantize int8`, ONNX Runtime's dynamic int8 quantiser runs on the cached graph (cached too).
-* `auto`: `DEFAULT_BACKEND` for the device, the measured winner (`aaclip bench`, docs/performance.md).
+* `auto`: `DEFAULT_BACKEND` for the device, the measured winner (`aaclip bench`, docs/performance.md); onnx
+  needs the `onnx` extra (onnxruntime), else `auto` uses torch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -44,10 +46,11 @@ __all__ = [
 ]
 
 BACKEND_CHOICES = ("auto", "torch", "compile", "onnx")
-# The measured winner per (device type, quantize) on this project's benchmark machine (docs/performance.md).
+# The measured winner per (device type, quantize) on this project's benchmark machine (docs/performance.md,
+# section 6); `auto` falls back to torch where onnxruntime (the `onnx` extra) is not installed.
 DEFAULT_BACKEND = {
     ("cpu", "none"): "torch",
-    ("cpu", "int8"): "torch",
+    ("cpu", "int8"): "onnx",
     ("cuda", "none"): "torch",
     ("mps", "none"): "torch",
 }
@@ -84,7 +87,11 @@ def resolve_backend(backend: str, device: str | torch.device, quantize: str = "n
     if quantize == "int8" and device.type != "cpu":
         raise ValueError(f"--quantize int8 runs on the CPU only (fbgemm kernels), got device {device}")
     if backend == "auto":
-        return DEFAULT_BACKEND.get((device.type, quantize), "torch")
+        chosen = DEFAULT_BACKEND.get((device.type, quantize), "torch")
+        if chosen == "onnx" and importlib.util.find_spec("onnxruntime") is None:
+            logger.info("onnxruntime is not installed (pip install 'aaclip-hf[onnx]'): using the torch backend")
+            chosen = "torch"
+        return chosen
     if backend == "onnx" and device.type != "cpu":
         raise ValueError(f"--backend onnx runs on the CPU (ONNX Runtime's CPU provider), got device {device}")
     if backend == "compile" and quantize == "int8":

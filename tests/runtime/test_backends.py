@@ -84,6 +84,16 @@ def test_int8_backends_track_fp32(tiny_model, tmp_path):
     assert (tmp_path / vision_tower_key(tiny_model) / backends.ONNX_INT8_FILE).is_file()
 
 
+def test_auto_falls_back_to_torch_without_onnxruntime(monkeypatch):
+    real = backends.importlib.util.find_spec
+    monkeypatch.setattr(
+        backends.importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else real(name)
+    )
+    monkeypatch.setitem(DEFAULT_BACKEND, ("cpu", "int8"), "onnx")
+    assert resolve_backend("auto", "cpu", "int8") == "torch"
+    assert resolve_backend("onnx", "cpu", "int8") == "onnx"  # asked for explicitly: the import error will say so
+
+
 def test_resolve_backend():
     assert resolve_backend("auto", "cpu") == DEFAULT_BACKEND[("cpu", "none")]
     assert resolve_backend("auto", "cpu", "int8") == DEFAULT_BACKEND[("cpu", "int8")]
