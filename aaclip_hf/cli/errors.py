@@ -15,7 +15,6 @@ import ast
 import builtins
 import contextlib
 import os
-import pickle
 import sys
 import traceback
 
@@ -23,6 +22,7 @@ from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 
 from ..runtime.outputs import safe_text
+from ..runtime.serialization import PickleRefusal
 
 
 __all__ = ["EXPECTED_ERRORS", "MissingExtraError", "debug_requested", "expected_error_message"]
@@ -41,7 +41,7 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     StrictDataclassError,
     SafetensorError,
-    pickle.UnpicklingError,
+    PickleRefusal,
     MissingExtraError,
 )
 # Expected errors of modules the CLI imports only when a subcommand needs them: (module, class name).
@@ -155,7 +155,7 @@ def expected_error_message(error: BaseException) -> str | None:
         message = f"{prefix}{message}; expected UTF-8 text"
     elif issubclass(kind, SafetensorError):
         message = f"{prefix}not a readable safetensors file ({message}); expected a complete file: re-save it"
-    elif issubclass(kind, pickle.UnpicklingError):  # torch.load(weights_only=True) refused it (transformers' .bin)
+    elif issubclass(kind, PickleRefusal):  # torch.load(weights_only=True) refused it (transformers' .bin)
         where = _file_in_traceback(error) or "a checkpoint"
         lines = [line.strip() for line in message.splitlines() if line.strip()]
         reason = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else "")

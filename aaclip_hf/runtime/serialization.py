@@ -21,6 +21,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 
+# What `torch.load(weights_only=True)` raises when it refuses a global; readers outside this module (transformers'
+# `.bin` loading) let it through, and the CLI's error boundary reports it as a refusal naming the file.
+PickleRefusal = pickle.UnpicklingError
+
+
 class UnsafeCheckpointError(ValueError):
     """The file would need unpickling arbitrary Python objects, which can run code (a bad input, refused)."""
 
