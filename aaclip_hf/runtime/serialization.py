@@ -87,6 +87,7 @@ def load_tensor_file(path: str | Path) -> tuple[object, str]:
 
 __all__ = [
     "CorruptCheckpointError",
+    "PickleRefusal",
     "UnsafeCheckpointError",
     "is_torchscript_archive",
     "load_tensor_file",
