@@ -104,13 +104,11 @@ def upsample_grid(grid: torch.Tensor, size: int | tuple[int, int]) -> torch.Tens
 
 def check_output_size(output_size) -> int | tuple[int, int]:
     """A positive int or a `(height, width)` pair of positive ints, else a `ValueError` naming `output_size`."""
-    size = tuple(output_size) if isinstance(output_size, Sequence) else output_size
-    ints = size if isinstance(size, tuple) else (size,)
-    if len(ints) not in (1, 2) or (isinstance(size, tuple) and len(ints) != 2):
+    pair = isinstance(output_size, Sequence)
+    values = tuple(output_size) if pair else (output_size,)
+    if (pair and len(values) != 2) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
         raise ValueError(f"output_size must be a positive int or (height, width), got {output_size!r}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ints):
-        raise ValueError(f"output_size must be a positive int or (height, width), got {output_size!r}")
-    return size
+    return values if pair else output_size
 
 
 # Keyword arguments transformers' generic code may pass to a model method (`TransformersKwargs`).
