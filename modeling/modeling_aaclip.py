@@ -106,7 +106,8 @@ def check_output_size(output_size) -> int | tuple[int, int]:
     """A positive int or a `(height, width)` pair of positive ints, else a `ValueError` naming `output_size`."""
     pair = isinstance(output_size, Sequence)
     values = tuple(output_size) if pair else (output_size,)
-    if (pair and len(values) != 2) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+    positive = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+    if not positive or (pair and len(values) != 2):
         raise ValueError(f"output_size must be a positive int or (height, width), got {output_size!r}")
     return values if pair else output_size
 
