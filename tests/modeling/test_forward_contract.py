@@ -151,6 +151,7 @@ def _clip_attention_std(config: CLIPVisionConfig) -> float:
 
 
 @pytest.mark.parametrize("path", ["constructor", "from_pretrained"])
+@torch.no_grad()
 def test_adapted_and_missing_tower_layers_get_clip_init(path):
     config = AAClipConfig.tiny(vision_adapter_layers=2)  # vision tower: 32 wide, 4 layers, CLIP std 1/16
     torch.manual_seed(0)
