@@ -2,8 +2,9 @@
 
 The tester mirrors transformers' `CLIPModelTester` (tests/models/clip): a composite model with a text and a vision
 sub-tester and tiny towers. Every flag or skip below is one that transformers' `CLIPModelTest` (or `CLIPSegModelTest`)
-sets for the same reason, cited next to it. The common test files come from the transformers sdist on PyPI (see
-`transformers_common.py`); without network the whole module is skipped with the reason.
+sets for the same reason, cited next to it (the sdist ships no tests/models/, so those were read in transformers'
+repository). The common test files come from the transformers sdist on PyPI (see `transformers_common.py`); without
+network the whole module is skipped with the reason.
 """
 
 from __future__ import annotations
