@@ -77,7 +77,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             # fit in minutes on 2 shared cores; attention is 4 % of the FLOPs here against 18 % at 518 px.
             "image_size": 224,
         },
-        "backends": {"batches": [1, 4], "compile": True, "image_size": 224},
+        "backends": {"batches": [1, 4], "compile": True, "image_size": 224, "repeats": 2},
         "gpu": {"repeats": 5, "stage2_batch": 8, "stage2_steps": 30, "stage2_warmup_steps": 5, "stage2_lr": 5e-4},
     },
     "quick": {
@@ -101,7 +101,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "kinds": ["scratch", "hole", "stain", "crack"],
             "batch": 4,
         },
-        "backends": {"batches": [1, 4], "compile": True},
+        "backends": {"batches": [1, 4], "compile": True, "repeats": 2},
         "gpu": {"repeats": 5, "stage2_batch": 8, "stage2_steps": 30, "stage2_warmup_steps": 5, "stage2_lr": 5e-4},
     },
 }
@@ -929,8 +929,9 @@ def worker_int8(preset: dict, tmp: str) -> dict:
 def worker_backends(preset: dict, tmp: str) -> dict:
     """Eager fp32 vs torch.compile vs ONNX Runtime: set-up (compile / export) time and s/image at each batch.
 
-    For each backend and batch the first call is timed separately (for compile it includes compiling that
-    shape), then one more call is the steady speed."""
+    Per backend and batch the first call is timed on its own (for compile it includes compiling that shape).
+    The steady calls then run interleaved, `repeats` rounds of one call per backend, so load changes on a
+    shared machine hit every backend alike; the best round counts."""
     import copy
 
     import torch
@@ -942,36 +943,39 @@ def worker_backends(preset: dict, tmp: str) -> dict:
     size = config.vision_config.image_size
     base = _model(config)
     names = ["torch", "onnx"] + (["compile"] if spec.get("compile") else [])
-    out: dict[str, Any] = {"batches": spec["batches"], "image_size": size, "backends": {}}
+    out: dict[str, Any] = {"batches": spec["batches"], "image_size": size, "repeats": spec["repeats"], "backends": {}}
+    models = {}
     for name in names:
         start = time.perf_counter()
         try:
-            model = apply_backend(copy.deepcopy(base), name, cache_dir=Path(tmp) / "onnx_cache")[0]
+            models[name] = apply_backend(copy.deepcopy(base), name, cache_dir=Path(tmp) / "onnx_cache")[0]
         except Exception as error:  # a backend that cannot run here is reported, not fatal
             out["backends"][name] = {"error": f"{type(error).__name__}: {error}"[:500]}
             continue
-        row: dict[str, Any] = {"setup_seconds": time.perf_counter() - start, "batches": {}}
-        with torch.inference_mode():
-            for batch in spec["batches"]:
-                pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+        out["backends"][name] = {"setup_seconds": time.perf_counter() - start, "batches": {}}
+    del base
+    with torch.inference_mode():
+        for batch in spec["batches"]:
+            pixels = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+            timings: dict[str, list[tuple[float, float]]] = {name: [] for name in models}
+            for name, model in list(models.items()):
                 try:
                     start = time.perf_counter()
                     model(pixels)
-                    first = time.perf_counter() - start
-                    cpu, start = time.process_time(), time.perf_counter()
-                    model(pixels)
-                    steady = time.perf_counter() - start
-                    steady_cpu = time.process_time() - cpu
+                    out["backends"][name]["batches"][str(batch)] = {"first_call_seconds": time.perf_counter() - start}
                 except Exception as error:
-                    row["batches"][str(batch)] = {"error": f"{type(error).__name__}: {error}"[:500]}
-                    continue
-                row["batches"][str(batch)] = {
-                    "first_call_seconds": first,
-                    "seconds_per_image": steady / batch,
-                    "cpu_seconds_per_image": steady_cpu / batch,
-                }
-        out["backends"][name] = row
-        del model
+                    out["backends"][name]["batches"][str(batch)] = {"error": f"{type(error).__name__}: {error}"[:500]}
+                    timings.pop(name)
+            for _ in range(spec["repeats"]):
+                for name in timings:
+                    cpu, start = time.process_time(), time.perf_counter()
+                    models[name](pixels)
+                    timings[name].append((time.perf_counter() - start, time.process_time() - cpu))
+            for name, rounds in timings.items():
+                wall, cpu = min(rounds)
+                out["backends"][name]["batches"][str(batch)].update(
+                    seconds_per_image=wall / batch, cpu_seconds_per_image=cpu / batch
+                )
     eager = out["backends"].get("torch", {}).get("batches", {})
     for row in out["backends"].values():
         for batch, cell in row.get("batches", {}).items():
@@ -1085,6 +1089,7 @@ REPORT_METADATA = (
     "total_seconds",
     "goals",
     "merged_from",
+    "section_runs",
 )
 
 
@@ -1144,6 +1149,8 @@ def run_benchmarks(
             measured = {key for _, key, _ in jobs} | ({"peak_end"} if "peak" in sections else set())
             kept = [key for key in previous if key not in REPORT_METADATA and key not in measured]
             report.update({key: previous[key] for key in kept})
+            origins = previous.get("section_runs") or {}
+            report["section_runs"] = {key: origins.get(key, previous.get("started")) for key in kept}
             report["merged_from"] = {
                 "started": previous.get("started"),
                 "sections": kept,
@@ -1540,12 +1547,14 @@ def to_markdown(report: dict) -> str:
     ]
     merged = report.get("merged_from")
     if merged:
-        load = merged.get("load_average_start") or [float("nan")]
+        runs: dict[str, list[str]] = {}
+        for key in merged["sections"]:
+            runs.setdefault((report.get("section_runs") or {}).get(key, merged["started"]), []).append(key)
+        earlier = "; ".join(f"{', '.join(keys)} from the run started {started}" for started, keys in runs.items())
         lines += [
             "",
-            f"Merged (`--merge`): the sections {', '.join(merged['sections'])} are from the run started "
-            f"{merged['started']} (load average {load[0]:.1f} at its start); every other section is from this run. "
-            "Each ratio is measured side by side inside one run.",
+            f"Merged (`--merge`): {earlier}; every other section is from this run. Each ratio is measured side by "
+            "side inside one run (one worker process).",
         ]
     lines += [
         "",
