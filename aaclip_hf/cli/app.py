@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from ..inference.detect import make_pipeline
 from ..runtime.backends import add_backend_arguments, apply_backend
-from ..runtime.loading import check_model_source
+from ..runtime.loading import check_model_source, load_model_and_processor
 from .errors import MissingExtraError
 
 
@@ -24,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_arguments(parser)
 
 
+def _installed_pipeline(model: str, device=None):
+    """The app's pipeline from the installed package: the folder's remote code is never imported or run."""
+    return make_pipeline(*load_model_and_processor(model, device))
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
@@ -39,5 +45,13 @@ def run(args: argparse.Namespace) -> int:
     def prepare(model) -> None:
         apply_backend(model, backend, quantize)
 
-    space_app.main(args.model, host=args.host, port=args.port, share=args.share, device=args.device, prepare=prepare)
+    space_app.main(
+        args.model,
+        host=args.host,
+        port=args.port,
+        share=args.share,
+        device=args.device,
+        prepare=prepare,
+        load=_installed_pipeline,
+    )
     return 0

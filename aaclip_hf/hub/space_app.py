@@ -131,11 +131,15 @@ def main(
     share: bool = False,
     device: str | int | None = None,
     prepare=None,
+    load=load_detector,
 ) -> None:
     """Load the model and serve the app until interrupted. `prepare(model)`, when given, is called on the loaded
-    model first (`aaclip app --quantize int8 / --backend onnx` put it on the faster CPU path in place)."""
+    model first (`aaclip app --quantize int8 / --backend onnx` put it on the faster CPU path in place).
+
+    `load(model, device)` builds the pipeline: on a Space, the folder's own remote code (`load_detector`); with
+    the package installed, `aaclip app` passes a loader that uses the installed classes and runs no remote code."""
     model = model or os.environ.get(MODEL_ENV) or os.path.dirname(os.path.abspath(__file__))
-    detector = load_detector(model, device)
+    detector = load(model, device)
     if prepare is not None:
         prepare(detector.model)
     build_app(detector, title=f"AA-CLIP: {os.path.basename(os.path.normpath(model))}").launch(

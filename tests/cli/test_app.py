@@ -27,6 +27,8 @@ def test_app_command_loads_the_model_and_launches_with_the_flags(tiny_model, pro
     assert main(["app", str(tmp_path / "model"), "--port", "7999", "--share", "--device", "cpu"]) == 0
     assert (launched["server_name"], launched["server_port"], launched["share"]) == ("127.0.0.1", 7999, True)
     assert isinstance(launched["blocks"], gradio.Blocks)
+    # With the package installed the app runs the installed classes: no remote code module is ever imported.
+    assert not [name for name in sys.modules if name.startswith("transformers_modules")]
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"  # no usage reports unless asked for
     launched.clear()
     assert main(["app", str(tmp_path / "model")]) == 0
