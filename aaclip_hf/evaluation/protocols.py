@@ -41,14 +41,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from datasets import Dataset
 from tqdm.auto import tqdm
 
 from ..data.hf_datasets import dataset_samples
 from ..data.image_io import BadInputError, load_image, load_mask
 from ..data.samples import Sample
-from ..modeling.configuration_aaclip import binarize_mask
-from ..modeling.modeling_aaclip import upsample_grid
+from ..modeling.configuration_aaclip import AAClipConfig, binarize_mask
+from ..modeling.modeling_aaclip import AAClipModel, upsample_grid
+from ..modeling.processing_aaclip import AAClipProcessor
 from ..runtime.batching import resolve_batch_size
 from ..runtime.outputs import atomic_output_dir, holds_only
 from .anomaly_metrics.exact_metrics import (
@@ -278,8 +280,8 @@ def _class_order(samples: Sequence[Sample]) -> list[Sample]:
 
 @torch.no_grad()
 def evaluate(
-    model,
-    processor,
+    model: AAClipModel,
+    processor: AAClipProcessor,
     samples: Sequence[Sample] | Dataset,
     *,
     protocol: str = "reference",
@@ -292,7 +294,7 @@ def evaluate(
     dataset_name: str = "dataset",
     split: str = "test",
     progress: bool = True,
-    accelerator=None,
+    accelerator: Accelerator | None = None,
 ) -> EvaluationResult | None:
     """Evaluate `model` on `samples` (see the module docstring for the protocols).
 
@@ -300,10 +302,44 @@ def evaluate(
         samples: `Sample`s, or a `datasets.Dataset` in the `aaclip_hf.data.hf_datasets` schema (image, mask,
             label, class_name).
         domain: `None`/`"auto"` (per class name), `"industrial"` or `"medical"`.
+        batch_size: `None` chooses one from the device and its free memory (`aaclip_hf.runtime.batching`).
         accelerator: an `accelerate.Accelerator` to shard the images over processes; results are gathered
             without tail duplicates (`gather_for_metrics`) and returned on the main process (`None` elsewhere).
     """
+    _check_arguments(model, protocol, resolution, domain, batch_size)
+    if isinstance(samples, Dataset):
+        samples = dataset_samples(samples)
+    if not samples:
+        raise ValueError("no samples to evaluate")
+    batch_size = resolve_batch_size(batch_size, model, len(samples))
+    started = time.time()
+    run = _Run.start(model, processor, _class_order(samples), protocol, resolution, domain, aupro_variant, fpr_limit)
 
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(run.samples, processor), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=_collate,
+    )  # fmt: skip
+    is_main = True
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader, device_placement=False)
+        is_main = accelerator.is_main_process
+    bar = tqdm(
+        total=len(run.samples), desc=f"evaluating {dataset_name}", unit="img", disable=not (progress and is_main)
+    )
+    for batch in loader:
+        gathered = _score_batch(model, batch, run)
+        if accelerator is not None:
+            gathered = accelerator.gather_for_metrics(gathered)
+        if is_main:
+            _consume(gathered, run)
+            bar.update(len(gathered["index"]))
+    bar.close()
+    if not is_main:
+        return None
+    return run.result(model, dataset_name, split, batch_size, time.time() - started)
+
+
+def _check_arguments(model, protocol: str, resolution: str, domain: str | None, batch_size: int | None) -> None:
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if resolution not in RESOLUTIONS:
@@ -312,121 +348,115 @@ def evaluate(
         raise ValueError(f"domain must be 'auto' or one of {sorted(model.config.blur_kernel_size)}, got {domain!r}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if isinstance(samples, Dataset):
-        samples = dataset_samples(samples)
-    if not samples:
-        raise ValueError("no samples to evaluate")
-    # None: from the device and its free memory (aaclip_hf.runtime.batching); the loader's workers decode ahead.
-    batch_size = resolve_batch_size(batch_size, model, len(samples))
-    started = time.time()
-    samples = _class_order(samples)
-    class_names = list(OrderedDict.fromkeys(sample.class_name for sample in samples))
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    notes: list[str] = []
 
-    missing = [name for name in class_names if name not in model.stored_class_names]
-    if missing:
-        logger.info("computing text anchors for %d class(es) once: %s", len(missing), missing)
-        model.update_text_anchors(processor, missing)
-        notes.append(f"text anchors computed at evaluation time for: {', '.join(missing)}")
 
-    def class_domain(name: str) -> str:
-        return domain_for_class(name, model.config.default_domain) if domain in (None, "auto") else domain
+@dataclass
+class _Run:
+    """One evaluation: its fixed choices, one accumulator per class, and the rows of the finished classes."""
 
-    states: dict[str, _ClassState] = OrderedDict()
-    for name in class_names:
-        indices = [i for i, sample in enumerate(samples) if sample.class_name == name]
-        states[name] = _ClassState(name, indices, class_domain(name))
-    model_size = tuple(processor.image_size)
-    rows: dict[str, dict[str, Any]] = OrderedDict()
+    samples: list[Sample]
+    states: dict[str, _ClassState]
+    protocol: str
+    resolution: str
+    config: AAClipConfig
+    model_size: tuple[int, int]
+    aupro_variant: str
+    fpr_limit: float
+    notes: list[str]
+    rows: dict[str, dict[str, Any]] = field(default_factory=OrderedDict)
 
-    loader = torch.utils.data.DataLoader(
-        _ImageDataset(samples, processor),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_collate,
-    )
-    is_main = True
-    if accelerator is not None:
-        loader = accelerator.prepare_data_loader(loader, device_placement=False)
-        is_main = accelerator.is_main_process
-    bar = tqdm(total=len(samples), desc=f"evaluating {dataset_name}", unit="img", disable=not (progress and is_main))
-    for batch in loader:
-        indices = batch["index"].tolist()
-        pixel_values = batch["pixel_values"].to(device=device, dtype=dtype)
-        names = [samples[i].class_name for i in indices]
-        grids = torch.empty(len(indices), model.config.grid_size, model.config.grid_size, device=device)
-        image_score = torch.empty(len(indices), device=device)
-        raw_score = torch.empty(len(indices), device=device)
-        by_domain: dict[str, list[int]] = OrderedDict()
-        for position, name in enumerate(names):
-            by_domain.setdefault(states[name].domain, []).append(position)
-        for batch_domain, positions in by_domain.items():
-            select = torch.tensor(positions, device=device)
-            out = model(  # grid-level maps only: _consume resizes each to its image's size
-                pixel_values=pixel_values[select], class_names=[names[p] for p in positions], domain=batch_domain
+    @classmethod
+    def start(cls, model, processor, samples, protocol, resolution, domain, aupro_variant, fpr_limit) -> _Run:
+        """Anchors for every class (computed once where missing) and an empty accumulator per class."""
+        class_names = list(OrderedDict.fromkeys(sample.class_name for sample in samples))
+        notes = []
+        missing = [name for name in class_names if name not in model.stored_class_names]
+        if missing:
+            logger.info("computing text anchors for %d class(es) once: %s", len(missing), missing)
+            model.update_text_anchors(processor, missing)
+            notes.append(f"text anchors computed at evaluation time for: {', '.join(missing)}")
+        states: dict[str, _ClassState] = OrderedDict()
+        for name in class_names:
+            indices = [i for i, sample in enumerate(samples) if sample.class_name == name]
+            auto = domain in (None, "auto")
+            states[name] = _ClassState(
+                name, indices, domain_for_class(name, model.config.default_domain) if auto else domain
             )
-            grids[select] = out.anomaly_map_grid.float()
-            image_score[select] = out.image_score.float()
-            raw_score[select] = out.raw_anomaly_score.float()
-        gathered = {
-            "index": batch["index"].to(device),
-            "size": batch["size"].to(device),
-            "grid": grids,
-            "image_score": image_score,
-            "raw_score": raw_score,
+        model_size = tuple(processor.image_size)
+        return cls(samples, states, protocol, resolution, model.config, model_size, aupro_variant, fpr_limit, notes)
+
+    def result(self, model, dataset_name: str, split: str, batch_size: int, seconds: float) -> EvaluationResult:
+        unfinished = [name for name, state in self.states.items() if state.remaining]
+        if unfinished:
+            raise RuntimeError(f"evaluation ended with images of {unfinished} never scored (a data loader problem)")
+        mean, mean_notes = _mean(self.rows, self.protocol)
+        notes = self.notes + mean_notes
+        if not any("pixel_auroc" in row for row in self.rows.values()):
+            notes.append("no ground-truth masks in this data: image metrics only (pixel metrics need masks)")
+        parameter = next(model.parameters())
+        config = self.config
+        settings = {
+            "protocol": self.protocol,
+            "resolution": self.resolution,
+            "model_input_size": list(self.model_size),
+            "domains": {name: state.domain for name, state in self.states.items()},
+            "blur_kernel_size": dict(config.blur_kernel_size),
+            "blur_sigma": dict(config.blur_sigma),
+            "image_score_map_weight": config.image_score_map_weight,
+            "image_score_mode": dict(config.image_score_mode),
+            "aupro_variant": self.aupro_variant,
+            "fpr_limit": self.fpr_limit,
+            "mask_resize": "PIL nearest, binarised with != 0"
+            if self.resolution == "model"
+            else "none (original size)",
+            "map_resize": "bilinear (align_corners=True) from the patch grid",
+            "batch_size": batch_size,
+            "dtype": str(parameter.dtype).replace("torch.", ""),
+            "device": str(parameter.device),
+            "num_images": len(self.samples),
+            "seconds": round(seconds, 2),
         }
-        if accelerator is not None:
-            gathered = accelerator.gather_for_metrics(gathered)
-        if not is_main:
-            continue
-        _consume(
-            gathered, samples, states, rows, model_size, resolution, protocol, model.config, aupro_variant, fpr_limit
+        return EvaluationResult(dataset_name, self.protocol, self.resolution, self.rows, mean, settings, notes, split)
+
+
+def _score_batch(model, batch: dict, run: _Run) -> dict[str, torch.Tensor]:
+    """Grid maps and image scores of one batch; one forward per domain present (blur and score rule differ)."""
+    parameter = next(model.parameters())
+    device = parameter.device
+    indices = batch["index"].tolist()
+    pixel_values = batch["pixel_values"].to(device=device, dtype=parameter.dtype)
+    names = [run.samples[i].class_name for i in indices]
+    grid = model.config.grid_size
+    grids = torch.empty(len(indices), grid, grid, device=device)
+    image_score = torch.empty(len(indices), device=device)
+    raw_score = torch.empty(len(indices), device=device)
+    by_domain: dict[str, list[int]] = OrderedDict()
+    for position, name in enumerate(names):
+        by_domain.setdefault(run.states[name].domain, []).append(position)
+    for batch_domain, positions in by_domain.items():
+        select = torch.tensor(positions, device=device)
+        out = model(  # grid-level maps only: _consume resizes each to its image's size
+            pixel_values=pixel_values[select], class_names=[names[p] for p in positions], domain=batch_domain
         )
-        bar.update(len(gathered["index"]))
-    bar.close()
-    if not is_main:
-        return None
-    unfinished = [name for name, state in states.items() if state.remaining]
-    if unfinished:
-        raise RuntimeError(f"evaluation ended with images of {unfinished} never scored (a data loader problem)")
-
-    mean, mean_notes = _mean(rows, protocol)
-    notes.extend(mean_notes)
-    if not any("pixel_auroc" in row for row in rows.values()):
-        notes.append("no ground-truth masks in this data: image metrics only (pixel metrics need masks)")
-    settings = {
-        "protocol": protocol,
-        "resolution": resolution,
-        "model_input_size": list(model_size),
-        "domains": {name: state.domain for name, state in states.items()},
-        "blur_kernel_size": dict(model.config.blur_kernel_size),
-        "blur_sigma": dict(model.config.blur_sigma),
-        "image_score_map_weight": model.config.image_score_map_weight,
-        "image_score_mode": dict(model.config.image_score_mode),
-        "aupro_variant": aupro_variant,
-        "fpr_limit": fpr_limit,
-        "mask_resize": "PIL nearest, binarised with != 0" if resolution == "model" else "none (original size)",
-        "map_resize": "bilinear (align_corners=True) from the patch grid",
-        "batch_size": batch_size,
-        "dtype": str(dtype).replace("torch.", ""),
-        "device": str(device),
-        "num_images": len(samples),
-        "seconds": round(time.time() - started, 2),
+        grids[select] = out.anomaly_map_grid.float()
+        image_score[select] = out.image_score.float()
+        raw_score[select] = out.raw_anomaly_score.float()
+    return {
+        "index": batch["index"].to(device),
+        "size": batch["size"].to(device),
+        "grid": grids,
+        "image_score": image_score,
+        "raw_score": raw_score,
     }
-    return EvaluationResult(dataset_name, protocol, resolution, rows, mean, settings, notes, split)
 
 
-def _consume(gathered, samples, states, rows, model_size, resolution, protocol, config, aupro_variant, fpr_limit):
+def _consume(gathered: dict[str, torch.Tensor], run: _Run) -> None:
     """File a (gathered) batch into the per-class states; finish every class whose last image arrived."""
-
     grids = gathered["grid"].float().cpu()
-    model_maps = upsample_grid(grids, model_size)
+    model_maps = upsample_grid(grids, run.model_size)
     for row, index in enumerate(gathered["index"].tolist()):
-        sample = samples[index]
-        state = states[sample.class_name]
+        sample = run.samples[index]
+        state = run.states[sample.class_name]
         if index not in state.remaining:
             continue  # a duplicate (padding) that gather_for_metrics did not drop
         state.remaining.discard(index)
@@ -439,8 +469,8 @@ def _consume(gathered, samples, states, rows, model_size, resolution, protocol, 
         state.map_min.append(float(model_map.min()))
         if sample.has_mask:
             image_size = tuple(int(v) for v in gathered["size"][row].tolist())
-            if resolution == "model":
-                pixel_map, out_size = model_map, model_size
+            if run.resolution == "model":
+                pixel_map, out_size = model_map, run.model_size
             else:
                 pixel_map, out_size = upsample_grid(grids[row : row + 1], image_size)[0], image_size
             state.pixels.update([pixel_map.numpy()], [_read_mask(sample, image_size, out_size)])
@@ -448,7 +478,7 @@ def _consume(gathered, samples, states, rows, model_size, resolution, protocol, 
         else:
             state.without_mask += 1
         if not state.remaining:
-            rows[state.name] = _finish_class(state, protocol, config, aupro_variant, fpr_limit)
+            run.rows[state.name] = _finish_class(state, run.protocol, run.config, run.aupro_variant, run.fpr_limit)
             state.pixels.reset()  # release the class's maps
 
 
