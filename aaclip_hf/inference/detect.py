@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,6 +111,7 @@ def score_images(
     progress: bool = True,
     description: str = "scoring",
     skipped: list[dict] | None = None,
+    **pipeline_kwargs: Any,
 ):
     """Yield `(path, PIL image, pipeline result)` for image files, `batch_size` at a time, with a progress bar.
 
@@ -119,6 +119,7 @@ def score_images(
     logged, recorded there (`{"image", "error"}`) and left out instead of stopping the run.
     `batch_size=None`: chosen from the device and its free memory (`aaclip_hf.runtime.batching`). The next
     batch's files are decoded in a background thread while the current batch runs; results keep input order.
+    `pipeline_kwargs` (`threshold`, `pixel_threshold`) go to the pipeline call.
     """
 
     paths = [Path(p) for p in images]
@@ -126,6 +127,7 @@ def score_images(
     if per_image and len(class_name) != len(paths):
         raise ValueError(f"got {len(class_name)} class names for {len(paths)} images")
     kwargs = {"domain": domain} if domain else {}
+    kwargs.update({key: value for key, value in pipeline_kwargs.items() if value is not None})
     batch_size = resolve_batch_size(batch_size, pipe.model, max(len(paths), 1))
     starts = range(0, len(paths), batch_size)
 
@@ -245,7 +247,9 @@ def _detect_into(
     progress: bool,
     skip_bad_files: bool,
 ) -> list[dict[str, Any]]:
-    """`detect`'s work: files go into `staging` (the temporary folder), records name their place under `out`."""
+    """`detect`'s work: files go into `staging` (the temporary folder), records name their place under `out`.
+
+    Score, decision, probability map and decision region are the pipeline's own (one definition of each)."""
     (staging / "overlays").mkdir()
     if save_maps:
         (staging / "maps").mkdir()
@@ -253,53 +257,14 @@ def _detect_into(
     pipe = make_pipeline(model, processor)
     records = []
     skipped: list[dict] | None = [] if skip_bad_files else None
-    levels = model.config.num_levels
-    scored = score_images(pipe, paths, class_name, domain, batch_size, progress, "detecting", skipped)
+    scored = score_images(
+        pipe, paths, class_name, domain, batch_size, progress, "detecting", skipped,
+        threshold=threshold, pixel_threshold=pixel_threshold,
+    )  # fmt: skip
     for path, image, result in scored:
-        is_anomaly = result["score"] >= threshold
-        probability = anomaly_probability(result["anomaly_map"], levels)
-        level = pixel_threshold
-        if level is None:
-            level = decision_pixel_threshold(model.config, threshold, result["raw_anomaly_score"], domain)
-        region = probability >= level
-        if heatmap_scale == "image":
-            heat_range, heat_label = (
-                (float(probability.min()), float(probability.max())),
-                "anomaly probability (image range)",
-            )
-        else:
-            heat_range, heat_label = (0.0, 1.0), "anomaly probability"
-        verdict = "ANOMALY" if is_anomaly else "normal"
-        title = (
-            f"{safe_text(path.parent.name)}/{safe_text(path.name)}  [{result['class_name']}]  score {result['score']:.3f} "
-            f"{'>=' if is_anomaly else '<'} {threshold:.3f}: {verdict}"
-        )
         overlay = Path("overlays") / f"{names[path]}.png"
-        legend = region_legend(float(level) if math.isfinite(level) else None, float(region.mean()))
-        detection_figure(
-            image,
-            probability,
-            region,
-            title,
-            max_side=max_side,
-            heat_range=heat_range,
-            heat_label=heat_label,
-            legend=legend,
-        ).save(staging / overlay)
-        record = {
-            "image": str(path),
-            "class_name": result["class_name"],
-            "score": float(result["score"]),
-            "raw_anomaly_score": float(result["raw_anomaly_score"]),
-            "is_anomaly": bool(is_anomaly),
-            "label": "anomaly" if is_anomaly else "normal",
-            "threshold": float(threshold),
-            "pixel_threshold": float(level) if math.isfinite(level) else None,
-            "anomalous_area": float(region.mean()),
-            "height": image.height,
-            "width": image.width,
-            "overlay": str(out / overlay),
-        }
+        _overlay(path, image, result, max_side, heatmap_scale).save(staging / overlay)
+        record = _record(path, image, result, out / overlay)
         if save_maps:
             map_path = Path("maps") / f"{names[path]}.npy"
             np.save(staging / map_path, result["anomaly_map"].astype(np.float32))
@@ -312,11 +277,55 @@ def _detect_into(
             safe_text(first["image"]),
             "images",
         )
+    _write_tables(staging, records, skipped)
+    return records
+
+
+def _overlay(path: Path, image, result: dict[str, Any], max_side: int, heatmap_scale: str):
+    """`[image | heat map | decision region]` with the score and decision in the title and a legend."""
+    probability = result["anomaly_probability"]
+    region = np.asarray(result["mask"]) > 0
+    if heatmap_scale == "image":
+        heat_range = (float(probability.min()), float(probability.max()))
+        heat_label = "anomaly probability (image range)"
+    else:
+        heat_range, heat_label = (0.0, 1.0), "anomaly probability"
+    verdict = "ANOMALY" if result["is_anomaly"] else "normal"
+    title = (
+        f"{safe_text(path.parent.name)}/{safe_text(path.name)}  [{result['class_name']}]  score {result['score']:.3f} "
+        f"{'>=' if result['is_anomaly'] else '<'} {result['threshold']:.3f}: {verdict}"
+    )
+    legend = region_legend(result["pixel_threshold"], float(region.mean()))
+    return detection_figure(
+        image, probability, region, title, max_side=max_side, heat_range=heat_range, heat_label=heat_label,
+        legend=legend,
+    )  # fmt: skip
+
+
+def _record(path: Path, image, result: dict[str, Any], overlay: Path) -> dict[str, Any]:
+    """One row of detections.json / .csv."""
+    return {
+        "image": str(path),
+        "class_name": result["class_name"],
+        "score": float(result["score"]),
+        "raw_anomaly_score": float(result["raw_anomaly_score"]),
+        "is_anomaly": bool(result["is_anomaly"]),
+        "label": result["label"],
+        "threshold": float(result["threshold"]),
+        "pixel_threshold": result["pixel_threshold"],
+        "anomalous_area": float((np.asarray(result["mask"]) > 0).mean()),
+        "height": image.height,
+        "width": image.width,
+        "overlay": str(overlay),
+    }
+
+
+def _write_tables(staging: Path, records: list[dict[str, Any]], skipped: list[dict] | None) -> None:
+    """detections.json, detections.csv and skipped.json; file names that are not valid UTF-8 are written with
+    \\xNN escapes (`safe_text`), while the returned records keep the real paths."""
     if skipped:
         skipped_safe = [{key: safe_text(value) for key, value in entry.items()} for entry in skipped]
         (staging / "skipped.json").write_text(json.dumps(skipped_safe, indent=2) + "\n", encoding="utf-8")
-    # file names that are not valid UTF-8 are written with \xNN escapes (safe_text); the returned records keep
-    # the real paths
     written = [{key: safe_text(v) if isinstance(v, str) else v for key, v in r.items()} for r in records]
     (staging / "detections.json").write_text(
         json.dumps(written, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
@@ -325,4 +334,3 @@ def _detect_into(
         writer = csv.DictWriter(handle, fieldnames=list(written[0]))
         writer.writeheader()
         writer.writerows(written)
-    return records
