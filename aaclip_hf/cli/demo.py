@@ -312,24 +312,8 @@ def _evaluate_held_out(model, processor, samples, folder: Path, progress: bool) 
     return result
 
 
-def _train_and_compare(
-    out: Path, model_name, settings: DemoSettings, seed: int, progress: bool, timings: dict[str, float], total: int
-) -> LearningComparison:
-
-    out.mkdir(parents=True, exist_ok=True)
-    train_classes = list(settings.train_classes or SYNTHETIC_TRAIN_CLASSES)
-    held_out = list(settings.held_out_classes or SYNTHETIC_HELD_OUT_CLASSES)
-
-    def lap(name: str, since: float) -> float:
-        return _lap(timings, name, since)
-
-    # 1. data
-    t = time.perf_counter()
-    _banner(
-        1,
-        total,
-        f"synthetic defect dataset: train on {', '.join(train_classes)}; zero-shot test on {', '.join(held_out)}",
-    )
+def _make_data(out: Path, settings: DemoSettings, train_classes: list[str], held_out: list[str], progress: bool):
+    """Step 1: the synthetic defect set; training samples of the train classes, test samples of the others."""
     data_root = out / "data"
     generate_synthetic_dataset(
         data_root,
@@ -344,9 +328,11 @@ def _train_and_compare(
     train_samples = load_samples(str(data_root), "test", classes=train_classes)
     test_samples = load_samples(str(data_root), "test", classes=held_out)
     _say(f"    {data_root}: {len(train_samples)} training images, {len(test_samples)} held-out test images")
-    t = lap("data", t)
+    return data_root, train_samples, test_samples
 
-    # 2. model
+
+def _make_model(model_name: str | None, settings: DemoSettings, seed: int, total: int):
+    """Step 2: a tiny random AA-CLIP, or one on a real CLIP; returns `(model, processor, description, device)`."""
     if model_name is None:
         _banner(
             2,
@@ -355,36 +341,26 @@ def _train_and_compare(
             "so expect modest absolute numbers; the point is the gain from training on unseen classes",
         )
         model, processor = build_tiny_model(settings, seed)
-        base_description = (
+        description = (
             f"random tiny CLIP (vision {settings.num_layers}x{settings.hidden_size}, "
             f"{settings.model_image_size}px, patch {settings.patch_size})"
         )
     else:
         _banner(2, total, f"AA-CLIP on {model_name}")
         model, processor = load_base_model(model_name, seed)
-        base_description = model_name
+        description = model_name
     processor.class_name_table.update(SYNTHETIC_PROMPT_NAMES)
     device = "cuda" if torch.cuda.is_available() and model_name is not None else "cpu"
     model.to(device).eval()
     n_params = sum(p.numel() for p in model.parameters())
     _say(f"    {n_params / 1e6:.2f} M parameters, input {model.config.vision_config.image_size} px, device {device}")
-    t = lap("model", t)
+    return model, processor, description, device
 
-    # 3. untrained baseline (on a copy, so its held-out anchors do not leak into training)
-    _banner(3, total, "zero-shot evaluation of the UNTRAINED model on the held-out classes")
-    baseline = _evaluate_held_out(copy.deepcopy(model), processor, test_samples, out / "eval_untrained", progress)
-    t = lap("evaluate untrained", t)
 
-    # 4. training
-    _banner(
-        4,
-        total,
-        f"training stage 1 (text, {settings.text_epochs} epochs) and stage 2 (vision, "
-        f"{settings.vision_epochs} epochs) on {len(train_classes)} classes",
-    )
-    model_dir = out / "trained_model"
+def _train(model, processor, train_samples, data_root: Path, model_dir: Path, settings, seed, device, progress, base):
+    """Step 4: both stages on the training classes, with the demo's settings (the paper's recipe, scaled down)."""
     args = TrainingArguments(
-        model=base_description,
+        model=base,
         train_data=[str(data_root)],
         output_dir=str(model_dir),
         split="test",
@@ -402,13 +378,13 @@ def _train_and_compare(
         progress=progress,
         log_every=1000,
     )
-    Trainer(args, model=model, processor=processor, samples=train_samples).train()
-    model.eval()
-    t = lap("train", t)
+    trainer = Trainer(args, model=model, processor=processor, samples=train_samples)
+    trainer.train()
+    return trainer.model.eval()
 
-    # 5. trained
-    _banner(5, total, "zero-shot evaluation of the TRAINED model on the held-out classes")
-    trained = _evaluate_held_out(model, processor, test_samples, out / "eval_trained", progress)
+
+def _report_gain(out: Path, baseline: EvaluationResult, trained: EvaluationResult, random_backbone: bool) -> None:
+    """Step 5's table (comparison.md) and one line of what changed on the classes never seen in training."""
     comparison = _side_by_side(baseline, trained)
     (out / "comparison.md").write_text(
         "# Zero-shot on held-out synthetic classes: untrained -> trained (%, reference protocol)\n\n"
@@ -417,18 +393,63 @@ def _train_and_compare(
         encoding="utf-8",
     )
     _say("\n" + comparison + "\n")
-    pct = lambda result, key: 100 * result.mean.get(key, math.nan)  # noqa: E731
+
+    def pct(result: EvaluationResult, key: str) -> float:
+        return 100 * result.mean.get(key, math.nan)
+
     _say(
         f"    on classes never seen in training: mean pixel AUROC {pct(baseline, 'pixel_auroc'):.1f} -> "
         f"{pct(trained, 'pixel_auroc'):.1f}, AUPRO {pct(baseline, 'pixel_aupro'):.1f} -> {pct(trained, 'pixel_aupro'):.1f}, "
         f"image AUROC {pct(baseline, 'image_auroc'):.1f} -> {pct(trained, 'image_auroc'):.1f}"
     )
-    if model_name is None:
+    if random_backbone:
         _say(
             "    (a random tiny CLIP knows nothing about objects: expect localisation to improve more than image-level "
             "detection; pretrained CLIP weights are what make the paper's numbers)"
         )
-    lap("evaluate trained", t)
+
+
+def _train_and_compare(
+    out: Path, model_name, settings: DemoSettings, seed: int, progress: bool, timings: dict[str, float], total: int
+) -> LearningComparison:
+    """Demo steps 1-5: data, model, untrained zero-shot baseline, training, trained zero-shot evaluation."""
+    out.mkdir(parents=True, exist_ok=True)
+    train_classes = list(settings.train_classes or SYNTHETIC_TRAIN_CLASSES)
+    held_out = list(settings.held_out_classes or SYNTHETIC_HELD_OUT_CLASSES)
+    t = time.perf_counter()
+
+    _banner(
+        1,
+        total,
+        f"synthetic defect dataset: train on {', '.join(train_classes)}; zero-shot test on {', '.join(held_out)}",
+    )
+    data_root, train_samples, test_samples = _make_data(out, settings, train_classes, held_out, progress)
+    t = _lap(timings, "data", t)
+
+    model, processor, base_description, device = _make_model(model_name, settings, seed, total)
+    t = _lap(timings, "model", t)
+
+    # on a copy, so its held-out anchors do not leak into training
+    _banner(3, total, "zero-shot evaluation of the UNTRAINED model on the held-out classes")
+    baseline = _evaluate_held_out(copy.deepcopy(model), processor, test_samples, out / "eval_untrained", progress)
+    t = _lap(timings, "evaluate untrained", t)
+
+    _banner(
+        4,
+        total,
+        f"training stage 1 (text, {settings.text_epochs} epochs) and stage 2 (vision, "
+        f"{settings.vision_epochs} epochs) on {len(train_classes)} classes",
+    )
+    model_dir = out / "trained_model"
+    model = _train(
+        model, processor, train_samples, data_root, model_dir, settings, seed, device, progress, base_description
+    )
+    t = _lap(timings, "train", t)
+
+    _banner(5, total, "zero-shot evaluation of the TRAINED model on the held-out classes")
+    trained = _evaluate_held_out(model, processor, test_samples, out / "eval_trained", progress)
+    _report_gain(out, baseline, trained, random_backbone=model_name is None)
+    _lap(timings, "evaluate trained", t)
     return LearningComparison(
         baseline,
         trained,
