@@ -993,6 +993,8 @@ def worker_backends(preset: dict, tmp: str) -> dict:
     from aaclip_hf.runtime.backends import apply_backend
 
     spec = preset["backends"]
+    # A cold inductor cache, so the first calls of `compile` include its real compile time.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor_cache")
     config = _section_config(preset, "backends")
     size = config.vision_config.image_size
     base = _model(config)
