@@ -1,7 +1,8 @@
 """Anomaly-detection datasets: one `Sample` list from any common layout, one torch dataset.
 
 Everything funnels into ``list[Sample]``; training, evaluation and shot sampling only ever
-see that list, so a new layout needs a reader and nothing else.
+see that list, so a new layout needs a reader and nothing else (a folder layout: one `_FolderLayout`,
+the description of its class folders and their image groups; metadata files: one `_read_records` call).
 
 Layouts (`load_samples` tries them in this order when ``format`` is not given):
 
@@ -67,8 +68,8 @@ import csv
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 from .hf_datasets import COLUMN_KEYS, HF_FORMAT, is_saved_dataset, looks_like_hub_id, read_hf_dataset
 from .image_io import IMAGE_EXTENSIONS, BadInputError, MissingFileError
@@ -187,53 +188,72 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
-# --------------------------------------------------------------------------- readers
+# --------------------------------------------------------------------------- metadata records (jsonl, meta, csv)
 
 
-def read_jsonl(
-    path: str | os.PathLike,
-    root: str | os.PathLike | None = None,
+class _Hygiene(NamedTuple):
+    """The metadata readers' switches (module docstring)."""
+
+    check_files: bool
+    skip_bad_files: bool
+    allow_outside_root: bool
+
+
+class _Entry(NamedTuple):
+    """One metadata record as read, before `_record_to_sample` validates it."""
+
+    record: Any  # the parsed record; a BadInputError when it did not parse
+    where: str  # the record in messages: "line 3", "test.bottle[0]"
+    key: int | str  # what follows "file:" in duplicate messages
+    default_class: str | None = None
+
+
+def _read_records(
+    entries: Iterable[_Entry],
+    fields: tuple[str, str, str, str],
+    source: str,
+    root: str,
+    hygiene: _Hygiene,
     *,
-    check_files: bool = True,
-    skip_bad_files: bool = False,
-    allow_outside_root: bool = False,
+    bad_source: str | None = None,
+    adjust: Callable[[Sample], Sample] | None = None,
+    if_none: BadInputError | None = None,
 ) -> list[Sample]:
-    """Read the AA-CLIP reference JSON-lines metadata (paths relative to ``root``; hygiene: module docstring)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MissingFileError("metadata file does not exist", path, None)
-    root = os.path.dirname(path) if root is None else os.fspath(root)
-    bad = BadFiles(skip_bad_files, path)
+    """The loop every metadata reader shares: record -> Sample (``adjust``ed) -> duplicate and existence checks.
+
+    ``fields`` names the image, label, class and mask keys. Bad records raise or, skipping bad files,
+    are counted against ``bad_source`` (default ``source``); ``if_none`` is raised when no record is kept.
+    """
+    bad = BadFiles(hygiene.skip_bad_files, bad_source or source)
     duplicates = _Duplicates()
     samples: list[Sample] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"line {n} of {path}"
-            try:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise BadInputError(
-                        f"line {n}: not valid JSON ({err.msg}); expected one JSON object per line", path
-                    ) from None
-                if not isinstance(rec, dict):
-                    raise BadInputError(f"line {n}: expected a JSON object, got {type(rec).__name__}", path)
-                sample = _record_to_sample(
-                    rec,
-                    root,
-                    path,
-                    f"line {n}",
-                    ("image_path", "label", "class_name", "mask_path"),
-                    allow_outside_root=allow_outside_root,
+    for entry in entries:
+        try:
+            if isinstance(entry.record, BadInputError):
+                raise entry.record
+            if not isinstance(entry.record, dict):
+                raise BadInputError(
+                    f"{entry.where}: expected a JSON object, got {type(entry.record).__name__}", source
                 )
-                duplicates.check(sample, f"{path}:{n}", path)
-                if check_files:
-                    _check_exists(sample, where)
-                samples.append(sample)
-            except BadInputError as err:
-                bad(err)
+            sample = _record_to_sample(
+                entry.record,
+                root,
+                source,
+                entry.where,
+                fields,
+                entry.default_class,
+                allow_outside_root=hygiene.allow_outside_root,
+            )
+            if adjust is not None:
+                sample = adjust(sample)
+            duplicates.check(sample, f"{source}:{entry.key}", source)
+            if hygiene.check_files:
+                _check_exists(sample, f"{entry.where} of {source}")
+            samples.append(sample)
+        except BadInputError as err:
+            bad(err)
+    if if_none is not None and not samples:
+        raise if_none
     bad.done()
     return samples
 
@@ -281,6 +301,45 @@ def _record_to_sample(
     return Sample(image_path, label, cls, mask_path, defect)
 
 
+# The image, label, class and mask keys of each metadata format.
+_JSONL_FIELDS = ("image_path", "label", "class_name", "mask_path")
+_META_FIELDS = ("img_path", "anomaly", "cls_name", "mask_path")
+_VISA_CSV_FIELDS = ("image", "label", "object", "mask")
+
+
+def _metadata_file(path: str) -> str:
+    if not os.path.isfile(path):
+        raise MissingFileError("metadata file does not exist", path, None)
+    return path
+
+
+def read_jsonl(
+    path: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    *,
+    check_files: bool = True,
+    skip_bad_files: bool = False,
+    allow_outside_root: bool = False,
+) -> list[Sample]:
+    """Read the AA-CLIP reference JSON-lines metadata (paths relative to ``root``; hygiene: module docstring)."""
+    path = _metadata_file(os.fspath(path))
+    root = os.path.dirname(path) if root is None else os.fspath(root)
+    hygiene = _Hygiene(check_files, skip_bad_files, allow_outside_root)
+    with open(path, encoding="utf-8") as f:
+        return _read_records(_jsonl_entries(f, path), _JSONL_FIELDS, path, root, hygiene)
+
+
+def _jsonl_entries(lines: Iterable[str], path: str) -> Iterator[_Entry]:
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            rec = BadInputError(f"line {n}: not valid JSON ({err.msg}); expected one JSON object per line", path)
+        yield _Entry(rec, f"line {n}", n)
+
+
 def read_meta_json(
     path: str | os.PathLike,
     split: str = "test",
@@ -294,8 +353,7 @@ def read_meta_json(
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, "meta.json")
-    if not os.path.isfile(path):
-        raise MissingFileError("metadata file does not exist", path, None)
+    path = _metadata_file(path)
     root = os.path.dirname(path) if root is None else os.fspath(root)
     try:
         with open(path, encoding="utf-8") as f:
@@ -310,35 +368,77 @@ def read_meta_json(
         raise BadInputError(
             f"expected {{class: [records]}} under {split!r}, got {type(by_class).__name__}", path, split
         )
-    bad = BadFiles(skip_bad_files, path)
-    duplicates = _Duplicates()
-    samples: list[Sample] = []
+    hygiene = _Hygiene(check_files, skip_bad_files, allow_outside_root)
+    return _read_records(_meta_entries(by_class, split, path), _META_FIELDS, path, root, hygiene)
+
+
+def _meta_entries(by_class: dict, split: str, path: str) -> Iterator[_Entry]:
     for cls in sorted(by_class):
         records = by_class[cls]
         if not isinstance(records, list):
             raise BadInputError(f"expected a list of records for class {cls!r}", path, f"{split}.{cls}")
         for i, rec in enumerate(records):
             where = f"{split}.{cls}[{i}]"
-            try:
-                if not isinstance(rec, dict):
-                    raise BadInputError(f"{where}: expected a JSON object, got {type(rec).__name__}", path)
-                sample = _record_to_sample(
-                    rec,
-                    root,
-                    path,
-                    where,
-                    ("img_path", "anomaly", "cls_name", "mask_path"),
-                    default_class=cls,
-                    allow_outside_root=allow_outside_root,
-                )
-                duplicates.check(sample, f"{path}:{where}", path)
-                if check_files:
-                    _check_exists(sample, f"{where} of {path}")
-                samples.append(sample)
-            except BadInputError as err:
-                bad(err)
-    bad.done()
-    return samples
+            yield _Entry(rec, where, where, cls)
+
+
+def _visa_csv_entries(reader: csv.DictReader, split: str) -> Iterator[_Entry]:
+    for n, row in enumerate(reader, start=2):
+        if row["split"] == split:
+            rec = {"image": row["image"], "label": row["label"], "object": row["object"], "mask": row["mask"] or None}
+            yield _Entry(rec, f"line {n}", n)
+
+
+def _visa_csv_sample(sample: Sample) -> Sample:
+    if sample.label == 0:  # VisA lists no mask for normal images; never trust one
+        return Sample(sample.image_path, 0, sample.class_name, None, "good")
+    return Sample(sample.image_path, 1, sample.class_name, sample.mask_path, "anomaly")
+
+
+# --------------------------------------------------------------------------- folder layouts
+#
+# A folder layout is a `_FolderLayout`: how to recognise a class folder and, per class, its image
+# groups (`_Group`: folder, label, defect type, mask folder and policy). `_read_folders` does the rest
+# for every layout: class names, the walk, masks matched by stem, bad files, empty classes.
+
+# Mask policies of a `_Group`.
+_NO_MASKS = "none"  # normal images: the mask is all zero, no file
+_REQUIRED = "required"  # an image without a mask is a bad file
+_IF_FOLDER = "if folder"  # required when the mask folder exists; without it, image-level labels only
+_OPTIONAL = "optional"  # kept without one; masks that match no image are warned about
+
+
+class _Group(NamedTuple):
+    """One folder of images of a class, all with the same label and defect type."""
+
+    images: str
+    label: int
+    defect: str
+    masks: str | None = None  # the mask folder, matched by stem (`_mask_index`)
+    policy: str = _NO_MASKS
+    missing: Callable[[str], str] | None = None  # image path -> message for its missing mask
+
+
+class _ClassPlan(NamedTuple):
+    """A class folder's groups, and what its empty-class error names."""
+
+    groups: list[_Group]
+    folder: str
+    expected: str
+
+
+class _FolderLayout(NamedTuple):
+    """What a folder reader states about its layout; `_read_folders` does the rest."""
+
+    is_class: Callable[[str], bool]  # does this folder hold one class (also `detect_format`'s probe)
+    not_found: str  # the error when neither the root nor a sub-folder is a class folder
+    # (class folder, class name, split, lower-case normal folder names) -> the class's groups;
+    # raises BadInputError to skip the class (a bad file).
+    plan: Callable[[str, str, str, Container[str]], _ClassPlan]
+    reference_names: bool = False  # class names through REFERENCE_CLASS_NAMES
+    empty_if_none_listed: bool = False  # a class is empty when it lists no image (else: when it keeps none)
+    warn_unmasked: bool = False  # warn about anomalies without a mask folder (`_IF_FOLDER`)
+    note: str | None = None  # logged (with the split) once the class folders are found
 
 
 def _class_dirs(root: str, is_class: Callable[[str], bool]) -> list[str]:
@@ -348,17 +448,137 @@ def _class_dirs(root: str, is_class: Callable[[str], bool]) -> list[str]:
     return [os.path.join(root, n) for n in _subdirs(root) if is_class(os.path.join(root, n))]
 
 
-def _class_name(folder: str, override: str | None) -> str:
+def _class_name(folder: str, override: str | None, reference: bool) -> str:
     name = os.path.basename(os.path.normpath(folder))
-    return override or REFERENCE_CLASS_NAMES.get(name, name)
+    return override or (REFERENCE_CLASS_NAMES.get(name, name) if reference else name)
 
 
 def _empty_class_error(folder: str, expected: str) -> BadInputError:
     return BadInputError(f"class folder holds no images; expected {expected}", folder, "images")
 
 
+def _read_folders(
+    layout: _FolderLayout,
+    root: str | os.PathLike,
+    split: str = "test",
+    *,
+    class_name: str | None = None,
+    normal_names: Iterable[str] = NORMAL_FOLDER_NAMES,
+    skip_bad_files: bool = False,
+) -> list[Sample]:
+    """Read every class folder of ``layout`` under ``root`` (``class_name`` names a single class)."""
+    root = os.fspath(root)
+    classes = _class_dirs(root, layout.is_class)
+    if not classes:
+        raise BadInputError(layout.not_found, root)
+    if layout.note:
+        logger.info(layout.note, split)
+    normal = {n.lower() for n in normal_names}
+    bad = BadFiles(skip_bad_files, root)
+    samples: list[Sample] = []
+    for cdir in classes:
+        cls = _class_name(cdir, class_name if len(classes) == 1 else None, layout.reference_names)
+        try:
+            plan = layout.plan(cdir, cls, split, normal)
+        except BadInputError as err:
+            bad(err)
+            continue
+        samples.extend(_read_class(layout, plan, cls, bad))
+    bad.done()
+    return samples
+
+
+def _read_class(layout: _FolderLayout, plan: _ClassPlan, cls: str, bad: BadFiles) -> list[Sample]:
+    listed = [(group, _list_images(group.images)) for group in plan.groups]
+    if layout.empty_if_none_listed and not any(images for _, images in listed):
+        bad(_empty_class_error(plan.folder, plan.expected))
+    samples: list[Sample] = []
+    unmasked = sum(_read_group(group, images, cls, bad, samples) for group, images in listed)
+    if not layout.empty_if_none_listed and not samples:
+        bad(_empty_class_error(plan.folder, plan.expected))
+    if layout.warn_unmasked and unmasked:
+        logger.warning(
+            "class %r: %d anomalous image(s) without a ground_truth folder: image-level labels only", cls, unmasked
+        )
+    return samples
+
+
+def _read_group(group: _Group, images: list[str], cls: str, bad: BadFiles, out: list[Sample]) -> int:
+    """Append the group's samples to ``out``; return how many anomalies have no mask folder (`_IF_FOLDER`)."""
+    masks = _mask_index(group.masks) if group.masks is not None else {}
+    needed = group.policy == _REQUIRED or (group.policy == _IF_FOLDER and os.path.isdir(group.masks))
+    for img in images:
+        mask = masks.get(_stem(img))
+        if mask is None and needed:
+            bad(MissingFileError(group.missing(img), img, "mask_path"))
+            continue
+        out.append(Sample(img, group.label, cls, mask, group.defect))
+    if group.policy == _OPTIONAL:
+        unmatched = len(masks) - sum(_stem(p) in masks for p in images)
+        if unmatched:
+            logger.warning("class %r: %d mask(s) in %s match no anomaly image by stem", cls, unmatched, group.masks)
+    return len(images) if group.policy == _IF_FOLDER and not needed else 0
+
+
+def _no_mask_in(folder: str) -> Callable[[str], str]:
+    return lambda img: f"no mask for this image in {folder}"
+
+
+def _split_dir(cdir: str, cls: str, split: str) -> str:
+    folder = os.path.join(cdir, split)
+    if not os.path.isdir(folder):
+        raise MissingFileError(f"class {cls!r} has no {split!r} folder", folder, "split")
+    return folder
+
+
+def _defect_groups(
+    split_dir: str,
+    normal: Container[str],
+    images_of: Callable[[str], str],
+    masks_of: Callable[[str], str],
+    missing_of: Callable[[str], Callable[[str], str]],
+) -> list[_Group]:
+    """One group per defect sub-folder of ``split_dir``, the ``normal`` ones without masks (MVTec, BMAD)."""
+    groups = []
+    for defect in _subdirs(split_dir):
+        if defect.lower() in normal:
+            groups.append(_Group(images_of(defect), 0, defect))
+        else:
+            masks = masks_of(defect)
+            groups.append(_Group(images_of(defect), 1, defect, masks, _IF_FOLDER, missing_of(masks)))
+    return groups
+
+
 def _is_mvtec_class(folder: str) -> bool:
     return any(_subdirs(os.path.join(folder, s)) for s in ("train", "test"))
+
+
+def _mask_named_like(gt_dir: str) -> Callable[[str], str]:
+    return lambda img: f"no mask for this image; expected {_stem(img)}_mask.png or {_stem(img)}.png in {gt_dir}"
+
+
+def _mvtec_plan(cdir: str, cls: str, split: str, normal: Container[str]) -> _ClassPlan:
+    split_dir = _split_dir(cdir, cls, split)
+    if _list_images(split_dir) and not _subdirs(split_dir):
+        raise BadInputError(
+            f"images lie directly in {split!r}; expected one sub-folder per defect type (good = normal)", split_dir
+        )
+    groups = _defect_groups(
+        split_dir,
+        normal,
+        lambda defect: os.path.join(split_dir, defect),
+        lambda defect: os.path.join(cdir, "ground_truth", defect),
+        _mask_named_like,
+    )
+    return _ClassPlan(groups, split_dir, "<defect>/*.png images")
+
+
+_MVTEC = _FolderLayout(
+    _is_mvtec_class,
+    "no MVTec-style class folder (<class>/{train,test}/<defect>/) found",
+    _mvtec_plan,
+    warn_unmasked=True,
+)
 
 
 def read_mvtec(
@@ -375,60 +595,31 @@ def read_mvtec(
     is an error: probably a mis-named file); without that folder the defect type has
     image-level labels only.
     """
-    root = os.fspath(root)
-    classes = _class_dirs(root, _is_mvtec_class)
-    if not classes:
-        raise BadInputError("no MVTec-style class folder (<class>/{train,test}/<defect>/) found", root)
-    normal = {n.lower() for n in normal_names}
-    bad = BadFiles(skip_bad_files, root)
-    samples: list[Sample] = []
-    for cdir in classes:
-        cls = class_name if len(classes) == 1 and class_name else os.path.basename(os.path.normpath(cdir))
-        split_dir = os.path.join(cdir, split)
-        if not os.path.isdir(split_dir):
-            bad(MissingFileError(f"class {cls!r} has no {split!r} folder", split_dir, "split"))
-            continue
-        if _list_images(split_dir) and not _subdirs(split_dir):
-            bad(
-                BadInputError(
-                    f"images lie directly in {split!r}; expected one sub-folder per defect type (good = normal)",
-                    split_dir,
-                )
-            )
-            continue
-        n_before, no_mask = len(samples), 0
-        for defect in _subdirs(split_dir):
-            label = 0 if defect.lower() in normal else 1
-            gt_dir = os.path.join(cdir, "ground_truth", defect)
-            masks = _mask_index(gt_dir) if label else {}
-            for img in _list_images(os.path.join(split_dir, defect)):
-                mask = None
-                if label and os.path.isdir(gt_dir):
-                    mask = masks.get(_stem(img))
-                    if mask is None:
-                        bad(
-                            MissingFileError(
-                                f"no mask for this image; expected {_stem(img)}_mask.png or {_stem(img)}.png in {gt_dir}",
-                                img,
-                                "mask_path",
-                            )
-                        )
-                        continue
-                elif label:
-                    no_mask += 1
-                samples.append(Sample(img, label, cls, mask, defect))
-        if len(samples) == n_before:
-            bad(_empty_class_error(split_dir, "<defect>/*.png images"))
-        if no_mask:
-            logger.warning(
-                "class %r: %d anomalous image(s) without a ground_truth folder: image-level labels only", cls, no_mask
-            )
-    bad.done()
-    return samples
+    return _read_folders(
+        _MVTEC, root, split, class_name=class_name, normal_names=normal_names, skip_bad_files=skip_bad_files
+    )
 
 
 def _is_visa_class(folder: str) -> bool:
     return os.path.isdir(os.path.join(folder, "Data", "Images"))
+
+
+def _visa_plan(cdir: str, cls: str, split: str, normal: Container[str]) -> _ClassPlan:
+    images, masks = os.path.join(cdir, "Data", "Images"), os.path.join(cdir, "Data", "Masks", "Anomaly")
+    missing = _no_mask_in(f"{cdir}/Data/Masks/Anomaly")
+    groups = [
+        _Group(os.path.join(images, "Normal"), 0, "good"),
+        _Group(os.path.join(images, "Anomaly"), 1, "anomaly", masks, _REQUIRED, missing),
+    ]
+    return _ClassPlan(groups, images, "Normal/ and Anomaly/ images")
+
+
+_VISA = _FolderLayout(
+    _is_visa_class,
+    "neither split_csv/1cls.csv nor <class>/Data/Images/ found; expected the VisA layout",
+    _visa_plan,
+    note="VisA without split_csv/1cls.csv: reading every image (split %r ignored)",
+)
 
 
 def read_visa(
@@ -443,177 +634,106 @@ def read_visa(
     """Read VisA: ``split_csv/1cls.csv`` when present, else the ``Data/Images`` folders (no split)."""
     root = os.fspath(root)
     csv_path = csv_path or os.path.join(root, "split_csv", "1cls.csv")
-    bad = BadFiles(skip_bad_files, root)
-    duplicates = _Duplicates()
-    samples: list[Sample] = []
-    if os.path.isfile(csv_path):
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or [])
-            if missing:
-                raise BadInputError(
-                    f"missing column(s) {sorted(missing)}; expected object,split,label,image,mask", csv_path, "header"
-                )
-            for n, row in enumerate(reader, start=2):
-                if row["split"] != split:
-                    continue
-                try:
-                    rec = {
-                        "image": row["image"],
-                        "label": row["label"],
-                        "object": row["object"],
-                        "mask": row["mask"] or None,
-                    }
-                    sample = _record_to_sample(
-                        rec,
-                        root,
-                        csv_path,
-                        f"line {n}",
-                        ("image", "label", "object", "mask"),
-                        allow_outside_root=allow_outside_root,
-                    )
-                    if sample.label == 0:  # VisA lists no mask for normal images; never trust one
-                        sample = Sample(sample.image_path, 0, sample.class_name, None, "good")
-                    else:
-                        sample = Sample(sample.image_path, 1, sample.class_name, sample.mask_path, "anomaly")
-                    duplicates.check(sample, f"{csv_path}:{n}", csv_path)
-                    if check_files:
-                        _check_exists(sample, f"line {n} of {csv_path}")
-                    samples.append(sample)
-                except BadInputError as err:
-                    bad(err)
-        if not samples:
-            raise BadInputError(f"no rows with split {split!r}", csv_path, "split")
-        bad.done()
-        return samples
-    classes = _class_dirs(root, _is_visa_class)
-    if not classes:
-        raise BadInputError(
-            "neither split_csv/1cls.csv nor <class>/Data/Images/ found; expected the VisA layout", root
+    if not os.path.isfile(csv_path):
+        return _read_folders(_VISA, root, split, skip_bad_files=skip_bad_files)
+    hygiene = _Hygiene(check_files, skip_bad_files, allow_outside_root)
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or [])
+        if missing:
+            raise BadInputError(
+                f"missing column(s) {sorted(missing)}; expected object,split,label,image,mask", csv_path, "header"
+            )
+        return _read_records(
+            _visa_csv_entries(reader, split),
+            _VISA_CSV_FIELDS,
+            csv_path,
+            root,
+            hygiene,
+            bad_source=root,
+            adjust=_visa_csv_sample,
+            if_none=BadInputError(f"no rows with split {split!r}", csv_path, "split"),
         )
-    logger.info("VisA without split_csv/1cls.csv: reading every image (split %r ignored)", split)
-    for cdir in classes:
-        cls = os.path.basename(os.path.normpath(cdir))
-        images = os.path.join(cdir, "Data", "Images")
-        n_before = len(samples)
-        for img in _list_images(os.path.join(images, "Normal")):
-            samples.append(Sample(img, 0, cls, None, "good"))
-        masks = _mask_index(os.path.join(cdir, "Data", "Masks", "Anomaly"))
-        for img in _list_images(os.path.join(images, "Anomaly")):
-            mask = masks.get(_stem(img))
-            if mask is None:
-                bad(MissingFileError(f"no mask for this image in {cdir}/Data/Masks/Anomaly", img, "mask_path"))
-                continue
-            samples.append(Sample(img, 1, cls, mask, "anomaly"))
-        if len(samples) == n_before:
-            bad(_empty_class_error(images, "Normal/ and Anomaly/ images"))
-    bad.done()
-    return samples
 
 
 def _is_bmad_class(folder: str) -> bool:
     return any(os.path.isdir(os.path.join(folder, s, "good", "img")) for s in ("train", "valid", "test"))
 
 
+def _bmad_plan(cdir: str, cls: str, split: str, normal: Container[str]) -> _ClassPlan:
+    sdir = _split_dir(cdir, cls, split)
+    groups = _defect_groups(
+        sdir,
+        normal,
+        lambda sub: os.path.join(sdir, sub, "img"),
+        lambda sub: os.path.join(sdir, sub, "label"),
+        _no_mask_in,
+    )
+    return _ClassPlan(groups, sdir, "good/img/ and Ungood/img/ images")
+
+
+_BMAD = _FolderLayout(
+    _is_bmad_class, "no BMAD layout ({train,valid,test}/good/img) found", _bmad_plan, reference_names=True
+)
+
+
 def read_bmad(
     root: str | os.PathLike, split: str = "test", *, class_name: str | None = None, skip_bad_files: bool = False
 ) -> list[Sample]:
     """Read a BMAD medical set: ``<split>/good/img`` and ``<split>/Ungood/{img,label}``."""
-    root = os.fspath(root)
-    classes = _class_dirs(root, _is_bmad_class)
-    if not classes:
-        raise BadInputError("no BMAD layout ({train,valid,test}/good/img) found", root)
-    bad = BadFiles(skip_bad_files, root)
-    samples: list[Sample] = []
-    for cdir in classes:
-        cls = _class_name(cdir, class_name if len(classes) == 1 else None)
-        sdir = os.path.join(cdir, split)
-        if not os.path.isdir(sdir):
-            bad(MissingFileError(f"class {cls!r} has no {split!r} folder", sdir, "split"))
-            continue
-        n_before = len(samples)
-        for sub in _subdirs(sdir):
-            label = 0 if sub.lower() in NORMAL_FOLDER_NAMES else 1
-            masks = _mask_index(os.path.join(sdir, sub, "label")) if label else {}
-            for img in _list_images(os.path.join(sdir, sub, "img")):
-                mask = masks.get(_stem(img)) if label else None
-                if label and mask is None and os.path.isdir(os.path.join(sdir, sub, "label")):
-                    bad(
-                        MissingFileError(
-                            f"no mask for this image in {os.path.join(sdir, sub, 'label')}", img, "mask_path"
-                        )
-                    )
-                    continue
-                samples.append(Sample(img, label, cls, mask, sub))
-        if len(samples) == n_before:
-            bad(_empty_class_error(sdir, "good/img/ and Ungood/img/ images"))
-    bad.done()
-    return samples
+    return _read_folders(_BMAD, root, split, class_name=class_name, skip_bad_files=skip_bad_files)
 
 
 def _is_polyp_class(folder: str) -> bool:
     return os.path.isdir(os.path.join(folder, "images")) and os.path.isdir(os.path.join(folder, "masks"))
 
 
+def _polyp_plan(cdir: str, cls: str, split: str, normal: Container[str]) -> _ClassPlan:
+    images, masks = os.path.join(cdir, "images"), os.path.join(cdir, "masks")
+    return _ClassPlan([_Group(images, 1, "polyp", masks, _REQUIRED, _no_mask_in(masks))], images, "images/*.png")
+
+
+_POLYP = _FolderLayout(
+    _is_polyp_class,
+    "no images/ + masks/ folders found; expected the polyp layout",
+    _polyp_plan,
+    reference_names=True,
+    empty_if_none_listed=True,
+)
+
+
 def read_polyp(
     root: str | os.PathLike, *, class_name: str | None = None, skip_bad_files: bool = False
 ) -> list[Sample]:
     """Read a polyp / colonoscopy set: ``images/`` and ``masks/``, all anomalous."""
-    root = os.fspath(root)
-    classes = _class_dirs(root, _is_polyp_class)
-    if not classes:
-        raise BadInputError("no images/ + masks/ folders found; expected the polyp layout", root)
-    bad = BadFiles(skip_bad_files, root)
-    samples: list[Sample] = []
-    for cdir in classes:
-        cls = _class_name(cdir, class_name if len(classes) == 1 else None)
-        masks = _mask_index(os.path.join(cdir, "masks"))
-        images = _list_images(os.path.join(cdir, "images"))
-        if not images:
-            bad(_empty_class_error(os.path.join(cdir, "images"), "images/*.png"))
-        for img in images:
-            mask = masks.get(_stem(img))
-            if mask is None:
-                bad(MissingFileError(f"no mask for this image in {os.path.join(cdir, 'masks')}", img, "mask_path"))
-                continue
-            samples.append(Sample(img, 1, cls, mask, "polyp"))
-    bad.done()
-    return samples
+    return _read_folders(_POLYP, root, class_name=class_name, skip_bad_files=skip_bad_files)
 
 
 def _is_generic_class(folder: str) -> bool:
     return os.path.isdir(os.path.join(folder, "normal")) or os.path.isdir(os.path.join(folder, "anomaly"))
 
 
+def _generic_plan(cdir: str, cls: str, split: str, normal: Container[str]) -> _ClassPlan:
+    groups = [
+        _Group(os.path.join(cdir, "normal"), 0, "good"),
+        _Group(os.path.join(cdir, "anomaly"), 1, "anomaly", os.path.join(cdir, "masks"), _OPTIONAL),
+    ]
+    return _ClassPlan(groups, cdir, "normal/*.png and/or anomaly/*.png")
+
+
+_GENERIC = _FolderLayout(
+    _is_generic_class,
+    "no normal/ or anomaly/ folder found; expected the generic folder layout",
+    _generic_plan,
+    empty_if_none_listed=True,
+)
+
+
 def read_folder(
     root: str | os.PathLike, *, class_name: str | None = None, skip_bad_files: bool = False
 ) -> list[Sample]:
     """Read the generic layout: ``normal/``, ``anomaly/`` and optional ``masks/`` (by stem)."""
-    root = os.fspath(root)
-    classes = _class_dirs(root, _is_generic_class)
-    if not classes:
-        raise BadInputError("no normal/ or anomaly/ folder found; expected the generic folder layout", root)
-    bad = BadFiles(skip_bad_files, root)
-    samples: list[Sample] = []
-    for cdir in classes:
-        cls = class_name if len(classes) == 1 and class_name else os.path.basename(os.path.normpath(cdir))
-        masks = _mask_index(os.path.join(cdir, "masks"))
-        normals = _list_images(os.path.join(cdir, "normal"))
-        anomalies = _list_images(os.path.join(cdir, "anomaly"))
-        if not normals and not anomalies:
-            bad(_empty_class_error(cdir, "normal/*.png and/or anomaly/*.png"))
-        samples.extend(Sample(p, 0, cls, None, "good") for p in normals)
-        samples.extend(Sample(p, 1, cls, masks.get(_stem(p)), "anomaly") for p in anomalies)
-        unmatched = len(masks) - sum(_stem(p) in masks for p in anomalies)
-        if unmatched:
-            logger.warning(
-                "class %r: %d mask(s) in %s match no anomaly image by stem",
-                cls,
-                unmatched,
-                os.path.join(cdir, "masks"),
-            )
-    bad.done()
-    return samples
+    return _read_folders(_GENERIC, root, class_name=class_name, skip_bad_files=skip_bad_files)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -630,13 +750,14 @@ FORMATS: dict[str, str] = {
     "folder": "generic normal/ + anomaly/ [+ masks/]",
     HF_FORMAT: "datasets save_to_disk folder or Hub dataset id owner/name",
 }
-_FOLDER_PROBES: tuple[tuple[str, Callable[[str], bool]], ...] = (
-    ("visa", _is_visa_class),
-    ("bmad", _is_bmad_class),
-    ("mvtec", _is_mvtec_class),
-    ("polyp", _is_polyp_class),
-    ("folder", _is_generic_class),
-)
+# `detect_format` probes the folder layouts in this order.
+_FOLDER_LAYOUTS: dict[str, _FolderLayout] = {
+    "visa": _VISA,
+    "bmad": _BMAD,
+    "mvtec": _MVTEC,
+    "polyp": _POLYP,
+    "folder": _GENERIC,
+}
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -662,8 +783,8 @@ def detect_format(path: str | os.PathLike) -> str:
     if os.path.isfile(os.path.join(path, "split_csv", "1cls.csv")):
         return "visa"
     children = [os.path.join(path, n) for n in _subdirs(path)]
-    for name, probe in _FOLDER_PROBES:
-        if probe(path) or any(probe(c) for c in children):
+    for name, layout in _FOLDER_LAYOUTS.items():
+        if layout.is_class(path) or any(layout.is_class(c) for c in children):
             return name
     raise BadInputError(
         f"cannot recognise the dataset layout; expected one of: {', '.join(k for k in FORMATS if 'alias' not in FORMATS[k])}",
@@ -704,30 +825,17 @@ def load_samples(
     keeps each reader's order: class by class, files sorted by name. Metadata paths outside the
     root and duplicate images are refused (module docstring), also across the specs of a list.
     """
+    options: dict[str, Any] = {
+        "format": format,
+        "classes": classes,
+        "root": root,
+        "class_name": class_name,
+        "skip_bad_files": skip_bad_files,
+        "check_files": check_files,
+        "allow_outside_root": allow_outside_root,
+    }
     if isinstance(spec_or_path, (list, tuple)):
-        out: list[Sample] = []
-        bad = BadFiles(skip_bad_files, "the combined datasets")
-        duplicates = _Duplicates()
-        for number, spec in enumerate(spec_or_path, start=1):
-            for sample in load_samples(
-                spec,
-                split,
-                format=format,
-                classes=classes,
-                root=root,
-                class_name=class_name,
-                skip_bad_files=skip_bad_files,
-                check_files=check_files,
-                allow_outside_root=allow_outside_root,
-            ):
-                try:
-                    duplicates.check(sample, f"dataset {number} ({os.fspath(spec)})", os.fspath(spec))
-                except BadInputError as err:
-                    bad(err)
-                    continue
-                out.append(sample)
-        bad.done()
-        return out
+        return _load_combined(spec_or_path, split, options)
     path, opts = parse_spec(os.fspath(spec_or_path))
     split = opts.get("split", split)
     fmt = opts.get("format", format) or detect_format(path)
@@ -737,53 +845,60 @@ def load_samples(
         classes = [c for c in opts["classes"].split(",") if c]
     if fmt not in FORMATS:
         raise BadInputError(f"unknown format {fmt!r}; choose from {sorted(FORMATS)}", path, "format")
-    if fmt == HF_FORMAT:
-        samples = read_hf_dataset(
-            path,
-            split,
-            cache_dir=opts.get("cache"),
-            class_name=class_name,
-            **{key: opts[key] for key in COLUMN_KEYS if key in opts},
-        )
-    elif fmt == "jsonl":
-        samples = read_jsonl(
-            path, root, check_files=check_files, skip_bad_files=skip_bad_files, allow_outside_root=allow_outside_root
-        )
-    elif fmt == "meta":
-        samples = read_meta_json(
-            path,
-            split,
-            root,
-            check_files=check_files,
-            skip_bad_files=skip_bad_files,
-            allow_outside_root=allow_outside_root,
-        )
-    elif fmt == "visa":
-        csv_path = path if os.path.isfile(path) else None
-        vroot = root or (os.path.dirname(os.path.dirname(os.path.abspath(path))) if csv_path else path)
-        samples = read_visa(
-            vroot,
-            split,
-            csv_path=csv_path,
-            check_files=check_files,
-            skip_bad_files=skip_bad_files,
-            allow_outside_root=allow_outside_root,
-        )
-    elif fmt == "bmad":
-        samples = read_bmad(path, split, class_name=class_name, skip_bad_files=skip_bad_files)
-    elif fmt in ("mvtec", "mpdd", "btad"):
-        samples = read_mvtec(path, split, class_name=class_name, skip_bad_files=skip_bad_files)
-    elif fmt == "polyp":
-        samples = read_polyp(path, class_name=class_name, skip_bad_files=skip_bad_files)
-    else:
-        samples = read_folder(path, class_name=class_name, skip_bad_files=skip_bad_files)
+    hygiene = {"check_files": check_files, "skip_bad_files": skip_bad_files, "allow_outside_root": allow_outside_root}
+    samples = _read_format(fmt, path, split, opts, root, class_name, hygiene)
     if classes is not None:
-        wanted = list(classes)
-        have = sorted({s.class_name for s in samples})
-        unknown = [c for c in wanted if c not in have]
-        if unknown:
-            raise BadInputError(f"unknown class(es) {unknown}; the data has {have}", path, "classes")
-        samples = [s for s in samples if s.class_name in set(wanted)]
+        samples = _select_classes(samples, list(classes), path)
     if not samples:
         raise BadInputError(f"no samples found for split {split!r} (format {fmt!r})", path)
     return samples
+
+
+def _load_combined(specs: Sequence[str | os.PathLike], split: str, options: dict[str, Any]) -> list[Sample]:
+    """Concatenate the specs' samples, refusing (or, skipping bad files, dropping) an image seen in an earlier one."""
+    out: list[Sample] = []
+    bad = BadFiles(options["skip_bad_files"], "the combined datasets")
+    duplicates = _Duplicates()
+    for number, spec in enumerate(specs, start=1):
+        for sample in load_samples(spec, split, **options):
+            try:
+                duplicates.check(sample, f"dataset {number} ({os.fspath(spec)})", os.fspath(spec))
+            except BadInputError as err:
+                bad(err)
+                continue
+            out.append(sample)
+    bad.done()
+    return out
+
+
+def _read_format(
+    fmt: str,
+    path: str,
+    split: str,
+    opts: dict[str, str],
+    root: str | os.PathLike | None,
+    class_name: str | None,
+    hygiene: dict[str, bool],
+) -> list[Sample]:
+    """Call the reader of ``fmt``; ``hygiene`` holds check_files, skip_bad_files and allow_outside_root."""
+    if fmt == HF_FORMAT:
+        columns = {key: opts[key] for key in COLUMN_KEYS if key in opts}
+        return read_hf_dataset(path, split, cache_dir=opts.get("cache"), class_name=class_name, **columns)
+    if fmt == "jsonl":
+        return read_jsonl(path, root, **hygiene)
+    if fmt == "meta":
+        return read_meta_json(path, split, root, **hygiene)
+    if fmt == "visa":
+        csv_path = path if os.path.isfile(path) else None
+        vroot = root or (os.path.dirname(os.path.dirname(os.path.abspath(path))) if csv_path else path)
+        return read_visa(vroot, split, csv_path=csv_path, **hygiene)
+    layout = _FOLDER_LAYOUTS["mvtec" if fmt in ("mpdd", "btad") else fmt]  # the readers of bmad, mvtec, polyp, folder
+    return _read_folders(layout, path, split, class_name=class_name, skip_bad_files=hygiene["skip_bad_files"])
+
+
+def _select_classes(samples: list[Sample], wanted: list[str], path: str) -> list[Sample]:
+    have = sorted({s.class_name for s in samples})
+    unknown = [c for c in wanted if c not in have]
+    if unknown:
+        raise BadInputError(f"unknown class(es) {unknown}; the data has {have}", path, "classes")
+    return [s for s in samples if s.class_name in set(wanted)]
