@@ -1638,7 +1638,20 @@ def to_markdown(report: dict) -> str:
         runs: dict[str, list[str]] = {}
         for key in merged["sections"]:
             runs.setdefault((report.get("section_runs") or {}).get(key, merged["started"]), []).append(key)
-        earlier = "; ".join(f"{', '.join(keys)} from the run started {started}" for started, keys in runs.items())
+        loads = merged.get("runs") or {}
+
+        def load_note(started: str) -> str:
+            info = loads.get(started) or {}
+            if not info.get("load_average_start"):
+                return ""
+            return (
+                f" (load average {info['load_average_start'][0]:.1f} at its start, "
+                f"{info['load_average_end'][0]:.1f} at its end)"
+            )
+
+        earlier = "; ".join(
+            f"{', '.join(keys)} from the run started {started}{load_note(started)}" for started, keys in runs.items()
+        )
         lines += [
             "",
             f"Merged (`--merge`): {earlier}; every other section is from this run. Each ratio is measured side by "
