@@ -16,7 +16,7 @@ def test_app_prepares_the_model_with_the_backend_flags(tiny_model, processor, tm
     processor.save_pretrained(folder)
     calls = {}
 
-    def fake_main(model, host, port, share, device, prepare):
+    def fake_main(model, host, port, share, device, prepare, load):
         calls["model"] = model
         prepare(tiny_model)
 
