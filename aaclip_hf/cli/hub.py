@@ -69,17 +69,18 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--license", default="mit", help="licence identifier for the card (default: mit, the CLIP weights')"
     )
-    parser.add_argument("--token", default=None, help="Hub token (default: the saved login / HF_TOKEN)")
-    parser.add_argument("--commit-message", default=None)
-    parser.add_argument(
-        "--dry-run",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="DIR",
-        help="upload nothing: print the exact file list with sizes and what is left out; with DIR, also write the "
+    _add_upload_arguments(
+        parser,
+        "upload nothing: print the exact file list with sizes and what is left out; with DIR, also write the "
         "Hub folder there (an empty or new folder)",
     )
+
+
+def _add_upload_arguments(parser: argparse.ArgumentParser, dry_run_help: str) -> None:
+    """The flags every upload shares: token, commit message and `--dry-run [DIR]`."""
+    parser.add_argument("--token", default=None, help="Hub token (default: the saved login / HF_TOKEN)")
+    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--dry-run", nargs="?", const="", default=None, metavar="DIR", help=dry_run_help)
 
 
 def run_push(args: argparse.Namespace) -> int:
@@ -124,15 +125,8 @@ def add_push_metric_arguments(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_METRIC_REPO}); `evaluate.load(repo_id)` then loads it",
     )
     parser.add_argument("--private", action="store_true", help="create the Space as private")
-    parser.add_argument("--token", default=None, help="Hub token (default: the saved login / HF_TOKEN)")
-    parser.add_argument("--commit-message", default=None)
-    parser.add_argument(
-        "--dry-run",
-        nargs="?",
-        const="",
-        default=None,
-        metavar="DIR",
-        help="upload nothing: print the file list with sizes; with DIR, also write the metric folder there",
+    _add_upload_arguments(
+        parser, "upload nothing: print the file list with sizes; with DIR, also write the metric folder there"
     )
 
 
