@@ -1,8 +1,8 @@
 """Dynamic int8 quantisation of the vision tower's linear layers for CPU inference (`--quantize int8`).
 
 Why these layers: at ViT-L/14 518 px the q/k/v/out projections, the MLPs and the adapters inside the tower are
-81 % of the FLOPs (docs/performance.md), and fbgemm's int8 GEMM with AVX2 does about twice the fp32 multiply-adds
-per cycle. Dynamic quantisation needs no calibration data: weights are quantised once (per output channel would
+81 % of the FLOPs (docs/performance.md), and an int8 GEMM does two (AVX2) to four (AVX-512 VNNI) times the fp32
+multiply-adds per cycle. Dynamic quantisation needs no calibration data: weights are quantised once (per output channel would
 need static quantisation; torch's dynamic linear is per tensor), activations per batch at run time, so it applies
 to any AA-CLIP checkpoint. The attention matmuls (18 % of the FLOPs), the norms and the seg/det heads and scoring
 stay fp32, which keeps the anomaly maps close to fp32 (accuracy measured in `aaclip bench`, section int8).
