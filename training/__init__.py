@@ -1,7 +1,10 @@
 """Two-stage AA-CLIP training (SPEC section 6): losses, DPAM stage-1 features, augmentation, trainer.
 
-Files: ``arguments`` (every knob and its command-line form), ``checkpointing`` (what a checkpoint holds),
-``trainer`` (the loop), ``losses``, ``dpam``, ``augment``.
+Files: ``arguments`` (every knob and its command-line form), ``trainer`` (the loop: run > stage > epoch > step),
+``models`` (which model, what each stage trains), ``batches`` (training samples, epoch order, per-process shards),
+``steps`` (per-stage loss terms, global-batch reduction, gradient averaging, finite checks), ``checkpointing``
+(checkpoint contents, save/rotate, the resume guard, log repair, epoch models), ``trackers``, ``losses``,
+``dpam``, ``augment``.
 
 Run it as ``aaclip train ...``, ``python -m aaclip_hf.training ...`` or, on several devices,
 ``accelerate launch -m aaclip_hf.training ...`` (docs/training.md).

@@ -1,13 +1,15 @@
-"""What a checkpoint holds besides Accelerate's own state: the position in the run, the trainable weights and
-the arguments of the run that wrote it; and the checks `--resume` makes before trusting one.
+"""What a run keeps on disk on its way to the final model: checkpoints (what one holds, which folders count, saving
+and rotating them, what `--resume` checks before trusting one), the repaired train log and the per-epoch models.
 
-Checkpoints are written to a temporary folder and renamed atomically (`Trainer.save_checkpoint`); every
-file is read back with the safe unpickler, so a tampered checkpoint cannot run code.
+Checkpoints are written to a temporary folder and renamed atomically (`CheckpointManager.save`); the previous one
+is deleted only afterwards. Every file is read back with the safe unpickler, so a tampered checkpoint cannot run
+code.
 
 - Only folders named ``checkpoint-<step>`` that hold ``trainer_state.json`` (written last, before the rename)
   are checkpoints; anything else under ``checkpoints/`` is ignored with a warning (`list_checkpoints`).
 - ``run_args.json`` in each checkpoint records every result-affecting argument (all `TrainingArguments`
-  fields except `RESUME_NEUTRAL_FIELDS`); `changed_arguments` lists what a resuming run changed.
+  fields except `RESUME_NEUTRAL_FIELDS`); `changed_arguments` lists what a resuming run changed and
+  `check_resume_arguments` refuses them.
 - `repair_log` drops torn or unreadable lines of ``train_log.jsonl`` (a crash mid-write) and the records of
   steps that will be redone.
 """
@@ -19,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 
 import accelerate.accelerator as acc_module
@@ -218,3 +221,151 @@ def repair_log(path: str, last_step: int) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(kept)
     os.replace(tmp, path)
+
+
+def check_resume_arguments(path: str, args: TrainingArguments) -> None:
+    """Refuse to continue checkpoint ``path`` with changed result-affecting arguments (unless asked to)."""
+    changed = changed_arguments(path, args)
+    if changed is None:
+        logger.warning("%s records no run arguments (an older version): changed arguments cannot be checked", path)
+    elif changed and not args.resume_changed_args:
+        raise ValueError(
+            f"--resume: {len(changed)} argument(s) that change the result differ from the run that wrote {path}: "
+            f"{'; '.join(changed)}. Resume with the same values, start again with --overwrite-output-dir, or "
+            "pass --resume-changed-args to continue anyway"
+        )
+    elif changed:
+        logger.warning("--resume-changed-args: continuing %s with changed arguments: %s", path, "; ".join(changed))
+
+
+def write_training_arguments(output_dir: str, args: TrainingArguments, num_processes: int) -> None:
+    """``OUTPUT/training_args.json``: every argument of the run (rewritten on each start or resume)."""
+    with open(os.path.join(output_dir, "training_args.json"), "w", encoding="utf-8") as f:
+        json.dump({**dataclasses.asdict(args), "num_processes": num_processes}, f, indent=2)
+
+
+def save_epoch_model(accelerator, model, processor, output_dir: str, epoch: int) -> str:
+    """``OUTPUT/epoch_models/epoch_{epoch}``: a complete model (``save_pretrained``) after a stage-2 epoch, as
+    the reference keeps ``image_adapter_{epoch}`` for its per-epoch evaluation. Every stored anchor is
+    recomputed for the saved copy only; the run's own anchors are left exactly as they are."""
+    final = os.path.join(output_dir, "epoch_models", f"epoch_{epoch}")
+    if accelerator.is_main_process:
+        saved = (model.text_anchors, list(model.config.anchor_class_names), model.config.anchor_fingerprint)
+        tmp = os.path.join(os.path.dirname(final), f".tmp-epoch_{epoch}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if model.config.include_text_model:
+                model.refresh_text_anchors(processor)
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+        finally:
+            model.text_anchors, model.config.anchor_class_names, model.config.anchor_fingerprint = saved
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        logger.info("saved the epoch-%d model to %s", epoch, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+class CheckpointManager:
+    """``OUTPUT/checkpoints`` of one run: which folders count, resuming from one, saving and rotating them.
+
+    Every process calls every method (they synchronise); only the main process writes or deletes.
+    """
+
+    def __init__(self, accelerator, args: TrainingArguments):
+        self.accelerator = accelerator
+        self.args = args
+        self.root = os.path.join(args.output_dir, "checkpoints")
+        self._stray_warned: set[str] = set()
+
+    def complete(self) -> list[str]:
+        """Complete checkpoints, oldest first; anything else under checkpoints/ is named once and left alone."""
+        found, stray = list_checkpoints(self.root)
+        new = [n for n in stray if n not in self._stray_warned]
+        if new and self.accelerator.is_main_process:
+            logger.warning(
+                "ignoring %s under %s: not a complete %sN checkpoint (an interrupted save, or not written by "
+                "aaclip train)",
+                ", ".join(new),
+                self.root,
+                CHECKPOINT_PREFIX,
+            )
+        self._stray_warned.update(new)
+        return found
+
+    def last_good(self) -> str:
+        """The newest checkpoint whose trainable weights are all finite, for error messages."""
+        for path in reversed(self.complete()):
+            if checkpoint_is_finite(path):
+                return path
+        return "(none yet)"
+
+    def clear(self) -> None:
+        """Delete every checkpoint (``--overwrite-output-dir`` without ``--resume``; main process)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def remove_interrupted_saves(self) -> None:
+        """Delete the ``.tmp-`` folders of saves that never finished (main process)."""
+        for name in os.listdir(self.root) if os.path.isdir(self.root) else []:
+            if name.startswith(".tmp-"):
+                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+
+    def save(self, state: TrainState) -> str:
+        """``save_state`` into a temporary folder, atomic rename, then drop older checkpoints."""
+        acc = self.accelerator
+        final = os.path.join(self.root, f"{CHECKPOINT_PREFIX}{state.global_step}")
+        tmp = os.path.join(self.root, f".tmp-{CHECKPOINT_PREFIX}{state.global_step}")
+        self._stray_warned.add(os.path.basename(tmp))  # our own save in progress, not a stray folder
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(tmp)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            write_run_arguments(tmp, self.args)
+            with open(os.path.join(tmp, STATE_FILE), "w", encoding="utf-8") as f:  # last: marks it complete
+                json.dump(state.state_dict(), f, indent=2)
+            old = [p for p in self.complete() if p != final]
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for path in old:
+                shutil.rmtree(path, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def resume(self, state: TrainState) -> None:
+        """Load ``--resume``'s checkpoint into the registered states (``state`` among them), after checking it
+        belongs to this run; without ``--resume``, refuse to start over existing checkpoints."""
+        args = self.args
+        if args.resume is None:
+            if self.complete() and not args.overwrite_output_dir:
+                raise FileExistsError(
+                    f"{self.root} holds checkpoints; pass --resume to continue or --overwrite-output-dir to start again"
+                )
+            return
+        path = self.complete()[-1] if args.resume == "latest" and self.complete() else None
+        if args.resume != "latest":
+            path = args.resume
+        if path is None:
+            logger.info("--resume: no checkpoint in %s yet, starting from the beginning", self.root)
+            return
+        stages, fingerprint = list(state.stages), state.data_fingerprint
+        load_state_weights_only(self.accelerator, path)  # first: a tampered checkpoint is refused before anything
+        check_resume_arguments(path, args)
+        if list(state.stages) != stages:
+            raise ValueError(f"checkpoint {path} is from a run with stages {state.stages}, this run has {stages}")
+        if state.data_fingerprint != fingerprint:
+            raise ValueError(
+                f"checkpoint {path} was trained on other data (fingerprint {state.data_fingerprint} "
+                f"vs {fingerprint}); same --train-data/--shots/--seed are needed to resume"
+            )
+        logger.info(
+            "resumed from %s: stage %s, epoch %d, batch %d, step %d",
+            path,
+            state.stages[state.stage_index] if state.stage_index < len(stages) else "done",
+            state.epoch,
+            state.step_in_epoch,
+            state.global_step,
+        )

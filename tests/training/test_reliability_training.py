@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from aaclip_hf.cli import train as train_cli
 from aaclip_hf.data.image_io import BadInputError
 from aaclip_hf.runtime.serialization import UnsafeCheckpointError, safe_torch_load
-from aaclip_hf.training import trainer as trainer_mod
+from aaclip_hf.training import checkpointing as checkpointing_mod
 from aaclip_hf.training.arguments import NonFiniteLossError, TrainingArguments
 from aaclip_hf.training.trainer import Trainer
 
@@ -144,7 +144,7 @@ def test_crash_during_checkpoint_write_keeps_a_complete_latest_and_resume_is_ide
                     raise Crash(point)
                 return real_replace(src, dst)
 
-            m.setattr(trainer_mod.os, "replace", replace)
+            m.setattr(checkpointing_mod.os, "replace", replace)
         else:
             real_rmtree = shutil.rmtree
 
@@ -154,7 +154,7 @@ def test_crash_during_checkpoint_write_keeps_a_complete_latest_and_resume_is_ide
                     raise Crash(point)
                 return real_rmtree(path, *a, **kw)
 
-            m.setattr(trainer_mod.shutil, "rmtree", rmtree)
+            m.setattr(checkpointing_mod.shutil, "rmtree", rmtree)
         with pytest.raises(Crash):
             Trainer(args).train()
     latest = _checkpoints(tmp_path)[-1]

@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 from aaclip_hf import AAClipModel
 from aaclip_hf.data import load_samples
 from aaclip_hf.training.arguments import NonFiniteLossError, TrainingArguments, add_arguments, arguments_from_namespace
-from aaclip_hf.training.trainer import Trainer, _collate, epoch_batches
+from aaclip_hf.training.batches import collate as _collate
+from aaclip_hf.training.batches import epoch_batches
+from aaclip_hf.training.trainer import Trainer
 
 from ..conftest import accelerate_cpu_launch
 
