@@ -1272,8 +1272,8 @@ def evaluate_goals(report: dict) -> list[dict]:
                 "norms and the adapters' norm rescale are memory-bound work the FLOP count does not credit; "
                 "glibc's allocator page-faults the activations afresh on every call (docs/performance.md); "
                 "other processes shared the 2 cores (load average above)",
-                "remedy": "MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ or jemalloc (about 2x at batch 1 measured by "
-                "hand), torch.compile to fuse the elementwise chains, bf16 matmuls on AMX/AVX512-BF16 CPUs or "
+                "remedy": "the allocator setting, now applied by tune_cpu_runtime() in the CLI and the benchmarks (this "
+                "row's run predates it; see the first-call row), torch.compile to fuse the elementwise chains, bf16 matmuls on AMX/AVX512-BF16 CPUs or "
                 "a GPU (benchmarks/gpu.sh), an otherwise idle machine",
             }
         )
