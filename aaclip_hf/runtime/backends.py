@@ -10,7 +10,7 @@ backend returns `AAClipOutput` with the same maps (to float rounding) and suppor
   fuses) and cached under `cache_dir` (default `$AACLIP_CACHE/onnx`, else `~/.cache/aaclip_hf/onnx`), keyed by
   a hash of the tower's weights, its config and the exporter settings; later runs load the cached file. With
   `--quantize int8`, ONNX Runtime's dynamic int8 quantiser runs on the cached graph (cached too).
-* `auto`: `DEFAULT_BACKEND` for the device, the measured winner (`aaclip bench`, docs/performance.md); onnx
+* `auto`: `DEFAULT_BACKEND` for the device, chosen from `aaclip bench` (docs/performance.md, section 6); onnx
   needs the `onnx` extra (onnxruntime), else `auto` uses torch.
 """
 
@@ -46,8 +46,8 @@ __all__ = [
 ]
 
 BACKEND_CHOICES = ("auto", "torch", "compile", "onnx")
-# The measured winner per (device type, quantize) on this project's benchmark machine (docs/performance.md,
-# section 6); `auto` falls back to torch where onnxruntime (the `onnx` extra) is not installed.
+# Per (device type, quantize), chosen from the benchmark (docs/performance.md, section 6: why CPU fp32 stays eager
+# although onnx led at batch 4); `auto` falls back to torch where onnxruntime (the `onnx` extra) is not installed.
 DEFAULT_BACKEND = {
     ("cpu", "none"): "torch",
     ("cpu", "int8"): "onnx",
@@ -66,7 +66,7 @@ def add_backend_arguments(parser, quantize: bool = True) -> None:
         choices=BACKEND_CHOICES,
         default="auto",
         help="vision tower backend: torch (eager), compile (torch.compile), onnx (exported once, cached); "
-        "auto = the measured winner for the device (docs/performance.md)",
+        "auto = the default for the device, chosen from measurements (docs/performance.md, section 6)",
     )
     if quantize:
         parser.add_argument(
