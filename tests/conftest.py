@@ -12,10 +12,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny tensors gain nothing from intra-op threads and lose a lot on a busy 2-core machine; subprocesses inherit it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import socket
+import sys
+
 import pytest
 import torch
 
 from aaclip_hf import AAClipConfig, AAClipModel, AAClipProcessor
+from aaclip_hf.data.synthetic import generate_synthetic_dataset
+from aaclip_hf.training.arguments import TrainingArguments
 
 
 TINY_IMAGE_SIZE = 40
@@ -52,8 +57,6 @@ def tiny_model(processor) -> AAClipModel:
 @pytest.fixture(scope="session")
 def training_root(tmp_path_factory):
     """A saved tiny AA-CLIP (`model/`) and a small synthetic defect set (`data/`) for training tests."""
-    from aaclip_hf import AAClipProcessor
-    from aaclip_hf.data.synthetic import generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("train")
     model = make_tiny_model(seed=0)
@@ -81,9 +84,6 @@ def pixel_values() -> torch.Tensor:
 
 def accelerate_cpu_launch(num_processes: int, *target: str) -> tuple[list[str], dict[str, str]]:
     """`accelerate launch` of `target` on `num_processes` CPU processes (a free local port), and its env."""
-    import socket
-    import sys
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -92,3 +92,21 @@ def accelerate_cpu_launch(num_processes: int, *target: str) -> tuple[list[str], 
     cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *target]
     env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     return cmd, env
+
+
+def tiny_training_args(training_root, out, **overrides):
+    """`TrainingArguments` for the `training_root` fixture: both stages, 1 epoch each, global batch 4, quiet."""
+    base = {
+        "model": str(training_root / "model"),
+        "train_data": [str(training_root / "data")],
+        "output_dir": str(out),
+        "text_epochs": 1,
+        "vision_epochs": 1,
+        "text_batch_size": 4,
+        "vision_batch_size": 4,
+        "vision_milestones": [2],
+        "num_workers": 0,
+        "progress": False,
+        "log_every": 1,
+    }
+    return TrainingArguments(**(base | overrides))

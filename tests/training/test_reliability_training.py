@@ -26,6 +26,8 @@ from aaclip_hf.training import checkpointing as checkpointing_mod
 from aaclip_hf.training.arguments import NonFiniteLossError, TrainingArguments
 from aaclip_hf.training.trainer import Trainer
 
+from ..conftest import tiny_training_args
+
 
 CHECKPOINT_FILES = (
     "trainer_state.json",
@@ -38,21 +40,7 @@ CHECKPOINT_FILES = (
 
 def _args(training_root, out, **kw) -> TrainingArguments:
     """Both stages, 4 steps each (16 images, global batch 4)."""
-    base = {
-        "model": str(training_root / "model"),
-        "train_data": [str(training_root / "data")],
-        "output_dir": str(out),
-        "text_epochs": 1,
-        "vision_epochs": 1,
-        "text_batch_size": 4,
-        "vision_batch_size": 4,
-        "vision_milestones": [2],
-        "num_workers": 0,
-        "progress": False,
-        "log_every": 1,
-    }
-    base.update(kw)
-    return TrainingArguments(**base)
+    return tiny_training_args(training_root, out, **kw)
 
 
 def _weights(out) -> dict[str, torch.Tensor]:

@@ -22,28 +22,15 @@ from aaclip_hf.training.batches import collate as _collate
 from aaclip_hf.training.batches import epoch_batches
 from aaclip_hf.training.trainer import Trainer
 
-from ..conftest import accelerate_cpu_launch
+from ..conftest import accelerate_cpu_launch, tiny_training_args
 
 
 PYTHON = sys.executable
 
 
 def _args(training_root, out, **kw) -> TrainingArguments:
-    base = {
-        "model": str(training_root / "model"),
-        "train_data": [str(training_root / "data")],
-        "output_dir": str(out),
-        "text_epochs": 2,
-        "vision_epochs": 1,
-        "text_batch_size": 4,
-        "vision_batch_size": 4,
-        "vision_milestones": [2],
-        "num_workers": 0,
-        "progress": False,
-        "log_every": 1,
-    }
-    base.update(kw)
-    return TrainingArguments(**base)
+    """Two text epochs, one vision epoch (16 images, global batch 4)."""
+    return tiny_training_args(training_root, out, **{"text_epochs": 2, **kw})
 
 
 def _cli(args: TrainingArguments) -> list[str]:
