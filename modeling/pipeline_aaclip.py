@@ -43,6 +43,10 @@ from .configuration_aaclip import (
 )
 
 
+# One pipeline input: a PIL image, an (H, W[, C]) array, a file path or URL, or {"image": ..., "class_name": ...}.
+PipelineInput = Image.Image | np.ndarray | str | os.PathLike | dict
+
+
 TASK = "zero-shot-anomaly-detection"
 # Used only when neither the call nor `config.decision_threshold` (set by `aaclip calibrate`) gives one: the
 # image score is in [0, 1] and 0.5 is its midpoint (for the map part, an anomaly logit of 0).
@@ -236,7 +240,7 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
 
     # ------------------------------------------------------------------ call
 
-    def __call__(self, inputs, **kwargs):
+    def __call__(self, inputs: PipelineInput | Sequence[PipelineInput], **kwargs: Any) -> dict | list[dict]:
         """Run on one image or a list (see the class docstring). A list `class_name` pairs with a list of images."""
         class_name = kwargs.get("class_name")
         single = not isinstance(inputs, (list, tuple))
@@ -338,7 +342,7 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
 
     # ------------------------------------------------------------------ steps
 
-    def preprocess(self, inputs, class_name: str | None = None, timeout: float | None = None) -> dict:
+    def preprocess(self, inputs: PipelineInput, class_name: str | None = None, timeout: float | None = None) -> dict:
         if isinstance(inputs, dict):
             if "image" not in inputs:
                 raise ValueError(f"dict inputs need an 'image' key, got keys {sorted(inputs)}")

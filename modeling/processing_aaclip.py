@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +22,12 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from .configuration_aaclip import DEFAULT_IMAGE_SIZE, GENERIC_CLASS, binarize_mask, check_class_name, image_to_rgb
+from .modeling_aaclip import AAClipOutput, upsample_grid
+
+
+# What the processor accepts: one image (or mask) as PIL, or an (H, W[, C]) array or tensor.
+ImageInput = Image.Image | np.ndarray | torch.Tensor
+MaskInput = Image.Image | np.ndarray | torch.Tensor
 
 
 CONTEXT_LENGTH = 77
@@ -165,7 +172,13 @@ class AAClipProcessor(ProcessorMixin):
         size = self.image_processor.size
         return (size["height"], size["width"])
 
-    def __call__(self, images=None, text=None, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
+    def __call__(
+        self,
+        images: ImageInput | Sequence[ImageInput] | None = None,
+        text: str | Sequence[str] | None = None,
+        return_tensors: str | None = "pt",
+        **kwargs: Any,
+    ) -> BatchFeature:
         """`pixel_values` for images and/or `input_ids`/`attention_mask` for text (max 77 tokens, never truncated)."""
         if images is None and text is None:
             raise ValueError("AAClipProcessor needs images and/or text")
@@ -177,7 +190,9 @@ class AAClipProcessor(ProcessorMixin):
             data.update(self.tokenize(text if isinstance(text, list) else [text]))
         return BatchFeature(data, tensor_type=return_tensors)
 
-    def preprocess_masks(self, masks, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    def preprocess_masks(
+        self, masks: MaskInput | Sequence[MaskInput], size: int | tuple[int, int] | None = None
+    ) -> torch.Tensor:
         """Ground-truth masks -> `(B, H, W)` float {0, 1}: PIL nearest resize and `!= 0`, as the reference does.
 
         (torch's `interpolate(mode="nearest")` samples different source pixels than PIL and would move edges.)
@@ -264,14 +279,15 @@ class AAClipProcessor(ProcessorMixin):
     # ------------------------------------------------------------------ post-processing
 
     def post_process_anomaly_detection(
-        self, outputs, target_sizes: Sequence[tuple[int, int]] | None = None, threshold: float | None = None
-    ) -> list[dict]:
+        self,
+        outputs: AAClipOutput,
+        target_sizes: Sequence[tuple[int, int]] | None = None,
+        threshold: float | None = None,
+    ) -> list[dict[str, Any]]:
         """Per image: `score`, `raw_anomaly_score`, `anomaly_map` at `target_sizes[i]` (default: this processor's
         input size) bilinearly resized from the model's patch grid (`outputs.anomaly_map_grid`), and `is_anomaly`
         when a `threshold` on the score is given. The model computes no full-size map itself (transformers'
         segmentation convention)."""
-        from .modeling_aaclip import upsample_grid
-
         grids = outputs.anomaly_map_grid
         if target_sizes is not None and len(target_sizes) != grids.shape[0]:
             raise ValueError(f"got {len(target_sizes)} target sizes for {grids.shape[0]} images")
