@@ -1,4 +1,4 @@
-"""Benchmark: aaclip_hf.metrics on an MVTec-sized class vs scikit-learn.
+"""Benchmark: aaclip_hf.evaluation.metrics on an MVTec-sized class vs scikit-learn.
 
 Builds ``num_maps`` float32 score maps of ``size`` x ``size`` (≈1.07e8 pixels at the defaults,
 like a large MVTec AD class at 518 px), blob-shaped defect masks on about half of them and

@@ -574,7 +574,7 @@ def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progres
     hub_dir = out / "hub_model"
     training_summary = {
         "base_model": result.base_description if model_name is None else model_name,
-        "train_data": "aaclip_hf.synthetic (seed 0)",
+        "train_data": "aaclip_hf.data.synthetic (seed 0)",
         "train_classes": result.train_classes,
         "shots": "full",
         "stages": "text + vision",

@@ -508,7 +508,7 @@ def generate_synthetic_dataset(
                     save(mask.astype(np.uint8) * 255, cls, "ground_truth", kind, f"{i:03d}_mask.png")
                     bar.update()
     info = {
-        "generator": "aaclip_hf.synthetic",
+        "generator": "aaclip_hf.data.synthetic",
         "seed": seed,
         "image_size": image_size,
         "classes": classes,

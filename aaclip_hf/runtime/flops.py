@@ -4,7 +4,7 @@ Why analytic: a measured throughput is only meaningful against the exact work do
 here cover every matrix product and convolution of the forward pass, the same operator set that
 `torch.utils.flop_counter.FlopCounterMode` counts (one multiply-add = 2 FLOPs; bias adds,
 norms, softmax, activations and resizes are not counted and are listed separately as
-`elementwise_estimate`). `tests/test_bench_flops.py` checks the totals against `FlopCounterMode`
+`elementwise_estimate`). `tests/runtime/test_flops.py` checks the totals against `FlopCounterMode`
 on tiny configs, so a wrong term fails.
 
 Note: `FlopCounterMode` does not count the CPU kernel of `scaled_dot_product_attention`

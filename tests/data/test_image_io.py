@@ -1,4 +1,4 @@
-"""Robust loading of messy image and mask files (aaclip_hf.image_io)."""
+"""Robust loading of messy image and mask files (aaclip_hf.data.image_io)."""
 
 import io
 

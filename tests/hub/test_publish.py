@@ -170,7 +170,7 @@ def test_card_names_the_real_base_model_and_data_never_a_local_path(tiny_model, 
     )
     assert describe_base_model(None) == ("unknown", None)
     assert describe_base_model("C:\\models\\clip") == ("`clip` (a local folder, not a Hub id)", None)
-    assert dataset_names({"train_data": "aaclip_hf.synthetic (seed 0)"}) == []  # a description is text only
+    assert dataset_names({"train_data": "aaclip_hf.data.synthetic (seed 0)"}) == []  # a description is text only
     assert dataset_names({"train_datasets": ["a/b"], "train_data": ["ignored"]}) == ["a/b"]
 
 

@@ -1,4 +1,4 @@
-"""Inference dtype selection (`aaclip_hf.precision`) and bf16-on-CPU closeness to fp32."""
+"""Inference dtype selection (`aaclip_hf.runtime.devices`) and bf16-on-CPU closeness to fp32."""
 
 import copy
 

@@ -3,7 +3,7 @@ every image scored exactly once although the dataset's size (15) does not split 
 tail with repeats; `gather_for_metrics` must drop them).
 
 Training under 2 processes equals 1 process with the same global batch:
-tests/test_training_trainer.py::test_two_processes_equal_one."""
+tests/training/test_trainer.py::test_two_processes_equal_one."""
 
 from __future__ import annotations
 

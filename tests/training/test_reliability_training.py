@@ -2,7 +2,7 @@
 complete latest checkpoint and `--resume` ends with the same weights as an uninterrupted run; a non-finite
 loss stops with the last good checkpoint kept; bad files are caught by a pre-flight scan before any step;
 `--resume` never unpickles code. (kill -9 at a random step, 2 processes = 1 and `--skip-nonfinite` are in
-tests/test_training_trainer.py.)"""
+tests/training/test_trainer.py.)"""
 
 from __future__ import annotations
 
