@@ -13,20 +13,20 @@ from collections.abc import Sequence
 import torch
 
 from ..modeling.modeling_aaclip import AAClipModel
-from ..runtime.loading import is_aaclip_folder, processor_for
+from ..runtime.loading import is_aaclip_folder, load_model_and_processor, processor_for
 from .arguments import TrainingArguments
 
 
 logger = logging.getLogger("aaclip_hf.training")
 
 
-def load_model_and_processor(args: TrainingArguments):
-    """An AA-CLIP model folder as it is, or a fresh AA-CLIP on a plain CLIP (adapters xavier, seeded)."""
+def model_for_run(args: TrainingArguments):
+    """What a run starts from: an AA-CLIP folder as it is (through the one loader, fp32 on the CPU; the trainer
+    places it), or a fresh AA-CLIP on a plain CLIP (adapters xavier, seeded)."""
     if os.path.isdir(args.model) and is_aaclip_folder(args.model):
         if args.image_size is not None or args.hidden_act is not None:
             raise ValueError("--image-size / --hidden-act only apply when building from a plain CLIP model")
-        model = AAClipModel.from_pretrained(args.model)
-        return model, processor_for(model, args.model)
+        return load_model_and_processor(args.model, device="cpu")
     overrides = {}
     if args.image_size is not None:
         overrides["image_size"] = args.image_size

@@ -64,7 +64,7 @@ from .checkpointing import (
 )
 from .dpam import Stage1FeatureCache
 from .models import (
-    load_model_and_processor,
+    model_for_run,
     set_trainable,
     stage_parameters,
     store_stage2_anchors,
@@ -82,7 +82,7 @@ from .steps import (
 from .trackers import PROJECT_NAME, accelerator_kwargs, grad_norm, run_config, step_values
 
 
-__all__ = ["Trainer", "load_model_and_processor", "set_trainable", "stage_parameters", "train"]
+__all__ = ["Trainer", "model_for_run", "set_trainable", "stage_parameters", "train"]
 
 logger = logging.getLogger("aaclip_hf.training")
 
@@ -118,7 +118,7 @@ class Trainer:
         self.world, self.rank = acc.num_processes, acc.process_index
         check_global_batches(args, self.world)
         if model is None:
-            model, processor = load_model_and_processor(args)
+            model, processor = model_for_run(args)
         self.processor = processor
         self.model = text_branch_for_run(model.to(acc.device), processor, args.stages)
         self.samples = training_samples(args, samples, progress=args.progress and acc.is_main_process)

@@ -12,6 +12,7 @@ finite. A published folder then works with transformers alone:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import inspect
 import json
@@ -416,6 +417,25 @@ def space_metadata(repo_id: str) -> dict[str, str]:
     return metadata
 
 
+@contextlib.contextmanager
+def _removed_on_failure(target: Path):
+    """A Hub folder is written whole or not at all: on any failure, what this call wrote is removed again."""
+    created = not target.exists()
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
+        else:  # it was an empty folder the caller gave: empty it again
+            for child in target.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
+
+
 def stage_hub_folder(
     source: str | os.PathLike,
     target: str | os.PathLike,
@@ -453,56 +473,56 @@ def stage_hub_folder(
     if app_source is not None and not app_source.is_file():
         raise FileNotFoundError(f"{app_source}: the Space app is missing from this installation")
 
-    target.mkdir(parents=True, exist_ok=True)
-    skipped = _copy_allowlisted(source, target)
-    _warn_skipped(source, skipped)
-    if not (target / "config.json").is_file():
-        hint = (
-            f" (config.json is a symlink, never followed; {SYMLINK_HINT})"
-            if (source / "config.json").is_symlink()
-            else ""
-        )
-        raise FileNotFoundError(f"{source}: no config.json{hint}; expected a folder written by save_pretrained")
-    check_weights(target, source)
+    with _removed_on_failure(target):
+        skipped = _copy_allowlisted(source, target)
+        _warn_skipped(source, skipped)
+        if not (target / "config.json").is_file():
+            hint = (
+                f" (config.json is a symlink, never followed; {SYMLINK_HINT})"
+                if (source / "config.json").is_symlink()
+                else ""
+            )
+            raise FileNotFoundError(f"{source}: no config.json{hint}; expected a folder written by save_pretrained")
+        check_weights(target, source)
 
-    asked = []
-    taken: set[str] = set()
-    for run in runs:
-        name = _eval_file_name(run, taken)
-        (target / name).parent.mkdir(exist_ok=True)
-        (target / name).write_text(json.dumps(sanitise_paths(run), indent=2) + "\n", encoding="utf-8")
-        asked.append(name)
-    picture = None
-    if overlays and card_images > 0:
-        overlay_grid(overlays[:card_images], columns=card_columns, tile_width=card_tile_width).save(
-            target / PICTURE_FILE
+        asked = []
+        taken: set[str] = set()
+        for run in runs:
+            name = _eval_file_name(run, taken)
+            (target / name).parent.mkdir(exist_ok=True)
+            (target / name).write_text(json.dumps(sanitise_paths(run), indent=2) + "\n", encoding="utf-8")
+            asked.append(name)
+        picture = None
+        if overlays and card_images > 0:
+            overlay_grid(overlays[:card_images], columns=card_columns, tile_width=card_tile_width).save(
+                target / PICTURE_FILE
+            )
+            picture = PICTURE_FILE
+            asked.append(PICTURE_FILE)
+        if onnx is not None:
+            (target / ONNX_PATH).parent.mkdir(exist_ok=True)
+            shutil.copyfile(onnx, target / ONNX_PATH)
+            asked.append(ONNX_PATH)
+        space = None
+        if app_source is not None:
+            shutil.copyfile(app_source, target / APP_FILE)
+            (target / REQUIREMENTS_FILE).write_text(space_requirements(), encoding="utf-8")
+            asked += [APP_FILE, REQUIREMENTS_FILE]
+            space = space_metadata(repo_id)
+        prepare_hub_folder(
+            target,
+            repo_id=repo_id,
+            eval_results=runs or None,
+            base_model=base_model,
+            license=license,
+            picture=picture,
+            space=space,
         )
-        picture = PICTURE_FILE
-        asked.append(PICTURE_FILE)
-    if onnx is not None:
-        (target / ONNX_PATH).parent.mkdir(exist_ok=True)
-        shutil.copyfile(onnx, target / ONNX_PATH)
-        asked.append(ONNX_PATH)
-    space = None
-    if app_source is not None:
-        shutil.copyfile(app_source, target / APP_FILE)
-        (target / REQUIREMENTS_FILE).write_text(space_requirements(), encoding="utf-8")
-        asked += [APP_FILE, REQUIREMENTS_FILE]
-        space = space_metadata(repo_id)
-    prepare_hub_folder(
-        target,
-        repo_id=repo_id,
-        eval_results=runs or None,
-        base_model=base_model,
-        license=license,
-        picture=picture,
-        space=space,
-    )
-    files = {p.relative_to(target).as_posix(): p.stat().st_size for p in target.rglob("*") if p.is_file()}
-    stray = sorted(name for name in files if not (("/" not in name and is_allowlisted(name)) or name in asked))
-    if stray:  # defence in depth: the completion step wrote something the allowlist does not cover
-        raise RuntimeError(f"{target}: files outside the allowlist would be published: {stray}")
-    return HubFolder(target, files, skipped, "space" if with_app else "model")
+        files = {p.relative_to(target).as_posix(): p.stat().st_size for p in target.rglob("*") if p.is_file()}
+        stray = sorted(name for name in files if not (("/" not in name and is_allowlisted(name)) or name in asked))
+        if stray:  # defence in depth: the completion step wrote something the allowlist does not cover
+            raise RuntimeError(f"{target}: files outside the allowlist would be published: {stray}")
+        return HubFolder(target, files, skipped, "space" if with_app else "model")
 
 
 def save_for_hub(

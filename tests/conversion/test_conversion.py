@@ -641,6 +641,8 @@ def test_convert_original_reference_setting(relu, tmp_path, capsys):
     stored = model.anchors_for(["bottle", "mvtec/bottle"])
     torch.testing.assert_close(stored[0], expected, rtol=0, atol=ATOL)
     assert torch.equal(stored[0], stored[1])
+    # ... and recorded as derived from this text branch and prompt ensemble: no stale-anchor warning at load.
+    assert model.anchor_status()["state"] == "fresh"
 
 
 def test_convert_original_without_text_adapter_uses_plain_clip_anchors(tmp_path):
