@@ -11,7 +11,8 @@ import torch
 import transformers
 
 from ..modeling.configuration_aaclip import AAClipConfig
-from ..modeling.modeling_aaclip import AAClipModel, verify_manifest
+from ..modeling.modeling_aaclip import AAClipModel
+from ..modeling.serialization_aaclip import verify_manifest
 from ..version import __version__
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from PIL import Image, UnidentifiedImageError
 
-from ..modeling.modeling_aaclip import MODEL_CARD_PIPELINE_TAG
 from ..modeling.pipeline_aaclip import TASK
+from ..modeling.serialization_aaclip import MODEL_CARD_PIPELINE_TAG
 
 
 __all__ = [

@@ -31,10 +31,11 @@ from huggingface_hub import HfApi
 from safetensors import SafetensorError, safe_open
 
 from ..modeling.configuration_aaclip import AAClipConfig
-from ..modeling.modeling_aaclip import (
+from ..modeling.modeling_aaclip import AAClipModel
+from ..modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
+from ..modeling.serialization_aaclip import (
     CUSTOM_PIPELINE_ENTRY,
     WEIGHTS_MANIFEST_NAME,
-    AAClipModel,
     CorruptWeightsError,
     NonFiniteWeightsError,
     WeightsError,
@@ -42,7 +43,6 @@ from ..modeling.modeling_aaclip import (
     verify_manifest,
     weight_files,
 )
-from ..modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
 from .card import (
     CARD_TAGS,
     TRAINING_ARGS_FILE,

@@ -31,6 +31,7 @@ EXPECTED_FILES = {
     "pipeline_aaclip.py",
     "processing_aaclip.py",
     "processor_config.json",
+    "serialization_aaclip.py",
     "tokenizer.json",
     "tokenizer_config.json",
     "weights_manifest.json",
@@ -461,7 +462,7 @@ def test_push_refuses_weights_that_differ_from_the_manifest(saved_model, recordi
 def test_push_refuses_non_finite_weights_naming_the_tensor(saved_model, recording_api):
     from safetensors.torch import load_file, save_file
 
-    from aaclip_hf.modeling.modeling_aaclip import NonFiniteWeightsError, write_weights_manifest
+    from aaclip_hf.modeling.serialization_aaclip import NonFiniteWeightsError, write_weights_manifest
 
     state = load_file(saved_model / "model.safetensors")
     name = sorted(key for key, tensor in state.items() if tensor.is_floating_point())[3]

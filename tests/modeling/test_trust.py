@@ -33,13 +33,13 @@ from aaclip_hf.modeling.configuration_aaclip import (
     binarize_mask,
     high_bit_to_uint8,
 )
-from aaclip_hf.modeling.modeling_aaclip import (
+from aaclip_hf.modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
+from aaclip_hf.modeling.serialization_aaclip import (
     CorruptWeightsError,
     IncompleteWeightsError,
     NonFiniteWeightsError,
     verify_manifest,
 )
-from aaclip_hf.modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
 
 from ..conftest import make_tiny_model
 
@@ -465,6 +465,7 @@ def test_save_pretrained_writes_a_pipeline_ready_hub_safe_folder(tmp_path, proce
         "pipeline_aaclip.py",
         "processing_aaclip.py",
         "processor_config.json",
+        "serialization_aaclip.py",
         "tokenizer.json",
         "tokenizer_config.json",
         "weights_manifest.json",
@@ -520,6 +521,7 @@ def test_push_uploads_exactly_the_hub_safe_files_and_keeps_an_existing_card(tmp_
         "model.safetensors",
         "modeling_aaclip.py",
         "pipeline_aaclip.py",
+        "serialization_aaclip.py",
         "weights_manifest.json",
     ]
     assert commits == [expected]
