@@ -1,22 +1,16 @@
 """The benchmark harness: memory measurement, goal checks, report rendering (timings are never asserted)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-
-RUN_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
+from .bench_report import RUN_PY, base_report, load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("aaclip_benchmarks_run_test", RUN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("aaclip_benchmarks_run_test")
 
 
 def test_peak_memory_sees_a_native_allocation():
@@ -35,19 +29,7 @@ def test_peak_memory_sees_a_native_allocation():
 def test_goals_and_markdown_from_a_report():
     bench = _bench()
     report = {
-        "preset": "full",
-        "model": "m",
-        "settings": {"matmul_repeats": 3},
-        "machine": {"cpu": "cpu", "simd": ["avx2"], "logical_cpus": 2, "torch": "2", "torch_threads": 2, "cuda": None},
-        "started": "now",
-        "total_seconds": 60.0,
-        "load_average_start": (1.0, 1, 1),
-        "load_average_end": (1.0, 1, 1),
-        "flops": {
-            "vision_forward_per_image": {"terms": {"mlp": 2e9}, "elementwise_estimate": 1e8, "total": 2e9},
-            "text_anchors_per_class_77_tokens": {"total": 1e9},
-        },
-        "parameters": {"full_parameters": 100, "inference_only_parameters": 70},
+        **base_report(),
         "peak": {"gflops": 100.0, "matrix_size": 2048},
         "vision_sdpa": {
             "attn": "sdpa",

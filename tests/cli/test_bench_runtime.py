@@ -3,7 +3,6 @@
 Timings are never asserted: the reports are built from hand-written numbers and the goal checks are tested.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,16 +13,14 @@ import pytest
 
 from aaclip_hf.runtime.backends import DEFAULT_BACKEND
 
+from .bench_report import RUN_PY, base_report, load_bench
+
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN_PY = ROOT / "benchmarks" / "run.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("aaclip_benchmarks_run_runtime_test", RUN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("aaclip_benchmarks_run_runtime_test")
 
 
 def _int8_row(seconds, corr, image_change, pixel_change):
@@ -43,19 +40,7 @@ def _int8_row(seconds, corr, image_change, pixel_change):
 
 def _report():
     return {
-        "preset": "full",
-        "model": "m",
-        "settings": {"matmul_repeats": 3},
-        "machine": {"cpu": "cpu", "simd": ["avx2"], "logical_cpus": 2, "torch": "2", "torch_threads": 2, "cuda": None},
-        "started": "now",
-        "total_seconds": 60.0,
-        "load_average_start": (1.0, 1, 1),
-        "load_average_end": (1.0, 1, 1),
-        "flops": {
-            "vision_forward_per_image": {"terms": {"mlp": 2e9}, "elementwise_estimate": 1e8, "total": 2e9},
-            "text_anchors_per_class_77_tokens": {"total": 1e9},
-        },
-        "parameters": {"full_parameters": 100, "inference_only_parameters": 70},
+        **base_report(),
         "first_call_default": {"seconds": [20.0, 9.0, 11.0], "first": 20.0, "steady": 10.0, "first_over_steady": 2.0},
         "first_call_tuned": {
             "seconds": [8.4, 8.0, 7.6],
