@@ -38,6 +38,29 @@ def check_class_name(name) -> str:
     return name
 
 
+class AAClipError(Exception):
+    """Base class of aaclip-hf's expected failures: bad input or a bad environment, never a bug.
+
+    The message names what was wrong (a file, a field, a class) and what was expected; the `aaclip` command line
+    prints it as one line. Each subclass also derives from the built-in exception a caller would catch.
+    """
+
+
+class InvalidInputError(AAClipError, ValueError):
+    """An argument, config field or input the method cannot use."""
+
+
+class UnknownClassError(AAClipError, KeyError):
+    """A class name with no stored anchors or references."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StaleStateError(AAClipError, ValueError):
+    """Derived state (stored anchors, reference banks) that no longer matches the weights or names it came from."""
+
+
 class StaleAnchorsWarning(UserWarning):
     """Stored text anchors that disagree with the text branch or prompts they are used with."""
 
