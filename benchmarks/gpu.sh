@@ -9,7 +9,7 @@
 #   bash benchmarks/gpu.sh [OUTPUT_DIR] [BATCHES]      defaults: benchmarks/results  1,8,32
 #
 # Without a CUDA GPU it prints "no CUDA GPU, skipped" and exits 0 (CI and CPU machines).
-# A dry run of the same code on the CPU: python benchmarks/run.py --gpu --gpu-device cpu --preset smoke
+# A dry run of the same code on the CPU: python -m aaclip_hf.benchmark --gpu --gpu-device cpu --preset smoke
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
@@ -21,4 +21,4 @@ if ! "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() el
     exit 0
 fi
 "$PYTHON" -c "import torch; print('CUDA device:', torch.cuda.get_device_name(0))"
-exec timeout --signal=TERM "$LIMIT" "$PYTHON" benchmarks/run.py --gpu --output "$OUTPUT" --gpu-batches "$BATCHES"
+exec timeout --signal=TERM "$LIMIT" "$PYTHON" -m aaclip_hf.benchmark --gpu --output "$OUTPUT" --gpu-batches "$BATCHES"

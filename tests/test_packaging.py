@@ -62,6 +62,7 @@ def test_wheel_has_one_namespace_and_the_tokenizer(wheel):
         "aaclip_hf/conversion/tokenizer.py",
         "aaclip_hf/training/__init__.py",
         "aaclip_hf/cli/__init__.py",
+        "aaclip_hf/benchmark/runner.py",
         "aaclip_hf/data/readers.py",
         "aaclip_hf/evaluation/metrics.py",
         "aaclip_hf/evaluation/anomaly_metrics/anomaly_metrics.py",

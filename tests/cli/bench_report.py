@@ -1,18 +1,4 @@
-"""What the benchmark tests share: the runner loaded from benchmarks/run.py and a report's hand-written header."""
-
-import importlib.util
-from pathlib import Path
-
-
-RUN_PY = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
-
-
-def load_bench(name: str = "aaclip_benchmarks_run_test"):
-    """benchmarks/run.py as a module (the benchmarks are not installed)."""
-    spec = importlib.util.spec_from_file_location(name, RUN_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+"""What the benchmark tests share: a report's hand-written header."""
 
 
 def base_report() -> dict:

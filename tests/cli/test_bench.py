@@ -6,28 +6,26 @@ import sys
 
 import pytest
 
-from .bench_report import RUN_PY, base_report, load_bench
+from aaclip_hf.benchmark.common import PeakMemory
+from aaclip_hf.benchmark.goals import evaluate_goals
+from aaclip_hf.benchmark.report import to_markdown
 
-
-def _bench():
-    return load_bench("aaclip_benchmarks_run_test")
+from .bench_report import base_report
 
 
 def test_peak_memory_sees_a_native_allocation():
     import torch
 
-    bench = _bench()
-    with bench.PeakMemory() as memory:
+    with PeakMemory() as memory:
         block = torch.ones(64 * 2**20 // 4 * 4)  # 256 MiB of float32, touched
         del block
     assert memory.delta >= 200 * 2**20, memory.to_dict()  # tracemalloc would report ~0 here
-    with bench.PeakMemory() as idle:
+    with PeakMemory() as idle:
         pass
     assert idle.delta < 64 * 2**20
 
 
 def test_goals_and_markdown_from_a_report():
-    bench = _bench()
     report = {
         **base_report(),
         "peak": {"gflops": 100.0, "matrix_size": 2048},
@@ -52,13 +50,13 @@ def test_goals_and_markdown_from_a_report():
             "flop_scale_to_default_size": 6.0,
         },
     }
-    goals = {g["goal"]: g for g in bench.evaluate_goals(report)}
+    goals = {g["goal"]: g for g in evaluate_goals(report)}
     assert goals["vision forward >= 85 % of the measured fp32 matmul peak"]["met"] is False  # 50 of 100
     assert "50 %" in goals["vision forward >= 85 % of the measured fp32 matmul peak"]["value"]
     assert goals["inference-only model >= 25 % fewer parameters"]["met"] is True  # 30 % fewer
     assert goals["stage 1 (5 epochs) with cached frozen features >= 4x faster"]["met"] is True
     report["goals"] = list(goals.values())
-    text = bench.to_markdown(report)
+    text = to_markdown(report)
     assert "| sdpa | 1 | 0.04 | 50.0 | 50 % | 1.00 GiB |" in text
     json.dumps(report)
 
@@ -66,7 +64,7 @@ def test_goals_and_markdown_from_a_report():
 @pytest.mark.slow
 def test_smoke_preset_runs_every_worker(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(RUN_PY), "--preset", "smoke", "--output", str(tmp_path)],
+        [sys.executable, "-m", "aaclip_hf.benchmark", "--preset", "smoke", "--output", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=1200,

@@ -1,8 +1,9 @@
-"""Benchmark rows of issue 12 (goals, report, --only runtime, --merge) and benchmarks/gpu.sh's CPU path.
+"""The benchmark's runtime rows (goals, report, --only runtime, --merge) and benchmarks/gpu.sh's CPU path.
 
 Timings are never asserted: the reports are built from hand-written numbers and the goal checks are tested.
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -11,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from aaclip_hf.benchmark import runner
+from aaclip_hf.benchmark.goals import evaluate_goals, runtime_goals
+from aaclip_hf.benchmark.report import to_markdown
+from aaclip_hf.cli import bench
 from aaclip_hf.runtime.backends import DEFAULT_BACKEND
 
-from .bench_report import RUN_PY, base_report, load_bench
+from .bench_report import base_report
 
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    return load_bench("aaclip_benchmarks_run_runtime_test")
 
 
 def _int8_row(seconds, corr, image_change, pixel_change):
@@ -97,9 +98,8 @@ def _report():
 
 
 def test_runtime_goals_from_hand_numbers(monkeypatch):
-    bench = _bench()
     monkeypatch.setitem(DEFAULT_BACKEND, ("cpu", "int8"), "onnx")
-    goals = {g["goal"].split(" ")[0] + g["goal"].split(" ")[1]: g for g in bench.runtime_goals(_report())}
+    goals = {g["goal"].split(" ")[0] + g["goal"].split(" ")[1]: g for g in runtime_goals(_report())}
     first = goals["firstcall"]
     assert first["met"] is True and "1.08x" in first["value"] and "2.00x" in first["value"]
     detect = goals["aaclipdetect"]
@@ -114,7 +114,7 @@ def test_runtime_goals_from_hand_numbers(monkeypatch):
     report = _report()
     report["int8"]["variants"]["onnx_int8"] = _int8_row(6.0, 0.98, -1.0, 0.0)  # 1.33x, low corr, -1 point
     monkeypatch.setitem(DEFAULT_BACKEND, ("cpu", "int8"), "onnx")
-    int8 = {g["goal"]: g for g in bench.runtime_goals(report)}[int8["goal"]]
+    int8 = {g["goal"]: g for g in runtime_goals(report)}[int8["goal"]]
     assert int8["met"] is False and int8["value"].startswith("onnx_int8: 1.33x")
     assert (
         "0.47x short" in int8["reason"] and "0.9800 below 0.99" in int8["reason"] and "1.00 points" in int8["reason"]
@@ -122,7 +122,6 @@ def test_runtime_goals_from_hand_numbers(monkeypatch):
 
 
 def test_int8_speed_at_full_size_judges_the_speed(monkeypatch):
-    bench = _bench()
     monkeypatch.setitem(DEFAULT_BACKEND, ("cpu", "int8"), "onnx")
     report = _report()
     report["int8"]["image_size"] = 224
@@ -152,18 +151,17 @@ def test_int8_speed_at_full_size_judges_the_speed(monkeypatch):
             },
         },
     }
-    goal = next(g for g in bench.runtime_goals(report) if g["goal"].startswith("int8"))
+    goal = next(g for g in runtime_goals(report) if g["goal"].startswith("int8"))
     # the kept path (onnx) is judged with its 518 px speed: 1.6x misses 1.8x by 0.20x
     assert goal["met"] is False and goal["value"].startswith("onnx_int8 (speed at 518 px, accuracy at 224 px): 1.60x")
     assert "0.20x short" in goal["reason"]
-    assert "### int8 speed at 518 px" in bench.to_markdown({**report, "goals": []})
+    assert "### int8 speed at 518 px" in to_markdown({**report, "goals": []})
 
 
 def test_runtime_rows_in_the_markdown():
-    bench = _bench()
     report = _report()
-    report["goals"] = bench.evaluate_goals(report)
-    text = bench.to_markdown(report)
+    report["goals"] = evaluate_goals(report)
+    text = to_markdown(report)
     assert "| tune_cpu_runtime() | 8.40, 8.00, 7.60 | 1.08x | - | - | - |" in text
     assert "| ratio | **1.67x** |" in text
     assert "| torch_int8 | 4 | 2.00x / nanx | 0.1 / 0.01 | 0.99500 | 50.00 (+0.00) | 59.80 (-0.20) | 1.0 s |" in text
@@ -173,7 +171,6 @@ def test_runtime_rows_in_the_markdown():
 
 
 def test_only_runtime_and_merge_keep_the_earlier_sections(tmp_path, monkeypatch):
-    bench = _bench()
     earlier = _report()
     earlier["vision_sdpa"] = {"attn": "sdpa", "batches": {}}
     earlier["first_call_tuned"] = {"old": True}
@@ -184,9 +181,9 @@ def test_only_runtime_and_merge_keep_the_earlier_sections(tmp_path, monkeypatch)
         spawned.append(worker)
         return {"error": "not run in this test"}
 
-    monkeypatch.setattr(bench, "_spawn", fake_spawn)
-    monkeypatch.setattr(bench, "machine_info", lambda: earlier["machine"])
-    args = bench.argparse.Namespace(
+    monkeypatch.setattr(runner, "_spawn", fake_spawn)
+    monkeypatch.setattr(runner, "machine_info", lambda: earlier["machine"])
+    args = argparse.Namespace(
         output=str(tmp_path),
         render=False,
         gpu=False,
@@ -224,7 +221,8 @@ def test_gpu_section_dry_run_on_cpu(tmp_path):
     proc = subprocess.run(
         [
             sys.executable,
-            str(RUN_PY),
+            "-m",
+            "aaclip_hf.benchmark",
             "--gpu",
             "--gpu-device",
             "cpu",

@@ -1,4 +1,4 @@
-"""Benchmark: aaclip_hf.evaluation.metrics on an MVTec-sized class vs scikit-learn.
+"""Benchmark: aaclip_hf.evaluation.metrics on an MVTec-sized class vs scikit-learn (also the `metrics` worker).
 
 Builds ``num_maps`` float32 score maps of ``size`` x ``size`` (≈1.07e8 pixels at the defaults,
 like a large MVTec AD class at 518 px), blob-shaped defect masks on about half of them and
@@ -7,7 +7,7 @@ defect response). Times our AUROC + AP + F1-max + AUPRO (one call) against sklea
 ``roc_auc_score`` + ``average_precision_score`` alone, checks they agree, and reports peak
 traced memory (tracemalloc; numpy reports its buffers to it).
 
-    python benchmarks/bench_metrics.py [--num-maps 400] [--size 518] [--seed 0] [--no-f1-check]
+    python -m aaclip_hf.benchmark.metrics [--num-maps 400] [--size 518] [--seed 0] [--no-f1-check]
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from aaclip_hf.evaluation import metrics as M
+
+from .common import PeakMemory
 
 
 def make_class(
@@ -114,6 +116,14 @@ def run(num_maps: int = 400, size: int = 518, seed: int = 0, check_f1: bool = Tr
         "ours": ours,
         "ours_cflow_aupro": cflow["pixel_aupro"],
     }
+
+
+def worker_metrics(preset: dict) -> dict:
+    """Pixel metrics of one MVTec-sized class: ours (AUROC+AP+F1-max+AUPRO) vs sklearn (AUROC+AP)."""
+    with PeakMemory() as memory:
+        out = run(**preset["metrics"])
+    out["memory"] = memory.to_dict()
+    return out
 
 
 def to_markdown(r: dict[str, Any]) -> str:
