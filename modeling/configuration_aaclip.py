@@ -1,41 +1,28 @@
 # Copyright 2026 The aaclip-hf authors. Licensed under the Apache License, Version 2.0.
 """AA-CLIP model configuration.
 
-Every knob of the method lives here with the paper's (reference implementation's) default,
-so a saved `config.json` fully describes what the model computes. The backbone is described by
-two stock HF CLIP sub-configs; everything AA-CLIP adds is a flat, validated field.
+Every knob of the method lives here with the paper's (reference implementation's) default, so a saved `config.json`
+fully describes what the model computes: the two stock CLIP towers, what AA-CLIP adds to them, the classes whose
+text anchors and normal references are stored with the weights, and the per-class decision thresholds. The method
+itself is described in `docs/method.md`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import warnings
+import sys
 from collections.abc import Mapping
 
-import numpy as np
 from huggingface_hub.dataclasses import strict
-from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
-from transformers.utils import logging
 
-
-logger = logging.get_logger(__name__)
 
 # AA-CLIP's input side (the paper's and the reference's 518 px: 37 x 37 patches of ViT-L/14).
 DEFAULT_IMAGE_SIZE = 518
 # The generic class: its anchor is always stored first and used when no class name is given.
 GENERIC_CLASS = "object"
-
-
-def check_class_name(name) -> str:
-    """A class name must be a non-empty string: anything else is refused, naming the value."""
-    if not isinstance(name, str):
-        raise TypeError(f"class names must be strings, got {name!r} ({type(name).__name__})")
-    if not name.strip():
-        raise ValueError(f"class names must be non-empty strings, got {name!r}")
-    return name
+TASK = "zero-shot-anomaly-detection"
 
 
 class AAClipError(Exception):
@@ -62,11 +49,18 @@ class StaleStateError(AAClipError, ValueError):
 
 
 class StaleAnchorsWarning(UserWarning):
-    """Stored text anchors that disagree with the text branch or prompts they are used with."""
+    """Stored text anchors made with another prompt ensemble than the processor in use."""
 
 
 class UnknownClassNameWarning(UserWarning):
     """A class name that is neither stored nor in the class-name table (often a typo): it is used as written."""
+
+
+def check_class_name(name) -> str:
+    """A class name must be a non-empty string: anything else is refused, naming the value."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInputError(f"class names must be non-empty strings, got {name!r}")
+    return name
 
 
 # OpenAI CLIP ViT-L/14-336 towers, with the vision input at AA-CLIP's 518 px (37 x 37 patches).
@@ -96,165 +90,19 @@ VIT_L14_518_VISION_CONFIG = {
 DOMAINS = ("industrial", "medical")
 IMAGE_SCORE_MODES = ("fused", "raw", "map")
 TEXT_HEADS = ("adapter", "clip")
-
-# ----------------------------------------------------------------------------------------------
-# Image and mask rules shared by the processor, the pipeline and `aaclip_hf.data.image_io`
-# (here, because this file travels to the Hub with every model).
-# ----------------------------------------------------------------------------------------------
-
-# PIL modes whose convert("RGB") clips instead of scaling: 16-bit PNG/TIFF scans, 32-bit integer, float.
-HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-# "range": the image's own min..max -> 0..255 (display windowing of scans); "max": divide by 65535.
-HIGH_BIT_POLICIES = ("range", "max")
-UINT16_MAX = 65535.0
-# Modes that carry transparency; composited onto black so what is stored under transparent pixels never shows.
-ALPHA_MODES = ("RGBA", "LA", "RGBa", "La", "PA")
-
-
-def finite_pixels(image: Image.Image | np.ndarray) -> np.ndarray:
-    """The pixel array of an image; NaN/inf in a float image are refused (no windowing can place them, and
-    `nan_to_num` would silently make them black, or "normal" in a mask)."""
-    array = np.asarray(image)
-    if np.issubdtype(array.dtype, np.floating):
-        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-        if bad:
-            raise ValueError(f"float image holds {bad} NaN/inf pixel value(s); expected finite intensities")
-    return array
-
-
-def high_bit_to_uint8(image: Image.Image | np.ndarray, policy: str = "range") -> np.ndarray:
-    """A high-bit-depth image as uint8, scaled and never clipped (PIL's `convert("RGB")` clips: a scan turns white).
-
-    `"range"` stretches the image's own min..max to 0..255 (a constant image maps to 0); `"max"` divides by
-    65535 and keeps intensities comparable across images (float images always use `"range"`). NaN/inf pixels
-    are refused: no stretch of them is meaningful.
-    """
-    if policy not in HIGH_BIT_POLICIES:
-        raise ValueError(f"high-bit-depth policy must be one of {HIGH_BIT_POLICIES}, got {policy!r}")
-    array = finite_pixels(image)
-    is_float = np.issubdtype(array.dtype, np.floating)
-    array = array.astype(np.float64)
-    if policy == "max" and not is_float:
-        scaled = array / UINT16_MAX * 255.0
-    else:
-        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
-        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def image_to_rgb(image: Image.Image, high_bit_depth: str = "range") -> Image.Image:
-    """The one decoding policy for a PIL image: high bit depth scaled (`high_bit_to_uint8`), transparency
-    (RGBA, LA, palette with a transparent index) composited onto black, everything else `convert("RGB")`."""
-    if image.mode in HIGH_BIT_MODES:
-        return Image.fromarray(high_bit_to_uint8(image, high_bit_depth)).convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ALPHA_MODES:
-        rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-class ImageFileError(ValueError):
-    """An image file that cannot be read; `str()` names the file, `path` and `reason` keep the parts."""
-
-    def __init__(self, path, reason: str):
-        self.path, self.reason = os.fspath(path), reason
-        super().__init__(f"file {self.path!r}: {reason}")
-
-
-class MissingImageFileError(ImageFileError, FileNotFoundError):
-    """The image file does not exist (also a `FileNotFoundError`)."""
-
-
-def open_image_file(path, max_pixels: int | None = Image.MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open and fully decode an image file, EXIF orientation applied, in its stored mode (no colour conversion).
-
-    A JPEG above `max_pixels` is decoded at a reduced DCT scale (`draft`: 1/2, 1/4 or 1/8); any other file above
-    it is refused. PIL's decompression-bomb limit applies on top. Every failure is an `ImageFileError` naming the
-    file (`MissingImageFileError` when it does not exist).
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise MissingImageFileError(path, "does not exist (no such file)")
-    if os.path.isdir(path):
-        raise ImageFileError(path, "is a directory, expected an image file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size policy below is clearer
-            image = Image.open(path)
-    except Image.DecompressionBombError as error:
-        raise ImageFileError(
-            path,
-            f"image is larger than PIL's decompression-bomb limit ({error}); raise PIL.Image.MAX_IMAGE_PIXELS "
-            "if the file is trusted",
-        ) from None
-    except UnidentifiedImageError:
-        raise ImageFileError(
-            path, "is not a readable image (the content is not a known image format, whatever the extension says)"
-        ) from None
-    except OSError as error:
-        raise ImageFileError(path, f"cannot be opened as an image: {error}") from None
-    with image:
-        frames = getattr(image, "n_frames", 1)
-        if frames > 1:  # animated GIF/PNG/WebP, multi-page TIFF
-            logger.warning(f"{path} holds {frames} frames; using the first one")  # stdlib logging: propagates
-            image.seek(0)
-        if max_pixels is not None and image.width * image.height > max_pixels:
-            if image.format == "JPEG":  # `draft` picks the largest DCT scale at least as big as the request
-                scale = (max_pixels / (image.width * image.height)) ** 0.5
-                image.draft(image.mode, (max(1, int(image.width * scale)), max(1, int(image.height * scale))))
-            if image.width * image.height > max_pixels:
-                raise ImageFileError(
-                    path,
-                    f"image is {image.width}x{image.height} = {image.width * image.height} pixels, above "
-                    f"max_pixels={max_pixels}; downscale it first or pass a larger max_pixels",
-                )
-        try:
-            image.load()
-        except (OSError, SyntaxError, ValueError) as error:
-            raise ImageFileError(
-                path, f"image data is corrupt or truncated ({error}); expected a complete image file"
-            ) from None
-        if image.width < 1 or image.height < 1:
-            raise ImageFileError(path, f"image has an empty size {image.size}")
-        transposed = ImageOps.exif_transpose(image)
-        return transposed.copy() if transposed is image else transposed
-
-
-def load_rgb_image(path, high_bit_depth: str = "range", max_pixels: int | None = Image.MAX_IMAGE_PIXELS):
-    """An image file as 8-bit RGB under the package's one policy (`open_image_file`, then `image_to_rgb`)."""
-    image = open_image_file(path, max_pixels)
-    try:
-        return image_to_rgb(image, high_bit_depth)
-    except ValueError as error:  # non-finite float pixels
-        raise ImageFileError(path, str(error)) from None
-
-
-def binarize_mask(mask, size: tuple[int, int] | None = None) -> np.ndarray:
-    """The reference's mask rule (SPEC section 7): a pixel is anomalous iff it is non-zero in any colour channel;
-    with `size = (height, width)` the binary mask is then resized with PIL nearest neighbour (torch's nearest
-    samples other source pixels and would move edges).
-
-    Takes a PIL image of any mode (alpha ignored), a `(H, W)` array or a channels-last `(H, W, 1|3|4)` array;
-    returns `(H, W)` bool.
-    """
-    if isinstance(mask, Image.Image):
-        if mask.mode in ALPHA_MODES or mask.mode == "P":
-            mask = mask.convert("RGB")
-        mask = np.asarray(mask)
-    array = np.asarray(mask)
-    if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
-        array = (array != 0).any(axis=-1)
-    if array.ndim != 2:
-        raise ValueError(
-            f"must be 2-D (height, width) or channels-last (height, width, 1|3|4), got shape {array.shape}"
-        )
-    binary = array != 0
-    if size is not None and tuple(size) != binary.shape:
-        resized = Image.fromarray(binary.astype(np.uint8) * 255).resize((size[1], size[0]), Image.NEAREST)
-        binary = np.asarray(resized) != 0
-    return binary
+# How the few-shot nearest-neighbour map joins the zero-shot map (docs/method.md, "Few-shot normal references").
+FEW_SHOT_FUSIONS = ("mean", "harmonic", "references")
+# Entries of `AAClipConfig.anchor_fingerprint` and of each `reference_classes` record.
+ANCHOR_FINGERPRINT_KEYS = ("text_branch", "prompts", "dtype", "rows")
+REFERENCE_RECORD_KEYS = ("images", "patches", "vision", "rows")
+# Ranges that keep every score finite: temperature * cosine stays far from float overflow, and a Gaussian's
+# taps exp(-x^2 / (2 sigma^2)) stay well defined (sigma 1e-300 would divide 0 by 0).
+SIMILARITY_TEMPERATURE_RANGE = (1e-3, 1e4)
+BLUR_SIGMA_RANGE = (1e-2, 1e3)
+# Tower fields that must be positive integers (a zero would divide by zero or build an empty model).
+POSITIVE_TOWER_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+POSITIVE_VISION_FIELDS = ("image_size", "patch_size", "num_channels")
+POSITIVE_TEXT_FIELDS = ("vocab_size", "max_position_embeddings")
 
 
 @strict
@@ -266,37 +114,46 @@ class AAClipConfig(PreTrainedConfig):
         text_config (`dict` or `CLIPTextConfig`): the CLIP text tower (defaults: OpenAI ViT-L/14).
         vision_config (`dict` or `CLIPVisionConfig`): the CLIP vision tower (defaults: ViT-L/14 at 518 px).
         projection_dim (`int`, defaults to 768): joint embedding size `E` of anchors and patch features.
-        logit_scale_init_value (`float`, defaults to 2.6592): CLIP's logit scale (kept for CLIP parity, unused by AA-CLIP).
+        logit_scale_init_value (`float`, defaults to 2.6592): CLIP's logit scale (kept for CLIP parity, unused).
         text_adapter_layers (`int`, defaults to 3): `K_T`, residual adapters after text layers 1..K_T.
         vision_adapter_layers (`int`, defaults to 6): `K_I`, residual adapters after vision layers 1..K_I.
         text_adapter_weight / vision_adapter_weight (`float`, defaults to 0.1): the fusion weight `lambda`.
         adapter_negative_slope (`float`, defaults to 0.01): LeakyReLU slope of adapters and activated heads.
-        feature_layers (`tuple[int]`, defaults to `(6, 12, 18, 24)`): 1-based vision layers whose patch tokens
-            form the feature levels (HF `hidden_states` indices).
-        projector_activation (`bool`, defaults to `False`): LeakyReLU after the patch/image projections
-            (the reference's `--relu`).
+        feature_layers (`list[int]`, defaults to `[6, 12, 18, 24]`): 1-based vision layers whose patch tokens form
+            the feature levels (HF `hidden_states` indices).
+        projector_activation (`bool`, defaults to `False`): LeakyReLU after the patch/image projections (the
+            reference's `--relu`).
         text_head (`str`, defaults to `"adapter"`): `"adapter"` = AA-CLIP's trainable `LeakyReLU(W_p e_eos)`;
             `"clip"` = CLIP's own `text_projection` (plain-CLIP anchors, ablations).
         similarity_temperature (`float`, defaults to 100.0): scale of patch-anchor cosine similarities.
         blur_kernel_size / blur_sigma (`dict[str, int|float]`): Gaussian smoothing of the test map on the patch
             grid, per domain (industrial 7 / 1.0, medical 9 / 1.5).
-        image_score_mode (`dict[str, str]`): per-image score per domain: `"fused"` (map and image branch),
-            `"raw"` (image branch only) or `"map"` (map only). Defaults: industrial fused, medical map.
+        image_score_mode (`dict[str, str]`): per-image score per domain: `"fused"` (map and image branch), `"raw"`
+            (image branch only) or `"map"` (map only). Defaults: industrial fused, medical map.
         image_score_map_weight (`float`, defaults to 0.5): weight of the map score in `"fused"`.
         default_domain (`str`, defaults to `"industrial"`): domain used when `forward` is not told one.
-        anchor_class_names (`list[str]`): class names whose text anchors are stored in the weights;
-            `"object"` (the generic anchor) is always first.
-        decision_threshold (`float`, *optional*): image-score threshold set by `aaclip calibrate`.
-        include_text_model (`bool`, defaults to `True`): `False` builds an inference-only model without the
-            text tower and heads: it scores images against its stored anchors only.
-        anchor_fingerprint (`dict`, *optional*): provenance of the stored anchors, written by
-            `AAClipModel.refresh_text_anchors`: `text_branch` (SHA-256 of the text-branch weights and settings),
-            `prompts` (SHA-256 of the prompt ensemble and class-name table) and `dtype`. `None` = unknown.
+        include_text_model (`bool`, defaults to `True`): `False` builds an inference-only model without the text
+            tower and heads: it scores images against its stored anchors only.
+        anchor_class_names (`list[str]`): class names whose text anchors are stored in the weights; `"object"` (the
+            generic anchor) is always first.
+        anchor_fingerprint (`dict`, *optional*): provenance of the stored anchors: `text_branch` (SHA-256 of the
+            text-branch weights and settings, or `"external"`), `prompts` (SHA-256 of the prompt ensemble),
+            `dtype`, and `rows` (SHA-256 binding each name to its anchor row). `None` = unknown.
+        reference_classes (`dict[str, dict]`): classes with stored normal references (few-shot), in storage order:
+            `{"images": K, "patches": rows per level, "vision": SHA-256 of the vision branch that made them,
+            "rows": SHA-256 of their rows}`. Their patch features are the `reference_bank` buffer.
+        few_shot_fusion (`str`, defaults to `"mean"`): how the references' nearest-neighbour map joins the zero-shot
+            probability map: `"mean"` (arithmetic mean, as WinCLIP+), `"harmonic"` (harmonic mean, as AdaptCLIP) or
+            `"references"` (the nearest-neighbour map alone, as AnomalyDINO).
+        reference_chunk_size (`int`, defaults to 4096): bank rows compared per step of the nearest-neighbour search;
+            its extra memory is at most `batch * patches * reference_chunk_size` floats.
+        decision_thresholds (`dict[str, float]`): per-class decision thresholds on the image score, set by
+            `aaclip calibrate`.
+        decision_threshold (`float`, *optional*): the threshold of classes without their own (uncalibrated).
         base_model (`str`, *optional*): Hub id of the CLIP the model was built on (model card metadata).
-        untrained_text_adapters (`bool`, defaults to `False`): `True` when the text adapters and text head hold the
-            fresh initialisation of `AAClipModel.from_clip_pretrained` (no stage 1 has trained them). Stage-2
-            training without stage 1 then uses the plain CLIP text branch (text tower + `text_projection`), as the
-            reference does without a text adapter; stage-1 training sets it to `False`.
+        untrained_text_adapters (`bool`, defaults to `False`): `True` while the text adapters and text head hold the
+            fresh initialisation of `AAClipModel.from_clip_pretrained`; stage-2 training without stage 1 then uses
+            the plain CLIP text branch, as the reference does without a text adapter.
     """
 
     model_type = "aaclip"
@@ -327,10 +184,15 @@ class AAClipConfig(PreTrainedConfig):
     image_score_mode: dict | None = None
     image_score_map_weight: float = 0.5
     default_domain: str = "industrial"
-    anchor_class_names: list[str] | None = None
-    decision_threshold: float | None = None
     include_text_model: bool = True
+
+    anchor_class_names: list[str] | None = None
     anchor_fingerprint: dict | None = None
+    reference_classes: dict | None = None
+    few_shot_fusion: str = "mean"
+    reference_chunk_size: int = 4096
+    decision_thresholds: dict | None = None
+    decision_threshold: float | None = None
     base_model: str | None = None
     untrained_text_adapters: bool = False
 
@@ -344,7 +206,12 @@ class AAClipConfig(PreTrainedConfig):
             self.image_score_mode = {"industrial": "fused", "medical": "map"}
         if self.anchor_class_names is None:
             self.anchor_class_names = [GENERIC_CLASS]
-        self.feature_layers = list(self.feature_layers)
+        if self.reference_classes is None:
+            self.reference_classes = {}
+        if self.decision_thresholds is None:
+            self.decision_thresholds = {}
+        if isinstance(self.feature_layers, (list, tuple)):
+            self.feature_layers = list(self.feature_layers)
         # A partial tower dict completes from the ViT-L/14 defaults, not from CLIP's ViT-B/32 class defaults.
         if isinstance(self.text_config, dict):
             self.text_config = {**VIT_L14_TEXT_CONFIG, **self.text_config}
@@ -354,88 +221,112 @@ class AAClipConfig(PreTrainedConfig):
             _check_tower("vision_config", self.vision_config)
         super().__post_init__(**kwargs)
 
+    # `pipeline(TASK, model=folder)` follows `custom_pipelines` to the folder's own pipeline code, and then demands
+    # `trust_remote_code=True`. A process that registered the task itself (`import aaclip_hf`) already has the
+    # pipeline class: there the saved entry is hidden, so transformers takes the registered class and runs no code
+    # from the folder. Elsewhere (only transformers installed) the entry is what makes the Hub copy work.
+    @property
+    def custom_pipelines(self) -> dict:
+        saved = self.__dict__.get("custom_pipelines") or {}
+        if saved and _task_registered_in_process():
+            return {}
+        return saved
+
+    @custom_pipelines.setter
+    def custom_pipelines(self, value) -> None:
+        self.__dict__["custom_pipelines"] = value
+
     def validate_architecture(self):
-        """Checked at construction and on `save_pretrained`: a bad field fails early, with its name."""
+        """Checked at construction and on `save_pretrained`: a bad field fails early, naming it."""
         for name, value in _non_finite_fields(self.to_dict()):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+            raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
         _check_tower("text_config", self.text_config.to_dict())
         _check_tower("vision_config", self.vision_config.to_dict())
-        vision_layers = self.vision_config.num_hidden_layers
-        text_layers = self.text_config.num_hidden_layers
-        levels = list(self.feature_layers)
+        self._check_types()
+        vision_layers, text_layers = self.vision_config.num_hidden_layers, self.text_config.num_hidden_layers
+        levels = self.feature_layers
         if not levels or any(not 1 <= layer <= vision_layers for layer in levels) or levels != sorted(set(levels)):
-            raise ValueError(
+            raise InvalidInputError(
                 f"feature_layers must be strictly increasing 1-based layer indices in [1, {vision_layers}] "
                 f"(vision_config.num_hidden_layers), got {levels}"
             )
-        for name, value, limit in (
-            ("text_adapter_layers", self.text_adapter_layers, text_layers),
-            ("vision_adapter_layers", self.vision_adapter_layers, vision_layers),
-        ):
-            if not 0 <= value <= limit:
-                raise ValueError(f"{name} must be in [0, {limit}] (the tower's layer count), got {value}")
+        for name, limit in (("text_adapter_layers", text_layers), ("vision_adapter_layers", vision_layers)):
+            _check_range(name, getattr(self, name), 0, limit)
         for name in ("text_adapter_weight", "vision_adapter_weight", "image_score_map_weight"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.adapter_negative_slope < 0:
-            raise ValueError(f"adapter_negative_slope must be >= 0, got {self.adapter_negative_slope}")
-        if self.text_head not in TEXT_HEADS:
-            raise ValueError(f"text_head must be one of {TEXT_HEADS}, got {self.text_head!r}")
-        if isinstance(self.projection_dim, bool) or self.projection_dim <= 0:
-            raise ValueError(f"projection_dim must be a positive integer, got {self.projection_dim!r}")
-        if not self.similarity_temperature > 0:
-            raise ValueError(f"similarity_temperature must be positive, got {self.similarity_temperature!r}")
+            _check_range(name, getattr(self, name), 0.0, 1.0)
+        _check_range("adapter_negative_slope", self.adapter_negative_slope, 0.0, 1.0)
+        _check_range("similarity_temperature", self.similarity_temperature, *SIMILARITY_TEMPERATURE_RANGE)
+        _check_range("reference_chunk_size", self.reference_chunk_size, 1, 2**31)
+        _check_choice("text_head", self.text_head, TEXT_HEADS)
+        _check_choice("few_shot_fusion", self.few_shot_fusion, FEW_SHOT_FUSIONS)
+        self._check_domains()
+        self._check_stored_classes()
+
+    def _check_types(self) -> None:
+        """JSON gives any type; a `true` threshold or a `"1234"` layer list must not pass as something else."""
+        for name in ("projection_dim", "text_adapter_layers", "vision_adapter_layers", "reference_chunk_size"):
+            _check_type(name, getattr(self, name), int)
+        for name in ("projector_activation", "include_text_model", "untrained_text_adapters"):
+            _check_type(name, getattr(self, name), bool)
+        for name in (
+            "text_adapter_weight",
+            "vision_adapter_weight",
+            "adapter_negative_slope",
+            "similarity_temperature",
+            "image_score_map_weight",
+        ):
+            _check_type(name, getattr(self, name), (int, float))
+        if self.decision_threshold is not None:
+            _check_type("decision_threshold", self.decision_threshold, (int, float))
+        _check_type("feature_layers", self.feature_layers, list)
+        for layer in self.feature_layers:
+            _check_type("feature_layers[]", layer, int)
+        for name in ("text_head", "few_shot_fusion", "default_domain"):
+            _check_type(name, getattr(self, name), str)
+        for name in ("blur_kernel_size", "blur_sigma", "image_score_mode", "reference_classes", "decision_thresholds"):
+            _check_type(name, getattr(self, name), dict)
+        _check_type("anchor_class_names", self.anchor_class_names, list)
+        if self.projection_dim <= 0:
+            raise InvalidInputError(f"projection_dim must be a positive integer, got {self.projection_dim!r}")
+
+    def _check_domains(self) -> None:
         domains = set(self.blur_kernel_size)
         if set(self.blur_sigma) != domains or set(self.image_score_mode) != domains:
-            raise ValueError(
+            raise InvalidInputError(
                 "blur_kernel_size, blur_sigma and image_score_mode must name the same domains, got "
                 f"{sorted(self.blur_kernel_size)}, {sorted(self.blur_sigma)}, {sorted(self.image_score_mode)}"
             )
         for domain in domains:
-            kernel, sigma = self.blur_kernel_size[domain], self.blur_sigma[domain]
-            if not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
-                raise ValueError(f"blur_kernel_size[{domain!r}] must be a positive odd integer, got {kernel!r}")
-            if not sigma > 0:
-                raise ValueError(f"blur_sigma[{domain!r}] must be positive, got {sigma!r}")
-            if self.image_score_mode[domain] not in IMAGE_SCORE_MODES:
-                raise ValueError(
-                    f"image_score_mode[{domain!r}] must be one of {IMAGE_SCORE_MODES}, "
-                    f"got {self.image_score_mode[domain]!r}"
-                )
-        if self.default_domain not in domains:
-            raise ValueError(f"default_domain {self.default_domain!r} is not one of the domains {sorted(domains)}")
-        names = list(self.anchor_class_names)
-        if not names or names[0] != GENERIC_CLASS or len(set(names)) != len(names):
-            raise ValueError(f"anchor_class_names must be unique and start with {GENERIC_CLASS!r}, got {names[:5]}...")
-        if self.decision_threshold is not None and not 0.0 <= self.decision_threshold <= 1.0:
-            raise ValueError(f"decision_threshold must be in [0, 1] (image scores are), got {self.decision_threshold}")
-        if self.anchor_fingerprint is not None:
-            fingerprint = self.anchor_fingerprint
-            if not isinstance(fingerprint, Mapping) or not all(
-                isinstance(fingerprint.get(key), str) for key in ANCHOR_FINGERPRINT_KEYS
-            ):
-                raise ValueError(
-                    f"anchor_fingerprint must be None or a dict with string entries {ANCHOR_FINGERPRINT_KEYS}, "
-                    f"got {fingerprint!r}"
-                )
+            kernel = self.blur_kernel_size[domain]
+            _check_type(f"blur_kernel_size[{domain!r}]", kernel, int)
+            if kernel < 1 or kernel % 2 == 0:
+                raise InvalidInputError(f"blur_kernel_size[{domain!r}] must be a positive odd integer, got {kernel}")
+            _check_type(f"blur_sigma[{domain!r}]", self.blur_sigma[domain], (int, float))
+            _check_range(f"blur_sigma[{domain!r}]", self.blur_sigma[domain], *BLUR_SIGMA_RANGE)
+            _check_choice(f"image_score_mode[{domain!r}]", self.image_score_mode[domain], IMAGE_SCORE_MODES)
+        _check_choice("default_domain", self.default_domain, sorted(domains))
 
-    @classmethod
-    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
-        """Refuse another architecture's `config.json` (BERT, ViT, plain CLIP): transformers would only warn and
-        `AAClipModel.from_pretrained` would then run on random weights."""
-        config_dict, unused = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
-        found = config_dict.get("model_type", cls.model_type)
-        if found != cls.model_type:
-            hint = (
-                " Build AA-CLIP on it with AAClipModel.from_clip_pretrained or `aaclip convert-clip`."
-                if found == "clip"
-                else ""
+    def _check_stored_classes(self) -> None:
+        names = self.anchor_class_names
+        if not names or names[0] != GENERIC_CLASS or len(set(names)) != len(names):
+            raise InvalidInputError(
+                f"anchor_class_names must be unique and start with {GENERIC_CLASS!r}, got {names[:5]}..."
             )
-            raise ValueError(
-                f"{pretrained_model_name_or_path}: config.json has model_type {found!r}, expected {cls.model_type!r} "
-                f"(a folder written by AAClipModel.save_pretrained).{hint}"
-            )
-        return config_dict, unused
+        for name in names:
+            check_class_name(name)
+        _check_record("anchor_fingerprint", self.anchor_fingerprint, ANCHOR_FINGERPRINT_KEYS, optional=True)
+        for name, record in self.reference_classes.items():
+            check_class_name(name)
+            _check_record(f"reference_classes[{name!r}]", record, REFERENCE_RECORD_KEYS)
+            for key in ("images", "patches"):
+                _check_type(f"reference_classes[{name!r}].{key}", record[key], int)
+                _check_range(f"reference_classes[{name!r}].{key}", record[key], 1, 2**31)
+        for name, value in self.decision_thresholds.items():
+            check_class_name(name)
+            _check_type(f"decision_thresholds[{name!r}]", value, (int, float))
+            _check_range(f"decision_thresholds[{name!r}]", value, 0.0, 1.0)
+        if self.decision_threshold is not None:
+            _check_range("decision_threshold", self.decision_threshold, 0.0, 1.0)
 
     @property
     def num_levels(self) -> int:
@@ -445,6 +336,12 @@ class AAClipConfig(PreTrainedConfig):
     def grid_size(self) -> int:
         """Side `G` of the square patch grid."""
         return self.vision_config.image_size // self.vision_config.patch_size
+
+    def threshold_for(self, class_name: str) -> tuple[float | None, bool]:
+        """`(threshold, calibrated)`: the class's own decision threshold, else the fallback (`calibrated=False`)."""
+        if class_name in self.decision_thresholds:
+            return float(self.decision_thresholds[class_name]), True
+        return self.decision_threshold, False
 
     @classmethod
     def from_clip_config(cls, clip_config, **aaclip_fields) -> AAClipConfig:
@@ -490,18 +387,38 @@ class AAClipConfig(PreTrainedConfig):
         return cls(text_config=text, vision_config=vision, **fields)
 
 
-# Entries of `AAClipConfig.anchor_fingerprint`.
-ANCHOR_FINGERPRINT_KEYS = ("text_branch", "prompts", "dtype")
-# Tower fields that must be positive integers (a zero would divide by zero or build an empty model).
-POSITIVE_TOWER_FIELDS = (
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "projection_dim",
-)
-POSITIVE_VISION_FIELDS = ("image_size", "patch_size", "num_channels")
-POSITIVE_TEXT_FIELDS = ("vocab_size", "max_position_embeddings")
+def _task_registered_in_process() -> bool:
+    """Whether this process registered the task (`import aaclip_hf` does); never imports the pipelines module."""
+    pipelines = sys.modules.get("transformers.pipelines")
+    return pipelines is not None and TASK in pipelines.PIPELINE_REGISTRY.get_supported_tasks()
+
+
+def _check_type(name: str, value, types) -> None:
+    """`bool` is not a number here, and an `int` is a valid float."""
+    expected = types if isinstance(types, tuple) else (types,)
+    if (isinstance(value, bool) and bool not in expected) or not isinstance(value, expected):
+        names = " or ".join(t.__name__ for t in expected)
+        raise InvalidInputError(f"{name} must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def _check_range(name: str, value, low, high) -> None:
+    if not low <= value <= high:
+        raise InvalidInputError(f"{name} must be in [{low}, {high}], got {value!r}")
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise InvalidInputError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def _check_record(name: str, record, keys, optional: bool = False) -> None:
+    if record is None and optional:
+        return
+    if not isinstance(record, Mapping) or any(key not in record for key in keys):
+        raise InvalidInputError(f"{name} must be a dict with entries {keys}, got {record!r}")
+    for key in keys:
+        if key not in ("images", "patches"):
+            _check_type(f"{name}.{key}", record[key], str)
 
 
 def _non_finite_fields(values, prefix: str = ""):
@@ -521,26 +438,22 @@ def _check_tower(name: str, tower: Mapping) -> None:
     for field in fields:
         value = tower.get(field, 1)  # an absent field takes CLIP's class default
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name}.{field} must be a positive integer, got {value!r}")
-    if (
-        "hidden_size" in tower
-        and "num_attention_heads" in tower
-        and tower["hidden_size"] % tower["num_attention_heads"]
-    ):
-        raise ValueError(
+            raise InvalidInputError(f"{name}.{field} must be a positive integer, got {value!r}")
+    if tower.get("hidden_size", 1) % tower.get("num_attention_heads", 1):
+        raise InvalidInputError(
             f"{name}.hidden_size ({tower['hidden_size']}) must be a multiple of {name}.num_attention_heads "
             f"({tower['num_attention_heads']})"
         )
     if name == "vision_config" and tower.get("image_size", 1) % tower.get("patch_size", 1):
-        raise ValueError(
+        raise InvalidInputError(
             f"vision_config.image_size ({tower['image_size']}) must be a multiple of vision_config.patch_size "
             f"({tower['patch_size']}): the patch grid is square and covers the whole image"
         )
     eps, dropout = tower.get("layer_norm_eps"), tower.get("attention_dropout")
-    if eps is not None and not (isinstance(eps, (int, float)) and 0 < eps < math.inf):
-        raise ValueError(f"{name}.layer_norm_eps must be a positive finite number, got {eps!r}")
+    if eps is not None and not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps < math.inf):
+        raise InvalidInputError(f"{name}.layer_norm_eps must be a positive finite number, got {eps!r}")
     if dropout is not None and not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-        raise ValueError(f"{name}.attention_dropout must be in [0, 1), got {dropout!r}")
+        raise InvalidInputError(f"{name}.attention_dropout must be in [0, 1), got {dropout!r}")
 
 
 AAClipConfig.register_for_auto_class()
@@ -548,17 +461,13 @@ AAClipConfig.register_for_auto_class()
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
     "GENERIC_CLASS",
-    "HIGH_BIT_MODES",
+    "TASK",
     "AAClipConfig",
-    "ImageFileError",
-    "MissingImageFileError",
+    "AAClipError",
+    "InvalidInputError",
     "StaleAnchorsWarning",
+    "StaleStateError",
+    "UnknownClassError",
     "UnknownClassNameWarning",
-    "binarize_mask",
     "check_class_name",
-    "finite_pixels",
-    "high_bit_to_uint8",
-    "image_to_rgb",
-    "load_rgb_image",
-    "open_image_file",
 ]

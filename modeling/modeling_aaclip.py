@@ -1,37 +1,30 @@
 # Copyright 2026 The aaclip-hf authors. Licensed under the Apache License, Version 2.0.
-"""PyTorch AA-CLIP model: anomaly-aware CLIP for zero-shot anomaly detection and segmentation.
+"""PyTorch AA-CLIP: an anomaly-aware CLIP for zero- and few-shot anomaly detection and segmentation.
 
-Read top to bottom, this file is the method (SPEC sections 2-5):
+Paper: Ma et al., "AA-CLIP: Enhancing Zero-Shot Anomaly Detection via Anomaly-Aware CLIP", CVPR 2025
+(https://arxiv.org/abs/2503.06661); reference implementation https://github.com/Mwxinnn/AA-CLIP.
+`docs/method.md` gives the equations. Read top to bottom, this file is the method:
 
-1. `AAClipAdapter` fuses a residual adapter into every token after an encoder layer.
-2. `AAClipEncoderLayer` is a stock `CLIPEncoderLayer` followed by that adapter; it replaces the first
-   K layers of the native HF CLIP towers, so `output_hidden_states` records post-adapter states.
-3. `AAClipModel` turns prompt ensembles into per-class anchors `(E, 2)` (normal, anomaly), projects
-   multi-level patch tokens into the same space, and scores patches and images against the anchors.
+1. `AAClipAdapter` fuses a residual adapter into every token after an encoder layer, and `AAClipEncoderLayer` (a stock
+   `CLIPEncoderLayer` followed by it) replaces the first K layers of the native HF CLIP towers.
+2. The text branch turns prompt ensembles into per-class anchors `(E, 2)` (normal, anomaly), stored with the weights.
+3. The vision branch projects multi-level patch tokens into the anchors' space.
+4. Scores: per-level patch logits against the anchors become a smoothed map and a per-image score. Normal reference
+   images of a class (few-shot), when given, add a nearest-neighbour map.
 
-This file is copied to the Hub by `save_pretrained`: it imports only torch, transformers and its
-flat siblings. It never builds a processor: anchor methods take tokenized prompts (or any object with
-`tokenize_prompts`, such as `AAClipProcessor`).
-
-Trust: a loaded model has every weight it needs, all finite, from a readable file, and its stored anchors
-are checked against the text branch that made them (`anchor_fingerprint`). `save_pretrained` writes a
-pipeline-ready, Hub-safe folder with a SHA-256 manifest of its weight files (`verify_manifest`).
+`forward` works on tensors (pixel values plus class indices or anchors); `class_ids` and `references_for` are the
+thin layer that resolves class names to stored state and refuses it when it no longer matches the weights. This
+file does no file I/O; it imports only torch, transformers and its flat siblings, so its Hub copy runs the same.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
-import inspect
 import json
 import math
-import os
-import tempfile
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -43,32 +36,36 @@ from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 from transformers.processing_utils import Unpack
 from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 
-from .configuration_aaclip import GENERIC_CLASS, AAClipConfig, StaleAnchorsWarning, check_class_name
-from .pipeline_aaclip import TASK
-from .serialization_aaclip import (
-    CUSTOM_PIPELINE_ENTRY,
-    MODEL_CARD_NAME,
-    PIPELINE_FILE,
-    CorruptWeightsError,
-    IncompleteWeightsError,
-    NonFiniteWeightsError,
-    check_safetensors_file,
-    file_stamps,
-    listed_names,
-    looks_like_hub_id,
-    model_card_text,
-    non_finite_tensors,
-    upload_files,
-    weight_files,
-    write_weights_manifest,
+from .configuration_aaclip import (
+    GENERIC_CLASS,
+    AAClipConfig,
+    InvalidInputError,
+    StaleStateError,
+    UnknownClassError,
+    check_class_name,
 )
 
 
 logger = logging.get_logger(__name__)
 
-# Config fields that change what the text branch computes (besides its weights).
+# Config fields that change what a branch computes, besides its weights (part of the branch's fingerprint).
 TEXT_BRANCH_SETTINGS = ("text_head", "text_adapter_layers", "text_adapter_weight", "adapter_negative_slope")
-TEXT_TOWER_SETTINGS = ("hidden_act", "layer_norm_eps", "num_attention_heads")
+VISION_BRANCH_SETTINGS = (
+    "feature_layers",
+    "vision_adapter_layers",
+    "vision_adapter_weight",
+    "adapter_negative_slope",
+    "projector_activation",
+)
+TOWER_SETTINGS = ("hidden_act", "layer_norm_eps", "num_attention_heads")
+# Augmentations of reference images before their patches enter a bank (rotations and flips, as AnomalyDINO).
+REFERENCE_AUGMENTATIONS = {
+    "rot90": lambda x: torch.rot90(x, 1, dims=(-2, -1)),
+    "rot180": lambda x: torch.rot90(x, 2, dims=(-2, -1)),
+    "rot270": lambda x: torch.rot90(x, 3, dims=(-2, -1)),
+    "hflip": lambda x: torch.flip(x, dims=(-1,)),
+    "vflip": lambda x: torch.flip(x, dims=(-2,)),
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,12 +76,12 @@ TEXT_TOWER_SETTINGS = ("hidden_act", "layer_norm_eps", "num_attention_heads")
 def resize_position_embedding(table: torch.Tensor, grid_size: int) -> torch.Tensor:
     """Resize a ViT position table `(1 + g*g, D)` to `(1 + grid_size**2, D)`.
 
-    Bicubic with antialias, CLS row kept, computed in fp32: what OpenCLIP and the reference do once
-    at load time. (`interpolate_pos_encoding=True` uses no antialias and gives different values.)
+    Bicubic with antialias, CLS row kept, computed in fp32: what OpenCLIP and the reference do once at load time.
+    (`interpolate_pos_encoding=True` uses no antialias and gives different values.)
     """
     old_grid = math.isqrt(table.shape[0] - 1)
     if old_grid * old_grid != table.shape[0] - 1:
-        raise ValueError(f"position table with {table.shape[0]} rows is not 1 + a square grid")
+        raise InvalidInputError(f"position table with {table.shape[0]} rows is not 1 + a square grid")
     if old_grid == grid_size:
         return table.clone()
     cls_row, patches = table[:1], table[1:]
@@ -102,16 +99,26 @@ def gaussian_kernel1d(kernel_size: int, sigma: float, dtype=torch.float32, devic
 
 
 def gaussian_blur2d(maps: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of `(B, C, H, W)` maps with reflect borders."""
+    """Separable Gaussian blur of `(B, C, H, W)` maps with reflect borders.
+
+    The reflect border is written as index gathers (the same values as `F.pad(mode="reflect")`), which export to
+    ONNX with a dynamic batch.
+    """
     pad = kernel_size // 2
-    if pad >= min(maps.shape[-2:]):
-        raise ValueError(
+    height, width = maps.shape[-2:]
+    if pad >= min(height, width):
+        raise InvalidInputError(
             f"blur kernel {kernel_size} needs a patch grid larger than {pad} per side (reflect border), got "
-            f"{tuple(maps.shape[-2:])}; use a smaller blur_kernel_size for this image_size/patch_size"
+            f"{(height, width)}; use a smaller blur_kernel_size for this image_size/patch_size"
         )
+
+    def reflect(size: int) -> torch.Tensor:
+        index = torch.arange(-pad, size + pad, device=maps.device).abs()
+        return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
     taps = gaussian_kernel1d(kernel_size, sigma, maps.dtype, maps.device)
     channels = maps.shape[1]
-    maps = F.pad(maps, (pad, pad, pad, pad), mode="reflect")
+    maps = maps.index_select(3, reflect(width)).index_select(2, reflect(height))
     maps = F.conv2d(maps, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
     return F.conv2d(maps, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
@@ -121,35 +128,48 @@ def upsample_grid(grid: torch.Tensor, size: int | tuple[int, int]) -> torch.Tens
     return F.interpolate(grid[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
 
 
-def check_output_size(output_size) -> int | tuple[int, int]:
-    """A positive int or a `(height, width)` pair of positive ints, else a `ValueError` naming `output_size`."""
-    pair = isinstance(output_size, Sequence)
-    values = tuple(output_size) if pair else (output_size,)
-    positive = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
-    if not positive or (pair and len(values) != 2):
-        raise ValueError(f"output_size must be a positive int or (height, width), got {output_size!r}")
-    return values if pair else output_size
+def nearest_neighbour_distance(queries: torch.Tensor, bank: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """`1 - max_m cos(q, bank_m)` for L2-normalised `(B, N, E)` queries and an `(M, E)` bank: `(B, N)`.
+
+    The bank is searched `chunk_size` rows at a time with a running maximum, so the extra memory is at most
+    `B * N * chunk_size` similarities whatever the bank's size.
+    """
+    flat = queries.reshape(-1, queries.shape[-1])
+    best = torch.full((flat.shape[0],), -math.inf, dtype=flat.dtype, device=flat.device)
+    for start in range(0, bank.shape[0], chunk_size):
+        similarity = flat @ bank[start : start + chunk_size].to(flat).T
+        best = torch.maximum(best, similarity.amax(dim=1))
+    return (1.0 - best).reshape(queries.shape[:-1])
 
 
-# Keyword arguments transformers' generic code may pass to a model method (`TransformersKwargs`).
-TRANSFORMERS_KWARGS = frozenset(TransformersKwargs.__required_keys__ | TransformersKwargs.__optional_keys__)
+def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """Indices of `size` rows chosen by greedy k-center selection (PatchCore, Roth et al., CVPR 2022).
+
+    Starting from a seeded random row, each step adds the row farthest from everything chosen so far, so the subset
+    covers the bank: every dropped row lies within the final covering radius of a kept one.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    chosen = [int(torch.randint(features.shape[0], (1,), generator=generator))]
+    distance = torch.cdist(features, features[chosen[-1]][None]).squeeze(1)
+    for _ in range(size - 1):
+        chosen.append(int(distance.argmax()))
+        distance = torch.minimum(distance, torch.cdist(features, features[chosen[-1]][None]).squeeze(1))
+    return torch.tensor(chosen)
 
 
-def _reject_unknown_kwargs(method: str, kwargs: dict, accepted: frozenset[str] = frozenset()) -> None:
-    """One `TypeError` naming every unexpected keyword argument (with near spellings) instead of ignoring them."""
-    unknown = sorted(set(kwargs) - accepted)
-    if not unknown:
-        return
-    signature = inspect.signature(getattr(AAClipModel, method))
-    known = [name for name in signature.parameters if name not in ("self", "kwargs")] + sorted(accepted)
-    hints = [f"{name!r} -> {close[0]!r}" for name in unknown if (close := difflib.get_close_matches(name, known, n=1))]
-    if method == "forward" and {"input_ids", "attention_mask"} & set(unknown):
-        hints.append("text is not a forward input: pass class_names (stored anchors) or text_anchors")
-    raise TypeError(
-        f"AAClipModel.{method}() got unexpected keyword argument(s) {unknown}"
-        + (f" ({'; '.join(hints)})" if hints else "")
-        + f"; it takes {', '.join(known)}"
-    )
+def weights_digest(tensors: Iterable[tuple[str, torch.Tensor]], settings: dict) -> str:
+    """SHA-256 of named tensors (name, dtype, shape and bytes) and the settings that change what they compute."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8"))
+    for name, tensor in tensors:
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def rows_digest(names: Sequence[str], table: torch.Tensor) -> str:
+    """SHA-256 binding each name to its row of a stored table: reordered names or rows no longer match."""
+    return weights_digest([(f"row:{name}", row) for name, row in zip(names, table)], {"names": list(names)})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,40 +184,45 @@ class AAClipOutput(ModelOutput):
     with `AAClipProcessor.post_process_anomaly_detection(outputs, target_sizes=...)`.
 
     anomaly_map_grid (`torch.FloatTensor` of shape `(batch_size, G, G)`):
-        SPEC section 5 test map on the `G x G` patch grid: per level `s_l = (p_A + 1 - p_N) / 2`, Gaussian-blurred,
-        summed over levels. Larger means more anomalous; not bounded. Blur and bilinear resizing are linear, so
-        resizing this sum equals summing the resized levels.
+        The zero-shot test map on the `G x G` patch grid: per level `s_l = (p_A + 1 - p_N) / 2` on the patch logits,
+        Gaussian-blurred, summed over levels (the reference's map; larger is more anomalous, not bounded).
     anomaly_map_grid_levels (`tuple(torch.FloatTensor)`):
         The per-level terms of `anomaly_map_grid`, each `(batch_size, G, G)`.
+    anomaly_probability_grid (`torch.FloatTensor` of shape `(batch_size, G, G)`):
+        Per-patch anomaly probability in [0, 1]: `sigmoid(2 * anomaly_map_grid / L - 1)` (the softmax anomaly
+        probability of the level-averaged logits), fused with `reference_distance_grid` when references are given.
+    reference_distance_grid (`torch.FloatTensor` of shape `(batch_size, G, G)`, *optional*):
+        With references: the nearest-neighbour cosine distance to the reference bank, blurred, averaged over levels.
     image_score (`torch.FloatTensor` of shape `(batch_size,)`):
-        Per-image anomaly score in [0, 1] that depends on that image alone. With `map_score` the maximum over
-        the grid of `sigmoid(2 * anomaly_map_grid / L - 1)` (the anomaly probability of the level-averaged,
-        smoothed patch logits) and `raw_anomaly_score` as below: `"fused"` = `w * map_score + (1 - w) * raw`,
-        `"map"` = `map_score`, `"raw"` = `raw_anomaly_score`; chosen per domain by `config.image_score_mode`.
-    raw_anomaly_score (`torch.FloatTensor` of shape `(batch_size,)`):
-        SPEC `r = (image_embeds . T_A + 1) / 2`, in [0, 1].
+        Per-image anomaly score in [0, 1] that depends on that image alone:
+        `map_weight * map_score + (1 - map_weight) * raw_anomaly_score`.
+    map_score (`torch.FloatTensor` of shape `(batch_size,)`): the maximum of `anomaly_probability_grid`.
+    raw_anomaly_score (`torch.FloatTensor` of shape `(batch_size,)`): `r = (image_embeds . T_A + 1) / 2`, in [0, 1].
+    map_weight (`torch.FloatTensor` of shape `(batch_size,)`):
+        The weight of `map_score` in `image_score`, from the domain's `image_score_mode`: 1 (`"map"`), 0 (`"raw"`) or
+        `image_score_map_weight` (`"fused"`).
     anomaly_map (`torch.FloatTensor` of shape `(batch_size, height, width)`, *optional*):
-        Only when `forward` is given an `output_size`: each level bilinearly upsampled (`align_corners=True`) to
-        that size, then summed (the reference's order of operations).
+        Only with `output_size`: each level bilinearly upsampled (`align_corners=True`), then summed (the reference's
+        order of operations).
     patch_embeds (`tuple(torch.FloatTensor)`):
         One `(batch_size, num_patches, E)` tensor of L2-normalised patch features per feature level.
     image_embeds (`torch.FloatTensor` of shape `(batch_size, E)`):
         Mean of the normalised `det_projection` patch features of the last layer (not re-normalised).
-    text_anchors (`torch.FloatTensor` of shape `(batch_size, E, 2)`):
-        The anchors used for each image: column 0 normal, column 1 anomaly.
-    hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-        With `output_hidden_states=True`: the vision tower's hidden states (embeddings, then every layer,
-        post-adapter), each `(batch_size, 1 + num_patches, hidden_size)`.
-    attentions (`tuple(torch.FloatTensor)`, *optional*):
-        With `output_attentions=True` (eager attention): the vision tower's attention weights per layer.
-    vision_model_output (`BaseModelOutputWithPooling`):
-        The output of the vision tower, as in `CLIPOutput`.
+    text_anchors (`torch.FloatTensor` of shape `(batch_size, E, 2)`): the anchors used, column 0 normal, 1 anomaly.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*): with `output_hidden_states`, the vision tower's states
+        (embeddings, then every layer, post-adapter), each `(batch_size, 1 + num_patches, hidden_size)`.
+    attentions (`tuple(torch.FloatTensor)`, *optional*): with `output_attentions` (eager attention), per layer.
+    vision_model_output (`BaseModelOutputWithPooling`): the vision tower's output, as in `CLIPOutput`.
     """
 
     anomaly_map_grid: torch.FloatTensor | None = None
     anomaly_map_grid_levels: tuple[torch.FloatTensor, ...] | None = None
+    anomaly_probability_grid: torch.FloatTensor | None = None
+    reference_distance_grid: torch.FloatTensor | None = None
     image_score: torch.FloatTensor | None = None
+    map_score: torch.FloatTensor | None = None
     raw_anomaly_score: torch.FloatTensor | None = None
+    map_weight: torch.FloatTensor | None = None
     anomaly_map: torch.FloatTensor | None = None
     patch_embeds: tuple[torch.FloatTensor, ...] | None = None
     image_embeds: torch.FloatTensor | None = None
@@ -217,10 +242,10 @@ class AAClipOutput(ModelOutput):
 
 
 class AAClipAdapter(nn.Module):
-    """Residual adapter (SPEC section 2), applied to every token of a layer's output `x`.
+    """Residual adapter, applied to every token of a layer's output `x`.
 
-    `a = LeakyReLU(W x)`, rescaled per token to the norm of `x`, then `x <- lam * a + (1 - lam) * x`.
-    The rescale makes the adapter's weight scale irrelevant; an all-zero token stays zero-safe.
+    `a = LeakyReLU(W x)`, rescaled per token to the norm of `x`, then `x <- lam * a + (1 - lam) * x`. The rescale
+    makes the adapter's weight scale irrelevant; an all-zero token stays zero-safe.
     """
 
     def __init__(self, dim: int, fusion_weight: float, negative_slope: float):
@@ -241,8 +266,8 @@ class AAClipAdapter(nn.Module):
 class AAClipEncoderLayer(CLIPEncoderLayer):
     """A stock CLIP encoder layer followed by an `AAClipAdapter`.
 
-    Subclassing (rather than wrapping) keeps CLIP's parameter names, attention backends, gradient
-    checkpointing and `output_hidden_states` capture, which then records the post-adapter state.
+    Subclassing (rather than wrapping) keeps CLIP's parameter names, attention backends, gradient checkpointing and
+    `output_hidden_states` capture, which then records the post-adapter state.
     """
 
     def __init__(self, config, fusion_weight: float, negative_slope: float):
@@ -292,7 +317,6 @@ class AAClipPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings", "AAClipEncoderLayer"]
-    # `forward` takes no loss kwargs (its `**kwargs` only exists to name unknown arguments in one error).
     accepts_loss_kwargs = False
 
     @classmethod
@@ -301,9 +325,8 @@ class AAClipPreTrainedModel(PreTrainedModel):
 
         For custom code, transformers skips every module whose own parameters are all flagged as initialised, which
         is vacuously true for CLIP's attention and MLP blocks (they hold only child layers): their projections would
-        keep the generic `std=initializer_range` init. That guard protects `_init_weights` that write tensors in
-        place; every init here (ours and the towers' `CLIPPreTrainedModel._init_weights`) goes through
-        `transformers.initialization`, which never touches a loaded tensor.
+        keep the generic `std=initializer_range` init. Every init here goes through `transformers.initialization`,
+        which never touches a loaded tensor, so the guard is not needed.
         """
         return False
 
@@ -313,12 +336,14 @@ class AAClipPreTrainedModel(PreTrainedModel):
             if module.config.include_text_model:
                 init.constant_(module.logit_scale, self.config.logit_scale_init_value)
             init.zeros_(module.text_anchors)
+            if "reference_bank" in module._buffers:
+                init.zeros_(module.reference_bank)
 
 
 class AAClipModel(AAClipPreTrainedModel):
     r"""
-    AA-CLIP on native HF CLIP towers. Attribute names mirror `CLIPModel`, so any HF CLIP checkpoint loads into
-    the backbone with only the adapter, head and anchor keys missing.
+    AA-CLIP on native HF CLIP towers. Attribute names mirror `CLIPModel`, so any HF CLIP checkpoint loads into the
+    backbone with only the adapter, head and anchor keys missing.
 
     Example:
 
@@ -327,8 +352,8 @@ class AAClipModel(AAClipPreTrainedModel):
     >>> model = AAClipModel.from_pretrained("path/to/aaclip-model")
     >>> processor = AAClipProcessor.from_pretrained("path/to/aaclip-model")
     >>> inputs = processor(images=image, return_tensors="pt")
-    >>> outputs = model(**inputs, class_names=["bottle"])
-    >>> outputs.anomaly_map.shape, outputs.image_score
+    >>> outputs = model(**inputs, class_ids=model.class_ids(["bottle"]))
+    >>> outputs.anomaly_map_grid.shape, outputs.image_score
     ```
     """
 
@@ -358,8 +383,14 @@ class AAClipModel(AAClipPreTrainedModel):
             vision_config.hidden_size, config.projection_dim, config.projector_activation, slope
         )
 
-        # Stored anchors, one (E, 2) matrix per name in config.anchor_class_names (index 0 = "object").
+        # Stored anchors, one (E, 2) matrix per name in config.anchor_class_names (row 0 = "object").
         self.register_buffer("text_anchors", torch.zeros(len(config.anchor_class_names), config.projection_dim, 2))
+        # Stored normal references: (L, rows, E), the classes of config.reference_classes one after the other.
+        rows = sum(record["patches"] for record in config.reference_classes.values())
+        if rows:
+            self.register_buffer("reference_bank", torch.zeros(config.num_levels, rows, config.projection_dim))
+        # Fingerprints of weights already hashed, keyed by the tensors' identity and in-place version counters.
+        self._digests: dict = {}
 
         self.post_init()
 
@@ -381,14 +412,9 @@ class AAClipModel(AAClipPreTrainedModel):
 
     @torch.no_grad()
     def init_adapter_weights(self, seed: int | None = None) -> None:
-        """Xavier-uniform init of all adapter and head matrices, as the reference does.
-
-        Called by `from_clip_pretrained` and by training when starting fresh; `seed` makes it reproducible
-        without touching the global RNG.
-        """
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device="cpu").manual_seed(seed)
+        """Xavier-uniform init of all adapter and head matrices, as the reference does (`seed`: reproducible without
+        touching the global RNG)."""
+        generator = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
         for module in self.adapter_modules():
             weight = module.fc.weight
             fan_out, fan_in = weight.shape
@@ -407,42 +433,32 @@ class AAClipModel(AAClipPreTrainedModel):
     ) -> AAClipModel:
         """Build AA-CLIP on a pretrained HF CLIP (a folder, a Hub id, or a `CLIPModel`).
 
-        `overrides` may set `image_size` (the position table is resized once, with antialias, SPEC section 1),
-        `hidden_act` (both towers; `"gelu"` = the reference setting) and any `AAClipConfig` field. Adapters and
-        heads get a fresh xavier init (`seed`). With a `processor` (e.g. `AAClipProcessor()`: only its prompt
-        ensemble is used), the anchors of `"object"` and of `anchor_classes` are computed and stored; without one
-        they are left for `refresh_text_anchors`. A Hub id source is recorded as `config.base_model`.
+        `overrides` may set `image_size` (the position table is resized once, with antialias), `hidden_act` (both
+        towers; `"gelu"` = the reference setting) and any `AAClipConfig` field. Adapters and heads get a fresh xavier
+        init (`seed`). With a `processor` (e.g. `AAClipProcessor()`: only its prompt ensemble is used), the anchors
+        of `"object"` and of `anchor_classes` are computed and stored.
         """
         clip_model = clip if isinstance(clip, CLIPModel) else CLIPModel.from_pretrained(clip)
-        clip_config = clip_model.config
-        if clip_config.model_type != "clip":  # transformers only warns and returns a random CLIP
-            raise ValueError(
-                f"{clip}: config.json has model_type {clip_config.model_type!r}; expected a CLIP model ('clip')"
-            )
-        image_size = overrides.pop("image_size", clip_config.vision_config.image_size)
+        if clip_model.config.model_type != "clip":  # transformers only warns and returns a random CLIP
+            raise InvalidInputError(f"{clip}: model_type {clip_model.config.model_type!r}, expected a CLIP ('clip')")
+        image_size = overrides.pop("image_size", clip_model.config.vision_config.image_size)
         hidden_act = overrides.pop("hidden_act", None)
-        config = AAClipConfig.from_clip_config(clip_config, **overrides)
-        source = clip if isinstance(clip, str) else getattr(clip_model, "name_or_path", "")
-        if config.base_model is None and source and looks_like_hub_id(str(source)):
-            config.base_model = str(source)
+        config = AAClipConfig.from_clip_config(clip_model.config, **overrides)
         config.vision_config.image_size = image_size
         if hidden_act is not None:
-            config.text_config.hidden_act = hidden_act
-            config.vision_config.hidden_act = hidden_act
+            config.text_config.hidden_act = config.vision_config.hidden_act = hidden_act
         config.validate()
 
         state = clip_model.state_dict()
         position_key = "vision_model.embeddings.position_embedding.weight"
         state[position_key] = resize_position_embedding(state[position_key], config.grid_size)
-
         model = cls(config)
         missing, unexpected = model.load_state_dict(state, strict=False)
         added = {id(parameter) for module in model.adapter_modules() for parameter in module.parameters()}
         new_keys = {name for name, parameter in model.named_parameters() if id(parameter) in added} | {"text_anchors"}
-        not_loaded = set(missing) - new_keys
-        if not_loaded or unexpected:
-            raise ValueError(
-                f"CLIP weights do not fit the AA-CLIP backbone: missing {sorted(not_loaded)[:5]}, "
+        if set(missing) - new_keys or unexpected:
+            raise InvalidInputError(
+                f"CLIP weights do not fit the AA-CLIP backbone: missing {sorted(set(missing) - new_keys)[:5]}, "
                 f"unexpected {sorted(unexpected)[:5]}"
             )
         model.init_adapter_weights(seed)
@@ -453,180 +469,19 @@ class AAClipModel(AAClipPreTrainedModel):
         if processor is not None:
             model.refresh_text_anchors(processor, anchor_classes)
         elif anchor_classes:
-            raise ValueError("anchor_classes need a processor: its prompt ensemble makes the anchors")
-        else:
-            logger.info("no processor given: text anchors not computed; call model.refresh_text_anchors(processor)")
-        model.eval()
-        return model
+            raise InvalidInputError("anchor_classes need a processor: its prompt ensemble makes the anchors")
+        return model.eval()
 
     def to_inference_only(self) -> AAClipModel:
-        """A copy without the text tower and heads, keeping the stored anchors (smaller, faster to load).
-
-        Its `save_pretrained` folder loads with `from_pretrained` and runs through the pipeline for the
-        stored classes.
-        """
+        """A copy without the text tower and heads, keeping the stored anchors and references (smaller, faster to
+        load); it scores the stored classes only."""
         config = self.config.__class__.from_dict(self.config.to_dict())
         config.include_text_model = False
         model = self.__class__(config).to(device=self.device, dtype=self.dtype)
-        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        missing, _ = model.load_state_dict(self.state_dict(), strict=False)
         if missing:
             raise RuntimeError(f"inference-only copy is missing weights: {missing[:5]}")
         return model.eval()
-
-    # ------------------------------------------------------------------ loading and saving (trust)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained` that refuses weights it cannot trust, naming the file or tensors.
-
-        - Missing, unexpected or mis-shaped keys are an `IncompleteWeightsError` (transformers would re-initialise
-          them at random). Pass `output_loading_info=True` (or `ignore_mismatched_sizes=True`) to inspect a
-          partial load instead: you then get transformers' lists. Inference-only folders load, as their config
-          says they hold no text tower.
-        - A truncated or corrupt `model.safetensors` is a one-line `CorruptWeightsError`.
-        - Non-finite tensors are a `NonFiniteWeightsError`.
-        - Stored anchors that disagree with the loaded text branch warn (`StaleAnchorsWarning`) with the fix.
-        """
-        wants_info = kwargs.pop("output_loading_info", False)
-        strict = (
-            not wants_info and not kwargs.get("ignore_mismatched_sizes") and pretrained_model_name_or_path is not None
-        )
-        where = str(pretrained_model_name_or_path)
-        local = pretrained_model_name_or_path is not None and os.path.isdir(pretrained_model_name_or_path)
-        if local and kwargs.get("state_dict") is None:
-            folder = Path(pretrained_model_name_or_path, kwargs.get("subfolder") or "")
-            for name in weight_files(folder, kwargs.get("variant")):
-                check_safetensors_file(folder / name)
-        if strict:
-            kwargs["ignore_mismatched_sizes"] = True  # collected and named below, instead of transformers' error
-        try:
-            model, info = super().from_pretrained(
-                pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-            )
-        except Exception as error:
-            if type(error).__name__ == "SafetensorError":  # safetensors' own class (this file imports no safetensors)
-                raise CorruptWeightsError(
-                    f"{where}: a weight file is truncated or corrupt ({error}); re-download or re-save it"
-                ) from None
-            raise
-        if strict:
-            problems = []
-            if info["missing_keys"]:
-                problems.append(f"missing {listed_names(info['missing_keys'])}")
-            if info["unexpected_keys"]:
-                problems.append(f"unexpected {listed_names(info['unexpected_keys'])}")
-            if info["mismatched_keys"]:
-                shapes = (
-                    f"{key} (file {tuple(old)}, model {tuple(new)})" for key, old, new in info["mismatched_keys"]
-                )
-                problems.append(f"mis-shaped {listed_names(shapes)}")
-            if problems:
-                raise IncompleteWeightsError(
-                    f"{where}: the weights do not match its config.json: {'; '.join(problems)}. A folder written by "
-                    "AAClipModel.save_pretrained holds exactly the keys its config describes; re-save or re-convert "
-                    "it (output_loading_info=True inspects a partial load)"
-                )
-        bad = non_finite_tensors(model.state_dict())
-        if bad:
-            raise NonFiniteWeightsError(
-                f"{where}: non-finite (NaN/inf) values in {len(bad)} tensor(s): {listed_names(bad)}; refusing to load them"
-            )
-        status = model.anchor_status()
-        if status["state"] == "stale":
-            warnings.warn(f"{where}: {status['reason']}", StaleAnchorsWarning, stacklevel=2)
-        elif status["state"] != "fresh":
-            logger.info(f"{where}: stored anchors not checked: {status['reason']}")
-        return (model, info) if wants_info else model
-
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        is_main_process: bool = True,
-        state_dict: dict | None = None,
-        push_to_hub: bool = False,
-        **kwargs,
-    ):
-        """`PreTrainedModel.save_pretrained`, refusing non-finite weights and writing a pipeline-ready Hub folder.
-
-        Besides the weights, `config.json` and the remote code, it writes `pipeline_aaclip.py` with
-        `custom_pipelines` in `config.json` (so `pipeline(..., trust_remote_code=True)` works where `aaclip_hf` is
-        not installed), a `README.md` model card when the folder has none, and `weights_manifest.json` (SHA-256 of
-        the weight files, see `verify_manifest`). Nothing else is ever copied, and `push_to_hub=True` uploads
-        exactly the files this call wrote.
-        """
-        bad = non_finite_tensors(state_dict if state_dict is not None else self.state_dict())
-        if bad:
-            raise NonFiniteWeightsError(
-                f"{save_directory}: refusing to save non-finite (NaN/inf) weights in {len(bad)} tensor(s): "
-                f"{listed_names(bad)}; nothing was written"
-            )
-        hub_options = {
-            key: kwargs.pop(key)
-            for key in ("repo_id", "commit_message", "commit_description", "create_pr", "private", "revision", "token")
-            if key in kwargs
-        }
-        folder = Path(save_directory)
-        before = file_stamps(folder)
-        super().save_pretrained(
-            save_directory, is_main_process=is_main_process, state_dict=state_dict, push_to_hub=False, **kwargs
-        )
-        if (
-            not self.should_save_on_this_rank(is_main_process)
-            or not folder.is_dir()
-            or kwargs.get("distributed_checkpoint")
-        ):
-            return None
-        self._write_hub_files(folder, kwargs.get("variant"))
-        if not push_to_hub:
-            return None
-        written = [name for name, stamp in file_stamps(folder).items() if before.get(name) != stamp]
-        return upload_files(folder, written, hub_options.pop("repo_id", folder.name), **hub_options)
-
-    def _write_hub_files(self, folder: Path, variant: str | None = None) -> None:
-        pipeline_file = Path(__file__).with_name(PIPELINE_FILE)  # a sibling in the package and in the Hub copy
-        if not (folder / PIPELINE_FILE).is_file():
-            (folder / PIPELINE_FILE).write_bytes(pipeline_file.read_bytes())
-        config_path = folder / "config.json"
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        config["custom_pipelines"] = {TASK: dict(CUSTOM_PIPELINE_ENTRY)}
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        if not (folder / MODEL_CARD_NAME).exists():
-            (folder / MODEL_CARD_NAME).write_text(model_card_text(self.config), encoding="utf-8")
-        write_weights_manifest(folder, variant)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        commit_message: str | None = None,
-        commit_description: str | None = None,
-        private: bool | None = None,
-        token: str | bool | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-        max_shard_size: int | str = "50GB",
-        tags: Sequence[str] | None = None,
-    ):
-        """Upload what `save_pretrained` writes (weights, config, remote and pipeline code, manifest, card) in one
-        commit. A `README.md` already in the repo is kept; `tags` go into a new card."""
-        with tempfile.TemporaryDirectory(prefix="aaclip-push-") as tmp:
-            folder = Path(tmp)
-            self.save_pretrained(folder, max_shard_size=max_shard_size)
-            if tags:
-                (folder / MODEL_CARD_NAME).write_text(model_card_text(self.config, tags), encoding="utf-8")
-            return upload_files(
-                folder,
-                os.listdir(folder),
-                repo_id,
-                token=token,
-                private=private,
-                commit_message=commit_message,
-                commit_description=commit_description,
-                create_pr=create_pr,
-                revision=revision,
-            )
-
-    # ------------------------------------------------------------------ adapters on/off
 
     @contextlib.contextmanager
     def adapters_disabled(self):
@@ -642,7 +497,14 @@ class AAClipModel(AAClipPreTrainedModel):
             for layer, state in zip(layers, previous):
                 layer.adapter_enabled = state
 
-    # ------------------------------------------------------------------ text branch (SPEC section 3)
+    # ------------------------------------------------------------------ text branch: anchors
+
+    def _require_text_tower(self) -> None:
+        if not self.config.include_text_model:
+            raise InvalidInputError(
+                "this is an inference-only AA-CLIP (include_text_model=False): it has no text tower and scores "
+                f"against its stored anchors only ({self.stored_class_names}); load the full model to add classes"
+            )
 
     @can_return_tuple
     def get_text_features(
@@ -652,17 +514,13 @@ class AAClipModel(AAClipPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling | tuple:
-        """The adapted text tower's output with `pooler_output` set to the text head's features `(num_texts, E)`
-        (EOS pooling, then the head; not normalised), as `CLIPModel.get_text_features` does with its projection.
-
-        `kwargs` (`output_hidden_states`, `output_attentions`, ...) go to the text tower.
-        """
-        if not self.config.include_text_model:
-            raise ValueError(
-                "this is an inference-only AA-CLIP (include_text_model=False): it has no text tower and scores "
-                f"against its stored anchors only ({self.stored_class_names}); load the full model to add classes"
+        """The adapted text tower's output with `pooler_output` set to the text head's features `(num_texts, E)` (EOS
+        pooling, then the head; not normalised), as `CLIPModel.get_text_features` does with its projection."""
+        self._require_text_tower()
+        if set(kwargs) - TRANSFORMERS_KWARGS:
+            raise TypeError(
+                f"get_text_features() got unexpected keyword argument(s) {sorted(set(kwargs) - TRANSFORMERS_KWARGS)}"
             )
-        _reject_unknown_kwargs("get_text_features", kwargs, TRANSFORMERS_KWARGS)
         outputs = self.text_model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
         )
@@ -673,47 +531,30 @@ class AAClipModel(AAClipPreTrainedModel):
     def encode_anchors(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, num_classes: int, num_normal: int
     ) -> torch.Tensor:
-        """Anchors `(num_classes, E, 2)` from prompts laid out per class as `[normal..., anomaly...]`.
-
-        Each sentence embedding is L2-normalised, each group averaged and normalised again.
-        """
+        """Anchors `(num_classes, E, 2)` from prompts laid out per class as `[normal..., anomaly...]`: each sentence
+        embedding L2-normalised, each group averaged and normalised again."""
         features = self.get_text_features(input_ids, attention_mask, return_dict=True).pooler_output
-        features = F.normalize(features, dim=-1)
-        features = features.reshape(num_classes, -1, features.shape[-1])
+        features = F.normalize(features, dim=-1).reshape(num_classes, -1, features.shape[-1])
         normal = F.normalize(features[:, :num_normal].mean(dim=1), dim=-1)
         anomaly = F.normalize(features[:, num_normal:].mean(dim=1), dim=-1)
         return torch.stack([normal, anomaly], dim=-1)
 
     def compute_text_anchors(self, class_names: Sequence[str], prompts) -> torch.Tensor:
-        """Anchors `(C, E, 2)` of `class_names` (grad flows unless under no_grad); nothing is stored.
+        """Anchors `(C, E, 2)` of `class_names`, nothing stored (grad flows unless under no_grad).
 
-        `prompts` is `processor.tokenize_prompts(class_names)` (`input_ids`, `attention_mask`, `num_normal`), or
-        an object with `tokenize_prompts` (an `AAClipProcessor`), which is asked for them.
+        `prompts` is `processor.tokenize_prompts(class_names)`, or anything with `tokenize_prompts` (a processor).
+        Classes whose prompts are identical (`mvtec/bottle` and `bottle`) run the text tower once and share anchors.
         """
         names = _class_name_list(class_names)
         if hasattr(prompts, "tokenize_prompts"):
             prompts = prompts.tokenize_prompts(names)
-        if prompts["input_ids"].shape[0] % max(len(names), 1):
-            raise ValueError(
-                f"{prompts['input_ids'].shape[0]} tokenized prompts do not split evenly over {len(names)} class names; "
-                "pass processor.tokenize_prompts(class_names) for the same names"
-            )
-        device = self.text_anchors.device
-        return self.encode_anchors(
-            prompts["input_ids"].to(device),
-            prompts["attention_mask"].to(device),
-            num_classes=len(names),
-            num_normal=prompts["num_normal"],
-        )
-
-    def _encode_distinct(self, class_names: list[str], prompts: Mapping) -> torch.Tensor:
-        """`compute_text_anchors`, running the text tower once per distinct prompt block (names that share a
-        descriptive name, e.g. `mvtec/bottle` and `bottle`, share their anchors exactly)."""
         ids, mask = prompts["input_ids"], prompts["attention_mask"]
-        ids, mask = (
-            ids.reshape(len(class_names), -1, ids.shape[-1]),
-            mask.reshape(len(class_names), -1, mask.shape[-1]),
-        )
+        if not names or ids.shape[0] % len(names):
+            raise InvalidInputError(
+                f"{ids.shape[0]} tokenized prompts do not split evenly over {len(names)} class names; pass "
+                "processor.tokenize_prompts(class_names) for the same names"
+            )
+        ids, mask = ids.reshape(len(names), -1, ids.shape[-1]), mask.reshape(len(names), -1, mask.shape[-1])
         first: dict[bytes, int] = {}
         owner = [first.setdefault(ids[i].numpy().tobytes() + mask[i].numpy().tobytes(), i) for i in range(len(ids))]
         distinct = sorted(set(owner))
@@ -730,164 +571,166 @@ class AAClipModel(AAClipPreTrainedModel):
     def stored_class_names(self) -> list[str]:
         return list(self.config.anchor_class_names)
 
-    # ------------------------------------------------------------------ stored anchors: derived state
-
-    def _require_text_tower(self) -> None:
-        if not self.config.include_text_model:
-            raise ValueError(
-                "this is an inference-only AA-CLIP (include_text_model=False): it has no text tower and scores "
-                f"against its stored anchors only ({self.stored_class_names}); load the full model to add classes"
-            )
-
-    def text_branch_fingerprint(self) -> dict[str, str]:
-        """`{"text_branch": sha256, "dtype": ...}` of everything `encode_anchors` uses: the text tower with its
-        adapters, the text head in use and the config fields that change what they compute."""
+    def text_branch_fingerprint(self) -> str:
+        """SHA-256 of everything the anchors derive from: the text tower with its adapters, the text head in use and
+        the config fields that change what they compute."""
         self._require_text_tower()
         head = "text_projector." if self.config.text_head == "adapter" else "text_projection."
         settings = {name: getattr(self.config, name) for name in TEXT_BRANCH_SETTINGS}
-        settings.update(
-            {f"text_config.{name}": getattr(self.config.text_config, name) for name in TEXT_TOWER_SETTINGS}
-        )
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8"))
-        for name, tensor in sorted(self.state_dict().items()):
-            if name.startswith(("text_model.", head)):
-                tensor = tensor.detach().to("cpu").contiguous()
-                digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)};".encode())
-                digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-        dtype = str(self.text_model.embeddings.token_embedding.weight.dtype).removeprefix("torch.")
-        return {"text_branch": digest.hexdigest(), "dtype": dtype}
+        settings |= {f"text_config.{name}": getattr(self.config.text_config, name) for name in TOWER_SETTINGS}
+        return self._digest(("text_model.", head), settings)
+
+    def vision_branch_fingerprint(self) -> str:
+        """`"<dtype>:<SHA-256>"` of everything reference patches derive from: the vision tower with its adapters, the
+        per-level projections and the config fields that change what they compute."""
+        settings = {name: getattr(self.config, name) for name in VISION_BRANCH_SETTINGS}
+        settings |= {f"vision_config.{name}": getattr(self.config.vision_config, name) for name in TOWER_SETTINGS}
+        settings |= {"image_size": self.config.vision_config.image_size}
+        return f"{self.dtype}:{self._digest(('vision_model.', 'seg_projections.'), settings)}".removeprefix("torch.")
+
+    def _digest(self, prefixes: tuple[str, ...], settings: dict) -> str:
+        """`weights_digest` of the parameters under `prefixes`, hashed again only when one of them changed."""
+        named = [(name, tensor) for name, tensor in self.state_dict().items() if name.startswith(prefixes)]
+        key = (prefixes, json.dumps(settings, sort_keys=True, default=str))
+        state = tuple((name, tensor.data_ptr(), tensor._version, tensor.dtype) for name, tensor in named)
+        cached = self._digests.get(key)
+        if cached is None or cached[0] != state:
+            self._digests[key] = cached = (state, weights_digest(named, settings))
+        return cached[1]
 
     def anchor_status(self) -> dict:
-        """Whether the stored anchors are what the current text branch gives.
+        """Whether the stored anchors still derive from this model and its names.
 
-        `state`: `"fresh"` (fingerprints match), `"stale"` (the text branch changed since: scores use old
-        anchors), `"unknown"` (no fingerprint recorded) or `"unchecked"` (inference-only model, or weights in
-        another dtype than the fingerprint's); `reason` says why and how to fix it; `fingerprint` is the record.
+        `state`: `"fresh"`; `"stale"` (the text branch changed since they were made); `"tampered"` (names and rows no
+        longer match: `anchor_class_names` reordered or edited); `"unknown"` (no fingerprint); `"unchecked"`
+        (inference-only model, anchors made elsewhere, or weights in another dtype). `reason` says why and how to fix.
         """
         recorded = self.config.anchor_fingerprint
-        fix = "fix: model.update_text_anchors(processor) recomputes every stored class, then save the model"
-        status = {"fingerprint": recorded}
-        if not self.config.include_text_model:
-            return status | {
-                "state": "unchecked",
-                "reason": "inference-only model: there is no text tower to check the stored anchors against",
-            }
+        fix = "fix: model.refresh_text_anchors(processor) recomputes every stored class, then save the model"
         if recorded is None:
-            return status | {
-                "state": "unknown",
-                "reason": f"no anchor fingerprint recorded (anchors stored without one, or by an older version); {fix}",
+            return {"state": "unknown", "reason": f"no anchor fingerprint recorded; {fix}"}
+        if rows_digest(self.stored_class_names, self.text_anchors) != recorded["rows"]:
+            return {
+                "state": "tampered",
+                "reason": "the stored anchor rows do not match anchor_class_names (names reordered or edited, or rows "
+                f"changed outside the model); {fix}",
             }
-        current = self.text_branch_fingerprint()
-        if current["dtype"] != recorded["dtype"]:
-            return status | {
-                "state": "unchecked",
-                "reason": f"the text branch is {current['dtype']}, the fingerprint is of {recorded['dtype']} weights",
-            }
-        if current["text_branch"] != recorded["text_branch"]:
-            return status | {
+        if not self.config.include_text_model or recorded["text_branch"] == "external":
+            return {"state": "unchecked", "reason": "no text branch to check the stored anchors against"}
+        dtype = str(self.text_anchors.dtype).removeprefix("torch.")
+        if dtype != recorded["dtype"]:
+            return {"state": "unchecked", "reason": f"weights are {dtype}, the fingerprint is of {recorded['dtype']}"}
+        if self.text_branch_fingerprint() != recorded["text_branch"]:
+            return {
                 "state": "stale",
-                "reason": (
-                    f"the stored anchors of {len(self.stored_class_names)} class(es) were computed with other "
-                    f"text-branch weights (fingerprint {recorded['text_branch'][:12]}, these weights give "
-                    f"{current['text_branch'][:12]}), so scores use stale anchors; {fix}"
-                ),
+                "reason": f"the stored anchors of {len(self.stored_class_names)} class(es) were computed with other "
+                f"text-branch weights, so scores would use stale anchors; {fix}",
             }
-        return status | {"state": "fresh", "reason": "the stored anchors match the text branch"}
+        return {"state": "fresh", "reason": "the stored anchors match the text branch and the names"}
+
+    def _record_anchors(self, text_branch: str, prompts: str) -> None:
+        dtype = str(self.text_anchors.dtype).removeprefix("torch.")
+        rows = rows_digest(self.stored_class_names, self.text_anchors)
+        self.config.anchor_fingerprint = {"text_branch": text_branch, "prompts": prompts, "dtype": dtype, "rows": rows}
 
     @torch.no_grad()
     def refresh_text_anchors(self, processor, class_names: Sequence[str] = ()) -> None:
         """Recompute EVERY stored class (plus `class_names`) from the current text branch and record the fingerprint.
 
-        Call it after any change to the text branch (training, conversion): anchors are derived state. `processor`
-        is anything with `tokenize_prompts` (its prompt ensemble and class-name table make the anchors).
+        Anchors are derived state: call it after any change to the text branch (training, conversion). `processor` is
+        anything with `tokenize_prompts` (its prompt ensemble and class-name table make the anchors).
         """
         names = list(dict.fromkeys([GENERIC_CLASS, *self.stored_class_names, *_class_name_list(class_names)]))
         prompts = processor.tokenize_prompts(names)
         was_training = self.training
         self.eval()
         try:
-            anchors = self._encode_distinct(names, prompts)
+            anchors = self.compute_text_anchors(names, prompts)
         finally:
             self.train(was_training)
         self.text_anchors = anchors.detach().to(self.text_anchors)
         self.config.anchor_class_names = names
-        self.config.anchor_fingerprint = {
-            **self.text_branch_fingerprint(),
-            "prompts": str(prompts.get("prompt_fingerprint", "unknown")),
-        }
-
-    @torch.no_grad()
-    def store_text_anchors(self, class_names: Sequence[str], anchors: torch.Tensor) -> None:
-        """Add or replace stored anchors computed elsewhere; they are saved with the weights.
-
-        Their provenance is unknown, so `config.anchor_fingerprint` is cleared; prefer `update_text_anchors`.
-        """
-        self._store_rows(_class_name_list(class_names), anchors)
-        self.config.anchor_fingerprint = None
-
-    def _store_rows(self, class_names: list[str], anchors: torch.Tensor) -> None:
-        anchors = anchors.detach()
-        if anchors.shape != (len(class_names), self.config.projection_dim, 2):
-            raise ValueError(
-                f"anchors must have shape ({len(class_names)}, {self.config.projection_dim}, 2), got {tuple(anchors.shape)}"
-            )
-        names = self.stored_class_names
-        table = self.text_anchors
-        for name, anchor in zip(class_names, anchors):
-            if name in names:
-                table = table.index_copy(
-                    0, torch.tensor([names.index(name)], device=table.device), anchor[None].to(table)
-                )
-            else:
-                names.append(name)
-                table = torch.cat([table, anchor[None].to(table)], dim=0)
-        self.text_anchors = table
-        self.config.anchor_class_names = names
+        self._record_anchors(self.text_branch_fingerprint(), str(prompts.get("prompt_fingerprint", "unknown")))
 
     @torch.no_grad()
     def update_text_anchors(self, processor, class_names: Sequence[str] | None = None) -> None:
         """Compute and store the anchors of `class_names` (default: every stored class).
 
         When the text branch or the prompt ensemble changed since the stored table was made (or its provenance is
-        unknown), every stored class is recomputed with them (`refresh_text_anchors`): the table never mixes old
-        and new anchors.
+        unknown), every stored class is recomputed (`refresh_text_anchors`): the table never mixes old and new anchors.
         """
         if class_names is None:
             return self.refresh_text_anchors(processor)
         names = list(dict.fromkeys(_class_name_list(class_names)))
         prompts = processor.tokenize_prompts(names)
-        recorded = self.config.anchor_fingerprint
-        current = {**self.text_branch_fingerprint(), "prompts": str(prompts.get("prompt_fingerprint", "unknown"))}
-        if recorded != current:
+        recorded = self.config.anchor_fingerprint or {}
+        if self.anchor_status()["state"] != "fresh" or recorded["prompts"] != prompts.get("prompt_fingerprint"):
             return self.refresh_text_anchors(processor, names)
         was_training = self.training
         self.eval()
         try:
-            self._store_rows(names, self._encode_distinct(names, prompts))
+            self._store_rows(names, self.compute_text_anchors(names, prompts))
         finally:
             self.train(was_training)
+        self._record_anchors(recorded["text_branch"], recorded["prompts"])
         return None
 
-    def anchors_for(self, class_names: Sequence[str]) -> torch.Tensor:
-        """Stored anchors gathered per sample: `(B, E, 2)`."""
-        class_names = _class_name_list(class_names)
-        names = self.stored_class_names
-        unknown = sorted({name for name in class_names if name not in names})
-        if unknown:
-            raise KeyError(
-                f"no stored text anchors for class(es) {unknown}; stored: {names[:10]}{'...' if len(names) > 10 else ''}. "
-                "Compute them with model.update_text_anchors(processor, [...]) (needs the tokenizer), pass "
-                "text_anchors=..., or use the generic class 'object'."
-            )
-        if GENERIC_CLASS in class_names and not bool(self.text_anchors[0].any()):
-            raise ValueError(
-                "the generic 'object' anchor was never computed for this model; call "
-                "model.update_text_anchors(processor) once (from_clip_pretrained does it)"
-            )
-        index = torch.tensor([names.index(name) for name in class_names], device=self.text_anchors.device)
-        return self.text_anchors.index_select(0, index)
+    @torch.no_grad()
+    def store_text_anchors(self, class_names: Sequence[str], anchors: torch.Tensor) -> None:
+        """Add or replace stored anchors computed elsewhere; they are saved with the weights. Their text branch is
+        unknown (`"external"`), but each name stays bound to its row."""
+        self._store_rows(_class_name_list(class_names), anchors)
+        self._record_anchors("external", "external")
 
-    # ------------------------------------------------------------------ vision branch (SPEC section 4)
+    def _store_rows(self, class_names: list[str], anchors: torch.Tensor) -> None:
+        anchors = anchors.detach()
+        if anchors.shape != (len(class_names), self.config.projection_dim, 2):
+            raise InvalidInputError(
+                f"anchors must have shape ({len(class_names)}, {self.config.projection_dim}, 2), "
+                f"got {tuple(anchors.shape)}"
+            )
+        names, rows = self.stored_class_names, list(self.text_anchors)
+        for name, anchor in zip(class_names, anchors.to(self.text_anchors)):
+            if name in names:
+                rows[names.index(name)] = anchor
+            else:
+                names.append(name)
+                rows.append(anchor)
+        self.text_anchors = torch.stack(rows)
+        self.config.anchor_class_names = names
+
+    # ------------------------------------------------------------------ names -> stored state (the thin layer)
+
+    def class_ids(self, class_names: str | Sequence[str]) -> torch.Tensor:
+        """Rows of the stored anchor table for `class_names`: what `forward(class_ids=...)` takes.
+
+        Refuses unknown names, an anchor table whose names and rows no longer match, and anchors made by another text
+        branch than this model's (`anchor_status`), instead of scoring with them.
+        """
+        names = _class_name_list(class_names)
+        stored = self.stored_class_names
+        unknown = sorted({name for name in names if name not in stored})
+        if unknown:
+            shown = stored[:10] + (["..."] if len(stored) > 10 else [])
+            raise UnknownClassError(
+                f"no stored text anchors for class(es) {unknown}; stored: {shown}. Compute them with "
+                "model.update_text_anchors(processor, [...]) (needs the text tower), or pass text_anchors=..."
+            )
+        status = self.anchor_status()
+        if status["state"] in ("stale", "tampered"):
+            raise StaleStateError(status["reason"])
+        if GENERIC_CLASS in names and not bool(self.text_anchors[0].any()):
+            raise StaleStateError(
+                "the generic 'object' anchor was never computed for this model; call "
+                "model.refresh_text_anchors(processor) once (from_clip_pretrained does it)"
+            )
+        return torch.tensor([stored.index(name) for name in names], device=self.text_anchors.device)
+
+    def text_anchors_for(self, class_names: str | Sequence[str]) -> torch.Tensor:
+        """Stored anchors gathered per name: `(B, E, 2)`."""
+        return self.text_anchors.index_select(0, self.class_ids(class_names))
+
+    # ------------------------------------------------------------------ vision branch
 
     def get_vision_features(
         self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
@@ -904,12 +747,12 @@ class AAClipModel(AAClipPreTrainedModel):
         output_attentions: bool = False,
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, BaseModelOutputWithPooling]:
         """`get_vision_features` and the tower's output, whose `hidden_states` hold what `output_hidden_states` asks
-        for: all (`True`), none (`False`) or the hidden states at the given indices (others `None`, negative
-        indices from the end, as transformers selects them). The tower records only those and the feature layers."""
-        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.config.vision_config.num_channels:
-            raise ValueError(
-                f"pixel_values must be (batch, {self.config.vision_config.num_channels}, height, width), "
-                f"got {tuple(pixel_values.shape)}"
+        for: all (`True`), none (`False`) or those at the given indices (others `None`, negative from the end, as
+        transformers selects them). The tower records only those and the feature layers."""
+        channels = self.config.vision_config.num_channels
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != channels:
+            raise InvalidInputError(
+                f"pixel_values must be (batch, {channels}, height, width), got {tuple(pixel_values.shape)}"
             )
         wanted = None  # indices of the hidden states to return; None = all of them
         if output_hidden_states is False or output_hidden_states is None:
@@ -944,7 +787,104 @@ class AAClipModel(AAClipPreTrainedModel):
         )
         return patch_embeds, image_embeds, tower_output
 
-    # ------------------------------------------------------------------ scores (SPEC section 5)
+    # ------------------------------------------------------------------ few-shot: normal references
+
+    @torch.no_grad()
+    def reference_features(
+        self,
+        pixel_values: torch.Tensor,
+        augmentations: Sequence[str] = (),
+        coreset_ratio: float = 1.0,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """A reference bank `(L, rows, E)`: the patch features of K normal images of one class, per feature level.
+
+        `augmentations` (names of `REFERENCE_AUGMENTATIONS`) add rotated or flipped copies of every image;
+        `coreset_ratio` < 1 keeps that share of each level's rows by greedy k-center selection (`greedy_coreset`).
+        """
+        unknown = sorted(set(augmentations) - set(REFERENCE_AUGMENTATIONS))
+        if unknown:
+            raise InvalidInputError(
+                f"unknown augmentation(s) {unknown}; choose from {sorted(REFERENCE_AUGMENTATIONS)}"
+            )
+        if not 0.0 < coreset_ratio <= 1.0:
+            raise InvalidInputError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
+        views = [pixel_values] + [REFERENCE_AUGMENTATIONS[name](pixel_values) for name in augmentations]
+        levels = [torch.cat(level) for level in zip(*(self.get_vision_features(view)[0] for view in views))]
+        bank = torch.stack([level.reshape(-1, level.shape[-1]) for level in levels])
+        if coreset_ratio < 1.0:
+            size = max(1, math.ceil(coreset_ratio * bank.shape[1]))
+            bank = torch.stack([level[greedy_coreset(level.float(), size, seed).to(level.device)] for level in bank])
+        return bank
+
+    @torch.no_grad()
+    def store_references(self, class_name: str, bank: torch.Tensor, num_images: int) -> None:
+        """Store (or replace) the reference bank of `class_name`, made by `reference_features` with this model's
+        current vision branch; it is saved with the weights and records that branch's fingerprint."""
+        check_class_name(class_name)
+        if bank.dim() != 3 or bank.shape[0] != self.config.num_levels or bank.shape[2] != self.config.projection_dim:
+            raise InvalidInputError(
+                f"a reference bank must be (levels={self.config.num_levels}, rows, {self.config.projection_dim}), "
+                f"got {tuple(bank.shape)}"
+            )
+        banks = {name: self._stored_bank(name) for name in self.config.reference_classes if name != class_name}
+        records = {name: record for name, record in self.config.reference_classes.items() if name != class_name}
+        banks[class_name] = bank.detach().to(self.text_anchors)
+        records[class_name] = {
+            "images": int(num_images),
+            "patches": int(bank.shape[1]),
+            "vision": self.vision_branch_fingerprint(),
+            "rows": rows_digest([class_name], banks[class_name][None]),
+        }
+        self.register_buffer("reference_bank", torch.cat(list(banks.values()), dim=1))
+        self.config.reference_classes = records
+
+    def remove_references(self, class_names: Sequence[str] | None = None) -> None:
+        """Drop the stored references of `class_names` (default: all of them)."""
+        keep = {
+            name: record
+            for name, record in self.config.reference_classes.items()
+            if class_names is not None and name not in class_names
+        }
+        banks = [self._stored_bank(name) for name in keep]
+        self.config.reference_classes = keep
+        if banks:
+            self.register_buffer("reference_bank", torch.cat(banks, dim=1))
+        else:
+            self._buffers.pop("reference_bank", None)
+
+    def _stored_bank(self, class_name: str) -> torch.Tensor:
+        start = 0
+        for name, record in self.config.reference_classes.items():
+            if name == class_name:
+                return self.reference_bank[:, start : start + record["patches"]]
+            start += record["patches"]
+        raise UnknownClassError(
+            f"no stored references for class {class_name!r}; classes with references: "
+            f"{sorted(self.config.reference_classes)}. Add them with aaclip add-references or model.store_references"
+        )
+
+    def references_for(self, class_name: str) -> torch.Tensor:
+        """The stored bank `(L, rows, E)` of `class_name`, refused when it no longer matches this model's vision branch
+        (training changed the weights since) or its record (edited outside the model)."""
+        bank = self._stored_bank(class_name)
+        record = self.config.reference_classes[class_name]
+        if rows_digest([class_name], bank[None]) != record["rows"]:
+            raise StaleStateError(
+                f"the stored references of {class_name!r} do not match their record in config.json (edited outside "
+                "the model); add them again"
+            )
+        current = self.vision_branch_fingerprint()
+        if current.split(":")[0] != record["vision"].split(":")[0]:
+            logger.info(f"references of {class_name!r} were made in another dtype: not checked against the weights")
+        elif current != record["vision"]:
+            raise StaleStateError(
+                f"the stored references of {class_name!r} were made with other vision weights (trained or replaced "
+                "since), so their patches no longer compare with this model's; add them again (aaclip add-references)"
+            )
+        return bank
+
+    # ------------------------------------------------------------------ scores
 
     def patch_logits(self, patch_embeds: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """`p = temperature * f @ T`: `(B, N, 2)` from `(B, N, E)` features and `(B|1, E, 2)` anchors."""
@@ -966,120 +906,150 @@ class AAClipModel(AAClipPreTrainedModel):
         """Per level `(B, 2, H, W)` softmax maps: logits on the grid, bilinear upsample, softmax over (N, A)."""
         maps = []
         for features in patch_embeds:
-            logits = self._to_grid(self.patch_logits(features, anchors))
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+            logits = F.interpolate(
+                self._to_grid(self.patch_logits(features, anchors)), size=size, mode="bilinear", align_corners=True
+            )
             maps.append(logits.softmax(dim=1))
         return tuple(maps)
 
     def _domain(self, domain: str | None) -> str:
         domain = domain or self.config.default_domain
         if domain not in self.config.blur_kernel_size:
-            raise ValueError(f"unknown domain {domain!r}; this model knows {sorted(self.config.blur_kernel_size)}")
+            raise InvalidInputError(
+                f"unknown domain {domain!r}; this model knows {sorted(self.config.blur_kernel_size)}"
+            )
         return domain
+
+    def _blur(self, grids: torch.Tensor, domain: str) -> torch.Tensor:
+        """`(B, C, G, G)` maps smoothed with the domain's Gaussian."""
+        return gaussian_blur2d(grids, self.config.blur_kernel_size[domain], self.config.blur_sigma[domain])
 
     def anomaly_grids(self, patch_embeds: Sequence[torch.Tensor], anchors: torch.Tensor, domain: str | None = None):
         """Per level `(B, G, G)` test maps `s_l = (p_A + 1 - p_N) / 2`, Gaussian-blurred on the grid."""
         domain = self._domain(domain)
-        kernel, sigma = self.config.blur_kernel_size[domain], self.config.blur_sigma[domain]
         grids = []
         for features in patch_embeds:
             logits = self.patch_logits(features, anchors)
             score = (logits[..., 1] + 1.0 - logits[..., 0]) / 2.0
-            grids.append(gaussian_blur2d(self._to_grid(score.unsqueeze(-1)), kernel, sigma)[:, 0])
+            grids.append(self._blur(self._to_grid(score.unsqueeze(-1)), domain)[:, 0])
         return tuple(grids)
 
-    def image_scores(
-        self, grid_sum: torch.Tensor, image_embeds: torch.Tensor, anchors: torch.Tensor, domain: str | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image `(image_score, raw_anomaly_score)`, both in [0, 1] (see `AAClipOutput`)."""
+    def reference_distance_grid(
+        self, patch_embeds: Sequence[torch.Tensor], bank: torch.Tensor, domain: str | None = None
+    ) -> torch.Tensor:
+        """Few-shot map `(B, G, G)`: per level, each patch's nearest-neighbour cosine distance `1 - max cos` to that
+        level's bank rows, blurred like the zero-shot terms, then averaged over levels (APRIL-GAN, AnomalyDINO)."""
         domain = self._domain(domain)
+        chunk = self.config.reference_chunk_size
+        levels = [nearest_neighbour_distance(f, level, chunk).unsqueeze(-1) for f, level in zip(patch_embeds, bank)]
+        return self._blur(self._to_grid(torch.cat(levels, dim=-1)), domain).mean(dim=1)
+
+    def anomaly_probability(self, grid_sum: torch.Tensor, distance: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-patch anomaly probability in [0, 1]: the zero-shot `sigmoid(2 * grid_sum / L - 1)`, joined with the
+        references' distance `d` (as `d / 2`, WinCLIP+'s scale) by `config.few_shot_fusion` when there is one."""
+        zero_shot = torch.sigmoid(2.0 * grid_sum / self.config.num_levels - 1.0)
+        if distance is None:
+            return zero_shot
+        few_shot = (distance / 2.0).clamp(0.0, 1.0)
+        fusion = self.config.few_shot_fusion
+        if fusion == "references":
+            return few_shot
+        if fusion == "harmonic":
+            total = zero_shot + few_shot
+            return torch.where(total > 0, 2.0 * zero_shot * few_shot / total.clamp_min(1e-12), total)
+        return (zero_shot + few_shot) / 2.0
+
+    def image_scores(
+        self, probability: torch.Tensor, image_embeds: torch.Tensor, anchors: torch.Tensor, domain: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per image `(image_score, map_score, raw_anomaly_score, map_weight)`, all in [0, 1] (see `AAClipOutput`)."""
+        mode = self.config.image_score_mode[self._domain(domain)]
         raw = (self.similarity_logits(image_embeds, anchors)[:, 1] + 1.0) / 2.0
-        mean_logit = 2.0 * grid_sum / self.config.num_levels - 1.0
-        map_score = torch.sigmoid(mean_logit).flatten(1).amax(dim=1)
-        mode = self.config.image_score_mode[domain]
-        if mode == "raw":
-            return raw, raw
-        if mode == "map":
-            return map_score, raw
-        weight = self.config.image_score_map_weight
-        return weight * map_score + (1.0 - weight) * raw, raw
+        map_score = probability.flatten(1).amax(dim=1)
+        weight = {"map": 1.0, "raw": 0.0, "fused": float(self.config.image_score_map_weight)}[mode]
+        map_weight = torch.full_like(raw, weight)
+        return weight * map_score + (1.0 - weight) * raw, map_score, raw, map_weight
 
     def forward(
         self,
         pixel_values: torch.Tensor,
-        class_names: str | Sequence[str] | None = None,
+        class_ids: torch.Tensor | None = None,
         text_anchors: torch.Tensor | None = None,
+        references: torch.Tensor | None = None,
         domain: str | None = None,
         output_size: int | tuple[int, int] | None = None,
         interpolate_pos_encoding: bool = False,
         output_attentions: bool | None = None,
         output_hidden_states: bool | int | list[int] | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> AAClipOutput | tuple:
         r"""
         Scores and patch-grid maps (see `AAClipOutput`); `AAClipProcessor.post_process_anomaly_detection` resizes the
         maps to each image's size.
 
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`): from `AAClipProcessor`.
-        class_names (`str` or `list[str]`, *optional*): one name for the batch or one per image (mixed classes
-            work); their anchors must be stored (see `update_text_anchors`). Defaults to `"object"`.
+        class_ids (`torch.LongTensor` of shape `(batch_size,)` or `(1,)`, *optional*): rows of the stored anchor table
+            (`model.class_ids(names)`); mixed classes work. Default: the generic class `"object"` (row 0).
         text_anchors (`torch.FloatTensor` of shape `(batch_size | 1, E, 2)`, *optional*): explicit anchors instead.
+        references (`torch.FloatTensor` of shape `(L, rows, E)`, *optional*): a bank of normal reference patches of
+            the images' class (`model.references_for(name)` or `model.reference_features(...)`): adds the few-shot map.
         domain (`str`, *optional*): `"industrial"` or `"medical"` smoothing and image score; config default.
-        output_size (`int` or `(height, width)`, *optional*): also compute `anomaly_map` at this size. Without it
-            no map beyond the patch grid is computed.
+        output_size (`int` or `(height, width)`, *optional*): also compute `anomaly_map` at this size.
         interpolate_pos_encoding (`bool`, defaults to `False`): CLIP's position-table interpolation for other input
             sizes (no antialias; not the reference's load-time resize).
-        output_attentions (`bool`, *optional*): also return the vision tower's attention weights (eager attention;
-            default: the config's).
-        output_hidden_states (`bool`, `int` or `list[int]`, *optional*): also return the vision tower's hidden
-            states: all of them, or those at the given indices (the others `None`), as transformers' models select
-            them (default: the config's).
-        return_dict (`bool`, *optional*): `False` returns a tuple (default: the config's).
-
-        Any other keyword argument is a `TypeError`: nothing passed is silently ignored.
+        output_attentions, output_hidden_states, return_dict: as in transformers' models (the vision tower's; hidden
+            states also by index).
         """
-        _reject_unknown_kwargs("forward", kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if output_attentions is None:
-            output_attentions = self.config.output_attentions
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
-        if output_size is not None:
-            output_size = check_output_size(output_size)
-        if class_names is not None and text_anchors is not None:
-            raise ValueError("pass either class_names or text_anchors, not both")
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
         batch_size = pixel_values.shape[0]
-        if text_anchors is None:
-            names = [class_names] if isinstance(class_names, str) else list(class_names or [GENERIC_CLASS])
-            if len(names) == 1:
-                names = names * batch_size
-            if len(names) != batch_size:
-                raise ValueError(f"got {len(names)} class names for a batch of {batch_size} images")
-            text_anchors = self.anchors_for(names)
-        else:
-            if text_anchors.dim() != 3 or text_anchors.shape[1:] != (self.config.projection_dim, 2):
-                raise ValueError(
-                    f"text_anchors must be (batch, {self.config.projection_dim}, 2), got {tuple(text_anchors.shape)}"
-                )
-            text_anchors = text_anchors.to(pixel_values.device).expand(batch_size, -1, -1)
-        text_anchors = text_anchors.to(self.dtype)
 
+        # 1. anchors per image: stored rows by class id, or given
+        if class_ids is not None and text_anchors is not None:
+            raise InvalidInputError("pass either class_ids or text_anchors, not both")
+        if text_anchors is None:
+            ids = torch.zeros(1, dtype=torch.long) if class_ids is None else torch.as_tensor(class_ids).reshape(-1)
+            if ids.shape[0] not in (1, batch_size) or not bool(((ids >= 0) & (ids < len(self.text_anchors))).all()):
+                raise InvalidInputError(
+                    f"class_ids must hold 1 or {batch_size} rows of the {len(self.text_anchors)} stored anchors, got "
+                    f"{ids.tolist()}"
+                )
+            text_anchors = self.text_anchors.index_select(0, ids.to(self.text_anchors.device))
+        elif text_anchors.dim() != 3 or text_anchors.shape[1:] != (self.config.projection_dim, 2):
+            raise InvalidInputError(
+                f"text_anchors must be (batch, {self.config.projection_dim}, 2), got {tuple(text_anchors.shape)}"
+            )
+        text_anchors = text_anchors.to(device=pixel_values.device, dtype=self.dtype).expand(batch_size, -1, -1)
+
+        # 2. multi-level patch features and the image feature
         patch_embeds, image_embeds, vision_outputs = self._vision_branch(
             pixel_values, interpolate_pos_encoding, output_hidden_states, bool(output_attentions)
         )
+        # 3. zero-shot maps, the few-shot map, and the per-image scores
         grids = self.anomaly_grids(patch_embeds, text_anchors, domain)
         grid_sum = torch.stack(grids).sum(dim=0)
-        image_score, raw_score = self.image_scores(grid_sum, image_embeds, text_anchors, domain)
+        distance = None if references is None else self.reference_distance_grid(patch_embeds, references, domain)
+        probability = self.anomaly_probability(grid_sum, distance)
+        image_score, map_score, raw_score, map_weight = self.image_scores(
+            probability, image_embeds, text_anchors, domain
+        )
         anomaly_map = None
         if output_size is not None:
+            output_size = _check_output_size(output_size)
             anomaly_map = torch.stack([upsample_grid(grid, output_size) for grid in grids]).sum(dim=0)
 
         output = AAClipOutput(
             anomaly_map_grid=grid_sum,
             anomaly_map_grid_levels=grids,
+            anomaly_probability_grid=probability,
+            reference_distance_grid=distance,
             image_score=image_score,
+            map_score=map_score,
             raw_anomaly_score=raw_score,
+            map_weight=map_weight,
             anomaly_map=anomaly_map,
             patch_embeds=patch_embeds,
             image_embeds=image_embeds,
@@ -1096,8 +1066,22 @@ def _class_name_list(class_names) -> list[str]:
     if isinstance(class_names, str):
         return [check_class_name(class_names)]
     if not isinstance(class_names, Iterable):
-        raise TypeError(f"class names must be a string or a list of strings, got {class_names!r}")
+        raise InvalidInputError(f"class names must be a string or a list of strings, got {class_names!r}")
     return [check_class_name(name) for name in class_names]
+
+
+def _check_output_size(output_size) -> int | tuple[int, int]:
+    """A positive int or a `(height, width)` pair of positive ints."""
+    pair = isinstance(output_size, Sequence)
+    values = tuple(output_size) if pair else (output_size,)
+    positive = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+    if not positive or (pair and len(values) != 2):
+        raise InvalidInputError(f"output_size must be a positive int or (height, width), got {output_size!r}")
+    return values if pair else output_size
+
+
+# Keyword arguments transformers' generic code may pass to `get_text_features` (`TransformersKwargs`).
+TRANSFORMERS_KWARGS = frozenset(TransformersKwargs.__required_keys__ | TransformersKwargs.__optional_keys__)
 
 
 AAClipModel.register_for_auto_class("AutoModel")
@@ -1110,6 +1094,8 @@ __all__ = [
     "AAClipPreTrainedModel",
     "AAClipProjection",
     "gaussian_blur2d",
+    "greedy_coreset",
+    "nearest_neighbour_distance",
     "resize_position_embedding",
     "upsample_grid",
 ]

@@ -1,15 +1,17 @@
 # Copyright 2026 The aaclip-hf authors. Licensed under the Apache License, Version 2.0.
-"""AA-CLIP processor: image and mask preprocessing, the prompt ensemble, and post-processing.
+"""AA-CLIP processor: images (`AAClipImageProcessor`), the prompt ensemble and class-name table that make text
+anchors, and the post-processing that turns model outputs into decisions, masks and heat maps.
 
-Images follow the reference exactly (PIL bicubic resize to a square, no crop, OpenAI mean/std).
-The prompt ensemble and the class-name table (SPEC section 3) are saved with the processor, so a
-user can edit them and push them with the model.
+The prompt ensemble and the class-name table are saved with the processor, so a user can edit them and publish them
+with the model. Post-processing holds the one definition of the heat map that every surface shows
+(`normalize_at_threshold`: 0.5 is the decision boundary).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,21 +19,22 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPImageProcessorPil, CLIPTokenizer
+from transformers import CLIPTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
-from .configuration_aaclip import DEFAULT_IMAGE_SIZE, GENERIC_CLASS, binarize_mask, check_class_name, image_to_rgb
-from .modeling_aaclip import AAClipOutput, upsample_grid
+from .configuration_aaclip import GENERIC_CLASS, InvalidInputError, check_class_name
+from .image_processing_aaclip import AAClipImageProcessor, reference_image_processor
 
 
-# What the processor accepts: one image (or mask) as PIL, or an (H, W[, C]) array or tensor.
-ImageInput = Image.Image | np.ndarray | torch.Tensor
-MaskInput = Image.Image | np.ndarray | torch.Tensor
-
-
-CONTEXT_LENGTH = 77
 BUNDLED_TOKENIZER_DIR = Path(__file__).parent / "clip_tokenizer"
+# The decision threshold on image scores when neither the call nor the model's config gives one: scores lie in
+# [0, 1] and 0.5 is their midpoint (for the map part, an anomaly logit of 0).
+DEFAULT_THRESHOLD = 0.5
+LABELS = ("normal", "anomaly")
+
+# CLIP's text context: prompts longer than this are refused, never truncated.
+CONTEXT_LENGTH = 77
 
 # The reference prompt ensemble: sentences = template(state(name)), states in the outer loop.
 NORMAL_STATES = ["{}", "a {}", "the {}"]
@@ -93,23 +96,48 @@ CLASS_NAME_TABLE = {
 }
 
 
-def reference_image_processor(image_size: int) -> CLIPImageProcessorPil:
-    """The reference preprocessing at `image_size`: PIL bicubic resize to a square, no crop, OpenAI mean/std."""
-    return CLIPImageProcessorPil(size={"height": image_size, "width": image_size}, do_center_crop=False)
+def pixel_decision_level(threshold: float, raw_score: float, map_weight: float) -> float:
+    """The level of the anomaly probability at which one pixel alone makes the image score reach `threshold`.
+
+    The image score is `w * max(P) + (1 - w) * r` (`AAClipOutput`), so a pixel decides when `P >= (t - (1 - w) r) / w`;
+    with `w = 0` (the image branch alone) no pixel decides (`inf`).
+    """
+    if map_weight <= 0:
+        return math.inf
+    return (threshold - (1.0 - map_weight) * raw_score) / map_weight
 
 
-def _decode(image):
-    """PIL images follow the package's one decoding policy (`image_to_rgb`); arrays and tensors pass through."""
-    return image_to_rgb(image) if isinstance(image, Image.Image) else image
+def normalize_at_threshold(probability: np.ndarray, level: float) -> np.ndarray:
+    """The heat map every surface shows: the anomaly probability `P` mapped piecewise-linearly so that 0 stays 0, 1
+    stays 1 and the decision level becomes 0.5 (anomalib's convention: 0.5 = threshold).
+
+    Below the level `0.5 * P / level`, above it `0.5 + 0.5 * (P - level) / (1 - level)`. A level at or below 0 (the
+    image is anomalous whatever its map) gives `0.5 + 0.5 * P`; a level at or above 1 (no pixel can decide) gives
+    `0.5 * P`. Heat maps of different images of a class are therefore on one scale: red means "decides".
+    """
+    probability = np.clip(np.asarray(probability, dtype=np.float32), 0.0, 1.0)
+    if level <= 0.0:
+        return 0.5 + 0.5 * probability
+    if level >= 1.0:
+        return 0.5 * probability
+    below = 0.5 * probability / level
+    above = 0.5 + 0.5 * (probability - level) / (1.0 - level)
+    return np.where(probability < level, below, above).astype(np.float32)
+
+
+def _resize(grid: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """A `(G, G)` grid bilinearly resized (align_corners=True) to `size`, as a float32 array."""
+    resized = torch.nn.functional.interpolate(grid[None, None].float(), size=size, mode="bilinear", align_corners=True)
+    return resized[0, 0].detach().cpu().numpy().astype(np.float32, copy=False)
 
 
 class AAClipProcessor(ProcessorMixin):
     r"""
-    Wraps a `CLIPImageProcessorPil` (518 px, bicubic, no crop, OpenAI mean/std) and a `CLIPTokenizer`, and owns the
-    prompt ensemble used to build text anchors. `AAClipProcessor()` works offline with the bundled CLIP BPE tokenizer.
+    Wraps an `AAClipImageProcessor` (518 px, bicubic, no crop, OpenAI mean/std) and a `CLIPTokenizer`, and owns the
+    prompt ensemble used to build text anchors. `AAClipProcessor()` works offline with the bundled CLIP tokenizer.
 
     Args:
-        image_processor (`CLIPImageProcessorPil`, *optional*): defaults to the reference preprocessing.
+        image_processor (`AAClipImageProcessor`, *optional*): defaults to the reference preprocessing at 518 px.
         tokenizer (`CLIPTokenizer`, *optional*): defaults to the bundled OpenAI CLIP tokenizer.
         normal_states / anomaly_states (`list[str]`, *optional*): state phrases with one `{}` for the class name.
         templates (`list[str]`, *optional*): sentence templates with one `{}` for the state phrase.
@@ -126,18 +154,18 @@ class AAClipProcessor(ProcessorMixin):
         class_name_table: dict[str, str] | None = None,
         **kwargs,
     ):
-        if image_processor is None:
-            image_processor = reference_image_processor(DEFAULT_IMAGE_SIZE)
-        if tokenizer is None:
-            tokenizer = self.bundled_tokenizer()
+        image_processor = image_processor if image_processor is not None else reference_image_processor()
+        tokenizer = tokenizer if tokenizer is not None else self.bundled_tokenizer()
         self.normal_states = list(normal_states if normal_states is not None else NORMAL_STATES)
         self.anomaly_states = list(anomaly_states if anomaly_states is not None else ANOMALY_STATES)
         self.templates = list(templates if templates is not None else TEMPLATES)
         self.class_name_table = dict(class_name_table if class_name_table is not None else CLASS_NAME_TABLE)
         for field in ("normal_states", "anomaly_states", "templates"):
             phrases = getattr(self, field)
-            if not phrases or any(phrase.count("{}") != 1 for phrase in phrases):
-                raise ValueError(f"{field} must be a non-empty list of phrases with exactly one '{{}}', got {phrases}")
+            if not phrases or any(not isinstance(p, str) or p.count("{}") != 1 for p in phrases):
+                raise InvalidInputError(
+                    f"{field} must be a non-empty list of phrases with exactly one '{{}}', got {phrases}"
+                )
         super().__init__(image_processor, tokenizer, **kwargs)
 
     @staticmethod
@@ -151,79 +179,46 @@ class AAClipProcessor(ProcessorMixin):
 
     @classmethod
     def for_model(cls, config, **kwargs) -> AAClipProcessor:
-        """The one way to build the reference preprocessing that fits a model: resize to its input size, no crop.
-
-        `config` is an `AAClipConfig` (or any config with a `vision_config`, or a model); `kwargs` go to `__init__`
-        (prompt ensemble, class-name table, tokenizer).
-        """
+        """The reference preprocessing that fits a model (`config`: an `AAClipConfig` or a model); `kwargs` go to
+        `__init__` (prompt ensemble, class-name table, tokenizer)."""
         config = getattr(config, "config", config)
         return cls(image_processor=reference_image_processor(config.vision_config.image_size), **kwargs)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        # The reference numerics are PIL bicubic; never switch silently to the torchvision backend.
-        kwargs.setdefault("backend", "pil")
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-
-    # ------------------------------------------------------------------ images and masks
-
     @property
     def image_size(self) -> tuple[int, int]:
-        size = self.image_processor.size
-        return (size["height"], size["width"])
+        return self.image_processor.image_size
 
     def __call__(
         self,
-        images: ImageInput | Sequence[ImageInput] | None = None,
+        images=None,
         text: str | Sequence[str] | None = None,
         return_tensors: str | None = "pt",
         **kwargs: Any,
     ) -> BatchFeature:
         """`pixel_values` for images and/or `input_ids`/`attention_mask` for text (max 77 tokens, never truncated)."""
         if images is None and text is None:
-            raise ValueError("AAClipProcessor needs images and/or text")
+            raise InvalidInputError("AAClipProcessor needs images and/or text")
         data = {}
         if images is not None:
-            images = [_decode(i) for i in images] if isinstance(images, (list, tuple)) else _decode(images)
             data.update(self.image_processor(images, return_tensors=return_tensors, **kwargs))
         if text is not None:
             data.update(self.tokenize(text if isinstance(text, list) else [text]))
         return BatchFeature(data, tensor_type=return_tensors)
 
-    def preprocess_masks(
-        self, masks: MaskInput | Sequence[MaskInput], size: int | tuple[int, int] | None = None
-    ) -> torch.Tensor:
-        """Ground-truth masks -> `(B, H, W)` float {0, 1}: PIL nearest resize and `!= 0`, as the reference does.
+    def preprocess_masks(self, masks, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+        """Ground-truth masks -> `(B, H, W)` float {0, 1} (`AAClipImageProcessor.preprocess_masks`)."""
+        return self.image_processor.preprocess_masks(masks, size)
 
-        (torch's `interpolate(mode="nearest")` samples different source pixels than PIL and would move edges.)
-        """
-        height, width = (size, size) if isinstance(size, int) else tuple(size or self.image_size)
-        if isinstance(masks, Image.Image) or (isinstance(masks, (np.ndarray, torch.Tensor)) and masks.ndim == 2):
-            masks = [masks]
-        out = []
-        for index, mask in enumerate(masks):
-            if isinstance(mask, torch.Tensor):
-                mask = mask.detach().cpu().numpy()
-            try:
-                binary = binarize_mask(mask, (height, width))
-            except ValueError as error:
-                raise ValueError(f"mask {index} {error}") from None
-            out.append(torch.from_numpy(binary.astype(np.float32)))
-        return torch.stack(out)
-
-    # ------------------------------------------------------------------ prompts (SPEC section 3)
+    # ------------------------------------------------------------------ prompts
 
     def prompt_name(self, class_name: str) -> str:
-        """The descriptive name used in prompts for a class key."""
+        """The descriptive name used in prompts for a class key (`dataset/class` keys fall back to `class`; unknown
+        names read `_` as a space)."""
         check_class_name(class_name)
         if class_name == GENERIC_CLASS:
             return GENERIC_CLASS
-        if class_name in self.class_name_table:
-            return self.class_name_table[class_name]
         short = class_name.rsplit("/", 1)[-1]
-        if short in self.class_name_table:
-            return self.class_name_table[short]
-        return short.replace("_", " ")
+        return self.class_name_table.get(class_name, self.class_name_table.get(short, short.replace("_", " ")))
 
     def is_known_class(self, class_name: str) -> bool:
         """Whether the class-name table (or the generic class) knows `class_name` or its `dataset/` suffix."""
@@ -231,8 +226,7 @@ class AAClipProcessor(ProcessorMixin):
         return class_name == GENERIC_CLASS or class_name in self.class_name_table or short in self.class_name_table
 
     def prompt_fingerprint(self) -> str:
-        """SHA-256 of the prompt ensemble and class-name table: recorded with the anchors they produce, so a model
-        can tell whether its stored anchors came from this processor's prompts."""
+        """SHA-256 of the prompt ensemble and class-name table, recorded with the anchors they produce."""
         ensemble = {
             "normal_states": self.normal_states,
             "anomaly_states": self.anomaly_states,
@@ -251,11 +245,11 @@ class AAClipProcessor(ProcessorMixin):
         return sentences(self.normal_states), sentences(self.anomaly_states)
 
     def tokenize(self, sentences: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenise with padding to the longest sentence; raise (never truncate) past the 77-token context."""
+        """Tokenise with padding to the longest sentence; refuse (never truncate) past the 77-token context."""
         encoded = self.tokenizer(list(sentences), padding=False, truncation=False)
         for sentence, ids in zip(sentences, encoded["input_ids"]):
             if len(ids) > CONTEXT_LENGTH:
-                raise ValueError(
+                raise InvalidInputError(
                     f"prompt is {len(ids)} tokens, over CLIP's {CONTEXT_LENGTH}-token context: {sentence[:120]!r}. "
                     "Shorten the class name (processor.class_name_table) or the templates."
                 )
@@ -266,7 +260,7 @@ class AAClipProcessor(ProcessorMixin):
         anchor methods take. `num_normal` says where each class's anomaly sentences start; `prompt_fingerprint`
         names the ensemble that made them."""
         if isinstance(class_names, str):
-            raise TypeError(f"class_names must be a list of strings, got the string {class_names!r}")
+            raise InvalidInputError(f"class_names must be a list of strings, got the string {class_names!r}")
         sentences = []
         for name in class_names:
             normal, anomaly = self.build_prompts(name)
@@ -280,31 +274,67 @@ class AAClipProcessor(ProcessorMixin):
 
     def post_process_anomaly_detection(
         self,
-        outputs: AAClipOutput,
+        outputs,
         target_sizes: Sequence[tuple[int, int]] | None = None,
-        threshold: float | None = None,
+        thresholds: float | Sequence[float | None] | None = None,
+        pixel_threshold: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Per image: `score`, `raw_anomaly_score`, `anomaly_map` at `target_sizes[i]` (default: this processor's
-        input size) bilinearly resized from the model's patch grid (`outputs.anomaly_map_grid`), and `is_anomaly`
-        when a `threshold` on the score is given. The model computes no full-size map itself (transformers'
-        segmentation convention)."""
-        grids = outputs.anomaly_map_grid
-        if target_sizes is not None and len(target_sizes) != grids.shape[0]:
-            raise ValueError(f"got {len(target_sizes)} target sizes for {grids.shape[0]} images")
-        results = []
-        for index in range(grids.shape[0]):
-            size = tuple(target_sizes[index]) if target_sizes is not None else self.image_size
-            result = {
-                "score": float(outputs.image_score[index]),
-                "raw_anomaly_score": float(outputs.raw_anomaly_score[index]),
-                "anomaly_map": upsample_grid(grids[index : index + 1].float(), size)[0],
-            }
-            if threshold is not None:
-                result["is_anomaly"] = result["score"] >= threshold
-            results.append(result)
-        return results
+        """Decisions, maps and masks per image, as the pipeline returns them (no tensor tracks gradients).
+
+        `target_sizes[i]` (default: the input size) is the size of image i's maps. `thresholds`: one decision
+        threshold on `image_score` for all images or one per image (`None`: `DEFAULT_THRESHOLD`).
+        `pixel_threshold`: a fixed level of the anomaly probability for `mask`, instead of the decision level.
+
+        Per image: `score`, `label` (`"anomaly"` iff `score >= threshold`), `is_anomaly`, `threshold`, `map_score`,
+        `raw_anomaly_score`; `anomaly_map` (the zero-shot summed map, reference units) and `anomaly_probability`
+        (the heat map in [0, 1], `normalize_at_threshold`: 0.5 = decision) as float32 arrays at the target size;
+        `mask` (PIL `"L"`, 255 where the heat map reaches 0.5: the pixels that alone make the image anomalous);
+        `pixel_threshold` (that level of the probability, `None` when no pixel decides).
+        """
+        count = outputs.image_score.shape[0]
+        sizes = [self.image_size] * count if target_sizes is None else [tuple(map(int, s)) for s in target_sizes]
+        if len(sizes) != count:
+            raise InvalidInputError(f"got {len(sizes)} target sizes for {count} images")
+        if thresholds is None or isinstance(thresholds, (int, float)):
+            thresholds = [thresholds] * count
+        if len(thresholds) != count:
+            raise InvalidInputError(f"got {len(thresholds)} thresholds for {count} images")
+        return [self._post_process_one(outputs, i, sizes[i], thresholds[i], pixel_threshold) for i in range(count)]
+
+    def _post_process_one(self, outputs, index: int, size, threshold, pixel_threshold) -> dict[str, Any]:
+        threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
+        score, raw = float(outputs.image_score[index]), float(outputs.raw_anomaly_score[index])
+        level = pixel_threshold
+        if level is None:
+            level = pixel_decision_level(threshold, raw, float(outputs.map_weight[index]))
+        probability = _resize(outputs.anomaly_probability_grid[index], size)
+        heat = normalize_at_threshold(probability, level)
+        is_anomaly = score >= threshold
+        return {
+            "score": score,
+            "label": LABELS[int(is_anomaly)],
+            "is_anomaly": is_anomaly,
+            "threshold": threshold,
+            "map_score": float(outputs.map_score[index]),
+            "raw_anomaly_score": raw,
+            "anomaly_map": _resize(outputs.anomaly_map_grid[index], size),
+            "anomaly_probability": heat,
+            "mask": Image.fromarray(np.where(heat >= 0.5, 255, 0).astype(np.uint8)),
+            "pixel_threshold": float(level) if math.isfinite(level) else None,
+        }
 
 
 AAClipProcessor.register_for_auto_class()
 
-__all__ = ["AAClipProcessor", "CLASS_NAME_TABLE", "NORMAL_STATES", "ANOMALY_STATES", "TEMPLATES"]
+__all__ = [
+    "ANOMALY_STATES",
+    "CLASS_NAME_TABLE",
+    "DEFAULT_THRESHOLD",
+    "LABELS",
+    "NORMAL_STATES",
+    "TEMPLATES",
+    "AAClipImageProcessor",
+    "AAClipProcessor",
+    "normalize_at_threshold",
+    "pixel_decision_level",
+]

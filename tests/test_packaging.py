@@ -64,7 +64,7 @@ def test_wheel_has_one_namespace_and_the_tokenizer(wheel):
         "aaclip_hf/cli/__init__.py",
         "aaclip_hf/benchmark/runner.py",
         "aaclip_hf/data/readers.py",
-        "aaclip_hf/evaluation/metrics.py",
+        "aaclip_hf/evaluation/operating_points.py",
         "aaclip_hf/evaluation/anomaly_metrics/anomaly_metrics.py",
         "aaclip_hf/evaluation/anomaly_metrics/exact_metrics.py",
         "aaclip_hf/evaluation/anomaly_metrics/README.md",

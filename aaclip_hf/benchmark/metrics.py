@@ -1,4 +1,4 @@
-"""Benchmark: aaclip_hf.evaluation.metrics on an MVTec-sized class vs scikit-learn (also the `metrics` worker).
+"""Benchmark: the exact metrics on an MVTec-sized class vs scikit-learn (also the `metrics` worker).
 
 Builds ``num_maps`` float32 score maps of ``size`` x ``size`` (≈1.07e8 pixels at the defaults,
 like a large MVTec AD class at 518 px), blob-shaped defect masks on about half of them and
@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from aaclip_hf.evaluation import metrics as M
+from aaclip_hf.evaluation.anomaly_metrics import exact_metrics as M
 
 from .common import PeakMemory
 

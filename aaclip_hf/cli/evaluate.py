@@ -11,7 +11,7 @@ from accelerate import Accelerator
 
 from ..data.readers import load_samples
 from ..data.samples import verify_samples
-from ..evaluation.metrics import DEFAULT_FPR_LIMIT
+from ..evaluation.anomaly_metrics.exact_metrics import DEFAULT_FPR_LIMIT
 from ..evaluation.protocols import PROTOCOLS, RESOLUTIONS, evaluate
 from ..runtime.backends import add_backend_arguments, apply_backend
 from ..runtime.batching import add_batch_size_argument
@@ -22,7 +22,17 @@ from ..runtime.outputs import output_lock
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="AA-CLIP folder or Hub id")
-    parser.add_argument("--data", required=True, nargs="+", help="dataset path or spec (PATH[::classes=a,b]...)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        help="dataset folder, metadata file or spec PATH::key=value::... (several are combined). Layouts are "
+        "detected: MVTec/MPDD/BTAD, VisA, BMAD, polyp, JSON-lines, meta.json, datasets folders, and your own folders "
+        "good/ (ok/, normal/) + bad/ (ng/, defect/, anomaly/, abnormal/) [+ masks/]. Keys: format=, split=, "
+        "classes=a,b, root= (base of metadata paths), name= (the class name in the prompts), and, for folders of any "
+        "names, normal_dir=, abnormal_dir=, mask_dir= (relative to PATH; masks pair with abnormal images by file "
+        "stem), e.g. parts::normal_dir=ok::abnormal_dir=ng::mask_dir=masks::name=widget",
+    )
     parser.add_argument("--split", default="test", help="split to read (default: test)")
     parser.add_argument("--classes", nargs="+", default=None, help="evaluate only these classes")
     parser.add_argument(

@@ -12,7 +12,7 @@ import transformers
 
 from ..modeling.configuration_aaclip import AAClipConfig
 from ..modeling.modeling_aaclip import AAClipModel
-from ..modeling.serialization_aaclip import verify_manifest
+from ..runtime.model_folder import verify_manifest
 from ..version import __version__
 
 

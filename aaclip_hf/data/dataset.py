@@ -12,7 +12,7 @@ from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from ..modeling.configuration_aaclip import binarize_mask
+from ..modeling.image_processing_aaclip import binarize_mask
 from .image_io import BadInputError, load_image, load_mask
 from .samples import Sample, verify_samples
 

@@ -1,108 +1,123 @@
-"""Robust image and mask loading for anomaly-detection data.
+"""Robust image and mask files for anomaly-detection data.
 
-Real datasets are messy: grey-scale and palette PNGs, RGBA screenshots, 16-bit medical
-scans, CMYK JPEGs from print workflows, phone photos rotated by an EXIF tag, truncated
-downloads and files whose extension lies. `load_image` and `load_mask` turn all of these
-into one predictable form (``RGB`` images, ``L`` masks) or fail with a `BadInputError`
-that names the file and says what was expected.
+Real datasets are messy: grey-scale and palette PNGs, RGBA screenshots, 16-bit medical scans, CMYK JPEGs, phone photos
+rotated by an EXIF tag, truncated downloads, files whose extension lies, and 50-megapixel line-scan images. `load_image`
+and `load_mask` turn all of these into one predictable form (``RGB`` images, ``L`` masks) or fail with an
+`ImageFileError` that names the file and says what was expected.
 
 Policies (each one a keyword argument):
 
-- **EXIF orientation** is applied (`PIL.ImageOps.exif_transpose`) to images *and* masks,
-  so a mask saved by the same tool as its image stays aligned with it.
-- **Alpha** (RGBA, LA, palette with transparency) is composited onto black: transparent
-  pixels become black rather than whatever colour happens to be stored under them.
-  Fully opaque images are unchanged, i.e. the same as dropping the alpha channel.
-- **High bit depth** (16-bit PNG/TIFF ``I;16*``, 32-bit ``I``, float ``F``) is scaled to
-  8 bit, never clipped (PIL's own ``convert("RGB")`` clips, so a 16-bit scan turns white).
-  ``high_bit_depth="range"`` (default) stretches the image's own min..max to 0..255, the
-  usual display windowing for medical scans whose intensities use only part of the range;
-  ``"max"`` divides by 65535, which keeps absolute intensities comparable across images.
-  A constant image maps to 0 under ``"range"``. Float images always use ``"range"``.
-- **Very large images**: images with more than ``max_pixels`` pixels are refused with a
-  clear error, except JPEGs, which are decoded at a reduced scale with ``draft`` (1/2, 1/4
-  or 1/8 in each side, chosen so the result fits). The model resizes to 518 px anyway.
-  PIL's own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, twice it raises)
-  still applies on top; raise that global to read bigger files.
-- **Multi-frame files** (animated GIF/PNG/WebP, multi-page TIFF: ``n_frames > 1``) use their
-  first frame, with a warning naming the file and the frame count.
-- **Float images** (mode ``F``: 32-bit float TIFF) holding NaN or inf are refused with a
-  `BadInputError` naming the file and the count: no windowing can place them, and a silent
-  ``nan_to_num`` would turn them into black (images) or "normal" (masks) pixels.
-- **Masks** keep the *non-zero* structure exactly, because masks are binarised with
-  ``!= 0`` (SPEC section 7): grey masks are returned as they are, colour and palette masks
-  take the maximum over R, G, B (so a dark-red label pixel never rounds to 0), and
-  high-bit-depth masks map every non-zero value to 255.
+- **EXIF orientation** is applied to images *and* masks, so a mask saved by the same tool stays aligned.
+- **Colour**: the model's own RGB conversion (`AAClipImageProcessor`'s `image_to_rgb`): high bit depth (16-bit
+  PNG/TIFF, 32-bit, float) scaled to 8 bit, never clipped (``high_bit_depth="range"`` stretches the image's own
+  min..max, ``"max"`` divides by 65535); alpha composited onto black. Float images holding NaN/inf are refused.
+- **Size and memory**: an image whose longest side exceeds ``max_side`` is decoded reduced where the format allows
+  (JPEG's DCT scaling: 1/2, 1/4 or 1/8, never below ``max_side``) and then resized to ``max_side`` at once (aspect
+  kept, Lanczos), so only one full-size decode buffer lives at a time and the maps computed for it stay small.
+  Masks go through the same bound with nearest-neighbour resizing (their non-zero structure is kept). A file above
+  ``max_pixels`` pixels is refused before decoding; PIL's decompression-bomb limit applies on top.
+- **Multi-frame files** (animated GIF/PNG/WebP, multi-page TIFF) use their first frame, with a warning.
+- **Masks** keep their non-zero structure exactly (they are binarised with ``!= 0``): grey masks are returned as they
+  are, colour and palette masks take the maximum over R, G, B, high-bit-depth masks map every non-zero value to 255.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..modeling.configuration_aaclip import (
-    HIGH_BIT_MODES,
-    ImageFileError,
-    MissingImageFileError,
-    binarize_mask,
-    finite_pixels,
-    high_bit_to_uint8,
-    image_to_rgb,
-    open_image_file,
-)
+from ..errors import BadInputError, ImageFileError, InvalidInputError, MissingFileError
+from ..modeling.image_processing_aaclip import HIGH_BIT_MODES, HIGH_BIT_POLICIES, binarize_mask, image_to_rgb
 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BadInputError", "MissingFileError", "load_image", "load_mask", "IMAGE_EXTENSIONS", "high_bit_to_uint8"]
+__all__ = [
+    "DEFAULT_MAX_SIDE",
+    "IMAGE_EXTENSIONS",
+    "BadInputError",
+    "ImageFileError",
+    "MissingFileError",
+    "load_image",
+    "load_mask",
+    "open_image_file",
+]
 
 # Lower-case file extensions treated as images by the folder readers.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Longest side an image is decoded at: above the model's 518 px input, enough for readable overlays and pixel metrics
+# of common inspection cameras (4096 x 3000), and it bounds a decoded RGB image to 48 MiB and each full-size map to
+# 64 MiB of float32.
+DEFAULT_MAX_SIDE = 4096
 
 
-class BadInputError(ValueError):
-    """Bad input data: carries the offending ``path``, the ``field`` and a readable reason.
+def open_image_file(
+    path: str | os.PathLike,
+    max_pixels: int | None = Image.MAX_IMAGE_PIXELS,
+    max_side: int | None = None,
+    resample: int = Image.LANCZOS,
+    field: str = "image_path",
+) -> Image.Image:
+    """Decode an image file in its stored mode, EXIF orientation applied, its longest side at most `max_side`.
 
-    ``str(err)`` always names the file, so the message is useful even when the error
-    surfaces far from where it was raised (in a DataLoader worker, for example).
+    Every failure is an `ImageFileError` naming the file and `field` (`MissingFileError` when it does not exist).
     """
-
-    def __init__(self, message: str, path: str | os.PathLike | None = None, field: str | None = None):
-        self.path = None if path is None else str(path)
-        self.field = field
-        self.reason = message
-        where = []
-        if self.path is not None:
-            where.append(f"file {self.path!r}")
-        if field is not None:
-            where.append(f"field {field!r}")
-        super().__init__(f"{', '.join(where)}: {message}" if where else message)
-
-
-class MissingFileError(BadInputError, FileNotFoundError):
-    """A referenced file does not exist (also a `FileNotFoundError`)."""
-
-
-def _open_checked(path: str | os.PathLike, field: str, max_pixels: int | None) -> Image.Image:
-    """`open_image_file` (the policy the pipeline's Hub copy follows too), its errors as `BadInputError`s."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise MissingFileError("does not exist (no such file)", path, field)
+    if os.path.isdir(path):
+        raise ImageFileError("is a folder, expected an image file", path, field)
     try:
-        return open_image_file(path, max_pixels)
-    except MissingImageFileError as error:
-        raise MissingFileError(error.reason, path=error.path, field=field) from None
-    except ImageFileError as error:
-        raise BadInputError(error.reason, path=error.path, field=field) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size policy below is clearer
+            image = Image.open(path)
+    except Image.DecompressionBombError as error:
+        reason = f"image is larger than PIL's decompression-bomb limit ({error}); raise PIL.Image.MAX_IMAGE_PIXELS"
+        raise ImageFileError(reason + " if the file is trusted", path, field) from None
+    except UnidentifiedImageError:
+        reason = "is not a readable image (the content is not a known image format, whatever the extension says)"
+        raise ImageFileError(reason, path, field) from None
+    except OSError as error:
+        raise ImageFileError(f"cannot be opened as an image: {error}", path, field) from None
+    with image:
+        return _decode(image, path, field, max_pixels, max_side, resample)
 
 
-def _apply(rule, path: str | os.PathLike, field: str, *args):
-    """A modeling rule on decoded pixels, its `ValueError` (non-finite pixels) naming the file."""
+def _decode(image: Image.Image, path: str, field: str, max_pixels, max_side, resample) -> Image.Image:
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:  # animated GIF/PNG/WebP, multi-page TIFF
+        logger.warning("%s holds %d frames; using the first one", path, frames)
+        image.seek(0)
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageFileError(f"image has an empty size {image.size}", path, field)
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageFileError(
+            f"image is {width}x{height} = {width * height} pixels, above max_pixels={max_pixels}; downscale it "
+            "first or pass a larger max_pixels",
+            path,
+            field,
+        )
+    if max_side is not None and max(width, height) > max_side and image.format == "JPEG":
+        # `draft` picks the smallest DCT scale whose result is at least the requested size.
+        scale = max_side / max(width, height)
+        image.draft(image.mode, (max(1, round(width * scale)), max(1, round(height * scale))))
     try:
-        return rule(*args)
-    except ValueError as error:
-        raise BadInputError(str(error), path=os.fspath(path), field=field) from None
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        reason = f"image data is corrupt or truncated ({error}); expected a complete image file"
+        raise ImageFileError(reason, path, field) from None
+    transposed = ImageOps.exif_transpose(image)
+    transposed = image.copy() if transposed is image else transposed  # detached from the file, which closes now
+    if max_side is not None and max(transposed.size) > max_side:
+        logger.info("%s is %dx%d: decoded at a longest side of %d px (max_side)", path, *transposed.size, max_side)
+        transposed = ImageOps.contain(transposed, (max_side, max_side), method=resample)
+    return transposed
 
 
 def load_image(
@@ -110,36 +125,36 @@ def load_image(
     *,
     high_bit_depth: Literal["range", "max"] = "range",
     max_pixels: int | None = Image.MAX_IMAGE_PIXELS,
+    max_side: int | None = DEFAULT_MAX_SIDE,
     field: str = "image_path",
 ) -> Image.Image:
-    """Load any image file as an 8-bit ``RGB`` PIL image (policies: see the module docstring).
-
-    Raises `MissingFileError` for a missing file and `BadInputError` for anything that is not
-    a complete, readable image; both name ``path`` and ``field``.
-    """
-    if high_bit_depth not in ("range", "max"):
-        raise ValueError(f"high_bit_depth must be 'range' or 'max', got {high_bit_depth!r}")
-    return _apply(image_to_rgb, path, field, _open_checked(path, field, max_pixels), high_bit_depth)
+    """Any image file as an 8-bit ``RGB`` PIL image (policies: see the module docstring)."""
+    if high_bit_depth not in HIGH_BIT_POLICIES:
+        raise InvalidInputError(f"high_bit_depth must be one of {HIGH_BIT_POLICIES}, got {high_bit_depth!r}")
+    image = open_image_file(path, max_pixels, max_side, Image.LANCZOS, field)
+    try:
+        return image_to_rgb(image, high_bit_depth)
+    except InvalidInputError as error:  # non-finite float pixels
+        raise ImageFileError(str(error), path, field) from None
 
 
 def load_mask(
     path: str | os.PathLike,
     *,
     max_pixels: int | None = Image.MAX_IMAGE_PIXELS,
+    max_side: int | None = DEFAULT_MAX_SIDE,
     field: str = "mask_path",
 ) -> Image.Image:
-    """Load a segmentation mask as an ``L`` image whose non-zero pixels are the anomaly.
-
-    Values are kept for grey masks (the caller binarises with ``!= 0``); see the module
-    docstring for colour, palette, alpha and high-bit-depth masks.
-    """
-    im = _open_checked(path, field, max_pixels)
-    if im.mode in HIGH_BIT_MODES:
-        pixels = _apply(finite_pixels, path, field, im)
-        return Image.fromarray(binarize_mask(pixels).astype(np.uint8) * 255)
-    if im.mode == "1":
-        return im.convert("L")
-    if im.mode in ("L", "LA", "La"):
-        return im.getchannel("L") if im.mode != "L" else im
-    rgb = np.asarray(im.convert("RGB"))
-    return Image.fromarray(rgb.max(axis=2))
+    """A segmentation mask as an ``L`` image whose non-zero pixels are the anomaly (values kept for grey masks; the
+    caller binarises with ``!= 0``)."""
+    image = open_image_file(path, max_pixels, max_side, Image.NEAREST, field)
+    if image.mode in HIGH_BIT_MODES:
+        try:
+            return Image.fromarray(binarize_mask(image).astype(np.uint8) * 255)
+        except InvalidInputError as error:
+            raise ImageFileError(str(error), path, field) from None
+    if image.mode == "1":
+        return image.convert("L")
+    if image.mode in ("L", "LA", "La"):
+        return image.getchannel("L") if image.mode != "L" else image
+    return Image.fromarray(np.asarray(image.convert("RGB")).max(axis=2))

@@ -1,42 +1,31 @@
-"""Evaluation: exact anomaly metrics (`metrics`) and the evaluation protocols and results (`protocols`)."""
+"""Evaluation: exact anomaly metrics (`anomaly_metrics/exact_metrics.py`, also the `evaluate` module's code), the
+evaluation protocols and their results (`protocols`), and operating points (`operating_points`). Names load on first
+use."""
 
-from .metrics import (
-    AUPRO_VARIANTS,
-    PixelMetricAccumulator,
-    aupro,
-    auroc,
-    average_precision,
-    binary_metrics,
-    f1_max,
-    image_metrics,
-    pixel_metrics,
+from .._lazy import lazy_exports
+
+
+_METRICS = ".anomaly_metrics.exact_metrics"
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "AUPRO_VARIANTS": _METRICS,
+        "DEFAULT_FPR_LIMIT": _METRICS,
+        "PixelMetricAccumulator": _METRICS,
+        "aupro": _METRICS,
+        "auroc": _METRICS,
+        "average_precision": _METRICS,
+        "binary_metrics": _METRICS,
+        "f1_max": _METRICS,
+        "image_metrics": _METRICS,
+        "pixel_metrics": _METRICS,
+        "EvaluationResult": ".protocols",
+        "PROTOCOLS": ".protocols",
+        "RESOLUTIONS": ".protocols",
+        "domain_for_class": ".protocols",
+        "evaluate": ".protocols",
+        "reference_image_scores": ".protocols",
+        "rates_at": ".operating_points",
+    },
 )
-from .protocols import (
-    MEDICAL_CLASSES,
-    PROTOCOLS,
-    RESOLUTIONS,
-    EvaluationResult,
-    domain_for_class,
-    evaluate,
-    reference_image_scores,
-)
-
-
-__all__ = [
-    "AUPRO_VARIANTS",
-    "EvaluationResult",
-    "MEDICAL_CLASSES",
-    "PROTOCOLS",
-    "PixelMetricAccumulator",
-    "RESOLUTIONS",
-    "aupro",
-    "auroc",
-    "average_precision",
-    "binary_metrics",
-    "domain_for_class",
-    "evaluate",
-    "f1_max",
-    "image_metrics",
-    "pixel_metrics",
-    "reference_image_scores",
-]

@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 from ..data.hf_datasets import dataset_samples
 from ..data.image_io import BadInputError, load_image, load_mask
 from ..data.samples import Sample
-from ..modeling.configuration_aaclip import AAClipConfig, binarize_mask
+from ..modeling.configuration_aaclip import AAClipConfig
+from ..modeling.image_processing_aaclip import binarize_mask
 from ..modeling.modeling_aaclip import AAClipModel, upsample_grid
 from ..modeling.processing_aaclip import AAClipProcessor
 from ..runtime.batching import resolve_batch_size
@@ -61,7 +62,7 @@ from .anomaly_metrics.exact_metrics import (
     domain_for_class,
     reference_image_scores,
 )
-from .metrics import DEFAULT_FPR_LIMIT, PixelMetricAccumulator
+from .anomaly_metrics.exact_metrics import DEFAULT_FPR_LIMIT, PixelMetricAccumulator
 
 
 logger = logging.getLogger(__name__)
@@ -436,7 +437,9 @@ def _score_batch(model, batch: dict, run: _Run) -> dict[str, torch.Tensor]:
     for batch_domain, positions in by_domain.items():
         select = torch.tensor(positions, device=device)
         out = model(  # grid-level maps only: _consume resizes each to its image's size
-            pixel_values=pixel_values[select], class_names=[names[p] for p in positions], domain=batch_domain
+            pixel_values=pixel_values[select],
+            class_ids=model.class_ids([names[p] for p in positions]),
+            domain=batch_domain,
         )
         grids[select] = out.anomaly_map_grid.float()
         image_score[select] = out.image_score.float()

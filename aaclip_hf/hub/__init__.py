@@ -1,33 +1,23 @@
-"""Publishing: Hub folders by allowlist and uploads (`publish`), the model card (`card`), ONNX (`onnx_export`)."""
+"""Publishing: Hub folders and uploads (`publish`), the model card (`card`), ONNX (`onnx_export`), the Space app and
+the Hub metric module. Names load on first use."""
 
-from .card import CARD_TAGS, TRAINING_SUMMARY_FILE, build_model_card, read_training_summary
-from .onnx_export import AAClipOnnxWrapper, check_onnx, export_onnx
-from .publish import (
-    HUB_ALLOWLIST,
-    PIPELINE_FILE,
-    HubFolder,
-    prepare_hub_folder,
-    push_folder_to_hub,
-    push_model_to_hub,
-    save_for_hub,
-    stage_hub_folder,
+from .._lazy import lazy_exports
+
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "CARD_TAGS": ".card",
+        "TRAINING_SUMMARY_FILE": ".card",
+        "build_model_card": ".card",
+        "read_training_summary": ".card",
+        "check_onnx": ".onnx_export",
+        "export_onnx": ".onnx_export",
+        "HUB_ALLOWLIST": ".publish",
+        "HubFolder": ".publish",
+        "push_folder_to_hub": ".publish",
+        "push_model_to_hub": ".publish",
+        "save_for_hub": ".publish",
+        "stage_hub_folder": ".publish",
+    },
 )
-
-
-__all__ = [
-    "AAClipOnnxWrapper",
-    "CARD_TAGS",
-    "HUB_ALLOWLIST",
-    "PIPELINE_FILE",
-    "TRAINING_SUMMARY_FILE",
-    "HubFolder",
-    "build_model_card",
-    "check_onnx",
-    "export_onnx",
-    "prepare_hub_folder",
-    "push_folder_to_hub",
-    "push_model_to_hub",
-    "read_training_summary",
-    "save_for_hub",
-    "stage_hub_folder",
-]

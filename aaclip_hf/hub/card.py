@@ -26,8 +26,8 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from PIL import Image, UnidentifiedImageError
 
-from ..modeling.pipeline_aaclip import TASK
-from ..modeling.serialization_aaclip import MODEL_CARD_PIPELINE_TAG
+from ..modeling.configuration_aaclip import TASK
+from ..runtime.loading import is_hub_id
 
 
 __all__ = [
@@ -61,11 +61,10 @@ TRAINING_ARGS_SHOWN = (
     "mixed_precision",
     "num_processes",
 )
-PIPELINE_TAG = MODEL_CARD_PIPELINE_TAG
+# The Hub has no anomaly-detection task; "other" is its tag for models outside its task list.
+PIPELINE_TAG = "other"
 CARD_TAGS = ["anomaly-detection", TASK, "anomaly-segmentation", "clip", "aa-clip"]
 UNKNOWN = "unknown"
-# A Hub repo id: `name` or `owner/name` of letters, digits, `-`, `_`, `.` (no spaces, no `..`).
-HUB_ID = re.compile(r"^(?!.*\.\.)[\w.-]+(/[\w.-]+)?$")
 # Metric keys of the `aaclip evaluate` JSON -> (card metric type, readable name), in the paper's order.
 CARD_METRICS = {
     "pixel_auroc": ("roc_auc", "pixel AUROC"),
@@ -117,7 +116,12 @@ weights, the processor and the remote code, so only `transformers` is needed.
 | adapters | text: after layers 1..{{ text_adapters }}, vision: after layers 1..{{ vision_adapters }} (weight {{ adapter_weight }}) |
 | feature levels | vision layers {{ feature_layers }} |
 | stored class anchors | {{ anchor_classes }} |
-| decision threshold | {{ threshold_text }} |
+
+## Decisions
+
+{{ threshold_text }}
+
+{{ references_text }}
 
 ## Training
 
@@ -134,26 +138,43 @@ from transformers import pipeline
 
 detector = pipeline("{{ task }}", model="{{ repo_id }}", trust_remote_code=True)
 result = detector("image.png", class_name="bottle")
-print(result["score"], result["is_anomaly"], result["label"])
-anomaly_map = result["anomaly_map"]  # numpy (height, width) at the image's own size; larger = more anomalous
+print(result["score"], result["label"], result["threshold"], result["calibrated"])
+heat = result["anomaly_probability"]  # numpy (height, width) at the image's own size; 0.5 = the decision level
+result = detector("image.png", class_name="bottle", reference_images=["good1.png", "good2.png"])  # few-shot
 ```
 
 With the model and processor directly:
 
 ```python
+import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
 model = AutoModel.from_pretrained("{{ repo_id }}", trust_remote_code=True).eval()
 processor = AutoProcessor.from_pretrained("{{ repo_id }}", trust_remote_code=True)
 image = Image.open("image.png").convert("RGB")
-model.update_text_anchors(processor, ["bottle"])          # once per new class name (stored in the model)
-outputs = model(**processor(images=[image], return_tensors="pt"), class_names=["bottle"])
+with torch.no_grad():
+    model.update_text_anchors(processor, ["bottle"])  # once per new class name (stored in the model)
+    outputs = model(**processor(images=[image], return_tensors="pt"), class_ids=model.class_ids("bottle"))
 result = processor.post_process_anomaly_detection(outputs, target_sizes=[(image.height, image.width)])[0]
 ```
 
 The per-image `score` (in [0, 1]) depends on that image alone. The paper's benchmark image scores instead
 min-max normalise maps and image scores over each test class (`aaclip evaluate --protocol reference`).
+
+## Limitations
+
+- Zero-shot scores come from text prompts about the class name: a name the model never saw in training works, but
+  its threshold must be calibrated on that class's own normal images before decisions are trusted
+  (`aaclip calibrate --class-name NAME`). Uncalibrated classes use the fallback threshold above.
+- A few normal reference images of a class (few-shot) usually help much more than the name alone; their bank is
+  tied to these weights and must be rebuilt after any retraining.
+- The image score depends on the image alone, but its scale differs between classes and domains: compare scores
+  only within a class, at that class's threshold.
+- Inputs are resized to {{ image_size }} x {{ image_size }}: defects much smaller than a patch
+  ({{ patch_size }} px at that size) may be missed on large images; tile them first.
+- The evaluation numbers above were measured on the named data; results on other parts, cameras and lighting
+  differ. Measure the error rates at your threshold on your own images (`aaclip evaluate` reports them).
 
 ## Licence
 
@@ -204,37 +225,29 @@ def _basename(value: str) -> str:
     return posixpath.basename(value.replace("\\", "/").rstrip("/")) or value
 
 
-def is_hub_id(value: str) -> bool:
-    return bool(HUB_ID.match(value)) and not is_local_path(value)
-
-
 def describe_base_model(value: str | None) -> tuple[str, str | None]:
     """(text for the card, Hub id for the YAML or None). A local path shows only its folder name."""
     if not value:
         return UNKNOWN, None
     value = str(value)
-    if is_hub_id(value) and "/" in value:
+    if is_hub_id(value):
         return f"`{value}`", value
     if is_local_path(value) or "/" in value or "\\" in value:
         return f"`{_basename(value)}` (a local folder, not a Hub id)", None
-    if HUB_ID.match(value):  # a bare name, e.g. a folder name left by `sanitise_paths`
+    if re.fullmatch(r"[\w.-]+", value):  # a bare name, e.g. a folder name left by `sanitise_paths`
         return f"`{value}` (not a Hub id)", None
     return value, None  # a description such as "a randomly initialised tiny CLIP"
 
 
 def dataset_names(summary: Mapping | None) -> list[str]:
-    """Names of the training data for the card's `datasets`: Hub ids as given, local folders by folder name."""
+    """Hub dataset ids of the training data, for the card's `datasets` metadata (local folders never go there: the
+    training section names them by their last component)."""
     summary = summary or {}
     entries = summary.get("train_datasets") or summary.get("train_data") or []
     if isinstance(entries, str):
         entries = [entries]
-    names = []
-    for entry in entries:
-        entry = str(entry).split("::")[0]  # `PATH::classes=a,b` specs name the path
-        name = entry if is_hub_id(entry) else _basename(entry)
-        if HUB_ID.match(name) and name not in names:
-            names.append(name)
-    return names
+    specs = (str(entry).split("::")[0] for entry in entries)  # `PATH::classes=a,b` specs name the path
+    return list(dict.fromkeys(spec for spec in specs if is_hub_id(spec)))
 
 
 def read_training_summary(folder: str | os.PathLike) -> dict | None:
@@ -389,6 +402,50 @@ def _training_markdown(summary: dict | None) -> str:
     return "\n".join(lines) if lines else "The training summary holds no readable fields."
 
 
+def _thresholds_markdown(config) -> str:
+    """The decision threshold of each calibrated class, and what every other class uses."""
+    fallback = config.decision_threshold
+    rest = (
+        f"{fallback:.4f} (the model's fallback threshold)"
+        if fallback is not None
+        else "0.5 (not calibrated; pass `threshold=` or run `aaclip calibrate`)"
+    )
+    if not config.decision_thresholds:
+        return f"An image is anomalous when its score reaches the threshold: {rest} for every class."
+    rows = [f"| `{name}` | {value:.4f} |" for name, value in sorted(config.decision_thresholds.items())]
+    return "\n".join(
+        [
+            "An image is anomalous when its score reaches its class's threshold (set by `aaclip calibrate`; the",
+            "pipeline reports it as `threshold` and `calibrated`):",
+            "",
+            "| class | threshold |",
+            "|---|---:|",
+            *rows,
+            f"| any other class | {rest} |",
+        ]
+    )
+
+
+def _references_markdown(config) -> str:
+    """Classes with stored normal references (few-shot), which the pipeline uses automatically."""
+    if not config.reference_classes:
+        return "No normal reference images are stored: every score is zero-shot."
+    rows = [
+        f"| `{name}` | {record['images']} | {record['patches']} |"
+        for name, record in sorted(config.reference_classes.items())
+    ]
+    return "\n".join(
+        [
+            "Normal reference images (few-shot) stored with the weights; the pipeline uses them for these classes",
+            "(`use_references=False` turns them off):",
+            "",
+            "| class | reference images | patches per level |",
+            "|---|---:|---:|",
+            *rows,
+        ]
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # The picture
 # ----------------------------------------------------------------------------------------------
@@ -465,7 +522,6 @@ def build_model_card(
         **dict(space or {}),
     )
     vision, text = config.vision_config, config.text_config
-    threshold = getattr(config, "decision_threshold", None)
     anchors = list(config.anchor_class_names)
     picture_text = (
         f"\n![Anomaly overlays from the evaluation: image, heat map and decision outline]({picture})\n\n"
@@ -499,11 +555,8 @@ def build_model_card(
         adapter_weight=config.vision_adapter_weight,
         feature_layers=", ".join(map(str, config.feature_layers)),
         anchor_classes=", ".join(f"`{name}`" for name in anchors[:40]) + (" ..." if len(anchors) > 40 else ""),
-        threshold_text=(
-            f"{threshold:.4f} on the image score (set by `aaclip calibrate`)"
-            if threshold is not None
-            else "not calibrated: the pipeline uses 0.5 unless given `threshold=`"
-        ),
+        threshold_text=_thresholds_markdown(config),
+        references_text=_references_markdown(config),
         training_text=_training_markdown(summary),
         eval_text=_eval_markdown(eval_results),
         license=license,

@@ -1,22 +1,25 @@
 """`aaclip export-onnx`: the vision path of an AA-CLIP model with its stored anchors, as ONNX.
 
-What the graph holds: the adapted vision tower, the seg/det projections, the stored anchor table
-and the scoring head of `AAClipModel.forward` (SPEC section 5) for one domain, fixed at export.
-No tokenizer, no text tower: classes are the model's stored anchors (`model.stored_class_names`).
+The graph is `AAClipModel.forward` itself, traced: the adapted vision tower, the per-level projections, the stored
+anchor table and the scoring for one domain, fixed at export. No tokenizer, no text tower: classes are the model's
+stored anchors (`model.stored_class_names`).
 
 Inputs / outputs (batch is dynamic, the image size is the model's `vision_config.image_size`):
 
 * `pixel_values` float32 `(B, 3, S, S)`, from `AAClipProcessor`;
-* `class_index` int64 `(B,)`: index into the stored class list, written to the ONNX metadata as
-  `aaclip.class_names` (JSON); absent with `--fixed-class NAME`, which bakes one class in;
-* outputs `anomaly_map_grid (B, G, G)`, `image_score (B,)`, `raw_anomaly_score (B,)` and
-  `anomaly_map (B, S, S)` (the grid upsampled to the input size: bilinear, align_corners=True).
+* `class_index` int64 `(B,)`: index into the stored class list, written to the ONNX metadata as `aaclip.class_names`
+  (JSON); absent with `--fixed-class NAME`, which bakes one class in;
+* outputs `anomaly_map_grid (B, G, G)`, `anomaly_probability_grid (B, G, G)`, `image_score (B,)`,
+  `raw_anomaly_score (B,)` and `anomaly_map (B, S, S)` (the grid sum upsampled to the input size: bilinear,
+  align_corners=True).
 
-`anomaly_map` is the upsampled *sum* of the level grids; `forward(output_size=...)` sums upsampled levels. Bilinear
-resizing is linear, so the two agree to float rounding (the test checks 1e-4).
+Few-shot: with `--fixed-class NAME` and stored references for that class, the class's reference bank is a constant of
+the graph and the nearest-neighbour map is part of every score (`aaclip.references` in the metadata gives the number
+of reference images). With a dynamic `class_index` references are left out: each class's bank has its own size, and
+a graph cannot pick a constant of another shape per image.
 
-The export uses torch's TorchScript-based exporter (`dynamo=False`): the dynamo exporter needs the
-`onnxscript` package, which is not a dependency of this project.
+The export uses torch's TorchScript-based exporter (`dynamo=False`): the dynamo exporter needs the `onnxscript`
+package, which is not a dependency of this project.
 """
 
 from __future__ import annotations
@@ -26,75 +29,42 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.modeling_aaclip import gaussian_kernel1d
+from ..errors import StaleStateError, UnknownClassError
+from ..modeling.modeling_aaclip import upsample_grid
 
 
 __all__ = ["AAClipOnnxWrapper", "check_onnx", "export_onnx"]
 
 DEFAULT_OPSET = 17
+OUTPUT_NAMES = ["anomaly_map_grid", "anomaly_probability_grid", "image_score", "raw_anomaly_score", "anomaly_map"]
 
 
 class AAClipOnnxWrapper(nn.Module):
-    """Anchors gathered from the stored table by index, then `AAClipModel`'s vision scoring path."""
+    """`AAClipModel.forward` with tensor inputs and outputs: class index (or a fixed class) in, scores and maps out."""
 
     def __init__(self, model, domain: str | None = None, fixed_class: str | None = None):
         super().__init__()
         self.model = model
         self.domain = model._domain(domain)
         self.fixed_index = None
+        self.references = None
         if fixed_class is not None:
-            names = model.stored_class_names
-            if fixed_class not in names:
-                raise KeyError(f"--fixed-class {fixed_class!r} has no stored anchors; stored: {names}")
-            self.fixed_index = names.index(fixed_class)
-        # ONNX export of `F.pad(mode="reflect")` with a dynamic batch loses the rank, and the blur's
-        # convolution then fails to export; the same reflect border as constant gather indices does not.
-        config = model.config
-        grid = config.grid_size
-        kernel, sigma = config.blur_kernel_size[self.domain], config.blur_sigma[self.domain]
-        pad = kernel // 2
-        if pad >= grid:
-            raise ValueError(f"blur kernel {kernel} needs a patch grid larger than {pad}, got {grid}")
-        index = torch.arange(-pad, grid + pad).abs()
-        self.register_buffer(
-            "reflect_index", torch.where(index > grid - 1, 2 * (grid - 1) - index, index), persistent=False
-        )
-        self.register_buffer("taps", gaussian_kernel1d(kernel, sigma, dtype=model.dtype), persistent=False)
-        self.grid = grid
-
-    def _blurred_grids(self, patch_embeds, anchors) -> list[torch.Tensor]:
-        """`AAClipModel.anomaly_grids` with the reflect padding as index gathers (same values)."""
-        grids = []
-        taps = self.taps.to(anchors.dtype)
-        for features in patch_embeds:
-            logits = self.model.patch_logits(features, anchors)
-            score = ((logits[..., 1] + 1.0 - logits[..., 0]) / 2.0).reshape(-1, 1, self.grid, self.grid)
-            padded = score.index_select(3, self.reflect_index).index_select(2, self.reflect_index)
-            blurred = F.conv2d(F.conv2d(padded, taps.view(1, 1, 1, -1)), taps.view(1, 1, -1, 1))
-            grids.append(blurred[:, 0])
-        return grids
+            if fixed_class not in model.stored_class_names:
+                raise UnknownClassError(
+                    f"--fixed-class {fixed_class!r} has no stored anchors; stored: {model.stored_class_names}"
+                )
+            self.fixed_index = model.stored_class_names.index(fixed_class)
+            if fixed_class in model.config.reference_classes:
+                self.references = model.references_for(fixed_class)
 
     def forward(self, pixel_values: torch.Tensor, class_index: torch.Tensor | None = None):
-        model = self.model
         if self.fixed_index is not None:
-            anchors = model.text_anchors[self.fixed_index : self.fixed_index + 1].expand(pixel_values.shape[0], -1, -1)
-        else:
-            anchors = model.text_anchors.index_select(0, class_index)
-        anchors = anchors.to(pixel_values.dtype)
-        patch_embeds, image_embeds = model.get_vision_features(pixel_values)
-        grids = self._blurred_grids(patch_embeds, anchors)
-        grid_sum = torch.stack(grids).sum(dim=0)
-        image_score, raw_score = model.image_scores(grid_sum, image_embeds, anchors, self.domain)
-        anomaly_map = F.interpolate(
-            grid_sum[:, None], size=tuple(pixel_values.shape[-2:]), mode="bilinear", align_corners=True
-        )[:, 0]
-        return grid_sum, image_score, raw_score, anomaly_map
-
-
-OUTPUT_NAMES = ["anomaly_map_grid", "image_score", "raw_anomaly_score", "anomaly_map"]
+            class_index = torch.full((1,), self.fixed_index, dtype=torch.long, device=pixel_values.device)
+        out = self.model(pixel_values, class_ids=class_index, references=self.references, domain=self.domain)
+        anomaly_map = upsample_grid(out.anomaly_map_grid, tuple(pixel_values.shape[-2:]))
+        return out.anomaly_map_grid, out.anomaly_probability_grid, out.image_score, out.raw_anomaly_score, anomaly_map
 
 
 def export_onnx(
@@ -109,8 +79,8 @@ def export_onnx(
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     if not bool(model.text_anchors.abs().sum() > 0):
-        raise ValueError(
-            "the model has no computed anchors (all zero); run model.update_text_anchors(processor) first"
+        raise StaleStateError(
+            "the model has no computed anchors (all zero); run model.refresh_text_anchors(processor)"
         )
     # Plain MatMul/Softmax attention in the graph (onnxruntime fuses it itself). Set on the vision tower only:
     # an inference-only model has no text tower to switch.
@@ -149,11 +119,12 @@ def export_onnx(
     finally:
         tower.set_attn_implementation(previous_impl)
         model.train(was_training)
-    _write_metadata(output_path, model, wrapper.domain, fixed_class)
+    references = 0 if wrapper.references is None else model.config.reference_classes[fixed_class]["images"]
+    _write_metadata(output_path, model, wrapper.domain, fixed_class, references)
     return output_path
 
 
-def _write_metadata(path: Path, model, domain: str, fixed_class: str | None) -> None:
+def _write_metadata(path: Path, model, domain: str, fixed_class: str | None, references: int) -> None:
     """Record what the graph needs to be used correctly: class list, domain, image size, normalisation."""
     import onnx
 
@@ -164,6 +135,7 @@ def _write_metadata(path: Path, model, domain: str, fixed_class: str | None) -> 
         "aaclip.fixed_class": fixed_class or "",
         "aaclip.image_size": str(model.config.vision_config.image_size),
         "aaclip.image_score_mode": model.config.image_score_mode[domain],
+        "aaclip.references": str(references),
     }
     del proto.metadata_props[:]
     for key, value in entries.items():
@@ -185,25 +157,22 @@ def check_onnx(
     generator = torch.Generator().manual_seed(seed)
     size = model.config.vision_config.image_size
     pixel_values = torch.randn(batch_size, model.config.vision_config.num_channels, size, size, generator=generator)
-    names = model.stored_class_names
-    if fixed_class is None:
-        index = torch.randint(0, len(names), (batch_size,), generator=generator)
-        class_names = [names[i] for i in index]
-    else:
-        index, class_names = None, [fixed_class] * batch_size
+    wrapper = AAClipOnnxWrapper(model, domain=domain, fixed_class=fixed_class).eval()
+    index = (
+        None
+        if fixed_class is not None
+        else torch.randint(0, len(model.stored_class_names), (batch_size,), generator=generator)
+    )
     with torch.no_grad():
-        out = model(
-            pixel_values.to(model.device, model.dtype),
-            class_names=class_names,
-            domain=domain,
-            output_size=(size, size),
+        expected = wrapper(
+            pixel_values.to(model.device, model.dtype), None if index is None else index.to(model.device)
         )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {"pixel_values": pixel_values.numpy()}
     if index is not None:
         feeds["class_index"] = index.numpy()
-    results = dict(zip(OUTPUT_NAMES, session.run(OUTPUT_NAMES, feeds)))
+    results = session.run(OUTPUT_NAMES, feeds)
     return {
-        name: float((torch.from_numpy(results[name]) - getattr(out, name).float().cpu()).abs().max())
-        for name in OUTPUT_NAMES
+        name: float((torch.from_numpy(result) - value.float().cpu()).abs().max())
+        for name, result, value in zip(OUTPUT_NAMES, results, expected)
     }

@@ -1,11 +1,13 @@
-"""Publishing AA-CLIP models: Hub folders written by allowlist, checked, then uploaded (`aaclip push`).
+"""Publishing AA-CLIP models: a Hub folder regenerated from the installed package, checked, then uploaded.
 
-Every path that writes or uploads a Hub folder goes through `stage_hub_folder`: `aaclip push` (and its
-`--dry-run`), `--push-to-hub` of `aaclip train` / `aaclip convert-*` (`push_folder_to_hub`,
-`push_model_to_hub`) and `save_for_hub`. It copies only the top-level files `HUB_ALLOWLIST` names, never
-follows a symlink, and lists everything it left behind in one warning. Before anything is written, the weights
-are checked: they must be safetensors, match `weights_manifest.json` (written by `save_pretrained`) and be
-finite. A published folder then works with transformers alone:
+`stage_hub_folder` is the one way a Hub folder is written (`aaclip push` and its `--dry-run`, `--push-to-hub` of
+`aaclip train` / `aaclip convert-*`, `save_for_hub`): the source folder's files must match its `manifest.json` and
+its code must be this package's own; the model is loaded through the one checked loader and written again by the one
+writer (`save_model_folder`: transformers' `Pipeline.save_pretrained`, the same files a native
+`pipeline(...).push_to_hub(repo)` uploads), so no edited code, pickle, optimizer state, dotfile or symlink target
+can reach the Hub. What was asked for (evaluation JSON and overlay picture, ONNX graph, Space app) and the card
+are added; `upload_hub_folder` uploads exactly that file list in one commit. A published folder works with
+transformers alone:
 
     pipeline("zero-shot-anomaly-detection", model="org/name", trust_remote_code=True)
 """
@@ -14,34 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import inspect
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 import transformers
 from huggingface_hub import HfApi
-from safetensors import SafetensorError, safe_open
 
-from ..modeling.configuration_aaclip import AAClipConfig
-from ..modeling.modeling_aaclip import AAClipModel
-from ..modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
-from ..modeling.serialization_aaclip import (
-    CUSTOM_PIPELINE_ENTRY,
-    WEIGHTS_MANIFEST_NAME,
-    CorruptWeightsError,
-    NonFiniteWeightsError,
-    WeightsError,
-    check_safetensors_file,
+from ..errors import BadInputError, MissingFileError, WeightsError
+from ..runtime.loading import load_config, load_model_and_processor
+from ..runtime.model_folder import (
+    MANIFEST_NAME,
+    REMOTE_CODE_FILES,
+    remote_code_problems,
+    save_model_folder,
     verify_manifest,
-    weight_files,
+    write_manifest,
 )
 from .card import (
     CARD_TAGS,
@@ -57,12 +53,9 @@ from .card import (
 __all__ = [
     "CARD_TAGS",
     "HUB_ALLOWLIST",
-    "PIPELINE_FILE",
     "TRAINING_SUMMARY_FILE",
     "HubFolder",
-    "check_weights",
     "is_allowlisted",
-    "prepare_hub_folder",
     "push_folder_to_hub",
     "push_model_to_hub",
     "sanitise_paths",
@@ -73,21 +66,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_FILE = "pipeline_aaclip.py"
-MODELING_DIR = Path(inspect.getsourcefile(AAClipModel)).parent
-# The flat remote-code files of `aaclip_hf.modeling` (config, model, processor, pipeline): what `auto_map` and
-# `custom_pipelines` point at. Derived from the installed package, so a new sibling is published with it.
-REMOTE_CODE_FILES = tuple(sorted(path.name for path in MODELING_DIR.glob("*_aaclip.py")))
-
-# THE allowlist: full-match patterns on the names of top-level regular files. Nothing else in a model folder
-# is ever written to a Hub folder or uploaded; in particular never pickles (.bin .pt .pth .pkl), optimizer,
-# scheduler or RNG state, `checkpoints/` or any other folder, dotfiles (.env, .git) and nothing behind a symlink.
+# THE allowlist: full-match patterns on the names of top-level files a Hub folder may hold besides what was asked
+# for. Nothing else of a model folder is ever published; in particular never pickles (.bin .pt .pth .pkl),
+# optimizer, scheduler or RNG state, `checkpoints/` or any other folder, dotfiles (.env, .git), symlink targets.
 HUB_ALLOWLIST = (
-    # weights (single file or shards with their index) and their SHA-256 manifest
+    # weights (single file or shards with their index) and the manifest of every file
     r"model\.safetensors",
     r"model-\d{5}-of-\d{5}\.safetensors",
     r"model\.safetensors\.index\.json",
-    re.escape(WEIGHTS_MANIFEST_NAME),
+    re.escape(MANIFEST_NAME),
     # model config (with `auto_map` and `custom_pipelines`)
     r"config\.json",
     # processor and tokenizer
@@ -96,10 +83,7 @@ HUB_ALLOWLIST = (
     r"tokenizer\.json",
     r"tokenizer_config\.json",
     r"special_tokens_map\.json",
-    r"added_tokens\.json",
-    r"vocab\.json",
-    r"merges\.txt",
-    # remote code and pipeline code
+    # the model's code files, always the installed package's own
     *(re.escape(name) for name in REMOTE_CODE_FILES),
     # model card and its sources (absolute paths rewritten, see `sanitise_paths`)
     r"README\.md",
@@ -119,9 +103,9 @@ SPACE_EXTRA_REQUIREMENTS = ("torch", "numpy", "pillow")
 SANITISED_FILES = (TRAINING_ARGS_FILE, TRAINING_SUMMARY_FILE)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 TRAINING_STATE = re.compile(r"optimi[sz]er|scheduler|rng_state|random_states|scaler|trainer_state", re.IGNORECASE)
-SYMLINK_HINT = "copy the real files first, e.g. `cp -rL` of a Hub cache snapshot"
 CHECKPOINT_FOLDER = re.compile(r"checkpoints?(-\d+)?|\.tmp-.*")
-TENSORS_NAMED = 8  # non-finite tensors an error names before it says how many more there are
+# Keys of training_args.json / training_summary.json that may hold secrets: never published.
+SECRET_KEYS = re.compile(r"token|secret|password|api[_-]?key|credential", re.IGNORECASE)
 DEFAULT_CARD_IMAGES = 6  # overlays in the card's picture grid
 DEFAULT_CARD_COLUMNS = 2
 DEFAULT_CARD_TILE_WIDTH = 640
@@ -158,7 +142,7 @@ def is_allowlisted(name: str) -> bool:
 
 
 def _skip_reason(entry: os.DirEntry) -> str | None:
-    """Why a folder entry is not published, or None when it is."""
+    """Why a folder entry is not published, or None when it is (as regenerated by the writer)."""
     name = entry.name
     if entry.is_symlink():
         return "a symlink; links are never followed"
@@ -180,13 +164,14 @@ def _skip_reason(entry: os.DirEntry) -> str | None:
 
 
 def sanitise_paths(value):
-    """`value` with every absolute local path string replaced by its last component (lists/dicts recursively).
+    """`value` with every absolute local path string replaced by its last component, and secret-looking keys
+    (tokens, passwords, API keys) dropped, in lists and dicts recursively.
 
-    Training arguments record where the data, the base model and the output lived on the training machine;
-    the folder names stay (they say what was used), the rest of the path does not leave the machine.
+    Training arguments record where the data, the base model and the output lived on the training machine; the
+    folder names stay (they say what was used), the rest of the path does not leave the machine.
     """
     if isinstance(value, dict):
-        return {key: sanitise_paths(item) for key, item in value.items()}
+        return {key: sanitise_paths(item) for key, item in value.items() if not SECRET_KEYS.search(str(key))}
     if isinstance(value, list):
         return [sanitise_paths(item) for item in value]
     if isinstance(value, str) and _is_absolute(value):
@@ -203,157 +188,60 @@ def _is_absolute(value: str) -> bool:
     return value.startswith(("/", "~", "\\", "file:")) or bool(re.match(r"^[A-Za-z]:[\\/]", value))
 
 
-def _copy_allowlisted(source: Path, target: Path) -> list[tuple[str, str]]:
-    """Copy the allowlisted top-level files of `source` into `target`; return what was left out and why."""
+def _left_out(source: Path) -> list[tuple[str, str]]:
+    """Entries of `source` that are not published, with the reason."""
     skipped = []
     with os.scandir(source) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
             reason = _skip_reason(entry)
             if reason:
-                slash = "/" if entry.is_dir(follow_symlinks=False) else ""
-                skipped.append((entry.name + slash, reason))
-            elif entry.name in SANITISED_FILES:
-                data = sanitise_paths(load_json(entry.path, entry.name))
-                (target / entry.name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-            else:
-                shutil.copyfile(entry.path, target / entry.name, follow_symlinks=False)
+                skipped.append((entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""), reason))
     return skipped
 
 
-def _warn_skipped(source: Path, skipped: Sequence[tuple[str, str]]) -> None:
-    if skipped:
-        listed = "; ".join(f"{name} ({reason})" for name, reason in skipped)
+def _check_source(source: Path) -> None:
+    """The folder's files match its manifest and its code is the installed package's (else nothing is published)."""
+    code = remote_code_problems(source)
+    if code:
+        raise BadInputError(
+            f"refusing to publish code that is not the installed aaclip-hf's ({'; '.join(code)}); published code "
+            "always comes from the installed package: remove or restore the file",
+            source,
+            "code",
+        )
+    if not (source / MANIFEST_NAME).is_file():
         logger.warning(
-            "%s: %d item(s) not published (see aaclip_hf.hub.publish.HUB_ALLOWLIST): %s", source, len(skipped), listed
+            "%s: no %s, so its files cannot be checked for changes since they were saved", source, MANIFEST_NAME
         )
-
-
-# ----------------------------------------------------------------------------------------------
-# Checks: safetensors only, the manifest, finite values
-# ----------------------------------------------------------------------------------------------
-
-
-def _named(text: str, staging: Path, source: Path) -> str:
-    return text.replace(str(staging), str(source))
-
-
-def check_weights(folder: Path, source: Path | None = None) -> list[str]:
-    """Refuse weights that must not be published; return the weight files (safetensors only).
-
-    Raises, naming `source` files: no safetensors weights (pickles are never published), a corrupt file, a
-    mismatch with `weights_manifest.json`, or a non-finite tensor.
-    """
-    source = source or folder
-    files = weight_files(folder)
-    if not files:
-        pickles = sorted(p.name for p in source.glob("pytorch_model*.bin"))
-        hint = f" ({', '.join(pickles)} is a pickle and is never published)" if pickles else ""
-        if (source / "model.safetensors").is_symlink():
-            hint = f" (model.safetensors is a symlink, never followed; {SYMLINK_HINT})"
-        raise FileNotFoundError(
-            f"{source}: no model weights (model.safetensors){hint}; save the model with save_pretrained"
-        )
-    for name in files:
-        if not (folder / name).is_file():
-            hint = f" (a symlink, never followed; {SYMLINK_HINT})" if (source / name).is_symlink() else ""
-            raise FileNotFoundError(f"{source / name}: listed in the safetensors index but missing{hint}")
-        try:
-            check_safetensors_file(folder / name)
-        except CorruptWeightsError as error:
-            raise CorruptWeightsError(_named(str(error), folder, source)) from None
-    problems = verify_manifest(folder)
+        return
+    problems = verify_manifest(source)
     if problems:
         raise WeightsError(
-            f"{source}: refusing to publish weights that do not match {WEIGHTS_MANIFEST_NAME}: "
-            + "; ".join(_named(problem, folder, source) for problem in problems)
+            f"{source}: refusing to publish files that differ from {MANIFEST_NAME}: " + "; ".join(problems)
         )
-    for name in files:
-        bad = []
-        try:
-            with safe_open(str(folder / name), framework="pt") as handle:
-                for key in handle.keys():
-                    tensor = handle.get_tensor(key)
-                    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                        bad.append(key)
-        except SafetensorError as error:
-            raise CorruptWeightsError(f"{source / name}: unreadable safetensors file ({error})") from None
-        if bad:
-            more = f" (+{len(bad) - TENSORS_NAMED} more)" if len(bad) > TENSORS_NAMED else ""
-            raise NonFiniteWeightsError(
-                f"{source / name}: refusing to publish non-finite (NaN/inf) weights in {len(bad)} tensor(s): "
-                f"{', '.join(bad[:TENSORS_NAMED])}{more}"
-            )
-    return files
 
 
-# ----------------------------------------------------------------------------------------------
-# Completing a folder: pipeline code, config, card
-# ----------------------------------------------------------------------------------------------
+def _copy_sanitised(source: Path, target: Path) -> None:
+    """Training summary and arguments, with local paths and secrets removed."""
+    for name in SANITISED_FILES:
+        path = source / name
+        if path.is_file() and not path.is_symlink():
+            data = sanitise_paths(load_json(path, name))
+            (target / name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def _add_pipeline_code(folder: Path) -> None:
-    """Copy the pipeline file and declare it in `config.json` (what `Pipeline.save_pretrained` records)."""
-    source = Path(inspect.getsourcefile(AAClipAnomalyDetectionPipeline))
-    shutil.copyfile(source, folder / PIPELINE_FILE)
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["custom_pipelines"] = {TASK: dict(CUSTOM_PIPELINE_ENTRY)}
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-REQUIRED_FILES = (
-    "config.json",
-    "configuration_aaclip.py",
-    "modeling_aaclip.py",
-    "processor_config.json",
-    "processing_aaclip.py",
-    PIPELINE_FILE,
-    "README.md",
-)
-
-
-def prepare_hub_folder(
-    folder: str | os.PathLike,
-    *,
-    repo_id: str | None = None,
-    eval_results: dict | Sequence[dict] | str | os.PathLike | None = None,
-    base_model: str | None = None,
-    license: str = "mit",
-    picture: str | None = None,
-    space: Mapping[str, str] | None = None,
-) -> Path:
-    """Complete an allowlisted folder in place: pipeline code, `custom_pipelines` and the `README.md` card.
-
-    Raises naming the missing file when the folder lacks the model config or the processor.
-    """
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder}: no config.json; expected a folder written by save_pretrained")
-    if not weight_files(folder):
-        raise FileNotFoundError(f"{folder}: no model weights (model.safetensors); expected a saved AA-CLIP model")
-    if not (folder / "processor_config.json").is_file():
-        raise FileNotFoundError(
-            f"{folder}: no processor_config.json; save the processor too (processor.save_pretrained(folder))"
-        )
-    _add_pipeline_code(folder)
-    if isinstance(eval_results, (str, os.PathLike)):
-        eval_results = load_json(eval_results, "eval results")
-    config = AAClipConfig.from_pretrained(folder)
+def _write_card(folder: Path, repo_id: str, runs: list[dict], base_model, license, picture, space) -> None:
     card = build_model_card(
-        config,
-        repo_id or f"your-name/{folder.resolve().name}",
+        load_config(folder),
+        repo_id,
         training_summary=read_training_summary(folder),
-        eval_results=eval_results,
+        eval_results=runs or None,
         base_model=base_model,
         license=license,
         picture=picture,
         space=space,
     )
     card.save(str(folder / "README.md"))
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder}: the Hub folder is incomplete, missing {missing}")
-    return folder
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,12 +275,12 @@ def _read_eval_dirs(eval_dirs: Sequence[str | os.PathLike]) -> tuple[list[dict],
     runs, overlays = [], []
     for eval_dir in map(Path, eval_dirs):
         if not eval_dir.is_dir():
-            raise FileNotFoundError(f"--eval-dir {eval_dir}: no such folder (expected an `aaclip evaluate` output)")
+            raise MissingFileError("no such folder (expected an `aaclip evaluate` output)", eval_dir, "--eval-dir")
         found = _overlay_files(eval_dir)
         if (eval_dir / "results.json").is_file():
             runs.append(load_json(eval_dir / "results.json", "eval results"))
         elif not found:
-            raise FileNotFoundError(f"--eval-dir {eval_dir}: neither results.json nor overlay PNGs in it")
+            raise MissingFileError("neither results.json nor overlay PNGs in it", eval_dir, "--eval-dir")
         overlays += found
     return runs, overlays
 
@@ -451,40 +339,30 @@ def stage_hub_folder(
     card_columns: int = DEFAULT_CARD_COLUMNS,
     card_tile_width: int = DEFAULT_CARD_TILE_WIDTH,
 ) -> HubFolder:
-    """Write the Hub folder for the saved model `source` into the empty folder `target`, by allowlist.
+    """Write the Hub folder for the saved model `source` into the empty folder `target` (module docstring).
 
-    Copies the allowlisted files (one warning lists the rest), checks the weights (`check_weights`), adds what
-    was asked for (evaluation JSON and overlay picture, ONNX graph, Space app) and the card. `source` is not
-    modified. Returns the exact file list.
+    `source` is not modified. Returns the exact file list and what was left out.
     """
     source, target = Path(source), Path(target)
     if not source.is_dir():
-        raise FileNotFoundError(f"model folder {source} does not exist")
+        raise MissingFileError("no such model folder", source, "model_dir")
     if target.exists() and any(target.iterdir()):
-        raise ValueError(f"{target}: not empty; a Hub folder is written into an empty (or new) folder")
+        raise BadInputError("not empty; a Hub folder is written into an empty (or new) folder", target)
     if isinstance(eval_results, (str, os.PathLike)):
         eval_results = load_json(eval_results, "eval results")
     runs = [] if eval_results is None else [eval_results] if isinstance(eval_results, dict) else list(eval_results)
     dir_runs, overlays = _read_eval_dirs(eval_dirs)
     runs += dir_runs
     if onnx is not None and not (Path(onnx).is_file() and Path(onnx).suffix == ".onnx"):
-        raise FileNotFoundError(f"--onnx {onnx}: no such .onnx file (write one with `aaclip export-onnx`)")
+        raise MissingFileError("no such .onnx file (write one with `aaclip export-onnx`)", onnx, "--onnx")
     app_source = space_app_source() if with_app else None
-    if app_source is not None and not app_source.is_file():
-        raise FileNotFoundError(f"{app_source}: the Space app is missing from this installation")
+    _check_source(source)
+    model, processor = load_model_and_processor(source, device="cpu")
 
     with _removed_on_failure(target):
-        skipped = _copy_allowlisted(source, target)
-        _warn_skipped(source, skipped)
-        if not (target / "config.json").is_file():
-            hint = (
-                f" (config.json is a symlink, never followed; {SYMLINK_HINT})"
-                if (source / "config.json").is_symlink()
-                else ""
-            )
-            raise FileNotFoundError(f"{source}: no config.json{hint}; expected a folder written by save_pretrained")
-        check_weights(target, source)
-
+        save_model_folder(model, processor, target)
+        _copy_sanitised(source, target)
+        write_manifest(target)
         asked = []
         taken: set[str] = set()
         for run in runs:
@@ -494,9 +372,8 @@ def stage_hub_folder(
             asked.append(name)
         picture = None
         if overlays and card_images > 0:
-            overlay_grid(overlays[:card_images], columns=card_columns, tile_width=card_tile_width).save(
-                target / PICTURE_FILE
-            )
+            grid = overlay_grid(overlays[:card_images], columns=card_columns, tile_width=card_tile_width)
+            grid.save(target / PICTURE_FILE)
             picture = PICTURE_FILE
             asked.append(PICTURE_FILE)
         if onnx is not None:
@@ -509,20 +386,12 @@ def stage_hub_folder(
             (target / REQUIREMENTS_FILE).write_text(space_requirements(), encoding="utf-8")
             asked += [APP_FILE, REQUIREMENTS_FILE]
             space = space_metadata(repo_id)
-        prepare_hub_folder(
-            target,
-            repo_id=repo_id,
-            eval_results=runs or None,
-            base_model=base_model,
-            license=license,
-            picture=picture,
-            space=space,
-        )
+        _write_card(target, repo_id, runs, base_model, license, picture, space)
         files = {p.relative_to(target).as_posix(): p.stat().st_size for p in target.rglob("*") if p.is_file()}
         stray = sorted(name for name in files if not (("/" not in name and is_allowlisted(name)) or name in asked))
-        if stray:  # defence in depth: the completion step wrote something the allowlist does not cover
+        if stray:  # defence in depth: the writer wrote something the allowlist does not cover
             raise RuntimeError(f"{target}: files outside the allowlist would be published: {stray}")
-        return HubFolder(target, files, skipped, "space" if with_app else "model")
+        return HubFolder(target, files, _left_out(source), "space" if with_app else "model")
 
 
 def save_for_hub(
@@ -536,7 +405,7 @@ def save_for_hub(
     base_model: str | None = None,
     license: str = "mit",
 ) -> Path:
-    """Write a complete Hub-ready folder (allowlisted): weights, processor, remote and pipeline code, card.
+    """Write a complete Hub-ready folder (`stage_hub_folder` of the saved model) at `output_dir`.
 
     An existing `output_dir` is replaced only when it holds nothing but a Hub folder's files (a previous run).
     """
@@ -544,13 +413,9 @@ def save_for_hub(
     if folder.exists() and any(folder.iterdir()):
         foreign = sorted(entry.name for entry in os.scandir(folder) if not _is_hub_entry(entry))
         if foreign:
-            raise ValueError(f"{folder}: not empty and not a Hub folder (holds {foreign}); choose a new folder")
+            raise BadInputError(f"not empty and not a Hub folder (holds {foreign}); choose a new folder", folder)
     with tempfile.TemporaryDirectory(prefix="aaclip-save-") as tmp:
-        saved = Path(tmp) / "model"
-        model.save_pretrained(saved)
-        processor.save_pretrained(saved)
-        if training_summary is not None:
-            (saved / TRAINING_SUMMARY_FILE).write_text(json.dumps(training_summary, indent=2) + "\n", encoding="utf-8")
+        saved = _saved(model, processor, Path(tmp) / "model", training_summary)
         staged = stage_hub_folder(
             saved,
             Path(tmp) / "hub",
@@ -563,6 +428,14 @@ def save_for_hub(
             shutil.rmtree(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staged.path), str(folder))
+    return folder
+
+
+def _saved(model, processor, folder: Path, training_summary: dict | None) -> Path:
+    save_model_folder(model, processor, folder)
+    if training_summary is not None:
+        (folder / TRAINING_SUMMARY_FILE).write_text(json.dumps(training_summary, indent=2) + "\n", encoding="utf-8")
+        write_manifest(folder)
     return folder
 
 
@@ -631,13 +504,7 @@ def push_model_to_hub(
 ) -> str:
     """Save a model and processor to a temporary folder, then `push_folder_to_hub` it."""
     with tempfile.TemporaryDirectory(prefix="aaclip-save-") as tmp:
-        folder = Path(tmp) / repo_id.split("/")[-1]
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-        if training_summary is not None:
-            (folder / TRAINING_SUMMARY_FILE).write_text(
-                json.dumps(training_summary, indent=2) + "\n", encoding="utf-8"
-            )
+        folder = _saved(model, processor, Path(tmp) / repo_id.split("/")[-1], training_summary)
         return push_folder_to_hub(
             folder,
             repo_id,

@@ -1,12 +1,18 @@
-"""Decision-threshold calibration (`aaclip calibrate`): a threshold on image scores from a few images.
+"""Per-class decision thresholds (`aaclip calibrate`): a threshold on image scores from a few images of one class.
 
-Calibration rules (`calibrate_threshold`):
+Rules (`calibrate_threshold`; operating points in `aaclip_hf.evaluation.operating_points`):
 
-- normal images only (`method="normal"`): `threshold = quantile_q(normal scores) + margin` (defaults q = 1.0,
-  i.e. the largest normal score, and margin 0.01), so every calibration normal is accepted with a margin.
-- normal and anomalous images (`method="f1"`, the default when both are given): the F1-optimal threshold on
-  the calibration scores (`score >= t` is anomalous), moved down to the midpoint between it and the next lower
-  score: the same decisions on the calibration images, with room on both sides.
+- `"normal"` (normal images only): `quantile_q(normal scores) + margin` (defaults q = 1.0, the largest normal score,
+  and margin 0.01): every calibration normal is accepted with a margin.
+- `"false-reject"`: the most sensitive threshold at which at most `max_false_reject` of the normal images are flagged.
+- `"f1"` (normal and anomalous images): the F1-optimal threshold (`score >= t` is anomalous), moved down to the
+  midpoint between it and the next lower score: the same decisions on the calibration images, with room on both sides.
+- `"escape"` (with anomalous images): the least sensitive threshold at which at most `max_escape` of the anomalous
+  images pass.
+- `"auto"`: `"f1"` when anomalous images are given, else `"normal"`.
+
+`save_threshold` stores the result for its class in `config.json` (`decision_thresholds`), next to the other classes'
+thresholds, and says what it replaced; `calibration.json` keeps the details per class.
 """
 
 from __future__ import annotations
@@ -21,16 +27,28 @@ from typing import Any
 import numpy as np
 from transformers.utils import CONFIG_NAME
 
-from ..evaluation.metrics import binary_metrics
-from ..modeling.configuration_aaclip import AAClipConfig
+from ..errors import InvalidInputError
+from ..evaluation.anomaly_metrics.exact_metrics import binary_metrics
+from ..evaluation.operating_points import rates_at, threshold_for_escape_rate, threshold_for_false_reject_rate
+from ..runtime.loading import load_config
 from ..runtime.outputs import atomic_write_text
 
 
-__all__ = ["CALIBRATION_METHODS", "DEFAULT_MARGIN", "DEFAULT_QUANTILE", "calibrate_threshold", "save_threshold"]
+__all__ = [
+    "CALIBRATION_FILE",
+    "CALIBRATION_METHODS",
+    "DEFAULT_MARGIN",
+    "DEFAULT_QUANTILE",
+    "calibrate_threshold",
+    "save_threshold",
+]
 
-CALIBRATION_METHODS = ("auto", "normal", "f1")
+CALIBRATION_METHODS = ("auto", "normal", "false-reject", "f1", "escape")
 DEFAULT_QUANTILE = 1.0
+# Added to the largest normal score (or taken from the smallest anomalous one) where no second score bounds the
+# threshold: room for the normal spread the calibration images did not show.
 DEFAULT_MARGIN = 0.01
+CALIBRATION_FILE = "calibration.json"
 
 
 def calibrate_threshold(
@@ -39,26 +57,44 @@ def calibrate_threshold(
     method: str = "auto",
     quantile: float = DEFAULT_QUANTILE,
     margin: float = DEFAULT_MARGIN,
+    max_false_reject: float | None = None,
+    max_escape: float | None = None,
 ) -> tuple[float, dict[str, Any]]:
-    """A decision threshold on image scores (rules in the module docstring). Returns `(threshold, details)`."""
+    """A decision threshold on image scores (rules in the module docstring). Returns `(threshold, details)`; the
+    details hold the method, its settings and the operating point on the calibration images."""
     if method not in CALIBRATION_METHODS:
-        raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
+        raise InvalidInputError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin < 1.0:
+        raise InvalidInputError(
+            f"margin must be in [0, 1), got {margin!r}: a negative margin would flag calibration normals; to accept "
+            "a share of false rejects, set a target with --max-false-reject"
+        )
     normal = np.asarray(normal_scores, dtype=np.float64)
     anomalous = np.asarray(anomalous_scores if anomalous_scores is not None else [], dtype=np.float64)
     if normal.size == 0:
-        raise ValueError("calibration needs at least one normal image")
+        raise InvalidInputError("calibration needs at least one normal image")
     if method == "auto":
         method = "f1" if anomalous.size else "normal"
-    details: dict[str, Any] = {"method": method, "num_normal": int(normal.size), "num_anomalous": int(anomalous.size)}
+    details: dict[str, Any] = {"method": method}
     if method == "normal":
         if not 0.0 <= quantile <= 1.0:
-            raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+            raise InvalidInputError(f"quantile must be in [0, 1], got {quantile}")
         base = float(np.quantile(normal, quantile))
         threshold = base + margin
         details.update(quantile=quantile, margin=margin, normal_quantile_score=base)
+    elif method == "false-reject":
+        if max_false_reject is None:
+            raise InvalidInputError("the false-reject rule needs a target rate (--max-false-reject)")
+        threshold, extra = threshold_for_false_reject_rate(normal, max_false_reject, margin)
+        details.update(extra)
+    elif method == "escape":
+        if max_escape is None:
+            raise InvalidInputError("the escape rule needs a target rate (--max-escape)")
+        threshold, extra = threshold_for_escape_rate(anomalous, max_escape, margin)
+        details.update(extra)
     else:
         if anomalous.size == 0:
-            raise ValueError("method 'f1' needs anomalous images too (--anomalous)")
+            raise InvalidInputError("the f1 rule needs anomalous images too (--anomalous)")
         scores = np.concatenate([normal, anomalous])
         labels = np.concatenate([np.zeros(normal.size, int), np.ones(anomalous.size, int)])
         best = binary_metrics(scores, labels)
@@ -69,27 +105,31 @@ def calibrate_threshold(
     clipped = float(min(1.0, max(0.0, threshold)))
     if clipped != threshold:
         details["clipped_from"] = threshold
-    predictions_normal = normal >= clipped
-    details.update(
-        threshold=clipped,
-        normal_accepted=int((~predictions_normal).sum()),
-        anomalous_detected=int((anomalous >= clipped).sum()),
-    )
+    details["operating_point"] = rates_at(clipped, normal, anomalous)
     return clipped, details
 
 
-def save_threshold(model_dir: str | os.PathLike, threshold: float, details: dict | None = None) -> Path:
-    """Write `decision_threshold` into the folder's `config.json` (weights untouched) and `calibration.json`.
+def save_threshold(
+    model_dir: str | os.PathLike, class_name: str, threshold: float, details: dict | None = None
+) -> float | None:
+    """Store `threshold` as `class_name`'s decision threshold in the folder's `config.json` (weights untouched) and
+    its details in `calibration.json`; returns the threshold it replaced (`None` when the class had none).
 
-    Each file is replaced atomically (written beside it, then renamed), so a crash leaves the old or the new
-    file, never half of one.
+    Each file is replaced atomically (written beside it, then renamed), so a crash leaves the old or the new file.
     """
     folder = Path(model_dir)
-    config = AAClipConfig.from_pretrained(folder)
-    config.decision_threshold = float(threshold)
+    config = load_config(folder)
+    previous = config.decision_thresholds.get(class_name)
+    config.decision_thresholds = {**config.decision_thresholds, class_name: float(threshold)}
+    config.validate()
     with tempfile.TemporaryDirectory(dir=folder, prefix=".calibrate-") as staging:
         config.save_pretrained(staging)
         os.replace(Path(staging) / CONFIG_NAME, folder / CONFIG_NAME)
     if details is not None:
-        atomic_write_text(folder / "calibration.json", json.dumps(details, indent=2) + "\n")
-    return folder / CONFIG_NAME
+        path = folder / CALIBRATION_FILE
+        recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if not isinstance(recorded, dict) or "method" in recorded:  # one class per file before: start over
+            recorded = {}
+        recorded[class_name] = details
+        atomic_write_text(path, json.dumps(recorded, indent=2) + "\n")
+    return previous

@@ -1,7 +1,8 @@
 """Detection overlays: the image, its anomaly heat map and the outlined decision region, side by side.
 
-Pure numpy + PIL (no matplotlib). The heat map shows the per-pixel anomaly probability on a fixed 0..1 scale (or
-the image's own range, printed under the colour bar).
+Pure numpy + PIL (no matplotlib). The heat map is the pipeline's `anomaly_probability`, which every surface shows on
+one scale: 0..1 with 0.5 at the class's decision threshold (`AAClipProcessor`'s `normalize_at_threshold`), so overlays
+of different images compare directly: red marks what decides.
 
 The decision panel marks the anomalous side unambiguously: the region is shaded and its outline is drawn on the
 region's own pixels along its boundary, the image border included. A region that covers most of the image thus
@@ -98,8 +99,8 @@ def region_legend(pixel_threshold: float | None, area: float | None = None) -> s
     """The decision panel's legend line: what the outline marks, at which level of the anomaly probability."""
     if pixel_threshold is None:
         return "no decision region: this image score does not use the map"
-    text = f"outline = anomalous region at threshold {pixel_threshold:.3g}"
-    return text if area is None else f"{text} ({100 * area:.1f}% of the image)"
+    text = f"outline = pixels that alone reach the threshold (probability {pixel_threshold:.3g})"
+    return text if area is None else f"{text}, {100 * area:.1f}% of the image"
 
 
 def _font(size: int):
@@ -133,16 +134,14 @@ def detection_figure(
     max_side: int = 512,
     min_side: int = 256,
     alpha: float = 0.5,
-    heat_range: tuple[float, float] = (0.0, 1.0),
-    heat_label: str = "anomaly probability",
     legend: str | None = None,
 ) -> Image.Image:
     """`[image | heat map | decision region]` under a title line, a colour bar under the heat map and a legend
     (a swatch of the outline colour and `legend`, by default `region_legend` without a threshold) under the region.
 
-    The heat map spans `heat_range` of `probability` (blue .. red). Panels are scaled so that the longer side lies
-    in `[min_side, max_side]` (small images are enlarged); the region is outlined at the panel's size, so the
-    outline stays crisp.
+    The heat map colours `probability` on the one 0..1 scale (0.5 = decision; blue .. red). Panels are scaled so that
+    the longer side lies in `[min_side, max_side]` (small images are enlarged); the region is outlined at the panel's
+    size, so the outline stays crisp.
     """
     if probability.shape != (image.height, image.width):
         raise ValueError(f"map is {probability.shape} but the image is {(image.height, image.width)}")
@@ -151,8 +150,6 @@ def detection_figure(
     region = np.asarray(region, dtype=bool)
     if legend is None:
         legend = f"outline = anomalous region ({100 * region.mean():.1f}% of the image)"
-    low, high = heat_range
-    scaled = (probability - low) / (high - low) if high > low else np.zeros_like(probability)
     longer = max(image.size)
     scale = min(max_side / longer, max(1.0, min_side / longer))
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -160,10 +157,10 @@ def detection_figure(
     resized = rgb.resize(size, Image.BILINEAR) if size != rgb.size else rgb
     region_mask = Image.fromarray(region.astype(np.uint8) * 255)
     panel_region = np.asarray(region_mask.resize(size, Image.NEAREST) if size != rgb.size else region_mask) > 0
-    heat = heatmap_overlay(image, scaled, alpha)
+    heat = heatmap_overlay(image, probability, alpha)
     panels = [
         ("image", resized),
-        (heat_label, heat.resize(size, Image.BILINEAR) if size != rgb.size else heat),
+        ("anomaly heat (0.5 = threshold)", heat.resize(size, Image.BILINEAR) if size != rgb.size else heat),
         ("decision region", contour_overlay(resized, panel_region)),
     ]
     font_size = max(11, min(18, size[0] // 16))
@@ -187,10 +184,9 @@ def detection_figure(
     left = 2 * gap + size[0]
     bar_top = below + font_size + 2
     figure.paste(_colorbar(size[0], bar_height), (left, bar_top))
-    low_text, high_text = f"{low:.3g}", f"{high:.3g}"
-    draw.text((left, bar_top + bar_height + 1), low_text, fill=TEXT_COLOR, font=small)
-    right = left + size[0] - int(draw.textlength(high_text, font=small))
-    draw.text((right, bar_top + bar_height + 1), high_text, fill=TEXT_COLOR, font=small)
+    for position, text in ((0.0, "0"), (0.5, "threshold"), (1.0, "1")):
+        offset = int(position * size[0] - position * draw.textlength(text, font=small))
+        draw.text((left + offset, bar_top + bar_height + 1), text, fill=TEXT_COLOR, font=small)
     left = 3 * gap + 2 * size[0]
     draw.rectangle((left, bar_top + 2, left + swatch - 1, bar_top + 1 + swatch), outline=CONTOUR_COLOR, width=2)
     for line_index, line in enumerate(legend_lines):

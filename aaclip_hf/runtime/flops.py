@@ -12,9 +12,7 @@ Note: `FlopCounterMode` does not count the CPU kernel of `scaled_dot_product_att
 under-counts sdpa models; the analytic count is the reference, and eager attention is used to
 verify it.
 
-`inference_activation_bytes` (the peak live activation memory of an inference forward, used to choose batch
-sizes) is defined next to the pipeline in `modeling/pipeline_aaclip.py`, because the Hub copy of the pipeline
-chooses its default batch with it and must not import this package; it is re-exported here with the other floors.
+Memory estimates (parameters, activations) live in `runtime/resources.py`.
 """
 
 from __future__ import annotations
@@ -24,12 +22,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..modeling.modeling_aaclip import AAClipModel
-from ..modeling.pipeline_aaclip import inference_activation_bytes
 
 
 __all__ = [
     "FlopReport",
-    "inference_activation_bytes",
     "vision_forward_flops",
     "text_anchor_flops",
     "model_forward_flops",

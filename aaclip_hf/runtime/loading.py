@@ -1,7 +1,16 @@
-"""The one loader: an AA-CLIP folder or Hub id -> `(model, processor)` that fit each other.
+"""The one loader: an AA-CLIP folder or Hub id -> `(model, processor)`, checked before anything is trusted or built.
 
-Every entry point (evaluate, detect, calibrate, train, the app, the demo) loads through here, so the
-checks a user relies on (an AA-CLIP config, a processor at the model's input size) are made once.
+Every entry point (evaluate, detect, calibrate, train, add-references, the app, the demo) loads through here:
+
+1. `config.json` is read as data and built into the installed `AAClipConfig` only: no code from the folder ever
+   runs (every transformers call passes `trust_remote_code=False`, so nothing prompts either), and a file that is not
+   an AA-CLIP config (another architecture, a JSON array, a hostile field) is one line naming the file.
+2. The weight files are checked from their headers: complete, inside the folder, and holding the values the config
+   describes (`state_elements`), so a config that promises a huge model is refused before anything is allocated;
+   the model must also fit in the free memory with one image's activations.
+3. Names and shapes are compared with a model built on the meta device: missing, unexpected or mis-shaped weights
+   are refused (never re-initialised at random).
+4. The weights load, and any NaN/inf is refused; the processor must fit the model's input size.
 """
 
 from __future__ import annotations
@@ -9,90 +18,194 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 
 import torch
 from huggingface_hub import constants as hub_constants
-from huggingface_hub import try_to_load_from_cache
+from huggingface_hub import snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers.utils import CONFIG_NAME
 
-from ..modeling.configuration_aaclip import AAClipConfig
-from ..modeling.modeling_aaclip import AAClipModel
-from ..modeling.processing_aaclip import AAClipProcessor
+from ..errors import BadInputError, IncompleteWeightsError, MissingFileError, NonFiniteWeightsError
+from ..modeling import AAClipConfig, AAClipModel, AAClipProcessor
 from .devices import resolve_device, resolve_dtype
+from .model_folder import check_weight_files, header_elements, listed_names, non_finite_tensors
+from .resources import check_fits_in_memory, inference_activation_bytes, state_elements
 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_model_source", "is_aaclip_folder", "load_model_and_processor", "processor_for"]
+__all__ = [
+    "check_model_source",
+    "is_aaclip_folder",
+    "is_hub_id",
+    "load_config",
+    "load_model",
+    "load_model_and_processor",
+    "processor_for",
+]
+
+# Files a Hub snapshot needs for loading: never the repository's code (it is not run).
+SNAPSHOT_PATTERNS = ("*.json", "*.safetensors", "*.txt")
+# How far the values a config describes may be from what its weight files hold before the load is refused
+# unbuilt; the exact comparison of names and shapes follows on a meta-device model.
+STATE_SIZE_TOLERANCE = 1.5
+
+
+def is_hub_id(name: str) -> bool:
+    """The one Hub-id check: `org/name` (huggingface_hub's rules) that is not a local path."""
+    if os.path.exists(name) or name.startswith((".", "/", "~")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return name.count("/") == 1
 
 
 def is_aaclip_folder(path: str | os.PathLike) -> bool:
-    """True for a local folder whose config.json says `model_type: aaclip`."""
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
+    """True for a local folder whose config.json is an AA-CLIP config (`model_type: aaclip`)."""
+    try:
+        return _read_config(Path(path)).get("model_type") == AAClipConfig.model_type
+    except BadInputError:
         return False
-    try:
-        with open(config, encoding="utf-8") as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{config}: not valid JSON ({error}); expected the config.json of save_pretrained") from None
-    return isinstance(data, dict) and data.get("model_type") == AAClipConfig.model_type
 
 
-def check_model_source(model: str | os.PathLike, what: str = "--model", kind: str = "folder") -> None:
-    """Refuse, naming `model`, a path that is neither a local folder nor a Hub id that can be loaded.
-
-    Offline (`HF_HUB_OFFLINE`), a Hub id loads only from the local cache, so an uncached one is refused here
-    with "the Hub is offline" instead of a long traceback about the network. Online ids pass (the loader
-    turns a failed connection into "the Hub is unreachable").
-    """
+def check_model_source(model: str | os.PathLike, what: str = "--model") -> None:
+    """Refuse, naming `model`, a path that is neither a local folder nor a Hub id that can be loaded (offline: one in
+    the local cache)."""
     model = os.fspath(model)
-    if os.path.isdir(model) or (kind != "folder" and os.path.isfile(model)):
+    if os.path.isdir(model):
         return
-    expected = f"expected a model {kind} written by save_pretrained, or a Hub model id"
+    expected = "expected a model folder written by save_pretrained, or a Hub model id"
     if os.path.exists(model):
-        raise FileNotFoundError(f"{what} {model}: is a file, not a folder; {expected}")
-    try:
-        validate_repo_id(model)
-    except HFValidationError:
-        raise FileNotFoundError(f"{what} {model}: no such {kind} (and not a valid Hub id); {expected}") from None
+        raise MissingFileError(f"is a file, not a folder; {expected}", model, what)
+    if not is_hub_id(model):
+        raise MissingFileError(f"no such folder (and not a valid Hub id); {expected}", model, what)
     if hub_constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(model, CONFIG_NAME), str):
-        raise FileNotFoundError(
-            f"{what} {model}: no such {kind}, and the Hub is offline (HF_HUB_OFFLINE is set, and the id is not "
-            f"in the local cache); {expected}"
+        raise MissingFileError(
+            f"no such folder, and the Hub is offline (HF_HUB_OFFLINE, not cached); {expected}", model, what
         )
 
 
-def _unreachable(model: str, what: str, error: OSError) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"{what} {model}: no such folder, and the Hub is unreachable ({' '.join(str(error).split())}); "
-        "expected a model folder written by save_pretrained, or a Hub model id with the network up"
-    )
+def _local_folder(model: str, what: str = "--model") -> Path:
+    check_model_source(model, what)
+    if os.path.isdir(model):
+        return Path(model)
+    try:
+        return Path(snapshot_download(model, allow_patterns=list(SNAPSHOT_PATTERNS)))
+    except OSError as error:
+        raise MissingFileError(
+            f"cannot be fetched from the Hub ({' '.join(str(error).split())[:200]})", model, what
+        ) from None
 
 
-def _is_connection_error(error: BaseException) -> bool:
-    """transformers reports a Hub it cannot reach as an OSError saying so; the cause may be any network error."""
-    text = str(error).lower()
-    return "couldn't connect" in text or "connection" in text or isinstance(error, ConnectionError)
+def _read_config(folder: Path) -> dict:
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise MissingFileError("no config.json; expected a model folder written by save_pretrained", folder, "--model")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise BadInputError(f"not valid JSON ({type(error).__name__}: {str(error)[:120]})", path) from None
+    if not isinstance(data, dict):
+        raise BadInputError(f"holds a JSON {type(data).__name__}, expected an object", path)
+    return data
+
+
+def load_config(folder: str | os.PathLike) -> AAClipConfig:
+    """The folder's `config.json` as the installed `AAClipConfig`, or one `BadInputError` naming the file."""
+    path = Path(folder) / CONFIG_NAME
+    data = _read_config(Path(folder))
+    found = data.get("model_type")
+    if found != AAClipConfig.model_type:
+        hint = " Build AA-CLIP on it with `aaclip convert-clip`." if found == "clip" else ""
+        raise BadInputError(
+            f"model_type is {found!r}, expected {AAClipConfig.model_type!r} (a folder written by save_pretrained).{hint}",
+            path,
+            "model_type",
+        )
+    try:
+        return AAClipConfig.from_dict(data)
+    except Exception as error:  # any field of the file; the message names it
+        message = " ".join(str(error).split())[:300] or type(error).__name__
+        raise BadInputError(f"not a valid AA-CLIP config: {message}", path) from None
+
+
+def _check_weights_fit(config: AAClipConfig, folder: Path, device: torch.device, dtype: torch.dtype) -> None:
+    """Steps 2 and 3 of the module docstring."""
+    shapes = check_weight_files(folder)
+    if not shapes:
+        raise MissingFileError("no model.safetensors (weights are read from safetensors only)", folder, "--model")
+    described, held = state_elements(config), header_elements(shapes)
+    if not held / STATE_SIZE_TOLERANCE <= described <= held * STATE_SIZE_TOLERANCE:
+        raise IncompleteWeightsError(
+            f"{folder / CONFIG_NAME}: describes a model of {described:,} values but its weights hold {held:,}; the "
+            "config does not belong to these weights"
+        )
+    dtype_bytes = torch.finfo(dtype).bits // 8
+    needed = described * dtype_bytes + inference_activation_bytes(config, 1, dtype_bytes)
+    check_fits_in_memory(needed, f"{folder}: the model and one image's activations", device)
+    with torch.device("meta"):
+        expected = {name: list(tensor.shape) for name, tensor in AAClipModel(config).state_dict().items()}
+    problems = []
+    if missing := set(expected) - set(shapes):
+        problems.append(f"missing {listed_names(missing)}")
+    if unexpected := set(shapes) - set(expected):
+        problems.append(f"unexpected {listed_names(unexpected)}")
+    if wrong := [
+        f"{k} (file {shapes[k]}, model {expected[k]})" for k in set(expected) & set(shapes) if shapes[k] != expected[k]
+    ]:
+        problems.append(f"mis-shaped {listed_names(wrong)}")
+    if problems:
+        raise IncompleteWeightsError(
+            f"{folder}: the weights do not match its config.json: {'; '.join(problems)}. A folder written by "
+            "save_pretrained holds exactly the keys its config describes; re-save or re-convert it"
+        )
+
+
+def load_model(
+    model: str | os.PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> tuple[AAClipModel, Path]:
+    """A checked AA-CLIP model in eval mode on `device` (default: the best available), and its local folder.
+
+    `dtype`: a `--dtype` value (`auto`, `float32`, `bf16`, ...) or a torch dtype; `None` keeps fp32.
+    """
+    folder = _local_folder(os.fspath(model))
+    config = load_config(folder)
+    device = resolve_device(device)
+    torch_dtype = torch.float32 if dtype is None else resolve_dtype(dtype, device)
+    _check_weights_fit(config, folder, device, torch_dtype)
+    aaclip = AAClipModel.from_pretrained(folder, config=config, dtype=torch_dtype, trust_remote_code=False)
+    bad = non_finite_tensors(aaclip.state_dict())
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{folder}: non-finite (NaN/inf) values in {len(bad)} tensor(s): {listed_names(bad)}"
+        )
+    return aaclip.to(device).eval(), folder
 
 
 def processor_for(model: AAClipModel, source: str | os.PathLike | None = None) -> AAClipProcessor:
     """The processor saved in `source`, or the default one at the model's input size; it must fit the model."""
     processor = None
-    if source is not None:
+    if source is not None and (Path(source) / "processor_config.json").is_file():
         try:
-            processor = AAClipProcessor.from_pretrained(source)
-        except (OSError, ValueError) as error:
-            logger.warning("no processor in %s (%s); using the default preprocessing", source, error)
+            processor = AAClipProcessor.from_pretrained(source, trust_remote_code=False)
+        except Exception as error:  # any field of the file; the message names it
+            message = " ".join(str(error).split())[:300] or type(error).__name__
+            raise BadInputError(
+                f"not a valid AA-CLIP processor: {message}", Path(source) / "processor_config.json"
+            ) from None
     if processor is None:
+        logger.info("no processor in %s; using the reference preprocessing at the model's size", source)
         processor = AAClipProcessor.for_model(model.config)
     size = model.config.vision_config.image_size
     if tuple(processor.image_size) != (size, size):
-        raise ValueError(
-            f"{source}: the processor resizes to {processor.image_size} but the model expects {size}x{size}; "
-            "fix preprocessor_config.json / processor_config.json"
+        raise BadInputError(
+            f"the processor resizes to {processor.image_size} but the model expects {size}x{size}",
+            Path(source or ".") / "processor_config.json",
+            "image_processor.size",
         )
     return processor
 
@@ -100,24 +213,6 @@ def processor_for(model: AAClipModel, source: str | os.PathLike | None = None) -
 def load_model_and_processor(
     model: str | os.PathLike, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
 ) -> tuple[AAClipModel, AAClipProcessor]:
-    """An AA-CLIP folder or Hub id -> `(model, processor)` in eval mode on `device` (default: best available).
-
-    `dtype`: a `--dtype` value (`auto`, `float32`, `bf16`, ...) or a torch dtype; `None` keeps fp32.
-    """
-    model = os.fspath(model)
-    check_model_source(model)
-    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "config.json")):
-        raise FileNotFoundError(f"{model}: no config.json; expected a folder written by save_pretrained")
-    try:
-        config = AAClipConfig.from_pretrained(model)
-    except OSError as error:
-        if not os.path.isdir(model) and _is_connection_error(error):
-            raise _unreachable(model, "--model", error) from error
-        raise
-    if config.model_type != AAClipConfig.model_type:
-        raise ValueError(f"{model}: model_type {config.model_type!r}, expected an AA-CLIP model ('aaclip')")
-    device = resolve_device(device)
-    torch_dtype = torch.float32 if dtype is None else resolve_dtype(dtype, device)
-    aaclip = AAClipModel.from_pretrained(model, dtype=torch_dtype)
-    aaclip.to(device).eval()
-    return aaclip, processor_for(aaclip, model)
+    """`load_model` and the processor that fits it."""
+    aaclip, folder = load_model(model, device, dtype)
+    return aaclip, processor_for(aaclip, folder)

@@ -30,6 +30,8 @@ import sys
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
+from ..errors import OutputInUseError
+
 
 try:
     import fcntl
@@ -52,10 +54,6 @@ __all__ = [
 # renameat2(2) flag: swap two paths atomically (Linux >= 3.15, glibc >= 2.28).
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-
-
-class OutputInUseError(FileExistsError):
-    """Another run is writing the same output folder (a clear input error: wait, or choose another folder)."""
 
 
 def safe_text(value: str | os.PathLike) -> str:

@@ -10,7 +10,7 @@ from scipy import ndimage
 from sklearn.metrics import auc as sk_auc
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from aaclip_hf.evaluation import metrics as M
+from aaclip_hf.evaluation.anomaly_metrics import exact_metrics as M
 
 
 TOL = 1e-6

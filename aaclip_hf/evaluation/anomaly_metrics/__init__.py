@@ -1,7 +1,7 @@
 """The `evaluate` metric module folder, and how to load or copy it.
 
 The folder holds the module `anomaly_metrics.py`, its numpy/scipy implementation `exact_metrics.py` (also
-the package's own metrics: `aaclip_hf.evaluation.metrics` re-exports it), a metric card `README.md` and
+the package's own metrics), a metric card `README.md` and
 `requirements.txt`. Those four files (`METRIC_FILES`) are the Hub metric; this `__init__` is not part of it.
 
 - `load_metric()`: the module as an `evaluate.EvaluationModule`, loaded offline from `METRIC_DIR`.

@@ -1,7 +1,7 @@
 """Exact anomaly-detection metrics: image/pixel AUROC, AP, F1-max and AUPRO, and the protocol rules.
 
 Standalone on purpose (numpy and scipy only, no package import): this one file is both the package's
-metrics (`aaclip_hf.evaluation.metrics` re-exports it) and part of the `evaluate` module folder that is
+metrics and part of the `evaluate` module folder that is
 loaded by `evaluate.load` and pushed as a Hub metric, so the two can never disagree.
 
 Everything is computed from **one sort** of all scores followed by a single chunked pass over
