@@ -20,7 +20,7 @@ import torch
 
 from aaclip_hf import AAClipConfig, AAClipModel, AAClipProcessor
 from aaclip_hf.data.synthetic import generate_synthetic_dataset
-from aaclip_hf.training.arguments import TrainingArguments
+from aaclip_hf.training.arguments import AAClipTrainingArguments
 
 
 TINY_IMAGE_SIZE = 40
@@ -95,7 +95,7 @@ def accelerate_cpu_launch(num_processes: int, *target: str) -> tuple[list[str], 
 
 
 def tiny_training_args(training_root, out, **overrides):
-    """`TrainingArguments` for the `training_root` fixture: both stages, 1 epoch each, global batch 4, quiet."""
+    """`AAClipTrainingArguments` for the `training_root` fixture: both stages, 1 epoch each, global batch 4, quiet."""
     base = {
         "model": str(training_root / "model"),
         "train_data": [str(training_root / "data")],
@@ -109,4 +109,4 @@ def tiny_training_args(training_root, out, **overrides):
         "progress": False,
         "log_every": 1,
     }
-    return TrainingArguments(**(base | overrides))
+    return AAClipTrainingArguments(**(base | overrides))

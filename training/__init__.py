@@ -1,4 +1,4 @@
-"""Two-stage AA-CLIP training (SPEC section 6): losses, DPAM stage-1 features, augmentation, trainer.
+"""Two-stage AA-CLIP training (docs/training.md): losses, DPAM stage-1 features, augmentation, trainer.
 
 Files: ``arguments`` (every knob and its command-line form), ``trainer`` (the loop: run > stage > epoch > step),
 ``models`` (which model, what each stage trains), ``batches`` (training samples, epoch order, per-process shards),
@@ -10,7 +10,7 @@ Run it as ``aaclip train ...``, ``python -m aaclip_hf.training ...`` or, on seve
 ``accelerate launch -m aaclip_hf.training ...`` (docs/training.md).
 """
 
-from .arguments import NonFiniteLossError, TrainingArguments, add_arguments
+from .arguments import AAClipTrainingArguments, add_arguments
 from .augment import AugmentConfig, augment_batch, sample_seed
 from .dpam import Stage1FeatureCache, Stage1Features, dpam_features
 from .losses import (
@@ -25,17 +25,16 @@ from .losses import (
     stage1_loss,
     stage2_loss,
 )
-from .trainer import Trainer, train
+from .trainer import AAClipTrainer, train
 
 
 __all__ = [
+    "AAClipTrainer",
+    "AAClipTrainingArguments",
     "AugmentConfig",
     "BatchReducer",
-    "NonFiniteLossError",
     "Stage1FeatureCache",
     "Stage1Features",
-    "Trainer",
-    "TrainingArguments",
     "add_arguments",
     "augment_batch",
     "dice_loss",

@@ -1,6 +1,6 @@
 """Every knob of a training run as a dataclass, and its command-line form (open_clip_train's `params.py`).
 
-The defaults are the paper's / reference's values (SPEC section 6); `aaclip train` and
+The defaults are the paper's / reference's values (docs/training.md); `aaclip train` and
 `python -m aaclip_hf.training` share this one parser.
 """
 
@@ -10,6 +10,9 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
+# Not used here: `aaclip`'s error boundary (aaclip_hf/cli/errors.py) looks the non-finite loss error up in this
+# module to report it as one line. It is the one class of aaclip_hf.errors.
+from ..errors import NonFiniteLossError  # noqa: F401
 from .augment import AUGMENT_MODES, AugmentConfig
 from .dpam import DPAM_MODES, Stage1FeatureCache
 from .trackers import REPORT_TO, trackers
@@ -18,19 +21,7 @@ from .trackers import REPORT_TO, trackers
 STAGES = ("text", "vision")
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised when the loss is NaN/inf and ``--skip-nonfinite`` is off."""
-
-
-class NonFiniteWeightsError(NonFiniteLossError):
-    """An optimizer step left a trainable parameter NaN/inf (checked after every step); nothing was saved.
-
-    A subclass of `NonFiniteLossError`, so whatever handles a non-finite loss (the CLI's error boundary) handles
-    it too.
-    """
-
-
-# Fields of `TrainingArguments` that cannot change what a run computes: `--resume` ignores changes to them.
+# Fields of `AAClipTrainingArguments` that cannot change what a run computes: `--resume` ignores changes to them.
 # Every other field (a new one included, unless listed here) must match the checkpoint's run.
 RESUME_NEUTRAL_FIELDS = frozenset(
     {
@@ -59,8 +50,8 @@ RESUME_NEUTRAL_FIELDS = frozenset(
 
 
 @dataclass
-class TrainingArguments:
-    """Every knob of a run; the defaults are the paper's / reference's (SPEC section 6)."""
+class AAClipTrainingArguments:
+    """Every knob of a run; the defaults are the paper's / reference's (docs/training.md)."""
 
     model: str
     train_data: list[str]
@@ -171,7 +162,7 @@ class TrainingArguments:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`aaclip train` flags (every hyper-parameter at the paper's default)."""
-    d = TrainingArguments(model="", train_data=[], output_dir="")
+    d = AAClipTrainingArguments(model="", train_data=[], output_dir="")
     g = parser.add_argument_group("model and data")
     g.add_argument(
         "--model", required=True, help="HF CLIP id/folder (adapters start fresh) or an AA-CLIP model folder"
@@ -180,7 +171,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-data",
         required=True,
         nargs="+",
-        help="dataset folder / metadata file / spec PATH::key=value (several are combined)",
+        help="dataset folder, metadata file or spec PATH::key=value::... (several are combined). Layouts are "
+        "detected: MVTec/MPDD/BTAD, VisA, BMAD, polyp, JSON-lines, meta.json, datasets folders, and your own folders "
+        "good/ (ok/, normal/) + bad/ (ng/, defect/, anomaly/, abnormal/) [+ masks/]. Keys: format=, split=, "
+        "classes=a,b, root= (base of metadata paths), name= (the class name in the prompts), and, for folders of any "
+        "names, normal_dir=, abnormal_dir=, mask_dir= (relative to PATH; masks pair with abnormal images by file "
+        "stem), e.g. parts::normal_dir=ok::abnormal_dir=ng::mask_dir=masks::name=widget",
     )
     g.add_argument(
         "--split",
@@ -218,7 +214,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="accept metadata paths that lead outside the dataset root (refused by default)",
     )
     g.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader worker processes")
-    o = parser.add_argument_group("optimisation (SPEC section 6)")
+    o = parser.add_argument_group("optimisation (defaults: the paper's)")
     o.add_argument("--text-epochs", type=int, default=d.text_epochs)
     o.add_argument("--vision-epochs", type=int, default=d.vision_epochs)
     o.add_argument("--text-lr", type=float, default=d.text_lr)
@@ -276,7 +272,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     o.add_argument(
         "--skip-nonfinite", action="store_true", help="skip steps whose loss is NaN/inf instead of stopping"
     )
-    u = parser.add_argument_group("augmentation (SPEC section 6)")
+    u = parser.add_argument_group("augmentation (defaults: the reference's)")
     u.add_argument("--no-augment", dest="augment", action="store_false", help="turn all augmentation off")
     u.add_argument(
         "--augment-mode",
@@ -340,9 +336,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
-def arguments_from_namespace(ns: argparse.Namespace) -> TrainingArguments:
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+def arguments_from_namespace(ns: argparse.Namespace) -> AAClipTrainingArguments:
+    names = {f.name for f in dataclasses.fields(AAClipTrainingArguments)}
     kwargs = {k: v for k, v in vars(ns).items() if k in names}
     kwargs["adam_betas"] = tuple(kwargs["adam_betas"])
     kwargs["shots"] = str(kwargs["shots"])
-    return TrainingArguments(**kwargs)
+    return AAClipTrainingArguments(**kwargs)

@@ -1,4 +1,4 @@
-"""Joint image + mask augmentation of the reference training (SPEC section 6, research section 8).
+"""Joint image + mask augmentation of the reference training (docs/training.md, "Augmentation modes").
 
 Pure torch (``affine_grid`` / ``grid_sample``), no torchvision at run time. Per sample:
 

@@ -20,14 +20,14 @@ from ..data.image_io import BadInputError
 from ..data.readers import load_samples
 from ..data.samples import summarize_samples, verify_samples
 from ..data.sampling import sample_shots
-from .arguments import TrainingArguments
+from .arguments import AAClipTrainingArguments
 from .augment import sample_seed
 
 
 logger = logging.getLogger("aaclip_hf.training")
 
 
-def training_samples(args: TrainingArguments, samples=None, progress: bool = False) -> list:
+def training_samples(args: AAClipTrainingArguments, samples=None, progress: bool = False) -> list:
     """The samples a run trains on: ``samples`` as given (a list, or a `datasets.Dataset` in the hf_datasets
     schema), else ``--train-data`` read, pre-flight checked and drawn to ``--shots``."""
     if isinstance(samples, Dataset):
@@ -89,7 +89,7 @@ def data_fingerprint(samples) -> str:
     return h.hexdigest()[:16]
 
 
-def check_global_batches(args: TrainingArguments, world: int) -> None:
+def check_global_batches(args: AAClipTrainingArguments, world: int) -> None:
     """The batch sizes are global: each must split evenly over the processes."""
     for name in ("text_batch_size", "vision_batch_size"):
         if getattr(args, name) % world:
@@ -135,7 +135,7 @@ class StagePlan:
         )
 
 
-def stage_plan(args: TrainingArguments, stage_index: int, stage: str, num_samples: int, world: int) -> StagePlan:
+def stage_plan(args: AAClipTrainingArguments, stage_index: int, stage: str, num_samples: int, world: int) -> StagePlan:
     epochs = args.text_epochs if stage == "text" else args.vision_epochs
     global_batch = args.text_batch_size if stage == "text" else args.vision_batch_size
     per_epoch = len(epoch_batches(num_samples, global_batch, args.seed, stage_index, 0, 0, world))

@@ -7,7 +7,7 @@ code.
 
 - Only folders named ``checkpoint-<step>`` that hold ``trainer_state.json`` (written last, before the rename)
   are checkpoints; anything else under ``checkpoints/`` is ignored with a warning (`list_checkpoints`).
-- ``run_args.json`` in each checkpoint records every result-affecting argument (all `TrainingArguments`
+- ``run_args.json`` in each checkpoint records every result-affecting argument (all `AAClipTrainingArguments`
   fields except `RESUME_NEUTRAL_FIELDS`); `changed_arguments` lists what a resuming run changed and
   `check_resume_arguments` refuses them.
 - `repair_log` drops torn or unreadable lines of ``train_log.jsonl`` (a crash mid-write) and the records of
@@ -28,7 +28,7 @@ import accelerate.accelerator as acc_module
 import torch
 
 from ..runtime.serialization import safe_torch_load
-from .arguments import RESUME_NEUTRAL_FIELDS, TrainingArguments
+from .arguments import RESUME_NEUTRAL_FIELDS, AAClipTrainingArguments
 
 
 logger = logging.getLogger("aaclip_hf.training")
@@ -134,18 +134,18 @@ def list_checkpoints(root: str) -> tuple[list[str], list[str]]:
     return [path for _, path in sorted(found)], stray
 
 
-def result_arguments(args: TrainingArguments) -> dict:
+def result_arguments(args: AAClipTrainingArguments) -> dict:
     """The arguments that change what a run computes, JSON-normalised (tuples become lists)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.name not in RESUME_NEUTRAL_FIELDS}
     return json.loads(json.dumps(values))
 
 
-def write_run_arguments(folder: str, args: TrainingArguments) -> None:
+def write_run_arguments(folder: str, args: AAClipTrainingArguments) -> None:
     with open(os.path.join(folder, RUN_ARGS_FILE), "w", encoding="utf-8") as f:
         json.dump(result_arguments(args), f, indent=2, sort_keys=True)
 
 
-def changed_arguments(checkpoint: str, args: TrainingArguments) -> list[str] | None:
+def changed_arguments(checkpoint: str, args: AAClipTrainingArguments) -> list[str] | None:
     """``"name: old -> new"`` for each result-affecting argument that differs from the checkpoint's run.
 
     None when the checkpoint records no arguments (written by an older version): nothing can be compared.
@@ -223,7 +223,7 @@ def repair_log(path: str, last_step: int) -> None:
     os.replace(tmp, path)
 
 
-def check_resume_arguments(path: str, args: TrainingArguments) -> None:
+def check_resume_arguments(path: str, args: AAClipTrainingArguments) -> None:
     """Refuse to continue checkpoint ``path`` with changed result-affecting arguments (unless asked to)."""
     changed = changed_arguments(path, args)
     if changed is None:
@@ -238,7 +238,7 @@ def check_resume_arguments(path: str, args: TrainingArguments) -> None:
         logger.warning("--resume-changed-args: continuing %s with changed arguments: %s", path, "; ".join(changed))
 
 
-def write_training_arguments(output_dir: str, args: TrainingArguments, num_processes: int) -> None:
+def write_training_arguments(output_dir: str, args: AAClipTrainingArguments, num_processes: int) -> None:
     """``OUTPUT/training_args.json``: every argument of the run (rewritten on each start or resume)."""
     with open(os.path.join(output_dir, "training_args.json"), "w", encoding="utf-8") as f:
         json.dump({**dataclasses.asdict(args), "num_processes": num_processes}, f, indent=2)
@@ -273,7 +273,7 @@ class CheckpointManager:
     Every process calls every method (they synchronise); only the main process writes or deletes.
     """
 
-    def __init__(self, accelerator, args: TrainingArguments):
+    def __init__(self, accelerator, args: AAClipTrainingArguments):
         self.accelerator = accelerator
         self.args = args
         self.root = os.path.join(args.output_dir, "checkpoints")
@@ -342,7 +342,8 @@ class CheckpointManager:
         if args.resume is None:
             if self.complete() and not args.overwrite_output_dir:
                 raise FileExistsError(
-                    f"{self.root} holds checkpoints; pass --resume to continue or --overwrite-output-dir to start again"
+                    f"{self.root} holds checkpoints; pass --resume to continue or --overwrite-output-dir to start "
+                    "again"
                 )
             return
         path = self.complete()[-1] if args.resume == "latest" and self.complete() else None

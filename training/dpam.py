@@ -1,6 +1,6 @@
 """Stage-1 frozen visual features: DPAM V-V attention on the model's own (frozen) vision tower.
 
-SPEC section 6, research section 3. The reference builds a *second* CLIP whose layers 6..24 use
+The reference builds a *second* CLIP whose layers 6..24 use
 ``softmax(v v^T / sqrt(d_head))`` attention (same weights, ``out_proj`` and MLP kept, one path),
 and adds the plain CLIP image embedding to every projected patch token:
 

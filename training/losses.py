@@ -1,4 +1,4 @@
-"""AA-CLIP training losses (SPEC section 6, research section 7).
+"""AA-CLIP training losses (the method: docs/training.md, "The method").
 
 Every loss comes in two forms:
 
@@ -11,6 +11,19 @@ Every loss comes in two forms:
   and the non-linear terms (the square of a batch mean, the mean over the classes present in
   the batch) are linearised around their global value, which is exact for the gradient.
   On one process the reducer is the identity and the formulas are the plain ones.
+
+**Samples without a mask** (image-level labels only: ``masks`` is None, or ``mask_valid`` is False for the
+sample) never enter a pixel term: the focal and dice terms are computed on the rows that have a mask only
+(the others are not even read) and averaged over the samples of the global batch that have one. Such samples
+contribute image-level terms only:
+
+* stage 2: ``CE(det @ T, y)``, over every sample as always;
+* stage 1 ``"paper"``: its BCE image term, over every sample as always;
+* stage 1 ``"reference"`` (whose own loss is pixel-only): the ``"paper"`` BCE image term, averaged over the
+  samples *without* a mask. A batch where every sample has a mask is exactly the reference loss; one where
+  none has is BCE + the orthogonality term.
+
+A term whose samples are absent from the whole global batch is left out (it is not a zero term).
 """
 
 from __future__ import annotations
@@ -62,7 +75,7 @@ class BatchReducer:
         count = self.global_sum(valid.sum().to(torch.float32))
         if float(count) == 0.0:
             return None
-        local = per_sample[valid].sum() if bool(valid.any()) else per_sample.sum() * 0.0
+        local = per_sample[valid].sum()  # invalid rows never enter, even NaN ones; no valid row: 0 with a graph
         return local * (self.world_size / count.to(local.dtype))
 
     def square_of_mean(self, per_sample: torch.Tensor) -> torch.Tensor:
@@ -200,6 +213,33 @@ def _seg_per_sample(maps: torch.Tensor, masks: torch.Tensor, gamma: float) -> to
     return segmentation_loss(maps, masks, gamma=gamma, reduction="none")
 
 
+def _mask_rows(masks: torch.Tensor | None, mask_valid: torch.Tensor | None, batch_size: int, device) -> torch.Tensor:
+    """(B,) bool: which samples have a pixel truth. None of them without ``masks``; all of them when ``masks`` is
+    given without ``mask_valid``; else ``mask_valid`` (the batch's ``has_mask``)."""
+    if masks is None:
+        return torch.zeros(batch_size, dtype=torch.bool, device=device)
+    if mask_valid is None:
+        return torch.ones(masks.shape[0], dtype=torch.bool, device=masks.device)
+    return mask_valid.to(device=masks.device, dtype=torch.bool)
+
+
+def _pixel_term(
+    levels: Sequence[torch.Tensor], masks: torch.Tensor, rows: torch.Tensor, gamma: float, reducer: BatchReducer
+) -> torch.Tensor | None:
+    """``sum_levels mean_{samples with a mask} seg(M_l, m)`` over the global batch; None when no sample has one.
+
+    Only the ``rows`` (samples with a mask) of the maps and masks are read, so a sample without a mask cannot
+    reach a focal or dice term, nor their gradients, whatever its map or placeholder mask holds.
+    """
+    total = None
+    for maps in levels:
+        term = reducer.mean(_seg_per_sample(maps[rows], masks[rows], gamma))
+        if term is None:
+            return None
+        total = term if total is None else total + term
+    return total
+
+
 def stage1_loss(
     maps: Sequence[torch.Tensor],
     masks: torch.Tensor | None,
@@ -221,27 +261,29 @@ def stage1_loss(
     ``"reference"``: seg loss of the **last** level only + ``w * (mean_b <T_N^b, T_A^b>)^2``.
     ``"paper"``: BCE image loss + seg loss summed over levels + ``w * mean_c |<T_N^c, T_A^c>|^2``
     over the distinct classes (``class_anchors`` (C, E, 2) with their ``class_keys``).
-    Samples without a mask (``mask_valid`` False) get no seg term; if the whole global batch
-    has none, the seg term is absent, and ``"reference"`` falls back to the image term so that
-    mask-less data still trains the text branch.
+
+    Samples without a mask (``masks`` None, or ``mask_valid`` False) get no seg term (module docstring). In
+    ``"reference"`` they get the ``"paper"`` BCE image term instead, averaged over the samples without a mask
+    (``"image"``): a fully masked batch is the reference loss, a batch without masks BCE + disentangle, a mixed
+    one seg over the masked samples + BCE over the others + disentangle. ``image_embeds`` and ``labels`` are
+    needed whenever an image term is (``"paper"``, or any sample without a mask).
     """
     red = reducer or BatchReducer()
     terms: dict[str, torch.Tensor] = {}
     if variant not in ("reference", "paper"):
         raise ValueError(f"stage1_loss variant must be 'reference' or 'paper', got {variant!r}")
-    levels = [maps[-1]] if variant == "reference" else list(maps)
-    seg = None
+    rows = _mask_rows(masks, mask_valid, sample_anchors.shape[0], sample_anchors.device)
     if masks is not None:
-        for _i, m in enumerate(levels):
-            t = red.mean(_seg_per_sample(m, masks, focal_gamma), mask_valid)
-            if t is not None:
-                seg = t if seg is None else seg + t
-    if seg is not None:
-        terms["seg"] = seg
-    if variant == "paper" or seg is None:
-        if image_embeds is None or labels is None:
-            raise ValueError("the stage-1 image term needs image_embeds and labels")
-        terms["image"] = red.mean(image_bce_loss(image_embeds, sample_anchors, labels, temperature, reduction="none"))
+        seg = _pixel_term([maps[-1]] if variant == "reference" else list(maps), masks, rows, focal_gamma, red)
+        if seg is not None:
+            terms["seg"] = seg
+    if image_embeds is not None and labels is not None:
+        per_sample = image_bce_loss(image_embeds, sample_anchors, labels, temperature, reduction="none")
+        image = red.mean(per_sample, None if variant == "paper" else ~rows)
+        if image is not None:
+            terms["image"] = image
+    elif variant == "paper" or not bool(rows.all()):
+        raise ValueError("the stage-1 image term needs image_embeds and labels")
     if variant == "reference":
         terms["disentangle"] = disentangle_weight * red.square_of_mean(_anchor_dots(sample_anchors))
     else:
@@ -265,16 +307,13 @@ def stage2_loss(
     focal_gamma: float = 2.0,
     reducer: BatchReducer | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Stage-2 (vision) loss: ``CE(det @ T, y) + sum_levels seg(M_l, m)`` (seg only where masks exist)."""
+    """Stage-2 (vision) loss: ``CE(det @ T, y)`` over every sample + ``sum_levels seg(M_l, m)`` over the samples
+    with a mask (``masks`` given and ``mask_valid`` True; module docstring). Without any, the seg term is absent."""
     red = reducer or BatchReducer()
     terms: dict[str, torch.Tensor] = {}
     terms["image"] = red.mean(image_ce_loss(image_embeds, sample_anchors, labels, reduction="none"))
     if masks is not None:
-        seg = None
-        for m in maps:
-            t = red.mean(_seg_per_sample(m, masks, focal_gamma), mask_valid)
-            if t is not None:
-                seg = t if seg is None else seg + t
+        seg = _pixel_term(maps, masks, _mask_rows(masks, mask_valid, labels.shape[0], labels.device), focal_gamma, red)
         if seg is not None:
             terms["seg"] = seg
     terms["loss"] = sum(terms.values())

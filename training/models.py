@@ -1,4 +1,4 @@
-"""Which model a run trains and which of its parameters each stage moves (SPEC section 6).
+"""Which model a run trains and which of its parameters each stage moves (docs/training.md).
 
 A run starts from an AA-CLIP folder as it is or from a plain CLIP (fresh AA-CLIP, adapters xavier, seeded). Stage 2
 without stage 1 on untrained text adapters trains against the plain CLIP text branch, as the reference does.
@@ -14,13 +14,13 @@ import torch
 
 from ..modeling.modeling_aaclip import AAClipModel
 from ..runtime.loading import is_aaclip_folder, load_model_and_processor, processor_for
-from .arguments import TrainingArguments
+from .arguments import AAClipTrainingArguments
 
 
 logger = logging.getLogger("aaclip_hf.training")
 
 
-def model_for_run(args: TrainingArguments):
+def model_for_run(args: AAClipTrainingArguments):
     """What a run starts from: an AA-CLIP folder as it is (through the one loader, fp32 on the CPU; the trainer
     places it), or a fresh AA-CLIP on a plain CLIP (adapters xavier, seeded)."""
     if os.path.isdir(args.model) and is_aaclip_folder(args.model):

@@ -1,4 +1,4 @@
-"""The pieces of one optimizer step (SPEC section 6): per-stage loss terms on this process's shard, the
+"""The pieces of one optimizer step (docs/training.md): per-stage loss terms on this process's shard, the
 global-batch reduction and gradient averaging that make N processes equal one, and the checks around a step.
 
 Stage 1 scores frozen DPAM features against anchors from the text branch being trained; stage 2 scores the
@@ -12,14 +12,14 @@ from typing import Any
 
 import torch
 
-from .arguments import STAGES, TrainingArguments
+from .arguments import STAGES, AAClipTrainingArguments
 from .augment import augment_batch, sample_seed
 from .dpam import Stage1FeatureCache, dpam_features
 from .losses import BatchReducer, stage1_loss, stage2_loss
 from .models import stage_parameters
 
 
-def make_optimizers(model, args: TrainingArguments, use_masks: bool, accelerator) -> tuple[dict, dict]:
+def make_optimizers(model, args: AAClipTrainingArguments, use_masks: bool, accelerator) -> tuple[dict, dict]:
     """``({stage: Adam}, {stage: MultiStepLR})`` over each stage's trainable parameters."""
     optimizers: dict[str, Any] = {}
     schedulers: dict[str, Any] = {}
@@ -45,7 +45,7 @@ def make_reducer(world: int) -> BatchReducer:
     return BatchReducer(world_size=world, all_reduce_sum=_all_reduce_sum)
 
 
-def augment_inputs(args: TrainingArguments, stage: str, epoch: int, batch: dict, pixel_values, masks, mean, std):
+def augment_inputs(args: AAClipTrainingArguments, stage: str, epoch: int, batch: dict, pixel_values, masks, mean, std):
     """Seeded per (seed, stage, epoch, dataset index): the same image gets the same draw in any process."""
     stage_no = STAGES.index(stage)
     seeds = [sample_seed(args.seed, stage_no * 100_000 + epoch, i) for i in batch["index"]]
@@ -73,7 +73,7 @@ class StageLosses:
         self,
         model,
         processor,
-        args: TrainingArguments,
+        args: AAClipTrainingArguments,
         accelerator,
         reducer: BatchReducer,
         cache: Stage1FeatureCache | None,
@@ -126,7 +126,7 @@ class StageLosses:
         model = self.model
         with self.accelerator.autocast():
             patch_embeds, image_embeds = model.get_vision_features(pixel_values)
-        anchors = model.anchors_for(batch["class_name"]).float()
+        anchors = model.text_anchors_for(batch["class_name"]).float()
         maps = ()
         if masks is not None:
             maps = model.training_maps([f.float() for f in patch_embeds], anchors, tuple(masks.shape[-2:]))

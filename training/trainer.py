@@ -1,4 +1,4 @@
-"""Two-stage AA-CLIP training with Accelerate (SPEC section 6; docs/training.md).
+"""Two-stage AA-CLIP training with Accelerate (docs/training.md).
 
 Stage 1 ("text") trains the text adapters and the text head against frozen DPAM visual features;
 stage 2 ("vision") trains the vision adapters, the per-level ``seg_projections`` and the
@@ -20,8 +20,11 @@ Design choices that make the run exact and reproducible:
   weights, stored anchors and the position in the run) are written to a temporary folder and
   renamed atomically; the previous one is deleted only afterwards. ``--resume`` continues from
   the newest complete one at the exact batch.
+* **One run per output folder.** The main process holds ``<output>.lock`` (`aaclip_hf.runtime.outputs.output_lock`,
+  as `aaclip detect` does) for the whole run: a second run into the same folder is refused with
+  `OutputInUseError` before it touches anything (it would otherwise delete the first run's checkpoint in progress).
 
-This module is the orchestration only, readable as run > stage > epoch > step (`Trainer.train`). The rest lives
+This module is the orchestration only, readable as run > stage > epoch > step (`AAClipTrainer.train`). The rest lives
 in its own room: ``models`` (which model, what each stage trains), ``batches`` (samples, epoch order, shards),
 ``steps`` (loss terms, reductions, finite checks), ``checkpointing`` (save, rotate, resume guard, log repair),
 ``trackers``.
@@ -29,6 +32,7 @@ in its own room: ``models`` (which model, what each stage trains), ``batches`` (
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -36,14 +40,15 @@ import math
 import os
 import time
 
-import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from ..data.dataset import AnomalyDataset
-from .arguments import NonFiniteLossError, NonFiniteWeightsError, TrainingArguments
+from ..errors import NonFiniteLossError, NonFiniteWeightsError
+from ..runtime.outputs import output_lock
+from .arguments import AAClipTrainingArguments
 from .batches import (
     StagePlan,
     check_global_batches,
@@ -82,22 +87,22 @@ from .steps import (
 from .trackers import PROJECT_NAME, accelerator_kwargs, grad_norm, run_config, step_values
 
 
-__all__ = ["Trainer", "model_for_run", "set_trainable", "stage_parameters", "train"]
+__all__ = ["AAClipTrainer", "model_for_run", "set_trainable", "stage_parameters", "train"]
 
 logger = logging.getLogger("aaclip_hf.training")
 
 
-def _make_accelerator(accelerator_cls, args: TrainingArguments):
+def _make_accelerator(args: AAClipTrainingArguments) -> Accelerator:
     """An ``Accelerator``; in a single process that already made one with other settings (a notebook, a
     test session), the process-wide state is reset first instead of failing."""
     tracking = accelerator_kwargs(args.report_to, args.output_dir)
     try:
-        return accelerator_cls(mixed_precision=args.mixed_precision, cpu=args.cpu, **tracking)
+        return Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu, **tracking)
     except ValueError as err:
         if "already been initialized" not in str(err) or PartialState().num_processes > 1:
             raise
         AcceleratorState._reset_state(reset_partial_state=True)
-        return accelerator_cls(mixed_precision=args.mixed_precision, cpu=args.cpu, **tracking)
+        return Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu, **tracking)
 
 
 def _configure_logging(is_main_process: bool) -> None:
@@ -106,13 +111,13 @@ def _configure_logging(is_main_process: bool) -> None:
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per saved file otherwise
 
 
-class Trainer:
-    """Runs the requested stages; see the module docstring. ``Trainer(args).train()``."""
+class AAClipTrainer:
+    """Runs the requested stages; see the module docstring. ``AAClipTrainer(args).train()``."""
 
-    def __init__(self, args: TrainingArguments, model=None, processor=None, samples=None):
+    def __init__(self, args: AAClipTrainingArguments, model=None, processor=None, samples=None):
         args.validate()
         self.args = args
-        self.accelerator = acc = _make_accelerator(Accelerator, args)
+        self.accelerator = acc = _make_accelerator(args)
         _configure_logging(acc.is_main_process)
         set_seed(args.seed)
         self.world, self.rank = acc.num_processes, acc.process_index
@@ -143,14 +148,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop: run > stage > epoch > step
 
-    def train(self) -> str:
-        """Open (or resume) the run, train each stage not done yet, save the final model; returns the folder."""
-        self._open_run()
-        dataset = self._dataset()
-        for stage_index, stage in enumerate(self.args.stages):
-            if stage_index >= self.state.stage_index:
-                self._train_stage(stage_index, stage, dataset)
-        return self._finish()
+    def train(self, lock: bool = True) -> str:
+        """Open (or resume) the run, train each stage not done yet, save the final model; returns the folder.
+
+        The main process holds the output folder's lock throughout (`OutputInUseError` if another run holds it);
+        ``lock=False`` when the caller already holds it (`aaclip train` takes it before loading anything).
+        """
+        holds = lock and self.accelerator.is_main_process
+        with output_lock(self.args.output_dir, "aaclip train") if holds else contextlib.nullcontext():
+            self._open_run()
+            dataset = self._dataset()
+            for stage_index, stage in enumerate(self.args.stages):
+                if stage_index >= self.state.stage_index:
+                    self._train_stage(stage_index, stage, dataset)
+            return self._finish()
 
     def _train_stage(self, stage_index: int, stage: str, dataset) -> None:
         args, state = self.args, self.state
@@ -172,7 +183,7 @@ class Trainer:
             if finished:
                 state.stage_index = stage_index + 1
                 state.epoch = state.step_in_epoch = state.stage_step = 0
-            self.save_checkpoint()  # at every epoch end and at the end of the stage
+            self.checkpoints.save(self.state)  # at every epoch end and at the end of the stage
             if finished:
                 break
         bar.close()
@@ -200,7 +211,7 @@ class Trainer:
             # twice would delete the only complete checkpoint before its replacement is in place.
             last_batch = state.step_in_epoch >= len(batches)
             if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0 and not last_batch:
-                self.save_checkpoint()
+                self.checkpoints.save(self.state)
         if state.step_in_epoch >= len(batches):  # also when the stage's last step ends the epoch
             self._end_epoch(stage, time.time() - started)
         return stop
@@ -215,9 +226,9 @@ class Trainer:
                 self.args, stage, epoch, batch, pixel_values, masks, self.image_mean, self.image_std
             )
         if stage == "text":
-            terms = self._stage1_terms(batch, pixel_values, masks)
+            terms = self.losses.stage1(batch, pixel_values, masks)
         else:
-            terms = self._stage2_terms(batch, pixel_values, masks)
+            terms = self.losses.stage2(batch, pixel_values, masks)
         logged = global_values(terms, self.reducer, self.world)
         optimizer = self.optimizers[stage]
         if not math.isfinite(logged["loss"]):
@@ -226,7 +237,7 @@ class Trainer:
             return None
         params = optimizer.optimizer.param_groups[0]["params"]
         self.accelerator.backward(terms["loss"])
-        self._reduce_grads(params)
+        average_gradients(params, self.world)
         self.last_grad_norm = grad_norm(params)  # for the log and trackers
         optimizer.step()
         self._check_finite_weights(stage, epoch, optimizer)
@@ -312,23 +323,7 @@ class Trainer:
         acc.end_training()
         return args.output_dir
 
-    # ------------------------------------------------------------------ seams (tests wrap these)
-
-    def _stage1_terms(self, batch: dict, pixel_values: torch.Tensor, masks: torch.Tensor | None) -> dict:
-        return self.losses.stage1(batch, pixel_values, masks)
-
-    def _stage2_terms(self, batch: dict, pixel_values: torch.Tensor, masks: torch.Tensor | None) -> dict:
-        return self.losses.stage2(batch, pixel_values, masks)
-
-    def _reduce_grads(self, params) -> None:
-        average_gradients(params, self.world)
-
-    def save_checkpoint(self) -> str:
-        """``OUTPUT/checkpoints/checkpoint-<global step>`` (see `CheckpointManager.save`)."""
-        return self.checkpoints.save(self.state)
-
-    def _last_good_checkpoint(self) -> str:
-        return self.checkpoints.last_good()
+    # ------------------------------------------------------------------ non-finite values
 
     def _where(self, stage: str, epoch: int) -> str:
         return f"stage {stage}, epoch {epoch}, step {self.state.global_step + 1}"
@@ -341,7 +336,7 @@ class Trainer:
             return
         raise NonFiniteLossError(
             f"the loss became {loss} at {self._where(stage, epoch)}; stopped. The last good checkpoint is "
-            f"{self._last_good_checkpoint()}; continue with --resume (consider a lower learning rate or "
+            f"{self.checkpoints.last_good()}; continue with --resume (consider a lower learning rate or "
             "--mixed-precision no), or pass --skip-nonfinite to skip such steps"
         )
 
@@ -354,11 +349,12 @@ class Trainer:
         if bad is not None:
             raise NonFiniteWeightsError(
                 f"the optimizer step at {self._where(stage, epoch)} made parameter {bad}; stopped without saving it. "
-                f"The last good checkpoint is {self._last_good_checkpoint()}; continue with --resume and a lower "
+                f"The last good checkpoint is {self.checkpoints.last_good()}; continue with --resume and a lower "
                 "learning rate"
             )
 
 
-def train(args: TrainingArguments, **kwargs) -> str:
-    """Run the stages of ``args``; returns the output folder. ``kwargs`` go to :class:`Trainer`."""
-    return Trainer(args, **kwargs).train()
+def train(args: AAClipTrainingArguments, lock: bool = True, **kwargs) -> str:
+    """Run the stages of ``args``; returns the output folder. ``kwargs`` go to :class:`AAClipTrainer`, ``lock`` to
+    `AAClipTrainer.train`."""
+    return AAClipTrainer(args, **kwargs).train(lock=lock)

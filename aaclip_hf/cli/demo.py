@@ -48,8 +48,8 @@ from ..modeling.configuration_aaclip import DEFAULT_IMAGE_SIZE
 from ..modeling.modeling_aaclip import AAClipModel
 from ..modeling.processing_aaclip import AAClipProcessor
 from ..runtime.loading import check_model_source, load_model_and_processor
-from ..training.arguments import TrainingArguments
-from ..training.trainer import Trainer
+from ..training.arguments import AAClipTrainingArguments
+from ..training.trainer import AAClipTrainer
 
 
 __all__ = ["DemoSettings", "QUICK", "FULL", "LearningComparison", "run_demo", "train_and_compare"]
@@ -359,7 +359,7 @@ def _make_model(model_name: str | None, settings: DemoSettings, seed: int, total
 
 def _train(model, processor, train_samples, data_root: Path, model_dir: Path, settings, seed, device, progress, base):
     """Step 4: both stages on the training classes, with the demo's settings (the paper's recipe, scaled down)."""
-    args = TrainingArguments(
+    args = AAClipTrainingArguments(
         model=base,
         train_data=[str(data_root)],
         output_dir=str(model_dir),
@@ -378,7 +378,7 @@ def _train(model, processor, train_samples, data_root: Path, model_dir: Path, se
         progress=progress,
         log_every=1000,
     )
-    trainer = Trainer(args, model=model, processor=processor, samples=train_samples)
+    trainer = AAClipTrainer(args, model=model, processor=processor, samples=train_samples)
     trainer.train()
     return trainer.model.eval()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -12,6 +13,7 @@ from accelerate import PartialState
 
 from ..hub.publish import push_folder_to_hub
 from ..runtime.loading import check_model_source
+from ..runtime.outputs import output_lock
 from ..training.arguments import add_arguments, arguments_from_namespace
 from ..training.trainer import train
 from . import main as cli_main
@@ -22,15 +24,28 @@ logger = logging.getLogger("aaclip_hf.training")
 __all__ = ["add_arguments", "main", "run"]
 
 
+def _is_main_process() -> bool:
+    """Rank 0, read from the launcher's environment (`accelerate launch` / torchrun set RANK) before any
+    Accelerator exists; a plain run is the main process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def run(args: argparse.Namespace) -> int:
-    """Train; with `--push-to-hub`, the main process then uploads the folder (allowlisted, with a card)."""
+    """Train; with `--push-to-hub`, the main process then uploads the folder (allowlisted, with a card).
+
+    One run per output folder, as `aaclip detect`: the main process holds `<output>.lock` from before anything
+    is loaded until the upload is done, so a second run into the same folder (a `--resume` too) is refused with
+    `OutputInUseError` before it reads, deletes or writes anything there.
+    """
     training_args = arguments_from_namespace(args)
-    check_model_source(training_args.model)  # a missing folder is named here, not by a traceback about the network
-    output_dir = train(training_args)
-    if training_args.push_to_hub and PartialState().is_main_process:
-        repo = training_args.hub_model_id or os.path.basename(os.path.abspath(output_dir))
-        push_folder_to_hub(output_dir, repo)
-        logger.info("pushed to the Hub as %s", repo)
+    lock = output_lock(training_args.output_dir, "aaclip train") if _is_main_process() else contextlib.nullcontext()
+    with lock:
+        check_model_source(training_args.model)  # a missing folder is named here, not by a network traceback
+        output_dir = train(training_args, lock=False)
+        if training_args.push_to_hub and PartialState().is_main_process:
+            repo = training_args.hub_model_id or os.path.basename(os.path.abspath(output_dir))
+            push_folder_to_hub(output_dir, repo)
+            logger.info("pushed to the Hub as %s", repo)
     return 0
 
 

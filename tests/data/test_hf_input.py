@@ -18,8 +18,8 @@ from aaclip_hf.data.hf_datasets import export_dataset
 from aaclip_hf.data.image_io import BadInputError
 from aaclip_hf.data.readers import detect_format, load_samples
 from aaclip_hf.evaluation import evaluate
-from aaclip_hf.training.arguments import TrainingArguments
-from aaclip_hf.training.trainer import Trainer
+from aaclip_hf.training.arguments import AAClipTrainingArguments
+from aaclip_hf.training.trainer import AAClipTrainer
 
 from ..conftest import make_tiny_model
 
@@ -88,8 +88,8 @@ def test_evaluate_and_trainer_take_a_dataset_directly(exported, training_root, p
     direct = evaluate(model, processor, ds, progress=False, dataset_name="d")
     via_files = evaluate(model, processor, samples, progress=False, dataset_name="d")
     assert direct.classes == via_files.classes and direct.mean == via_files.mean
-    args = TrainingArguments(model="unused", train_data=[], output_dir=str(tmp_path / "run"), num_workers=0)
-    trainer = Trainer(args, model=make_tiny_model(), processor=processor, samples=ds)
+    args = AAClipTrainingArguments(model="unused", train_data=[], output_dir=str(tmp_path / "run"), num_workers=0)
+    trainer = AAClipTrainer(args, model=make_tiny_model(), processor=processor, samples=ds)
     _same_samples(trainer.samples, samples)
 
 

@@ -138,7 +138,7 @@ def test_cli_flag_allow_outside_root(data, tmp_path, capsys):
     argv = ["sample-shots", str(path), "--shots", "2", "--output", str(out), "--allow-outside-root"]
     assert main(argv) == 0
     from aaclip_hf.cli import evaluate as evaluate_cli
-    from aaclip_hf.training.arguments import TrainingArguments, add_arguments, arguments_from_namespace
+    from aaclip_hf.training.arguments import AAClipTrainingArguments, add_arguments, arguments_from_namespace
 
     for add in (evaluate_cli.add_arguments, add_arguments):
         import argparse
@@ -151,7 +151,7 @@ def test_cli_flag_allow_outside_root(data, tmp_path, capsys):
     add_arguments(parser)
     ns = parser.parse_args(["--model", "m", "--train-data", "d", "--output", "o", "--allow-outside-root"])
     assert arguments_from_namespace(ns).allow_outside_root is True
-    assert TrainingArguments(model="m", train_data=["d"], output_dir="o").allow_outside_root is False
+    assert AAClipTrainingArguments(model="m", train_data=["d"], output_dir="o").allow_outside_root is False
 
 
 # ------------------------------------------------------------------ datasets bridge: class names as folders

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aaclip_hf.training.arguments import TrainingArguments
+from aaclip_hf.training.arguments import AAClipTrainingArguments
 from aaclip_hf.training.augment import (
     AugmentConfig,
     apply_geometric,
@@ -96,11 +96,11 @@ def test_mask_follows_the_image_and_stays_binary():
 
 
 def test_mode_is_a_flag_with_reference_as_default():
-    args = TrainingArguments(model="m", train_data=["d"], output_dir="o")
+    args = AAClipTrainingArguments(model="m", train_data=["d"], output_dir="o")
     assert args.augment_mode == "reference" and args.augment_config("vision").mode == "reference"
-    composed = TrainingArguments(model="m", train_data=["d"], output_dir="o", augment_mode="composed")
+    composed = AAClipTrainingArguments(model="m", train_data=["d"], output_dir="o", augment_mode="composed")
     assert composed.augment_config("text").mode == "composed"
     with pytest.raises(ValueError, match="augment-mode"):
-        TrainingArguments(model="m", train_data=["d"], output_dir="o", augment_mode="warp").validate()
+        AAClipTrainingArguments(model="m", train_data=["d"], output_dir="o", augment_mode="warp").validate()
     with pytest.raises(ValueError, match="augmentation mode"):
         AugmentConfig(mode="warp")

@@ -1,4 +1,4 @@
-"""`--save-epoch-models` (issue 10.8): one complete model per stage-2 epoch, as the reference keeps
+"""`--save-epoch-models`: one complete model per stage-2 epoch, as the reference keeps
 ``image_adapter_{epoch}``; keeping them does not change the run."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from aaclip_hf import AAClipModel
-from aaclip_hf.training.arguments import TrainingArguments
-from aaclip_hf.training.trainer import Trainer
+from aaclip_hf.training.arguments import AAClipTrainingArguments
+from aaclip_hf.training.trainer import AAClipTrainer
 
 
-def _args(training_root, out, **kw) -> TrainingArguments:
+def _args(training_root, out, **kw) -> AAClipTrainingArguments:
     base = {
         "model": str(training_root / "model"),
         "train_data": [str(training_root / "data")],
@@ -25,7 +25,7 @@ def _args(training_root, out, **kw) -> TrainingArguments:
         "progress": False,
     }
     base.update(kw)
-    return TrainingArguments(**base)
+    return AAClipTrainingArguments(**base)
 
 
 def _trained(state: dict) -> dict:
@@ -35,8 +35,8 @@ def _trained(state: dict) -> dict:
 
 
 def test_one_model_per_stage2_epoch_and_the_run_is_unchanged(training_root, tmp_path):
-    Trainer(_args(training_root, tmp_path / "plain")).train()
-    Trainer(_args(training_root, tmp_path / "kept", save_epoch_models=True)).train()
+    AAClipTrainer(_args(training_root, tmp_path / "plain")).train()
+    AAClipTrainer(_args(training_root, tmp_path / "kept", save_epoch_models=True)).train()
     assert not (tmp_path / "plain" / "epoch_models").exists()
     folder = tmp_path / "kept" / "epoch_models"
     assert sorted(os.listdir(folder)) == ["epoch_1", "epoch_2", "epoch_3"]

@@ -150,6 +150,57 @@ def test_stage1_without_masks_falls_back_to_image_term():
     maps, masks, anchors, image, labels = _random_case()
     out = stage1_loss(maps, None, None, anchors, image_embeds=image, labels=labels)
     assert set(out) == {"image", "disentangle", "loss"}
+    assert out["image"].item() == pytest.approx(image_bce_loss(image, anchors, labels).item(), rel=1e-12)
+    # masks given but none valid is the same batch: no pixel truth anywhere
+    none_valid = stage1_loss(maps, masks, torch.zeros(4, dtype=torch.bool), anchors, image_embeds=image, labels=labels)
+    assert {k: v.item() for k, v in none_valid.items()} == {k: v.item() for k, v in out.items()}
+    with pytest.raises(ValueError, match="image_embeds and labels"):
+        stage1_loss(maps, None, None, anchors)
+
+
+def _mixed_terms(variant, maps, masks, has_mask, anchors, image, labels):
+    """The loss terms of `variant` on leaves made from `maps` (returned, with their gradients after backward)."""
+    leaves = [m.clone().requires_grad_(True) for m in maps]
+    if variant == "stage2":
+        terms = stage2_loss(leaves, masks, has_mask, image, anchors, labels)
+    else:
+        extra = {"class_anchors": anchors[:2], "class_keys": ["a", "b"]} if variant == "paper" else {}
+        terms = stage1_loss(leaves, masks, has_mask, anchors, variant, image_embeds=image, labels=labels, **extra)
+    terms["loss"].backward()
+    return {k: v.detach() for k, v in terms.items()}, leaves
+
+
+@pytest.mark.parametrize("variant", ["reference", "paper", "stage2"])
+def test_samples_without_a_mask_never_reach_the_pixel_terms(variant):
+    """A mixed batch: the seg term is the masked samples' alone (value and gradient), whatever the unmasked
+    samples' maps or placeholder masks hold; they get the image term instead."""
+    maps, masks, anchors, image, labels = _random_case()
+    has_mask = torch.tensor([True, False, True, False])
+    clean, clean_leaves = _mixed_terms(variant, maps, masks, has_mask, anchors, image, labels)
+    poisoned_maps = [m.clone() for m in maps]
+    for m in poisoned_maps:
+        m[~has_mask] = float("nan")  # were a row without a mask read, the loss and its gradient would be NaN
+    poisoned_masks = masks.clone()
+    poisoned_masks[~has_mask] = 1
+    dirty, dirty_leaves = _mixed_terms(variant, poisoned_maps, poisoned_masks, has_mask, anchors, image, labels)
+    assert set(dirty) == set(clean) and all(torch.equal(dirty[k], clean[k]) for k in clean)
+    assert all(torch.isfinite(v) for v in dirty.values())
+    levels = [maps[-1]] if variant == "reference" else maps
+    seg = sum(segmentation_loss(m[has_mask], masks[has_mask]).item() for m in levels)
+    assert clean["seg"].item() == pytest.approx(seg, rel=1e-12)
+    for clean_leaf, dirty_leaf in zip(clean_leaves, dirty_leaves):
+        if clean_leaf.grad is None:  # "reference" reads the last level only
+            assert dirty_leaf.grad is None
+            continue
+        assert torch.equal(dirty_leaf.grad[~has_mask], torch.zeros_like(dirty_leaf.grad[~has_mask]))
+        assert torch.equal(dirty_leaf.grad, clean_leaf.grad)
+    if variant == "reference":  # the paper's BCE term, over the samples without a mask only
+        image_term = image_bce_loss(image[~has_mask], anchors[~has_mask], labels[~has_mask])
+    elif variant == "paper":
+        image_term = image_bce_loss(image, anchors, labels)
+    else:
+        image_term = image_ce_loss(image, anchors, labels)
+    assert clean["image"].item() == pytest.approx(image_term.item(), rel=1e-12)
 
 
 def test_stage2_loss_and_mask_validity():

@@ -1,4 +1,4 @@
-"""Distributed runs (issue 7, item 4): `aaclip evaluate` under 2 processes gives the same metrics as 1, with
+"""Distributed runs: `aaclip evaluate` under 2 processes gives the same metrics as 1, with
 every image scored exactly once although the dataset's size (15) does not split evenly (accelerate pads the
 tail with repeats; `gather_for_metrics` must drop them).
 

@@ -1,4 +1,4 @@
-"""Reliability of `aaclip train` (issue 7, items 1-3): a crash at any point of a checkpoint write leaves a
+"""Reliability of `aaclip train`: a crash at any point of a checkpoint write leaves a
 complete latest checkpoint and `--resume` ends with the same weights as an uninterrupted run; a non-finite
 loss stops with the last good checkpoint kept; bad files are caught by a pre-flight scan before any step;
 `--resume` never unpickles code. (kill -9 at a random step, 2 processes = 1 and `--skip-nonfinite` are in
@@ -21,10 +21,13 @@ from safetensors.torch import load_file
 
 from aaclip_hf.cli import train as train_cli
 from aaclip_hf.data.image_io import BadInputError
+from aaclip_hf.errors import NonFiniteLossError
 from aaclip_hf.runtime.serialization import UnsafeCheckpointError, safe_torch_load
 from aaclip_hf.training import checkpointing as checkpointing_mod
-from aaclip_hf.training.arguments import NonFiniteLossError, TrainingArguments
-from aaclip_hf.training.trainer import Trainer
+from aaclip_hf.training.arguments import AAClipTrainingArguments
+from aaclip_hf.training.checkpointing import CheckpointManager
+from aaclip_hf.training.steps import StageLosses
+from aaclip_hf.training.trainer import AAClipTrainer
 
 from ..conftest import tiny_training_args
 
@@ -38,7 +41,7 @@ CHECKPOINT_FILES = (
 )
 
 
-def _args(training_root, out, **kw) -> TrainingArguments:
+def _args(training_root, out, **kw) -> AAClipTrainingArguments:
     """Both stages, 4 steps each (16 images, global batch 4)."""
     return tiny_training_args(training_root, out, **kw)
 
@@ -50,7 +53,7 @@ def _weights(out) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def reference(training_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
-    Trainer(_args(training_root, out)).train()
+    AAClipTrainer(_args(training_root, out)).train()
     return _weights(out)
 
 
@@ -85,19 +88,19 @@ class Crash(BaseException):
 
 
 def _arm_on_save(monkeypatch, target: int) -> dict:
-    """Count `save_checkpoint` calls; `flag["armed"]` is True during the `target`-th one."""
+    """Count checkpoint saves (`CheckpointManager.save`); `flag["armed"]` is True during the `target`-th one."""
     flag = {"calls": 0, "armed": False}
-    original = Trainer.save_checkpoint
+    original = CheckpointManager.save
 
-    def counting(self):
+    def counting(self, state):
         flag["calls"] += 1
         flag["armed"] = flag["calls"] == target
         try:
-            return original(self)
+            return original(self, state)
         finally:
             flag["armed"] = False
 
-    monkeypatch.setattr(Trainer, "save_checkpoint", counting)
+    monkeypatch.setattr(CheckpointManager, "save", counting)
     return flag
 
 
@@ -144,7 +147,7 @@ def test_crash_during_checkpoint_write_keeps_a_complete_latest_and_resume_is_ide
 
             m.setattr(checkpointing_mod.shutil, "rmtree", rmtree)
         with pytest.raises(Crash):
-            Trainer(args).train()
+            AAClipTrainer(args).train()
     latest = _checkpoints(tmp_path)[-1]
     expected_latest = "checkpoint-3" if point == "deleting_previous" else "checkpoint-2"
     assert latest == expected_latest
@@ -153,7 +156,7 @@ def test_crash_during_checkpoint_write_keeps_a_complete_latest_and_resume_is_ide
     leftovers = [n for n in os.listdir(tmp_path / "checkpoints") if n.startswith(".tmp-")]
     assert bool(leftovers) == (point != "deleting_previous")
 
-    Trainer(dataclasses.replace(args, resume="latest")).train()
+    AAClipTrainer(dataclasses.replace(args, resume="latest")).train()
     _assert_identical(tmp_path, reference)
     assert not [n for n in os.listdir(tmp_path / "checkpoints") if n.startswith(".tmp-")]  # cleaned on resume
 
@@ -213,7 +216,7 @@ def test_process_killed_inside_a_checkpoint_write_then_resume(training_root, tmp
     _assert_complete(tmp_path / "checkpoints" / "checkpoint-2")
     assert os.path.isdir(tmp_path / "checkpoints" / ".tmp-checkpoint-3")
     assert not (tmp_path / "model.safetensors").exists()
-    Trainer(dataclasses.replace(args, resume="latest")).train()
+    AAClipTrainer(dataclasses.replace(args, resume="latest")).train()
     _assert_identical(tmp_path, reference)
 
 
@@ -221,14 +224,14 @@ def test_no_step_is_checkpointed_twice(training_root, tmp_path, monkeypatch):
     """Saving a step again would delete its only complete checkpoint before the new one is in place; with
     checkpoints every step, the epoch-end save must not repeat the last batch's."""
     steps = []
-    original = Trainer.save_checkpoint
+    original = CheckpointManager.save
 
-    def record(self):
-        steps.append(self.state.global_step)
-        return original(self)
+    def record(self, state):
+        steps.append(state.global_step)
+        return original(self, state)
 
-    monkeypatch.setattr(Trainer, "save_checkpoint", record)
-    Trainer(_args(training_root, tmp_path, checkpointing_steps=1)).train()
+    monkeypatch.setattr(CheckpointManager, "save", record)
+    AAClipTrainer(_args(training_root, tmp_path, checkpointing_steps=1)).train()
     assert steps == list(range(1, 9))
 
 
@@ -238,22 +241,22 @@ def test_nonfinite_loss_stops_keeps_last_good_checkpoint_and_resume_is_identical
     args = _args(training_root, tmp_path, checkpointing_steps=1)
     with monkeypatch.context() as m:
         calls = {"n": 0}
-        original = Trainer._stage1_terms
+        original = StageLosses.stage1
 
         def nan_at_step_3(self, *a, **k):
             terms = original(self, *a, **k)
             calls["n"] += 1
             return {key: value * float("nan") for key, value in terms.items()} if calls["n"] == 3 else terms
 
-        m.setattr(Trainer, "_stage1_terms", nan_at_step_3)
+        m.setattr(StageLosses, "stage1", nan_at_step_3)
         with pytest.raises(NonFiniteLossError, match=r"nan at stage text, epoch 0, step 3.*checkpoint-2.*--resume"):
-            Trainer(args).train()
+            AAClipTrainer(args).train()
     assert _checkpoints(tmp_path) == ["checkpoint-2"]
     state = _assert_complete(tmp_path / "checkpoints" / "checkpoint-2")
     assert state["global_step"] == 2
     weights = safe_torch_load(tmp_path / "checkpoints" / "checkpoint-2" / "custom_checkpoint_1.pkl")["params"]
     assert all(torch.isfinite(v).all() for v in weights.values())
-    Trainer(dataclasses.replace(args, resume="latest")).train()
+    AAClipTrainer(dataclasses.replace(args, resume="latest")).train()
     _assert_identical(tmp_path, reference)
 
 
@@ -271,7 +274,9 @@ def test_corrupt_image_is_caught_before_the_first_step(training_root, data_copy,
     bad = data_copy / "disc" / "test" / "stain" / "000.png"
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2])  # a truncated download
-    monkeypatch.setattr(Trainer, "train_step", lambda *a, **k: pytest.fail("a step ran before the data was checked"))
+    monkeypatch.setattr(
+        AAClipTrainer, "train_step", lambda *a, **k: pytest.fail("a step ran before the data was checked")
+    )
     out = tmp_path / "out"
     argv = [
         "--model",
@@ -296,13 +301,13 @@ def test_mask_of_another_size_is_caught_before_the_first_step(training_root, dat
     mask = data_copy / "stripes" / "ground_truth" / "hole" / "000_mask.png"
     Image.new("L", (20, 10), 255).save(mask)
     with pytest.raises(BadInputError, match=r"mask is 20x10 but its image .*000.png is 32x32") as info:
-        Trainer(_args(training_root, tmp_path / "out", train_data=[str(data_copy)]))
+        AAClipTrainer(_args(training_root, tmp_path / "out", train_data=[str(data_copy)]))
     assert info.value.path == str(mask) and info.value.field == "mask_path"
 
 
 def test_skip_bad_files_drops_counts_and_trains(training_root, data_copy, tmp_path, caplog):
     (data_copy / "disc" / "test" / "good" / "001.png").write_text("not a png")
-    trainer = Trainer(_args(training_root, tmp_path / "out", train_data=[str(data_copy)], skip_bad_files=True))
+    trainer = AAClipTrainer(_args(training_root, tmp_path / "out", train_data=[str(data_copy)], skip_bad_files=True))
     assert len(trainer.samples) == 15
     assert not any(
         s.image_path.endswith(os.path.join("good", "001.png")) and s.class_name == "disc" for s in trainer.samples
@@ -319,14 +324,14 @@ def test_training_data_without_anomalies_is_a_clear_error(training_root, tmp_pat
 
     normal = [s for s in load_samples(str(training_root / "data")) if s.label == 0]
     with pytest.raises(BadInputError, match="has no anomalous image"):
-        Trainer(_args(training_root, tmp_path), samples=normal)
+        AAClipTrainer(_args(training_root, tmp_path), samples=normal)
 
 
 def test_class_with_normal_images_only_is_named_and_trains(training_root, tmp_path, caplog):
     from aaclip_hf.data import load_samples
 
     samples = [s for s in load_samples(str(training_root / "data")) if not (s.class_name == "disc" and s.label == 1)]
-    trainer = Trainer(_args(training_root, tmp_path), samples=samples)
+    trainer = AAClipTrainer(_args(training_root, tmp_path), samples=samples)
     assert "['disc'] have no anomalous image" in caplog.text
     trainer.train()
     assert (tmp_path / "model.safetensors").is_file()
@@ -348,12 +353,12 @@ class _Payload:
 @pytest.mark.parametrize("victim", ["custom_checkpoint_0.pkl", "optimizer.bin"])
 def test_resume_refuses_a_checkpoint_that_would_run_code(training_root, tmp_path, victim):
     args = _args(training_root, tmp_path, stage="text", checkpointing_steps=1, max_steps=1)
-    Trainer(args).train()
+    AAClipTrainer(args).train()
     marker = tmp_path / "pwned"
     checkpoint = tmp_path / "checkpoints" / _checkpoints(tmp_path)[-1]
     torch.save({"state": _Payload(marker)}, checkpoint / victim)
     with pytest.raises((UnsafeCheckpointError, pickle.UnpicklingError)) as info:
-        Trainer(dataclasses.replace(args, resume="latest", max_steps=2)).train()
+        AAClipTrainer(dataclasses.replace(args, resume="latest", max_steps=2)).train()
     assert not marker.exists(), "the checkpoint's pickle ran code"
     if victim.startswith("custom"):
         assert isinstance(info.value, UnsafeCheckpointError) and victim in str(info.value)

@@ -1,4 +1,4 @@
-"""Resume keeps its word (issue 10.7) and weights stay finite (10.3): changed arguments are refused, a torn log
+"""Resume keeps its word and weights stay finite: changed arguments are refused, a torn log
 line is repaired, stray checkpoint folders are ignored, a non-finite weight stops the run before it is saved."""
 
 from __future__ import annotations
@@ -12,13 +12,16 @@ import shutil
 import pytest
 import torch
 
+from aaclip_hf.errors import NonFiniteWeightsError, WeightsError
 from aaclip_hf.runtime.serialization import safe_torch_load
-from aaclip_hf.training.arguments import NonFiniteLossError, NonFiniteWeightsError, TrainingArguments
+from aaclip_hf.training import trainer as trainer_mod
+from aaclip_hf.training.arguments import AAClipTrainingArguments
 from aaclip_hf.training.checkpointing import changed_arguments, checkpoint_is_finite, list_checkpoints, repair_log
-from aaclip_hf.training.trainer import Trainer
+from aaclip_hf.training.steps import StageLosses
+from aaclip_hf.training.trainer import AAClipTrainer
 
 
-def _args(training_root, out, **kw) -> TrainingArguments:
+def _args(training_root, out, **kw) -> AAClipTrainingArguments:
     base = {
         "model": str(training_root / "model"),
         "train_data": [str(training_root / "data")],
@@ -31,11 +34,11 @@ def _args(training_root, out, **kw) -> TrainingArguments:
         "log_every": 1,
     }
     base.update(kw)
-    return TrainingArguments(**base)
+    return AAClipTrainingArguments(**base)
 
 
 def _crash_after(monkeypatch, steps: int) -> None:
-    original = Trainer.train_step
+    original = AAClipTrainer.train_step
     calls = {"n": 0}
 
     def crashing(self, *a, **k):
@@ -44,7 +47,7 @@ def _crash_after(monkeypatch, steps: int) -> None:
             raise KeyboardInterrupt("simulated crash")
         return original(self, *a, **k)
 
-    monkeypatch.setattr(Trainer, "train_step", crashing)
+    monkeypatch.setattr(AAClipTrainer, "train_step", crashing)
 
 
 @pytest.fixture
@@ -53,7 +56,7 @@ def interrupted(training_root, tmp_path, monkeypatch):
     args = _args(training_root, tmp_path / "run", text_epochs=2, checkpointing_steps=1)
     _crash_after(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(args).train()
+        AAClipTrainer(args).train()
     monkeypatch.undo()
     assert [os.path.basename(p) for p in list_checkpoints(tmp_path / "run" / "checkpoints")[0]] == ["checkpoint-3"]
     return args
@@ -62,7 +65,7 @@ def interrupted(training_root, tmp_path, monkeypatch):
 def test_changed_result_arguments_are_refused_and_listed(interrupted, caplog):
     args = dataclasses.replace(interrupted, resume="latest", text_lr=1e-3, seed=5, text_batch_size=8)
     with pytest.raises(ValueError) as info:
-        Trainer(args).train()
+        AAClipTrainer(args).train()
     message = str(info.value)
     assert "3 argument(s)" in message and "--resume-changed-args" in message
     assert (
@@ -74,7 +77,7 @@ def test_changed_result_arguments_are_refused_and_listed(interrupted, caplog):
     # the explicit opt-in continues, and says what changed
     forced = dataclasses.replace(interrupted, resume="latest", aug_hflip_p=0.0, resume_changed_args=True)
     with caplog.at_level(logging.WARNING, logger="aaclip_hf.training"):
-        Trainer(forced).train()
+        AAClipTrainer(forced).train()
     assert "aug_hflip_p: 0.5 -> 0.0" in caplog.text
     assert os.path.isfile(os.path.join(interrupted.output_dir, "model.safetensors"))
 
@@ -84,7 +87,7 @@ def test_torn_last_log_line_is_dropped_on_resume(interrupted, caplog):
     with open(log, "a", encoding="utf-8") as f:
         f.write('{"stage": "text", "epoch": 0, "st')  # a write cut short by the crash
     with caplog.at_level(logging.WARNING, logger="aaclip_hf.training"):
-        Trainer(dataclasses.replace(interrupted, resume="latest")).train()
+        AAClipTrainer(dataclasses.replace(interrupted, resume="latest")).train()
     assert "dropped 1 unreadable line(s) (line 4" in caplog.text
     steps = [json.loads(line)["step"] for line in open(log, encoding="utf-8")]
     assert steps == list(range(1, 9))
@@ -104,7 +107,7 @@ def test_stray_folders_under_checkpoints_are_ignored_with_a_warning(interrupted,
     os.makedirs(os.path.join(root, "backup"))
     open(os.path.join(root, "notes.txt"), "w").close()
     with caplog.at_level(logging.WARNING, logger="aaclip_hf.training"):
-        Trainer(dataclasses.replace(interrupted, resume="latest")).train()
+        AAClipTrainer(dataclasses.replace(interrupted, resume="latest")).train()
     assert "ignoring backup, checkpoint-99, checkpoint-final, notes.txt" in caplog.text
     assert caplog.text.count("ignoring") == 1  # said once, not at every save
     steps = [json.loads(line)["step"] for line in open(os.path.join(interrupted.output_dir, "train_log.jsonl"))]
@@ -127,21 +130,42 @@ def test_text_lr_inf_stops_naming_the_parameter_and_saves_nothing(training_root,
     assert not (out / "checkpoints").exists() or not os.listdir(out / "checkpoints")
 
 
+def test_non_finite_loss_is_one_line_on_the_cli(training_root, tmp_path, capsys, monkeypatch):
+    """`aaclip_hf.errors.NonFiniteLossError` is an expected failure: one line, exit 2, no traceback."""
+    from aaclip_hf.cli import main
+
+    def nan_terms(self, batch, pixel_values, masks):
+        terms = original(self, batch, pixel_values, masks)
+        return {key: value * float("nan") for key, value in terms.items()}
+
+    original = StageLosses.stage1
+    monkeypatch.setattr(StageLosses, "stage1", nan_terms)
+    out = tmp_path / "nan"
+    argv = ["train", "--model", str(training_root / "model"), "--train-data", str(training_root / "data")]
+    argv += ["--output", str(out), "--stage", "text", "--max-steps", "1", "--text-batch-size", "4"]
+    assert main([*argv, "--num-workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("aaclip train")]
+    assert len(lines) == 1 and "the loss became nan at stage text, epoch 0, step 1" in lines[0], err
+    assert "Traceback" not in err
+    assert not (out / "model.safetensors").exists()
+
+
 def test_non_finite_step_names_a_finite_last_good_checkpoint(training_root, tmp_path, monkeypatch):
     args = _args(training_root, tmp_path / "run", text_epochs=2, checkpointing_steps=1)
-    original = Trainer._reduce_grads
+    original = trainer_mod.average_gradients
     calls = {"n": 0}
 
-    def poisoned(self, params):
+    def poisoned(params, world):
         calls["n"] += 1
-        original(self, params)
+        original(params, world)
         if calls["n"] == 3:  # the loss is finite; the third step's gradient is not
             params[0].grad.fill_(float("nan"))
 
-    monkeypatch.setattr(Trainer, "_reduce_grads", poisoned)
+    monkeypatch.setattr(trainer_mod, "average_gradients", poisoned)
     with pytest.raises(NonFiniteWeightsError) as info:
-        Trainer(args).train()
-    assert isinstance(info.value, NonFiniteLossError)  # handled wherever a non-finite loss is
+        AAClipTrainer(args).train()
+    assert isinstance(info.value, WeightsError)  # an expected failure (AAClipError), one line on the CLI
     root = tmp_path / "run" / "checkpoints"
     assert f"The last good checkpoint is {root / 'checkpoint-2'}" in str(info.value) and "step 3" in str(info.value)
     assert sorted(os.listdir(root)) == ["checkpoint-2"] and checkpoint_is_finite(str(root / "checkpoint-2"))
@@ -159,5 +183,5 @@ def test_last_good_checkpoint_skips_a_non_finite_one(interrupted):
                 next(iter(state["params"].values())).fill_(float("inf"))
                 torch.save(state, os.path.join(newest, name))
     assert not checkpoint_is_finite(newest) and checkpoint_is_finite(os.path.join(root, "checkpoint-1"))
-    trainer = Trainer(dataclasses.replace(interrupted, resume="latest"))
-    assert trainer._last_good_checkpoint() == os.path.join(root, "checkpoint-1")
+    trainer = AAClipTrainer(dataclasses.replace(interrupted, resume="latest"))
+    assert trainer.checkpoints.last_good() == os.path.join(root, "checkpoint-1")

@@ -1,4 +1,4 @@
-"""Stage 2 without stage 1 (issue 10.2): on untrained text adapters the anchors come from plain CLIP (text tower +
+"""Stage 2 without stage 1: on untrained text adapters the anchors come from plain CLIP (text tower +
 ``text_projection``), as the reference does; the oracle is a stock transformers ``CLIPModel`` with the same weights."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
 from aaclip_hf import AAClipConfig, AAClipModel, AAClipProcessor
-from aaclip_hf.training.arguments import TrainingArguments
-from aaclip_hf.training.trainer import Trainer
+from aaclip_hf.training.arguments import AAClipTrainingArguments
+from aaclip_hf.training.trainer import AAClipTrainer
 
 from ..conftest import make_tiny_model
 
@@ -45,7 +45,7 @@ def _plain_anchors(clip: CLIPModel, processor, names) -> torch.Tensor:
     return torch.stack([normal, anomaly], dim=-1)
 
 
-def _run(training_root, tmp_path, model, processor, monkeypatch) -> tuple[Trainer, list]:
+def _run(training_root, tmp_path, model, processor, monkeypatch) -> tuple[AAClipTrainer, list]:
     used = []
     original = AAClipModel.anchors_for
 
@@ -55,7 +55,7 @@ def _run(training_root, tmp_path, model, processor, monkeypatch) -> tuple[Traine
         return anchors
 
     monkeypatch.setattr(AAClipModel, "anchors_for", recording)
-    args = TrainingArguments(
+    args = AAClipTrainingArguments(
         model=str(training_root / "model"),
         train_data=[str(training_root / "data")],
         output_dir=str(tmp_path),
@@ -66,7 +66,7 @@ def _run(training_root, tmp_path, model, processor, monkeypatch) -> tuple[Traine
         num_workers=0,
         progress=False,
     )
-    trainer = Trainer(args, model=model, processor=processor)
+    trainer = AAClipTrainer(args, model=model, processor=processor)
     trainer.train()
     return trainer, used
 
@@ -97,7 +97,7 @@ def test_stage2_anchors_are_the_plain_clip_anchors(training_root, tmp_path, fres
     assert (saved.config.text_head, saved.config.text_adapter_layers) == ("clip", 0)
     assert saved.config.untrained_text_adapters is False
     for name in ["object", *CLASSES]:
-        torch.testing.assert_close(saved.anchors_for([name])[0], expected[name], atol=1e-5, rtol=0)
+        torch.testing.assert_close(saved.text_anchors_for([name])[0], expected[name], atol=1e-5, rtol=0)
     # the backbone is untouched
     assert torch.equal(saved.text_projection.weight, model.text_projection.weight)
 
@@ -131,7 +131,7 @@ def test_from_clip_pretrained_marks_the_text_adapters_untrained_and_stage1_clear
     assert AAClipModel(tiny).config.untrained_text_adapters is False  # the default: nothing known to be fresh
     processor = AAClipProcessor.for_model(model.config)
     model.update_text_anchors(processor, ["object"])
-    args = TrainingArguments(
+    args = AAClipTrainingArguments(
         model="unused",
         train_data=[str(training_root / "data")],
         output_dir=str(tmp_path),
@@ -144,6 +144,6 @@ def test_from_clip_pretrained_marks_the_text_adapters_untrained_and_stage1_clear
         num_workers=0,
         progress=False,
     )
-    Trainer(args, model=model, processor=processor).train()
+    AAClipTrainer(args, model=model, processor=processor).train()
     saved = AAClipModel.from_pretrained(tmp_path)
     assert saved.config.untrained_text_adapters is False and saved.config.text_head == "adapter"

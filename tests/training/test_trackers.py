@@ -1,4 +1,4 @@
-"""`aaclip train --report-to` (issue 11, item 2): Accelerate trackers, TensorBoard event files offline."""
+"""`aaclip train --report-to`: Accelerate trackers, TensorBoard event files offline."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from aaclip_hf.training import trackers as T
-from aaclip_hf.training.arguments import TrainingArguments, add_arguments, arguments_from_namespace
+from aaclip_hf.training.arguments import AAClipTrainingArguments, add_arguments, arguments_from_namespace
 from aaclip_hf.training.checkpointing import changed_arguments, write_run_arguments
-from aaclip_hf.training.trainer import Trainer
+from aaclip_hf.training.trainer import AAClipTrainer
 
 from .test_trainer import _args
 
@@ -31,7 +31,7 @@ def test_report_to_choices_and_missing_packages(monkeypatch):
     with pytest.raises(ValueError, match=r"the wandb package is not installed; pip install aaclip-hf\[wandb\]"):
         T.trackers("all")
     with pytest.raises(ValueError, match="wandb package is not installed"):
-        TrainingArguments(model="m", train_data=["d"], output_dir="o", report_to="wandb").validate()
+        AAClipTrainingArguments(model="m", train_data=["d"], output_dir="o", report_to="wandb").validate()
 
 
 def test_cli_flag_defaults_to_none():
@@ -71,7 +71,7 @@ def test_tensorboard_event_files_hold_the_logged_scalars(training_root, tmp_path
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    Trainer(_args(training_root, out, text_epochs=1, report_to="tensorboard")).train()
+    AAClipTrainer(_args(training_root, out, text_epochs=1, report_to="tensorboard")).train()
     events = glob.glob(str(out / "runs" / T.PROJECT_NAME / "events.out.tfevents.*"))
     assert events, os.listdir(out)
     acc = EventAccumulator(str(out / "runs" / T.PROJECT_NAME))
@@ -92,13 +92,13 @@ def test_tensorboard_event_files_hold_the_logged_scalars(training_root, tmp_path
 
 def test_no_tracker_by_default_writes_no_runs_folder(training_root, tmp_path):
     out = tmp_path / "run"
-    Trainer(_args(training_root, out, stage="text", max_steps=1)).train()
+    AAClipTrainer(_args(training_root, out, stage="text", max_steps=1)).train()
     assert not (out / "runs").exists()
     assert "grad_norm" in json.loads(open(out / "train_log.jsonl", encoding="utf-8").readline())
 
 
 def test_switching_trackers_does_not_block_resume(tmp_path):
     base = {"model": "m", "train_data": ["d"], "output_dir": str(tmp_path)}
-    write_run_arguments(str(tmp_path), TrainingArguments(**base, report_to="none"))
-    assert changed_arguments(str(tmp_path), TrainingArguments(**base, report_to="tensorboard")) == []
-    assert changed_arguments(str(tmp_path), TrainingArguments(**base, seed=1)) == ["seed: 111 -> 1"]
+    write_run_arguments(str(tmp_path), AAClipTrainingArguments(**base, report_to="none"))
+    assert changed_arguments(str(tmp_path), AAClipTrainingArguments(**base, report_to="tensorboard")) == []
+    assert changed_arguments(str(tmp_path), AAClipTrainingArguments(**base, seed=1)) == ["seed: 111 -> 1"]

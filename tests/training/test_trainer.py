@@ -17,10 +17,12 @@ from safetensors.torch import load_file
 
 from aaclip_hf import AAClipModel
 from aaclip_hf.data import load_samples
-from aaclip_hf.training.arguments import NonFiniteLossError, TrainingArguments, add_arguments, arguments_from_namespace
+from aaclip_hf.errors import NonFiniteLossError
+from aaclip_hf.training.arguments import AAClipTrainingArguments, add_arguments, arguments_from_namespace
 from aaclip_hf.training.batches import collate as _collate
 from aaclip_hf.training.batches import epoch_batches
-from aaclip_hf.training.trainer import Trainer
+from aaclip_hf.training.steps import StageLosses
+from aaclip_hf.training.trainer import AAClipTrainer
 
 from ..conftest import accelerate_cpu_launch, tiny_training_args
 
@@ -28,12 +30,12 @@ from ..conftest import accelerate_cpu_launch, tiny_training_args
 PYTHON = sys.executable
 
 
-def _args(training_root, out, **kw) -> TrainingArguments:
+def _args(training_root, out, **kw) -> AAClipTrainingArguments:
     """Two text epochs, one vision epoch (16 images, global batch 4)."""
     return tiny_training_args(training_root, out, **{"text_epochs": 2, **kw})
 
 
-def _cli(args: TrainingArguments) -> list[str]:
+def _cli(args: AAClipTrainingArguments) -> list[str]:
     out = [
         "--model",
         args.model,
@@ -75,7 +77,7 @@ def reference_run(training_root, tmp_path_factory):
     """An uninterrupted single-process run; its final weights are the yardstick below."""
     out = tmp_path_factory.mktemp("ref")
     t0 = time.time()
-    Trainer(_args(training_root, out)).train()
+    AAClipTrainer(_args(training_root, out)).train()
     print(f"reference run: {time.time() - t0:.1f}s")
     return _weights(out)
 
@@ -96,7 +98,7 @@ def _first_batch(trainer, stage, size):
     ids=["text", "vision", "text-paper-batch_axis", "vision-bf16"],
 )
 def test_one_step_changes_exactly_the_stage_parameters(training_root, tmp_path, stage, extra):
-    trainer = Trainer(_args(training_root, tmp_path, stage=stage, **extra))
+    trainer = AAClipTrainer(_args(training_root, tmp_path, stage=stage, **extra))
     model = trainer.model
     trainer._start_stage(stage)
     backbone = [
@@ -129,7 +131,7 @@ def test_resume_mid_run_is_identical(training_root, tmp_path, reference_run, mon
     """Crash after 6 steps (inside stage 1, epoch 2) with checkpoints every 2 steps; resume; compare."""
     args = _args(training_root, tmp_path, checkpointing_steps=2)
     calls = {"n": 0}
-    original = Trainer.train_step
+    original = AAClipTrainer.train_step
 
     def crashing(self, *a, **k):
         calls["n"] += 1
@@ -137,17 +139,17 @@ def test_resume_mid_run_is_identical(training_root, tmp_path, reference_run, mon
             raise KeyboardInterrupt("simulated crash")
         return original(self, *a, **k)
 
-    monkeypatch.setattr(Trainer, "train_step", crashing)
+    monkeypatch.setattr(AAClipTrainer, "train_step", crashing)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(args).train()
-    monkeypatch.setattr(Trainer, "train_step", original)
+        AAClipTrainer(args).train()
+    monkeypatch.setattr(AAClipTrainer, "train_step", original)
     ckpts = sorted(os.listdir(tmp_path / "checkpoints"))
     assert ckpts == ["checkpoint-6"]
     state = json.load(open(tmp_path / "checkpoints" / "checkpoint-6" / "trainer_state.json"))
     assert (state["stage_index"], state["epoch"], state["step_in_epoch"]) == (0, 1, 2)
     with pytest.raises(FileExistsError):
-        Trainer(args).train()  # no silent overwrite
-    Trainer(dataclasses.replace(args, resume="latest")).train()
+        AAClipTrainer(args).train()  # no silent overwrite
+    AAClipTrainer(dataclasses.replace(args, resume="latest")).train()
     got = _weights(tmp_path)
     assert got.keys() == reference_run.keys()
     for key in got:
@@ -176,7 +178,7 @@ def test_kill_9_then_resume_is_identical(training_root, tmp_path, reference_run)
     assert not (tmp_path / "model.safetensors").exists()
     left = sorted(os.listdir(ckpt_dir))
     print(f"killed with {left} on disk")
-    Trainer(dataclasses.replace(args, resume="latest")).train()  # resume in process: one start-up less
+    AAClipTrainer(dataclasses.replace(args, resume="latest")).train()  # resume in process: one start-up less
     steps = [json.loads(line)["step"] for line in open(tmp_path / "train_log.jsonl")]
     assert steps == list(range(1, 13))  # the second run continued at the checkpoint; redone steps logged once
     got = _weights(tmp_path)
@@ -218,7 +220,7 @@ def test_maskless_data_trains_image_loss_only(training_root, tmp_path, caplog):
         s if s.label == 0 else dataclasses.replace(s, mask_path=None)
         for s in load_samples(str(training_root / "data"))
     ]
-    trainer = Trainer(_args(training_root, tmp_path, stage="vision"), samples=samples)
+    trainer = AAClipTrainer(_args(training_root, tmp_path, stage="vision"), samples=samples)
     assert "image-level loss only" in caplog.text
     trainer._start_stage("vision")
     before = _snapshot(trainer.model)
@@ -234,11 +236,11 @@ def test_nonfinite_loss_stops_or_skips(training_root, tmp_path, monkeypatch):
         loss = self.model.det_projection.fc.weight.sum() * float("nan")
         return {"loss": loss, "image": loss}
 
-    monkeypatch.setattr(Trainer, "_stage2_terms", nan_terms)
+    monkeypatch.setattr(StageLosses, "stage2", nan_terms)
     args = _args(training_root, tmp_path, stage="vision")
     with pytest.raises(NonFiniteLossError, match="--resume"):
-        Trainer(args).train()
-    trainer = Trainer(dataclasses.replace(args, skip_nonfinite=True, overwrite_output_dir=True))
+        AAClipTrainer(args).train()
+    trainer = AAClipTrainer(dataclasses.replace(args, skip_nonfinite=True, overwrite_output_dir=True))
     trainer._start_stage("vision")
     before = _snapshot(trainer.model)
     assert trainer.train_step("vision", _first_batch(trainer, "vision", 2), 0) is None
@@ -276,9 +278,9 @@ def test_cli_defaults_are_the_paper_setting():
 def test_cached_stage1_features_give_the_same_run(training_root, tmp_path):
     """Without augmentation, per-image DPAM features are fixed: caching them changes nothing."""
     kw = {"stage": "text", "augment": False, "text_epochs": 2}
-    plain = Trainer(_args(training_root, tmp_path / "plain", **kw))
+    plain = AAClipTrainer(_args(training_root, tmp_path / "plain", **kw))
     plain.train()
-    cached = Trainer(_args(training_root, tmp_path / "cached", cache_stage1_features=True, **kw))
+    cached = AAClipTrainer(_args(training_root, tmp_path / "cached", cache_stage1_features=True, **kw))
     cached.train()
     assert len(cached.cache) == 16
     a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "cached")
