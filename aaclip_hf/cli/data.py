@@ -7,7 +7,7 @@ import os
 import sys
 
 from ..data.hf_datasets import export_dataset
-from ..data.readers import is_inside, load_samples, parse_spec
+from ..data.readers import DATA_SPEC_HELP, is_inside, load_samples, parse_spec
 from ..data.samples import summarize_samples
 from ..data.sampling import DEFAULT_SHOT_SEED, sample_shots, write_jsonl
 from ..data.synthetic import (
@@ -87,7 +87,8 @@ def _add_reader_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-outside-root",
         action="store_true",
-        help="accept metadata paths that lead outside the dataset root (refused by default)",
+        help="accept image paths that lead outside the dataset root (refused by default; export-dataset also "
+        "refuses symbolic links that lead outside, as it copies the files)",
     )
 
 
@@ -98,9 +99,7 @@ def _print_classes(samples) -> None:
 
 
 def add_sample_shots_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "data", nargs="+", help="dataset folder, metadata file or spec (PATH::classes=a,b); several are combined"
-    )
+    parser.add_argument("data", nargs="+", help=DATA_SPEC_HELP)
     parser.add_argument(
         "--shots", required=True, help="images per class, even (k/2 normal + k/2 anomalous), or 'full'"
     )
@@ -137,11 +136,7 @@ def run_sample_shots(args: argparse.Namespace) -> int:
 
 
 def add_export_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "data",
-        nargs="+",
-        help="dataset folder, metadata file or spec, in any layout --data reads; several are combined",
-    )
+    parser.add_argument("data", nargs="+", help=DATA_SPEC_HELP)
     parser.add_argument("--output", required=True, help="folder to write (new or empty)")
     parser.add_argument(
         "--split", default="test", help="split to read, also the split's name in the written dataset (default test)"
@@ -153,7 +148,11 @@ def add_export_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export_dataset(args: argparse.Namespace) -> int:
-    samples = load_samples(args.data, args.split, format=args.format, allow_outside_root=args.allow_outside_root)
+    # The export copies each file's bytes into a dataset meant to be shared: a path or a symbolic link that leads
+    # outside the dataset root (/etc/..., a home folder) is refused, naming the record and the path.
+    samples = load_samples(
+        args.data, args.split, format=args.format, allow_outside_root=args.allow_outside_root, resolve_links=True
+    )
     # The card names the sources by folder/file name only: no local paths in a file meant to be shared.
     source = ", ".join(os.path.basename(os.path.normpath(parse_spec(spec)[0])) for spec in args.data)
     out = export_dataset(samples, args.output, split=args.split, name=args.name, source=source)

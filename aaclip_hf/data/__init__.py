@@ -1,7 +1,8 @@
 """Data: every dataset layout -> one `list[Sample]`, images read safely, k-shot splits, synthetic defects.
 
 - `samples`: the `Sample` record and the checks every consumer shares;
-- `readers`: the layouts (JSON-lines, meta.json, MVTec/MPDD/BTAD, VisA, BMAD, polyp, a generic folder);
+- `readers`: the layouts, spec strings and `load_samples` (metadata files: JSON-lines, meta.json, the VisA csv);
+- `folders`: the folder layouts (MVTec/MPDD/BTAD, VisA, BMAD, polyp, your own folders); `paths`: the dataset root;
 - `image_io`: image and mask decoding with clear errors; `dataset`: the torch `AnomalyDataset`;
 - `sampling`: the reference's k-shot sampler; `synthetic`: the defect generator; `hf_datasets`: `datasets` bridge.
 """
@@ -10,6 +11,7 @@ from .dataset import AnomalyDataset
 from .hf_datasets import from_hf_dataset, to_hf_dataset
 from .image_io import IMAGE_EXTENSIONS, BadInputError, MissingFileError, load_image, load_mask
 from .readers import (
+    ANOMALY_FOLDER_NAMES,
     FORMATS,
     NORMAL_FOLDER_NAMES,
     REFERENCE_CLASS_NAMES,
@@ -29,6 +31,7 @@ from .sampling import DEFAULT_SHOT_SEED, parse_shots, sample_shots, write_jsonl
 
 
 __all__ = [
+    "ANOMALY_FOLDER_NAMES",
     "AnomalyDataset",
     "BadFiles",
     "BadInputError",

@@ -24,11 +24,13 @@ from typing import Any
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset, load_from_disk
 from datasets import Image as HFImage
+from datasets import config as datasets_config
 from datasets.exceptions import DatasetNotFoundError
 from huggingface_hub import DatasetCard, DatasetCardData
 from huggingface_hub import constants as hub_constants
 
 from .image_io import IMAGE_EXTENSIONS, BadInputError, MissingFileError
+from .paths import check_inside_root
 from .samples import Sample, parse_label
 
 
@@ -128,6 +130,7 @@ def from_hf_dataset(
     class_column: str = "class_name",
     defect_column: str | None = "defect_type",
     class_name: str | None = None,
+    files_inside: Sequence[str] | None = None,
 ) -> list[Sample]:
     """A `datasets.Dataset` -> samples, writing embedded images under ``cache_dir``.
 
@@ -137,7 +140,9 @@ def from_hf_dataset(
     file use it in place. Labels may be 0/1 integers, booleans, or a `ClassLabel` / string
     whose name is normal/good/ok versus anomaly/anomalous/abnormal/ko. ``class_name`` names the one class
     of a dataset without ``class_column``. Files are written atomically, so processes that read the same
-    dataset at once (distributed training) never see a half-written image.
+    dataset at once (distributed training) never see a half-written image. With ``files_inside``, a row that
+    references a file in place is refused unless the file's real path lies in one of those folders (what
+    `aaclip export-dataset` needs before it copies the file's bytes).
     """
 
     cache_dir = os.fspath(cache_dir)
@@ -188,6 +193,8 @@ def from_hf_dataset(
         path = value.get("path")
         if not path or not os.path.isfile(path):
             raise MissingFileError(f"row {row}: the {kind} has no bytes and its path does not exist", path, col)
+        if files_inside is not None:
+            check_inside_root(files_inside, path, where=f"row {row}", source=None, field=col, resolve=True)
         return path
 
     samples = []
@@ -303,13 +310,15 @@ def dataset_samples(
     *,
     cache_dir: str | os.PathLike | None = None,
     class_name: str | None = None,
+    files_inside: Sequence[str] | None = None,
     **columns: str | None,
 ) -> list[Sample]:
     """A `datasets.Dataset` in the schema (or mapped with ``columns``, see the module docstring) as samples."""
     if not isinstance(ds, Dataset):
         raise BadInputError(f"expected a datasets.Dataset, got {type(ds).__name__} (pick a split of a DatasetDict)")
     folder = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir(ds)
-    return from_hf_dataset(ds, folder, class_name=class_name, **_column_kwargs(columns))
+    kwargs = _column_kwargs(columns)
+    return from_hf_dataset(ds, folder, class_name=class_name, files_inside=files_inside, **kwargs)
 
 
 def read_hf_dataset(
@@ -318,12 +327,24 @@ def read_hf_dataset(
     *,
     cache_dir: str | os.PathLike | None = None,
     class_name: str | None = None,
+    check_links: bool = False,
     **columns: str | None,
 ) -> list[Sample]:
-    """Samples of a ``save_to_disk`` folder or Hub dataset id (`load_hf_dataset`, then `dataset_samples`)."""
+    """Samples of a ``save_to_disk`` folder or Hub dataset id (`load_hf_dataset`, then `dataset_samples`).
+
+    ``check_links`` refuses rows that reference a file in place outside the dataset: outside the folder, or, for a
+    Hub id, outside the local Hugging Face caches (`from_hf_dataset`'s ``files_inside``).
+    """
     ds = load_hf_dataset(path, split)
+    inside = None
+    if check_links:
+        inside = (
+            [os.fspath(path)]
+            if os.path.isdir(path)
+            else [hub_constants.HF_HUB_CACHE, datasets_config.HF_DATASETS_CACHE]
+        )
     try:
-        return dataset_samples(ds, cache_dir=cache_dir, class_name=class_name, **columns)
+        return dataset_samples(ds, cache_dir=cache_dir, class_name=class_name, files_inside=inside, **columns)
     except BadInputError as err:
         if err.path is not None:
             raise
