@@ -47,14 +47,14 @@ def _plain_anchors(clip: CLIPModel, processor, names) -> torch.Tensor:
 
 def _run(training_root, tmp_path, model, processor, monkeypatch) -> tuple[AAClipTrainer, list]:
     used = []
-    original = AAClipModel.anchors_for
+    original = AAClipModel.text_anchors_for
 
     def recording(self, class_names):
         anchors = original(self, class_names)
         used.append((list(class_names), anchors.detach().clone()))
         return anchors
 
-    monkeypatch.setattr(AAClipModel, "anchors_for", recording)
+    monkeypatch.setattr(AAClipModel, "text_anchors_for", recording)
     args = AAClipTrainingArguments(
         model=str(training_root / "model"),
         train_data=[str(training_root / "data")],
@@ -88,7 +88,7 @@ def test_stage2_anchors_are_the_plain_clip_anchors(training_root, tmp_path, fres
     adapted = dict(zip(CLASSES, model.compute_text_anchors(CLASSES, processor).detach()))
     assert all((adapted[c] - expected[c]).abs().max() > 1e-2 for c in CLASSES)  # the two branches differ
     trainer, used = _run(training_root, tmp_path, model, processor, monkeypatch)
-    assert len(used) == 2  # one anchors_for call per stage-2 step
+    assert len(used) == 2  # one text_anchors_for call per stage-2 step
     for names, anchors in used:
         for name, anchor in zip(names, anchors):
             torch.testing.assert_close(anchor, expected[name], atol=1e-5, rtol=0)
