@@ -203,7 +203,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output-dir",
         dest="output_dir",
         required=True,
-        help="output folder (model, processor, logs, checkpoints)",
+        help="output folder (model, processor, logs, checkpoints); refused while another run writes it (lock file "
+        "OUTPUT.lock)",
     )
     g.add_argument(
         "--skip-bad-files", action="store_true", help="skip unreadable images/masks (logged) instead of stopping"
