@@ -609,6 +609,9 @@ class AAClipModel(AAClipPreTrainedModel):
         fix = "fix: model.refresh_text_anchors(processor) recomputes every stored class, then save the model"
         if recorded is None:
             return {"state": "unknown", "reason": f"no anchor fingerprint recorded; {fix}"}
+        dtype = str(self.text_anchors.dtype).removeprefix("torch.")
+        if dtype != recorded["dtype"]:
+            return {"state": "unchecked", "reason": f"weights are {dtype}, the fingerprint is of {recorded['dtype']}"}
         if rows_digest(self.stored_class_names, self.text_anchors) != recorded["rows"]:
             return {
                 "state": "tampered",
@@ -617,9 +620,6 @@ class AAClipModel(AAClipPreTrainedModel):
             }
         if not self.config.include_text_model or recorded["text_branch"] == "external":
             return {"state": "unchecked", "reason": "no text branch to check the stored anchors against"}
-        dtype = str(self.text_anchors.dtype).removeprefix("torch.")
-        if dtype != recorded["dtype"]:
-            return {"state": "unchecked", "reason": f"weights are {dtype}, the fingerprint is of {recorded['dtype']}"}
         if self.text_branch_fingerprint() != recorded["text_branch"]:
             return {
                 "state": "stale",
@@ -1018,6 +1018,11 @@ class AAClipModel(AAClipPreTrainedModel):
                     f"{ids.tolist()}"
                 )
             text_anchors = self.text_anchors.index_select(0, ids.to(self.text_anchors.device))
+            if not torch.jit.is_tracing() and not bool(text_anchors.flatten(1).any(dim=1).all()):
+                raise StaleStateError(
+                    "a stored anchor row used here was never computed (all zero); call "
+                    "model.refresh_text_anchors(processor) once (from_clip_pretrained does it)"
+                )
         elif text_anchors.dim() != 3 or text_anchors.shape[1:] != (self.config.projection_dim, 2):
             raise InvalidInputError(
                 f"text_anchors must be (batch, {self.config.projection_dim}, 2), got {tuple(text_anchors.shape)}"

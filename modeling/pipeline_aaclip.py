@@ -74,7 +74,9 @@ def to_pil_image(image: Any, timeout: float | None = None) -> Image.Image:
         image = os.fspath(image)
     if isinstance(image, str):
         if image.startswith(("http://", "https://", "data:image/")):
-            return load_image(image, timeout=timeout)
+            return _fetch(image, timeout)
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"{image}: no such image file")
         try:
             with Image.open(image) as opened:
                 opened.load()
@@ -93,7 +95,9 @@ def to_pil_image(image: Any, timeout: float | None = None) -> Image.Image:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
-        raise InvalidInputError(f"image array must be (H, W), (H, W, 3|4) or (3|4, H, W), got {tuple(image.shape)}")
+        raise InvalidInputError(
+            f"image array must be (H, W), (H, W, 3|4) or (3|4, H, W), got shape {tuple(image.shape)}"
+        )
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise InvalidInputError("image array holds NaN/inf values; expected finite intensities")
@@ -105,6 +109,19 @@ def to_pil_image(image: Any, timeout: float | None = None) -> Image.Image:
     elif array.dtype != np.uint8 and (array.min() < 0 or array.max() > 255):
         raise InvalidInputError(f"integer image arrays must hold values in 0..255, got dtype {array.dtype}")
     return Image.fromarray(np.ascontiguousarray(array.astype(np.uint8)))
+
+
+def _fetch(url: str, timeout: float | None) -> Image.Image:
+    """An image URL (or `data:` URI) through transformers' `load_image`; every failure names the URL in one line."""
+    shown = repr(url[:200])
+    remote = url.startswith(("http://", "https://"))
+    offline = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
+    if remote and offline.upper() in ("1", "ON", "YES", "TRUE"):
+        raise InvalidInputError(f"cannot fetch URL {shown}: offline (HF_HUB_OFFLINE is set); pass a local file")
+    try:
+        return load_image(url, timeout=timeout)
+    except Exception as error:  # the HTTP client's own errors (no route, DNS, timeout) and undecodable data
+        raise InvalidInputError(f"cannot fetch URL {shown}: {type(error).__name__}: {error}") from None
 
 
 class AAClipAnomalyDetectionPipeline(Pipeline):
@@ -186,20 +203,28 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
         return preprocess, forward, postprocess
 
     def __call__(self, inputs, **kwargs: Any) -> dict | list[dict]:
-        """Run on one image or a list (see the class docstring). A list `class_name` pairs with a list of images."""
+        """Run on one image, a list, or a stream (a generator or dataset) of them (see the class docstring). A list
+        `class_name` pairs with a list of images."""
         class_name = kwargs.pop("class_name", None)
+        if _is_stream(inputs):  # classes are resolved item by item, in `_forward`
+            names = {class_name} if isinstance(class_name, str) else set()
+            if kwargs.get("reference_images") is not None:
+                kwargs["reference_images"] = self._reference_bank(
+                    kwargs["reference_images"], names, kwargs.get("timeout")
+                )
+            return super().__call__((_item(item, class_name) for item in inputs), **kwargs)
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
         names = class_name if isinstance(class_name, (list, tuple)) else [class_name] * len(items)
         if len(names) != len(items):
             raise InvalidInputError(f"got {len(names)} class names for {len(items)} images")
-        items = [
-            {**(item if isinstance(item, dict) else {"image": item}), "class_name": _item_class(item, name)}
-            for item, name in zip(items, names)
-        ]
+        items = [_item(item, name) for item, name in zip(items, names)]
         self._ensure_anchors([item["class_name"] for item in items])
         if kwargs.get("reference_images") is not None:
-            kwargs["reference_images"] = self._reference_bank(kwargs["reference_images"], items, kwargs.get("timeout"))
+            classes = {item["class_name"] for item in items}
+            kwargs["reference_images"] = self._reference_bank(
+                kwargs["reference_images"], classes, kwargs.get("timeout")
+            )
         outputs = super().__call__(items, **kwargs)
         return outputs[0] if single else outputs
 
@@ -224,7 +249,10 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
         """Compute once, and keep in this pipeline, the anchors of classes the model has not stored."""
         self._check_prompts_once()
         stored = self.model.stored_class_names
-        missing = [name for name in dict.fromkeys(class_names) if name not in stored and name not in self.anchor_cache]
+        computed = [name for name, row in zip(stored, self.model.text_anchors) if bool(row.any())]
+        missing = [
+            name for name in dict.fromkeys(class_names) if name not in computed and name not in self.anchor_cache
+        ]
         if not missing:
             return
         if not self.model.config.include_text_model:
@@ -248,11 +276,12 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
             anchors = self.model.compute_text_anchors(missing, self.processor.tokenize_prompts(missing))
         self.anchor_cache.update(zip(missing, anchors))
 
-    def _reference_bank(self, images, items, timeout) -> tuple[str, int, torch.Tensor]:
+    def _reference_bank(self, images, classes: set[str], timeout) -> tuple[str, int, torch.Tensor]:
         """`(class, K, bank)` of ad hoc reference images, for a call whose images are all of one class."""
-        classes = {item["class_name"] for item in items}
         if len(classes) != 1:
-            raise InvalidInputError(f"reference_images belong to one class, but the call mixes {sorted(classes)}")
+            raise InvalidInputError(
+                f"reference_images belong to one class; give one class_name for the call (got {sorted(classes)})"
+            )
         images = images if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise InvalidInputError("reference_images is empty; pass at least one normal image of the class")
@@ -285,6 +314,7 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
             index = [i for i, n in enumerate(names) if n == name]
             references, count = self._references(name, use_references, reference_images)
             anchors = self.anchor_cache[name][None] if name in self.anchor_cache else self.model.text_anchors_for(name)
+            anchors = anchors.to(self.device)
             outputs = self.model(pixel_values[index], text_anchors=anchors, references=references, domain=domain)
             for key in KEPT_OUTPUTS:
                 for position, i in enumerate(index):
@@ -342,10 +372,20 @@ def _one_image(value: torch.Tensor, key: str) -> torch.Tensor:
     return value.reshape(-1, *value.shape[-2:]) if key.endswith("_grid") else value.reshape(-1)
 
 
-def _item_class(item, default: str | None) -> str:
-    name = item.get("class_name") if isinstance(item, dict) else None
-    name = default if name is None else name
-    return check_class_name(GENERIC_CLASS if name is None else name)
+def _item(item, default_class: str | None) -> dict:
+    """One input as `{"image", "class_name"[, "name"]}`: its own class, else the call's, else the generic one."""
+    item = item if isinstance(item, dict) else {"image": item}
+    if "image" not in item:
+        raise InvalidInputError(f"dict inputs need an 'image' key, got keys {sorted(item)}")
+    name = item.get("class_name")
+    name = default_class if name is None else name
+    return {**item, "class_name": check_class_name(GENERIC_CLASS if name is None else name)}
+
+
+def _is_stream(inputs) -> bool:
+    """A generator, iterator or dataset of inputs (not one image, a path, a dict or a list)."""
+    single = (str, os.PathLike, dict, list, tuple, Image.Image, np.ndarray, torch.Tensor, bytes)
+    return not isinstance(inputs, single) and (hasattr(inputs, "__iter__") or hasattr(inputs, "__next__"))
 
 
 __all__ = ["NO_DEFAULT_MODEL", "TASK", "AAClipAnomalyDetectionPipeline", "to_pil_image"]

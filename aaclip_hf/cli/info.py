@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 import transformers
 
-from ..modeling.configuration_aaclip import AAClipConfig
-from ..modeling.modeling_aaclip import AAClipModel
-from ..runtime.model_folder import verify_manifest
+from ..errors import StaleStateError, WeightsError
+from ..runtime.loading import load_config, load_model
+from ..runtime.model_folder import MANIFEST_NAME, verify_manifest
 from ..version import __version__
 
 
@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify",
         action="store_true",
-        help="check the weight files against weights_manifest.json (SHA-256), load the weights (complete, finite) "
-        "and check the stored anchors against the text branch; exit 2 naming what differs",
+        help="check every file against manifest.json (SHA-256), load the weights (complete, finite) and check the "
+        "stored anchors and references against the weights and their names; exit 2 naming what differs",
     )
 
 
@@ -39,34 +39,51 @@ def describe_environment() -> dict:
 
 
 def describe_model(path: str | Path) -> dict:
-
+    """What a model folder holds, from its config (nothing is loaded, no code runs)."""
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json; is it an AA-CLIP model folder?")
-    config = AAClipConfig.from_pretrained(str(path))
+    config = load_config(path)
     vision, text = config.vision_config, config.text_config
+    value_bytes = 4  # the stored references' float32 values
     return {
         "path": str(path),
         "vision": f"{vision.num_hidden_layers} layers x {vision.hidden_size}, {vision.image_size} px, patch {vision.patch_size}",
-        "text": f"{text.num_hidden_layers} layers x {text.hidden_size}",
+        "text": f"{text.num_hidden_layers} layers x {text.hidden_size}" if config.include_text_model else None,
         "hidden_act": vision.hidden_act,
         "adapters": {"text": config.text_adapter_layers, "vision": config.vision_adapter_layers},
         "feature_layers": list(config.feature_layers),
         "stored_anchor_classes": list(config.anchor_class_names),
         "anchor_fingerprint": config.anchor_fingerprint,
-        "decision_threshold": config.decision_threshold,
+        "decision_thresholds": dict(config.decision_thresholds),
+        "fallback_threshold": config.decision_threshold,
+        "references": {
+            name: {
+                "images": record["images"],
+                "patches_per_level": record["patches"],
+                "bytes": record["patches"] * config.num_levels * config.projection_dim * value_bytes,
+            }
+            for name, record in config.reference_classes.items()
+        },
         "files": sorted(p.name for p in path.iterdir()),
     }
 
 
 def verify_model(path: str | Path) -> dict:
-    """`--verify`: the manifest check, then a full load (refuses incomplete, non-finite or corrupt weights), then
-    the anchor check. Raises `ValueError` naming every weight file that differs from its manifest."""
+    """`--verify`: every file against the manifest, then the checked load (complete, finite, uncorrupted weights), then
+    the stored anchors and references against the weights and their names. Raises naming the first problem."""
     problems = verify_manifest(path)
     if problems:
-        raise ValueError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems))
-    status = AAClipModel.from_pretrained(str(path)).anchor_status()
-    return {"weights": "match weights_manifest.json", "anchors": status["state"], "anchors_detail": status["reason"]}
+        raise WeightsError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems))
+    model, _ = load_model(path, device="cpu")
+    status = model.anchor_status()
+    if status["state"] in ("stale", "tampered"):
+        raise StaleStateError(f"{path}: {status['reason']}")
+    references = {name: len(model.references_for(name)[0]) for name in model.config.reference_classes}
+    return {
+        "files": f"match {MANIFEST_NAME}",
+        "anchors": status["state"],
+        "anchors_detail": status["reason"],
+        "references": {name: "fresh" for name in references},
+    }
 
 
 def run(args: argparse.Namespace) -> int:

@@ -75,7 +75,11 @@ def _oracle(model, processor, samples):
                 continue
             image = Image.open(s.image_path).convert("RGB")
             with torch.no_grad():
-                o = model(**processor(images=[image], return_tensors="pt"), class_names=[name], output_size=size)
+                o = model(
+                    **processor(images=[image], return_tensors="pt"),
+                    class_ids=model.class_ids([name]),
+                    output_size=size,
+                )
             maps.append(o.anomaly_map[0].numpy())  # sum of per-level upsampled maps, as in the reference
             raws.append(float(o.raw_anomaly_score[0]))
             own.append(float(o.image_score[0]))
@@ -161,7 +165,7 @@ def test_original_resolution_scores_maps_at_each_image_size(model, processor, sa
             continue
         image = Image.open(s.image_path).convert("RGB")
         with torch.no_grad():
-            out = model(**processor(images=[image], return_tensors="pt"), class_names=[name])
+            out = model(**processor(images=[image], return_tensors="pt"), class_ids=model.class_ids([name]))
         grid = out.anomaly_map_grid[:, None]
         maps.append(F.interpolate(grid, size=(48, 48), mode="bilinear", align_corners=True)[0, 0].numpy())
         masks.append(np.zeros((48, 48), bool) if s.mask_path is None else np.asarray(Image.open(s.mask_path)) != 0)

@@ -29,7 +29,7 @@ def test_onnx_matches_torch_with_class_index_and_dynamic_batch(tiny_model, tmp_p
     index = torch.tensor([2, 0, 1])
     result = _run_onnx(path, pixels, index)
     with torch.no_grad():
-        ref = tiny_model(pixels, class_names=[names[i] for i in index], output_size=40)
+        ref = tiny_model(pixels, class_ids=tiny_model.class_ids([names[i] for i in index]), output_size=40)
     for name in OUTPUT_NAMES:
         expected = getattr(ref, name)
         assert result[name].shape == tuple(expected.shape), name

@@ -28,7 +28,7 @@ def test_default_forward_computes_no_upsampled_map(tiny_model, pixel_values, mon
         raise AssertionError("forward upsampled a map nobody asked for")
 
     monkeypatch.setattr(modeling_aaclip, "upsample_grid", refuse)
-    out = tiny_model(pixel_values, class_names="bottle")
+    out = tiny_model(pixel_values, class_ids=tiny_model.class_ids("bottle"))
     grid = tiny_model.config.grid_size
     assert out.anomaly_map is None and out.anomaly_map_grid.shape == (3, grid, grid)
     assert len(out.anomaly_map_grid_levels) == tiny_model.config.num_levels
@@ -37,7 +37,7 @@ def test_default_forward_computes_no_upsampled_map(tiny_model, pixel_values, mon
 
 @torch.no_grad()
 def test_output_size_gives_the_sum_of_upsampled_levels(tiny_model, pixel_values):
-    out = tiny_model(pixel_values, class_names="bottle", output_size=(7, 11))
+    out = tiny_model(pixel_values, class_ids=tiny_model.class_ids("bottle"), output_size=(7, 11))
     expected = sum(upsample_grid(level, (7, 11)) for level in out.anomaly_map_grid_levels)
     torch.testing.assert_close(out.anomaly_map, expected, rtol=0, atol=1e-6)
     # Upsampling is linear: resizing the summed grid gives the same map to float rounding.
@@ -51,12 +51,14 @@ def test_output_size_gives_the_sum_of_upsampled_levels(tiny_model, pixel_values)
 
 @torch.no_grad()
 def test_post_processing_defaults_to_the_processor_input_size(tiny_model, processor, pixel_values):
-    out = tiny_model(pixel_values, class_names="bottle")
+    out = tiny_model(pixel_values, class_ids=tiny_model.class_ids("bottle"))
     results = processor.post_process_anomaly_detection(out)
-    full = tiny_model(pixel_values, class_names="bottle", output_size=processor.image_size).anomaly_map
+    full = tiny_model(
+        pixel_values, class_ids=tiny_model.class_ids("bottle"), output_size=processor.image_size
+    ).anomaly_map
     for index, result in enumerate(results):
         assert tuple(result["anomaly_map"].shape) == processor.image_size == (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
-        torch.testing.assert_close(result["anomaly_map"], full[index], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(result["anomaly_map"]), full[index], rtol=1e-5, atol=1e-5)
 
 
 def test_pipeline_asks_the_model_for_grid_maps_only(tiny_model, processor):
@@ -79,9 +81,9 @@ def test_pipeline_asks_the_model_for_grid_maps_only(tiny_model, processor):
 
 
 def test_unknown_forward_arguments_are_one_named_error(tiny_model, pixel_values):
-    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['output_sise', 'zzz'\].*'output_size'"):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'output_sise'"):
         tiny_model(pixel_values, output_sise=8, zzz=1)
-    with pytest.raises(TypeError, match=r"\['attention_mask', 'input_ids'\].*text is not a forward input"):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'input_ids'"):
         tiny_model(pixel_values, input_ids=torch.ones(1, 3, dtype=torch.long), attention_mask=torch.ones(1, 3))
     with pytest.raises(TypeError, match=r"get_text_features\(\) got unexpected keyword argument\(s\) \['colour'\]"):
         tiny_model.get_text_features(torch.ones(1, 3, dtype=torch.long), colour="red")
@@ -91,13 +93,13 @@ def test_unknown_forward_arguments_are_one_named_error(tiny_model, pixel_values)
 
 @torch.no_grad()
 def test_hidden_states_and_attentions_only_when_asked(tiny_model, pixel_values):
-    plain = tiny_model(pixel_values, class_names="bottle")
+    plain = tiny_model(pixel_values, class_ids=tiny_model.class_ids("bottle"))
     assert plain.hidden_states is None and plain.attentions is None
     assert plain.vision_model_output.hidden_states is None
     assert isinstance(plain.vision_model_output, BaseModelOutputWithPooling)
 
     tower = tiny_model.vision_model(pixel_values=pixel_values, output_hidden_states=True)
-    full = tiny_model(pixel_values, class_names="bottle", output_hidden_states=True)
+    full = tiny_model(pixel_values, class_ids=tiny_model.class_ids("bottle"), output_hidden_states=True)
     assert len(full.hidden_states) == tiny_model.config.vision_config.num_hidden_layers + 1
     for ours, theirs in zip(full.hidden_states, tower.hidden_states):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
@@ -105,12 +107,12 @@ def test_hidden_states_and_attentions_only_when_asked(tiny_model, pixel_values):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
     torch.testing.assert_close(full.anomaly_map_grid, plain.anomaly_map_grid, rtol=0, atol=0)
 
-    some = tiny_model(pixel_values, class_names="bottle", output_hidden_states=[0, -1])
+    some = tiny_model(pixel_values, class_ids=tiny_model.class_ids("bottle"), output_hidden_states=[0, -1])
     assert [state is not None for state in some.hidden_states] == [True, False, False, False, True]
     torch.testing.assert_close(some.hidden_states[-1], tower.hidden_states[-1], rtol=0, atol=0)
 
     tiny_model.set_attn_implementation("eager")
-    attended = tiny_model(pixel_values, class_names="bottle", output_attentions=True)
+    attended = tiny_model(pixel_values, class_ids=tiny_model.class_ids("bottle"), output_attentions=True)
     assert len(attended.attentions) == tiny_model.config.vision_config.num_hidden_layers
     tokens = tiny_model.config.grid_size**2 + 1
     assert attended.attentions[0].shape == (3, tiny_model.config.vision_config.num_attention_heads, tokens, tokens)
@@ -118,8 +120,8 @@ def test_hidden_states_and_attentions_only_when_asked(tiny_model, pixel_values):
 
 @torch.no_grad()
 def test_tuple_output_flattens_the_nested_tower_output(tiny_model, pixel_values):
-    out = tiny_model(pixel_values, class_names="bottle")
-    as_tuple = tiny_model(pixel_values, class_names="bottle", return_dict=False)
+    out = tiny_model(pixel_values, class_ids=tiny_model.class_ids("bottle"))
+    as_tuple = tiny_model(pixel_values, class_ids=tiny_model.class_ids("bottle"), return_dict=False)
     assert len(as_tuple) == len(out.to_tuple())
     torch.testing.assert_close(as_tuple[0], out.anomaly_map_grid, rtol=0, atol=0)
     assert isinstance(as_tuple[-1], tuple) and not isinstance(as_tuple[-1], BaseModelOutputWithPooling)
@@ -138,7 +140,7 @@ def test_get_text_features_is_the_tower_output_with_projected_pooling(tiny_model
     assert isinstance(tiny_model.get_text_features(**ids), tuple)
     # Anchor building never depends on `return_dict`.
     torch.testing.assert_close(
-        tiny_model.compute_text_anchors(["bottle"], processor), tiny_model.anchors_for(["bottle"])
+        tiny_model.compute_text_anchors(["bottle"], processor), tiny_model.text_anchors_for(["bottle"])
     )
 
 

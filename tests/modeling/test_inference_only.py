@@ -14,8 +14,8 @@ def test_same_outputs_as_full_model_for_stored_classes(tiny_model, pixel_values)
     with torch.no_grad():
         for names in (["bottle"] * 3, ["pcb1", "object", "bottle"]):
             size = pixel_values.shape[-2:]
-            full = tiny_model(pixel_values, class_names=names, output_size=size)
-            lean = small(pixel_values, class_names=names, output_size=size)
+            full = tiny_model(pixel_values, class_ids=tiny_model.class_ids(names), output_size=size)
+            lean = small(pixel_values, class_ids=small.class_ids(names), output_size=size)
             for field in ("anomaly_map", "anomaly_map_grid", "image_score", "raw_anomaly_score", "image_embeds"):
                 torch.testing.assert_close(getattr(lean, field), getattr(full, field), rtol=0, atol=0)
 
@@ -37,8 +37,8 @@ def test_save_load_round_trip_and_runs_through_processor(tiny_model, processor, 
     inputs = proc(images=[image], return_tensors="pt")
     with torch.no_grad():
         size = inputs["pixel_values"].shape[-2:]
-        got = loaded(inputs["pixel_values"], class_names="bottle", output_size=size)
-        want = tiny_model(inputs["pixel_values"], class_names="bottle", output_size=size)
+        got = loaded(inputs["pixel_values"], class_ids=loaded.class_ids("bottle"), output_size=size)
+        want = tiny_model(inputs["pixel_values"], class_ids=tiny_model.class_ids("bottle"), output_size=size)
     torch.testing.assert_close(got.anomaly_map, want.anomaly_map, rtol=0, atol=0)
     result = proc.post_process_anomaly_detection(got, target_sizes=[(50, 60)])[0]
     assert result["anomaly_map"].shape == (50, 60) and 0.0 <= result["score"] <= 1.0
@@ -47,7 +47,7 @@ def test_save_load_round_trip_and_runs_through_processor(tiny_model, processor, 
 def test_clear_errors_for_unknown_class_and_text_features(tiny_model, processor, pixel_values):
     small = tiny_model.to_inference_only()
     with pytest.raises(KeyError, match="no stored text anchors for class"):
-        small(pixel_values, class_names="carpet")
+        small(pixel_values, class_ids=small.class_ids("carpet"))
     with pytest.raises(ValueError, match="inference-only"):
         small.get_text_features(torch.ones(1, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="inference-only"):

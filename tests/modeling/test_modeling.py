@@ -124,7 +124,7 @@ def _bilinear_align_corners(grid: np.ndarray, size: int) -> np.ndarray:
 def test_anomaly_map_and_scores_follow_the_spec_step_by_step(tiny_model, pixel_values):
     model, config = tiny_model, tiny_model.config
     classes = ["bottle", "pcb1", "bottle"]
-    out = model(pixel_values, class_names=classes, domain="industrial", output_size=TINY_IMAGE_SIZE)
+    out = model(pixel_values, class_ids=model.class_ids(classes), domain="industrial", output_size=TINY_IMAGE_SIZE)
 
     states = model.vision_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
     ln = model.vision_model.post_layernorm
@@ -187,9 +187,11 @@ def test_feature_levels_differ(tiny_model, pixel_values):
 @torch.no_grad()
 def test_mixed_class_batch_equals_per_image_runs(tiny_model, pixel_values):
     classes = ["bottle", "object", "pcb1"]
-    batch = tiny_model(pixel_values, class_names=classes, output_size=TINY_IMAGE_SIZE)
+    batch = tiny_model(pixel_values, class_ids=tiny_model.class_ids(classes), output_size=TINY_IMAGE_SIZE)
     for index, name in enumerate(classes):
-        single = tiny_model(pixel_values[index : index + 1], class_names=name, output_size=TINY_IMAGE_SIZE)
+        single = tiny_model(
+            pixel_values[index : index + 1], class_ids=tiny_model.class_ids(name), output_size=TINY_IMAGE_SIZE
+        )
         torch.testing.assert_close(batch.anomaly_map[index], single.anomaly_map[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(batch.image_score[index], single.image_score[0], atol=1e-6, rtol=1e-6)
 
@@ -203,15 +205,15 @@ def test_image_score_does_not_depend_on_the_rest_of_the_batch(tiny_model, pixel_
 
 @torch.no_grad()
 def test_explicit_anchors_equal_stored_ones(tiny_model, pixel_values):
-    stored = tiny_model(pixel_values, class_names="bottle", output_size=TINY_IMAGE_SIZE)
-    anchors = tiny_model.anchors_for(["bottle"])
+    stored = tiny_model(pixel_values, class_ids=tiny_model.class_ids("bottle"), output_size=TINY_IMAGE_SIZE)
+    anchors = tiny_model.text_anchors_for(["bottle"])
     explicit = tiny_model(pixel_values, text_anchors=anchors, output_size=TINY_IMAGE_SIZE)
     torch.testing.assert_close(stored.anomaly_map, explicit.anomaly_map)
 
 
 @torch.no_grad()
 def test_training_maps_are_softmax_of_upsampled_logits(tiny_model, pixel_values):
-    anchors = tiny_model.anchors_for(["bottle"] * 3)
+    anchors = tiny_model.text_anchors_for(["bottle"] * 3)
     patch_embeds, _ = tiny_model.get_vision_features(pixel_values)
     maps = tiny_model.training_maps(patch_embeds, anchors, size=16)
     assert len(maps) == 4 and maps[0].shape == (3, 2, 16, 16)
@@ -224,9 +226,9 @@ def test_training_maps_are_softmax_of_upsampled_logits(tiny_model, pixel_values)
 
 @torch.no_grad()
 def test_sdpa_equals_eager(tiny_model, pixel_values):
-    sdpa = tiny_model(pixel_values, class_names="bottle", output_size=TINY_IMAGE_SIZE)
+    sdpa = tiny_model(pixel_values, class_ids=tiny_model.class_ids("bottle"), output_size=TINY_IMAGE_SIZE)
     tiny_model.set_attn_implementation("eager")
-    eager = tiny_model(pixel_values, class_names="bottle", output_size=TINY_IMAGE_SIZE)
+    eager = tiny_model(pixel_values, class_ids=tiny_model.class_ids("bottle"), output_size=TINY_IMAGE_SIZE)
     torch.testing.assert_close(sdpa.anomaly_map, eager.anomaly_map, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sdpa.image_score, eager.image_score, atol=1e-5, rtol=1e-5)
 
@@ -259,7 +261,7 @@ def test_anchors_are_normalised_means_of_normalised_sentence_embeddings(tiny_mod
         feats.append(F.normalize(tiny_model.get_text_features(**ids).pooler_output, dim=-1)[0])
     feats = torch.stack(feats)
     expected = torch.stack([F.normalize(feats[:6].mean(0), dim=0), F.normalize(feats[6:].mean(0), dim=0)], dim=-1)
-    torch.testing.assert_close(tiny_model.anchors_for(["bottle"])[0], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tiny_model.text_anchors_for(["bottle"])[0], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_text_head_switch(processor):
@@ -280,18 +282,18 @@ def test_stored_anchors_update_and_clear_errors(tiny_model, processor, pixel_val
     assert tiny_model.stored_class_names == ["object", "bottle", "pcb1"]
     new = torch.nn.functional.normalize(torch.randn(1, 24, 2), dim=1)
     tiny_model.store_text_anchors(["bottle"], new)
-    torch.testing.assert_close(tiny_model.anchors_for(["bottle"]), new)
+    torch.testing.assert_close(tiny_model.text_anchors_for(["bottle"]), new)
     assert tiny_model.stored_class_names == ["object", "bottle", "pcb1"]
     with pytest.raises(KeyError, match="no stored text anchors for class.*'screw'"):
-        tiny_model(pixel_values, class_names="screw")
-    with pytest.raises(ValueError, match="got 2 class names for a batch of 3"):
-        tiny_model(pixel_values, class_names=["bottle", "pcb1"])
+        tiny_model(pixel_values, class_ids=tiny_model.class_ids("screw"))
+    with pytest.raises(ValueError, match="class_ids must hold 1 or 3 rows"):
+        tiny_model(pixel_values, class_ids=tiny_model.class_ids(["bottle", "pcb1"]))
     with pytest.raises(ValueError, match=r"pixel_values must be \(batch, 3, height, width\)"):
         tiny_model(pixel_values[0])
-    with pytest.raises(ValueError, match="either class_names or text_anchors"):
-        tiny_model(pixel_values, class_names="bottle", text_anchors=new)
+    with pytest.raises(ValueError, match="either class_ids or text_anchors"):
+        tiny_model(pixel_values, class_ids=tiny_model.class_ids("bottle"), text_anchors=new)
     fresh = make_tiny_model()
-    with pytest.raises(ValueError, match="'object' anchor was never computed"):
+    with pytest.raises(ValueError, match="never computed"):
         fresh(pixel_values)
 
 
@@ -299,12 +301,14 @@ def test_unknown_class_without_tokenizer_is_a_clear_error(tiny_model, pixel_valu
     inference_only = tiny_model.to_inference_only()
     assert not hasattr(inference_only, "text_model")
     with pytest.raises(KeyError, match="'screw'"):
-        inference_only(pixel_values, class_names="screw")
+        inference_only(pixel_values, class_ids=inference_only.class_ids("screw"))
     with pytest.raises(ValueError, match="inference-only AA-CLIP"):
         inference_only.get_text_features(torch.ones(1, 3, dtype=torch.long))
     torch.testing.assert_close(
-        inference_only(pixel_values, class_names="pcb1", output_size=TINY_IMAGE_SIZE).anomaly_map,
-        tiny_model(pixel_values, class_names="pcb1", output_size=TINY_IMAGE_SIZE).anomaly_map,
+        inference_only(
+            pixel_values, class_ids=inference_only.class_ids("pcb1"), output_size=TINY_IMAGE_SIZE
+        ).anomaly_map,
+        tiny_model(pixel_values, class_ids=tiny_model.class_ids("pcb1"), output_size=TINY_IMAGE_SIZE).anomaly_map,
     )
 
 
@@ -399,7 +403,7 @@ def test_from_clip_pretrained_loads_every_clip_weight(tmp_path, processor):
         ({"text_head": "mlp"}, "text_head must be one of"),
         ({"blur_kernel_size": {"industrial": 4, "medical": 9}}, "positive odd integer"),
         ({"image_score_mode": {"industrial": "max", "medical": "map"}}, "image_score_mode"),
-        ({"default_domain": "xray"}, "default_domain 'xray'"),
+        ({"default_domain": "xray"}, "default_domain must be one of .* got 'xray'"),
         ({"anchor_class_names": ["bottle"]}, "must be unique and start with 'object'"),
         ({"decision_threshold": 2.0}, "decision_threshold must be in"),
     ],

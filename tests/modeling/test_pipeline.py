@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from aaclip_hf.modeling.pipeline_aaclip import DEFAULT_THRESHOLD, TASK, AAClipAnomalyDetectionPipeline
+from aaclip_hf.modeling.pipeline_aaclip import TASK, AAClipAnomalyDetectionPipeline
+from aaclip_hf.modeling.processing_aaclip import DEFAULT_THRESHOLD
 
 from ..conftest import make_tiny_model
 
@@ -29,7 +30,7 @@ def test_matches_the_model_and_resizes_the_map_to_the_input(pipe, tiny_model, pr
     image = _image(30, 50)
     result = pipe(image, class_name="bottle")
     with torch.no_grad():
-        out = tiny_model(**processor(images=[image], return_tensors="pt"), class_names=["bottle"])
+        out = tiny_model(**processor(images=[image], return_tensors="pt"), class_ids=tiny_model.class_ids(["bottle"]))
     # Independent oracle: the summed grid, bilinearly resized (align_corners=True) to (height, width).
     expected = F.interpolate(out.anomaly_map_grid[:, None], size=(30, 50), mode="bilinear", align_corners=True)[0, 0]
     assert result["anomaly_map"].shape == (30, 50)
@@ -149,23 +150,25 @@ def test_bad_inputs_say_what_is_wrong(pipe, tmp_path):
 
 
 def test_registered_task_loads_a_saved_folder_in_process(tiny_model, processor, tmp_path):
+    """The README's line: with the package imported, `pipeline(TASK, model=folder)` needs no trust_remote_code and runs
+    the installed classes, for a pipeline-written folder (it declares `custom_pipelines` for the Hub copy) and for a
+    plain `save_pretrained` folder alike."""
     from transformers import pipeline
 
-    tiny_model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
     direct = AAClipAnomalyDetectionPipeline(model=tiny_model, processor=processor, device="cpu")
+    direct.save_pretrained(tmp_path / "hub")
+    tiny_model.save_pretrained(tmp_path / "plain")
+    processor.save_pretrained(tmp_path / "plain")
+    assert TASK in json.loads((tmp_path / "hub" / "config.json").read_text())["custom_pipelines"]
+    assert (tmp_path / "hub" / "pipeline_aaclip.py").is_file() and (
+        tmp_path / "hub" / "processor_config.json"
+    ).is_file()
     image = _image()
     expected = direct(image, class_name="bottle")["score"]
-    # save_pretrained declares `custom_pipelines` (Hub-ready); in process, the installed class is passed ...
-    detector = pipeline(TASK, model=str(tmp_path), pipeline_class=AAClipAnomalyDetectionPipeline, device="cpu")
-    assert detector(image, class_name="bottle")["score"] == pytest.approx(expected, abs=1e-6)
-    # ... and a folder without the declaration (an older save) resolves through the task `import aaclip_hf` registers.
-    config = json.loads((tmp_path / "config.json").read_text())
-    del config["custom_pipelines"]
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    detector = pipeline(TASK, model=str(tmp_path), device="cpu")
-    assert isinstance(detector, AAClipAnomalyDetectionPipeline)
-    assert detector(image, class_name="bottle")["score"] == pytest.approx(expected, abs=1e-6)
+    for folder in ("hub", "plain"):
+        detector = pipeline(TASK, model=str(tmp_path / folder), device="cpu")
+        assert type(detector) is AAClipAnomalyDetectionPipeline and type(detector.model) is type(tiny_model)
+        assert detector(image, class_name="bottle")["score"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_generator_inputs_with_per_item_classes(pipe):

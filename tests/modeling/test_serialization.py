@@ -27,8 +27,10 @@ def test_round_trip_is_bit_exact(tmp_path, tiny_model, pixel_values):
         assert torch.equal(ours[key], theirs[key]), key
     assert loaded.stored_class_names == ["object", "bottle", "pcb1"]
     with torch.no_grad():
-        a = tiny_model(pixel_values, class_names=["bottle", "pcb1", "object"], output_size=TINY_IMAGE_SIZE)
-        b = loaded(pixel_values, class_names=["bottle", "pcb1", "object"], output_size=TINY_IMAGE_SIZE)
+        a = tiny_model(
+            pixel_values, class_ids=tiny_model.class_ids(["bottle", "pcb1", "object"]), output_size=TINY_IMAGE_SIZE
+        )
+        b = loaded(pixel_values, class_ids=loaded.class_ids(["bottle", "pcb1", "object"]), output_size=TINY_IMAGE_SIZE)
     assert torch.equal(a.anomaly_map, b.anomaly_map) and torch.equal(a.image_score, b.image_score)
 
 
@@ -77,7 +79,7 @@ REMOTE_SCRIPT = textwrap.dedent(
     assert type(processor).__name__ == "AAClipProcessor"
     with torch.no_grad():
         pixel_values = torch.load(pixels)
-        result = model(pixel_values, class_names=["bottle", "pcb1", "object"], output_size=pixel_values.shape[-2:])
+        result = model(pixel_values, class_ids=model.class_ids(["bottle", "pcb1", "object"]), output_size=pixel_values.shape[-2:])
     torch.save({"map": result.anomaly_map, "score": result.image_score,
                 "prompts": processor.build_prompts("bottle")}, out)
     """
@@ -101,7 +103,9 @@ def test_remote_code_loads_in_a_process_without_the_package(tmp_path, tiny_model
     )
     remote = torch.load(tmp_path / "out.pt")
     with torch.no_grad():
-        local = tiny_model(pixel_values, class_names=["bottle", "pcb1", "object"], output_size=TINY_IMAGE_SIZE)
+        local = tiny_model(
+            pixel_values, class_ids=tiny_model.class_ids(["bottle", "pcb1", "object"]), output_size=TINY_IMAGE_SIZE
+        )
     assert torch.equal(remote["map"], local.anomaly_map)
     assert torch.equal(remote["score"], local.image_score)
     assert remote["prompts"] == processor.build_prompts("bottle")

@@ -27,7 +27,7 @@ def _pixels(model, batch=3, seed=0):
 
 def _outputs(model, pixels):
     with torch.no_grad():
-        out = model(pixels, class_names=["bottle", "object", "bottle"][: len(pixels)], output_size=40)
+        out = model(pixels, class_ids=model.class_ids(["bottle", "object", "bottle"][: len(pixels)]), output_size=40)
     return out
 
 

@@ -46,9 +46,9 @@ def test_bf16_on_cpu_is_close_to_fp32():
     model = _model()
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ref = model(pixels, class_names=["object", "bottle"])
+        ref = model(pixels, class_ids=model.class_ids(["object", "bottle"]))
         half = cast_for_inference(copy.deepcopy(model), resolve_dtype("bf16", "cpu"))
-        out = half(pixels.to(torch.bfloat16), class_names=["object", "bottle"])
+        out = half(pixels.to(torch.bfloat16), class_ids=half.class_ids(["object", "bottle"]))
     # It really ran in bf16 (a no-op cast would pass the closeness checks trivially).
     assert out.anomaly_map_grid.dtype == torch.bfloat16 and half.text_anchors.dtype == torch.bfloat16
     assert (out.anomaly_map_grid.float() - ref.anomaly_map_grid).abs().max() > 0

@@ -62,7 +62,7 @@ def test_quantised_model_maps_track_fp32(tiny_model):
     model = quantize_dynamic_int8(tiny_model)
     pixels = _inputs(model, batch=4)
     with torch.no_grad():
-        a, b = fp32(pixels, class_names="bottle"), model(pixels, class_names="bottle")
+        a, b = fp32(pixels, class_ids=fp32.class_ids("bottle")), model(pixels, class_ids=model.class_ids("bottle"))
     maps_a, maps_b = a.anomaly_map_grid.flatten(), b.anomaly_map_grid.flatten()
     correlation = torch.corrcoef(torch.stack([maps_a, maps_b]))[0, 1]
     assert correlation >= 0.99
