@@ -28,6 +28,7 @@ from transformers import CLIPConfig
 
 # One formula for the position-table resize, shared with the Hub-portable model code
 # (`AAClipModel.from_clip_pretrained` resizes with the same function).
+from ..errors import ConversionError
 from ..modeling.modeling_aaclip import resize_position_embedding
 
 
@@ -82,10 +83,6 @@ _TRANSPOSES: dict[str, str] = {
     "text_projection": "text_projection.weight",
 }
 _BLOCK_RE = re.compile(r"^(visual\.transformer|transformer)\.resblocks\.(\d+)\.(.+)$")
-
-
-class ConversionError(ValueError):
-    """A source checkpoint does not have the layout the converter expects."""
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
+from ..errors import InvalidInputError
 from ..modeling.configuration_aaclip import AAClipConfig
 from ..modeling.modeling_aaclip import AAClipModel
 from ..modeling.processing_aaclip import AAClipProcessor
@@ -115,7 +116,7 @@ def load_clip_source(
     QuickGELU for OpenAI archives and state dicts (say ``"gelu"`` for OpenCLIP models trained without it).
     """
     if hidden_act is not None and hidden_act not in HIDDEN_ACTS:
-        raise ValueError(f"hidden_act must be one of {HIDDEN_ACTS}, got {hidden_act!r}")
+        raise InvalidInputError(f"hidden_act must be one of {HIDDEN_ACTS}, got {hidden_act!r}")
     path = Path(src)
     if is_hf_source(src):
         config = CLIPConfig.from_pretrained(str(src))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
+from ..errors import InvalidInputError, MissingFileError
+
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -44,7 +46,7 @@ def bytes_to_unicode() -> dict[int, str]:
 def read_merges(bpe_path: str | Path) -> list[tuple[str, str]]:
     path = Path(bpe_path)
     if not path.is_file():
-        raise FileNotFoundError(f"BPE merges file not found: {path}")
+        raise MissingFileError(f"BPE merges file not found: {path}")
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as handle:
         lines = handle.read().split("\n")
@@ -52,7 +54,7 @@ def read_merges(bpe_path: str | Path) -> list[tuple[str, str]]:
     merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
     bad = [i for i, m in enumerate(merges) if len(m) != 2]
     if len(merges) != NUM_MERGES or bad:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path}: expected {NUM_MERGES} merge lines of two symbols after the header, "
             f"got {len(merges)} lines ({len(bad)} malformed); is this OpenAI's bpe_simple_vocab_16e6 file?"
         )
@@ -80,10 +82,10 @@ def find_open_clip_bpe() -> Path:
 
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("open_clip_torch is not installed; pass the path of bpe_simple_vocab_16e6.txt.gz")
+        raise MissingFileError("open_clip_torch is not installed; pass the path of bpe_simple_vocab_16e6.txt.gz")
     path = Path(next(iter(spec.submodule_search_locations))) / "bpe_simple_vocab_16e6.txt.gz"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the open_clip_torch install")
+        raise MissingFileError(f"{path} is missing from the open_clip_torch install")
     return path
 
 

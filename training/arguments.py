@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 # Not used here: `aaclip`'s error boundary (aaclip_hf/cli/errors.py) looks the non-finite loss error up in this
 # module to report it as one line. It is the one class of aaclip_hf.errors.
-from ..errors import NonFiniteLossError  # noqa: F401
+from ..errors import InvalidInputError
 from .augment import AUGMENT_MODES, AugmentConfig
 from .dpam import DPAM_MODES, Stage1FeatureCache
 from .trackers import REPORT_TO, trackers
@@ -109,15 +109,15 @@ class AAClipTrainingArguments:
 
     def validate(self) -> None:
         if self.stage not in ("text", "vision", "both"):
-            raise ValueError(f"--stage must be text, vision or both, got {self.stage!r}")
+            raise InvalidInputError(f"--stage must be text, vision or both, got {self.stage!r}")
         if self.stage1_loss not in ("reference", "paper"):
-            raise ValueError(f"--stage1-loss must be reference or paper, got {self.stage1_loss!r}")
+            raise InvalidInputError(f"--stage1-loss must be reference or paper, got {self.stage1_loss!r}")
         if self.dpam_mode not in DPAM_MODES:
-            raise ValueError(f"--dpam-mode must be one of {DPAM_MODES}, got {self.dpam_mode!r}")
+            raise InvalidInputError(f"--dpam-mode must be one of {DPAM_MODES}, got {self.dpam_mode!r}")
         if self.augment_mode not in AUGMENT_MODES:
-            raise ValueError(f"--augment-mode must be one of {AUGMENT_MODES}, got {self.augment_mode!r}")
+            raise InvalidInputError(f"--augment-mode must be one of {AUGMENT_MODES}, got {self.augment_mode!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+            raise InvalidInputError(f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         positive = ("text_batch_size", "vision_batch_size", "text_lr", "vision_lr", "log_every")
         non_negative = (
             "text_epochs",
@@ -129,12 +129,12 @@ class AAClipTrainingArguments:
         )
         for name in positive:
             if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+                raise InvalidInputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         for name in non_negative:
             if not getattr(self, name) >= 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+                raise InvalidInputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"--max-steps must be >= 1, got {self.max_steps}")
+            raise InvalidInputError(f"--max-steps must be >= 1, got {self.max_steps}")
         trackers(self.report_to)  # a missing tracker package stops the run here, before any loading
         if self.cache_stage1_features:
             Stage1FeatureCache.check_valid(self.dpam_mode, self.augment)

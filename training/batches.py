@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from datasets import Dataset
 
+from ..data.dataset import CarryErrors, collate_or_error
 from ..data.hf_datasets import dataset_samples
 from ..data.image_io import BadInputError
 from ..data.readers import load_samples
 from ..data.samples import summarize_samples, verify_samples
 from ..data.sampling import sample_shots
+from ..errors import InvalidInputError
 from .arguments import AAClipTrainingArguments
 from .augment import sample_seed
 
@@ -93,7 +95,7 @@ def check_global_batches(args: AAClipTrainingArguments, world: int) -> None:
     """The batch sizes are global: each must split evenly over the processes."""
     for name in ("text_batch_size", "vision_batch_size"):
         if getattr(args, name) % world:
-            raise ValueError(
+            raise InvalidInputError(
                 f"--{name.replace('_', '-')} {getattr(args, name)} (a global batch) is not divisible "
                 f"by the {world} processes"
             )
@@ -160,9 +162,9 @@ def collate(items: list[dict]) -> dict:
 def epoch_loader(dataset, batches: list[list[int]], num_workers: int) -> torch.utils.data.DataLoader:
     """A loader over exactly ``batches`` (the rest of an epoch when resuming mid-way), in that order."""
     return torch.utils.data.DataLoader(
-        dataset,
+        CarryErrors(dataset),
         batch_sampler=batches,
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=collate_or_error(collate),
         persistent_workers=False,
     )

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import accelerate.accelerator as acc_module
 import torch
 
+from ..errors import InvalidInputError, OutputConflictError
 from ..runtime.serialization import safe_torch_load
 from .arguments import RESUME_NEUTRAL_FIELDS, AAClipTrainingArguments
 
@@ -78,7 +79,7 @@ class TrainableWeights:
     def load_state_dict(self, state: dict) -> None:
         named = dict(_named_adapter_params(self.model))
         if set(named) != set(state["params"]):
-            raise ValueError(
+            raise InvalidInputError(
                 f"checkpoint parameters {sorted(set(state['params']) ^ set(named))[:5]} do not match the model"
             )
         with torch.no_grad():
@@ -229,7 +230,7 @@ def check_resume_arguments(path: str, args: AAClipTrainingArguments) -> None:
     if changed is None:
         logger.warning("%s records no run arguments (an older version): changed arguments cannot be checked", path)
     elif changed and not args.resume_changed_args:
-        raise ValueError(
+        raise InvalidInputError(
             f"--resume: {len(changed)} argument(s) that change the result differ from the run that wrote {path}: "
             f"{'; '.join(changed)}. Resume with the same values, start again with --overwrite-output-dir, or "
             "pass --resume-changed-args to continue anyway"
@@ -341,7 +342,7 @@ class CheckpointManager:
         args = self.args
         if args.resume is None:
             if self.complete() and not args.overwrite_output_dir:
-                raise FileExistsError(
+                raise OutputConflictError(
                     f"{self.root} holds checkpoints; pass --resume to continue or --overwrite-output-dir to start "
                     "again"
                 )
@@ -356,9 +357,11 @@ class CheckpointManager:
         load_state_weights_only(self.accelerator, path)  # first: a tampered checkpoint is refused before anything
         check_resume_arguments(path, args)
         if list(state.stages) != stages:
-            raise ValueError(f"checkpoint {path} is from a run with stages {state.stages}, this run has {stages}")
+            raise InvalidInputError(
+                f"checkpoint {path} is from a run with stages {state.stages}, this run has {stages}"
+            )
         if state.data_fingerprint != fingerprint:
-            raise ValueError(
+            raise InvalidInputError(
                 f"checkpoint {path} was trained on other data (fingerprint {state.data_fingerprint} "
                 f"vs {fingerprint}); same --train-data/--shots/--seed are needed to resume"
             )

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 import torch
 
+from ..errors import InvalidInputError
 from ..modeling.modeling_aaclip import AAClipModel
-from ..runtime.loading import is_aaclip_folder, load_model_and_processor, processor_for
+from ..runtime.loading import load_model_and_processor, model_type_of, processor_for
 from .arguments import AAClipTrainingArguments
 
 
@@ -23,9 +24,9 @@ logger = logging.getLogger("aaclip_hf.training")
 def model_for_run(args: AAClipTrainingArguments):
     """What a run starts from: an AA-CLIP folder as it is (through the one loader, fp32 on the CPU; the trainer
     places it), or a fresh AA-CLIP on a plain CLIP (adapters xavier, seeded)."""
-    if os.path.isdir(args.model) and is_aaclip_folder(args.model):
+    if os.path.isdir(args.model) and model_type_of(args.model) != "clip":  # an AA-CLIP folder, or named why not
         if args.image_size is not None or args.hidden_act is not None:
-            raise ValueError("--image-size / --hidden-act only apply when building from a plain CLIP model")
+            raise InvalidInputError("--image-size / --hidden-act only apply when building from a plain CLIP model")
         return load_model_and_processor(args.model, device="cpu")
     overrides = {}
     if args.image_size is not None:
@@ -96,7 +97,7 @@ def stage_parameters(model, stage: str, use_masks: bool = True) -> list[torch.nn
             modules += list(model.seg_projections)
         modules.append(model.det_projection)
     else:
-        raise ValueError(f"unknown stage {stage!r}")
+        raise InvalidInputError(f"unknown stage {stage!r}")
     return [p for m in modules for p in m.parameters()]
 
 

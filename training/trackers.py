@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from accelerate.utils import ProjectConfiguration, is_tensorboard_available, is_wandb_available
 
+from ..errors import InvalidInputError
+
 
 __all__ = ["PROJECT_NAME", "REPORT_TO", "accelerator_kwargs", "grad_norm", "run_config", "step_values", "trackers"]
 
@@ -35,12 +37,12 @@ def trackers(report_to: str) -> list[str]:
     silently).
     """
     if report_to not in REPORT_TO:
-        raise ValueError(f"--report-to must be one of {', '.join(REPORT_TO)}, got {report_to!r}")
+        raise InvalidInputError(f"--report-to must be one of {', '.join(REPORT_TO)}, got {report_to!r}")
     names = ["tensorboard", "wandb"] if report_to == "all" else [] if report_to == "none" else [report_to]
     for name in names:
         available, extra = _AVAILABLE[name]
         if not available():
-            raise ValueError(
+            raise InvalidInputError(
                 f"--report-to {report_to}: the {name} package is not installed; pip install aaclip-hf[{extra}]"
             )
     return names

@@ -45,7 +45,7 @@ from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from ..data.dataset import AnomalyDataset
+from ..data.dataset import AnomalyDataset, raise_carried
 from ..errors import NonFiniteLossError, NonFiniteWeightsError
 from ..runtime.outputs import output_lock
 from .arguments import AAClipTrainingArguments
@@ -195,7 +195,7 @@ class AAClipTrainer:
             len(dataset), plan.global_batch, args.seed, stage_index, state.epoch, self.rank, self.world
         )
         started, stop = time.time(), False
-        for batch in epoch_loader(dataset, batches[state.step_in_epoch :], args.num_workers):
+        for batch in raise_carried(epoch_loader(dataset, batches[state.step_in_epoch :], args.num_workers)):
             logged = self.train_step(stage, batch, state.epoch)
             state.step_in_epoch += 1
             state.stage_step += 1

@@ -81,7 +81,9 @@ def _anchor_timings(preset: dict, model, config, flops_per_image: float) -> dict
         fresh = model.compute_text_anchors(["bottle"], processor)
         return model(pixels, text_anchors=fresh)
 
-    cached_seconds, cached = timed(lambda: model(pixels, class_ids=model.class_ids("bottle")), preset["warmup"], preset["iterations"])
+    cached_seconds, cached = timed(
+        lambda: model(pixels, class_ids=model.class_ids("bottle")), preset["warmup"], preset["iterations"]
+    )
     recompute_seconds, recomputed = timed(recompute, preset["warmup"], preset["iterations"])
     tokens = processor.tokenize_prompts(["bottle"])["input_ids"].shape[1]
     return {
@@ -166,7 +168,9 @@ def _run_loaded(model, folder: Path) -> dict:
         out["ran_through"] = "pipeline"
     except ImportError:
         with torch.inference_mode():
-            outputs = model(processor(images=[image], return_tensors="pt")["pixel_values"], class_ids=model.class_ids("bottle"))
+            outputs = model(
+                processor(images=[image], return_tensors="pt")["pixel_values"], class_ids=model.class_ids("bottle")
+            )
         result = processor.post_process_anomaly_detection(outputs, target_sizes=[(300, 400)])[0]
         out["ran_through"] = "model + processor"
     out["run_seconds"] = time.perf_counter() - start

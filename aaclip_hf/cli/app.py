@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..inference.detect import make_pipeline
-from ..runtime.backends import add_backend_arguments, apply_backend
-from ..runtime.loading import check_model_source, load_model_and_processor
-from .errors import MissingExtraError
+from .parsing import add_command
 
 
 # The app's default address: this machine only; `--host 0.0.0.0` serves the network, `--share` a public link.
@@ -16,10 +13,17 @@ DEFAULT_HOST = "127.0.0.1"
 INSTALL_HINT = "the app needs gradio: pip install 'aaclip-hf[app]'"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def register(subparsers) -> None:
+    help_text = "Serve the Gradio app (upload images, pick the class, see the decision); also a Space's app.py."
+    add_command(subparsers, "app", help_text, run_app, add_app_arguments)
+
+
+def add_app_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..runtime.backends import add_backend_arguments
+
     parser.add_argument("model", help="AA-CLIP model folder or Hub id (loaded with its own pipeline code)")
-    parser.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860, as on Spaces)")
-    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on (as on Spaces)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs network)")
     parser.add_argument("--device", default=None, help="torch device for the model (default: the pipeline's)")
     add_backend_arguments(parser)
@@ -27,12 +31,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _installed_pipeline(model: str, device=None):
     """The app's pipeline from the installed package: the folder's remote code is never imported or run."""
+    from ..inference.detect import make_pipeline
+    from ..runtime.loading import load_model_and_processor
+
     return make_pipeline(*load_model_and_processor(model, device))
 
 
-def run(args: argparse.Namespace) -> int:
+def run_app(args: argparse.Namespace) -> int:
+    from ..errors import InvalidInputError, MissingExtraError
+    from ..runtime.backends import apply_backend
+    from ..runtime.loading import check_model_source
+
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+        raise InvalidInputError(f"--port must be in 1..65535, got {args.port}")
     check_model_source(args.model, "model")  # a missing folder is named here, not by a traceback about the network
     # Offline-friendly by default: no usage reports to gradio's servers unless the environment asks for them.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -11,11 +11,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..benchmark.presets import PRESETS, SECTION_GROUPS, SECTIONS
-from ..benchmark.runner import render, run_benchmarks, run_gpu, select_sections
+from .parsing import add_command
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def register(subparsers) -> None:
+    help_text = "Run the performance benchmarks and write a markdown + JSON report."
+    add_command(subparsers, "bench", help_text, run_bench, add_bench_arguments)
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..benchmark.presets import PRESETS, SECTION_GROUPS, SECTIONS
+
     parser.add_argument(
         "--quick", action="store_true", help="ViT-B/16-sized model at 224 px, fewer iterations (minutes)"
     )
@@ -40,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--render", action="store_true", help="only rewrite report.md (and goals) from report.json")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_bench(args: argparse.Namespace) -> int:
+    from ..benchmark.runner import render, run_benchmarks, run_gpu, select_sections
+
     output = Path(args.output)
     if args.render:
         print(render(output))

@@ -5,22 +5,39 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transformers import CLIPModel, CLIPProcessor
+from .parsing import add_command
 
-from ..conversion.convert_clip import DEFAULT_VERIFY_ATOL, HIDDEN_ACTS, convert_clip
-from ..conversion.original import (
-    REFERENCE_ADAPTER_WEIGHT,
-    REFERENCE_HIDDEN_ACT,
-    REFERENCE_IMAGE_SIZE,
-    convert_original,
-)
-from ..conversion.tokenizer import build_clip_tokenizer, convert_tokenizer, find_open_clip_bpe
-from ..hub.publish import push_folder_to_hub
-from ..runtime.loading import check_model_source
+
+def register(subparsers) -> None:
+    add_command(
+        subparsers,
+        "convert-tokenizer",
+        "Write HF CLIP tokenizer files from OpenAI's BPE merges file.",
+        run_tokenizer,
+        add_tokenizer_arguments,
+    )
+    add_command(
+        subparsers,
+        "convert-clip",
+        "Convert an OpenAI/OpenCLIP/HF CLIP checkpoint into an AA-CLIP (or CLIP) folder.",
+        run_clip,
+        add_clip_arguments,
+    )
+    add_command(
+        subparsers,
+        "convert-original",
+        "Convert the reference AA-CLIP checkpoints (backbone + adapters) into an AA-CLIP folder.",
+        run_original,
+        add_original_arguments,
+    )
 
 
 def publish(args: argparse.Namespace, folder: str | Path, plain_clip: bool = False) -> None:
     """`--push-to-hub REPO`: AA-CLIP folders go through the package's allowlisted upload (card, pipeline code)."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    from ..hub.publish import push_folder_to_hub
+
     if not args.push_to_hub:
         return
     if plain_clip:
@@ -36,6 +53,8 @@ def add_common_arguments(
     parser: argparse.ArgumentParser, image_size_default: int | None, act_default: str | None
 ) -> None:
     """Flags shared by convert-clip and convert-original."""
+    from ..conversion.convert_clip import DEFAULT_VERIFY_ATOL, HIDDEN_ACTS
+
     parser.add_argument(
         "--image-size",
         type=int,
@@ -71,6 +90,8 @@ def add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_tokenizer(args: argparse.Namespace) -> int:
+    from ..conversion.tokenizer import build_clip_tokenizer, convert_tokenizer, find_open_clip_bpe
+
     source = Path(args.bpe_file) if args.bpe_file else find_open_clip_bpe()
     out = convert_tokenizer(source, args.output_dir)
     print(f"Wrote CLIP tokenizer ({len(build_clip_tokenizer(source))} tokens) from {source} to {out}")
@@ -96,6 +117,11 @@ def add_clip_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_clip(args: argparse.Namespace) -> int:
+    from transformers import CLIPModel
+
+    from ..conversion.convert_clip import convert_clip
+    from ..runtime.loading import check_model_source
+
     check_model_source(args.src, "src", kind="file or folder")
     model = convert_clip(
         args.src,
@@ -115,6 +141,12 @@ def run_clip(args: argparse.Namespace) -> int:
 
 
 def add_original_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..conversion.original import (
+        REFERENCE_ADAPTER_WEIGHT,
+        REFERENCE_HIDDEN_ACT,
+        REFERENCE_IMAGE_SIZE,
+    )
+
     parser.add_argument(
         "--clip",
         required=True,
@@ -155,6 +187,11 @@ def add_original_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_original(args: argparse.Namespace) -> int:
+    from ..conversion.original import (
+        convert_original,
+    )
+    from ..runtime.loading import check_model_source
+
     check_model_source(args.clip, "--clip", kind="file or folder")
     convert_original(
         args.clip,

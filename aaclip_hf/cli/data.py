@@ -6,22 +6,40 @@ import argparse
 import os
 import sys
 
-from ..data.hf_datasets import export_dataset
-from ..data.readers import DATA_SPEC_HELP, is_inside, load_samples, parse_spec
-from ..data.samples import summarize_samples
-from ..data.sampling import DEFAULT_SHOT_SEED, sample_shots, write_jsonl
-from ..data.synthetic import (
-    DEFAULT_NOISE_STD,
-    DEFECT_KINDS,
-    SYNTHETIC_CLASSES,
-    SYNTHETIC_HELD_OUT_CLASSES,
-    SYNTHETIC_TRAIN_CLASSES,
-    generate_synthetic_dataset,
-    preview_grid,
-)
+from .parsing import add_command
+
+
+def register(subparsers) -> None:
+    add_command(
+        subparsers,
+        "make-synthetic",
+        "Write a synthetic defect dataset (MVTec layout) with exact masks.",
+        run_make_synthetic,
+        add_make_synthetic_arguments,
+    )
+    add_command(
+        subparsers,
+        "sample-shots",
+        "Draw a k-shot split (k/2 normal + k/2 anomalous per class) as JSON-lines.",
+        run_sample_shots,
+        add_sample_shots_arguments,
+    )
+    add_command(
+        subparsers,
+        "export-dataset",
+        "Write any supported layout as a Hugging Face datasets folder (save_to_disk) with a dataset card.",
+        run_export_dataset,
+        add_export_dataset_arguments,
+    )
 
 
 def add_make_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..data.synthetic import (
+        DEFAULT_NOISE_STD,
+        DEFECT_KINDS,
+        SYNTHETIC_CLASSES,
+    )
+
     parser.add_argument("output_dir", help="folder to write (MVTec layout)")
     parser.add_argument(
         "--classes",
@@ -56,8 +74,16 @@ def add_make_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_make_synthetic(args: argparse.Namespace) -> int:
+    from ..data.synthetic import (
+        SYNTHETIC_HELD_OUT_CLASSES,
+        SYNTHETIC_TRAIN_CLASSES,
+        generate_synthetic_dataset,
+        preview_grid,
+    )
+    from ..errors import InvalidInputError
+
     if args.image_size < 16:
-        raise ValueError(f"--image-size must be at least 16, got {args.image_size}")
+        raise InvalidInputError(f"--image-size must be at least 16, got {args.image_size}")
     root = generate_synthetic_dataset(
         args.output_dir,
         classes=args.classes,
@@ -93,12 +119,17 @@ def _add_reader_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_classes(samples) -> None:
+    from ..data.samples import summarize_samples
+
     print(f"{'class':<24} {'normal':>6} {'anomaly':>7}")
     for cls, row in summarize_samples(samples).items():
         print(f"{cls:<24} {row['normal']:>6} {row['anomaly']:>7}")
 
 
 def add_sample_shots_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..data.readers import DATA_SPEC_HELP
+    from ..data.sampling import DEFAULT_SHOT_SEED
+
     parser.add_argument("data", nargs="+", help=DATA_SPEC_HELP)
     parser.add_argument(
         "--shots", required=True, help="images per class, even (k/2 normal + k/2 anomalous), or 'full'"
@@ -120,6 +151,9 @@ def add_sample_shots_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_sample_shots(args: argparse.Namespace) -> int:
+    from ..data.readers import is_inside, load_samples
+    from ..data.sampling import sample_shots, write_jsonl
+
     samples = load_samples(args.data, args.split, format=args.format, allow_outside_root=args.allow_outside_root)
     picked = sample_shots(samples, args.shots, seed=args.seed)
     write_jsonl(picked, args.output, relative_to=args.relative_to)
@@ -136,6 +170,8 @@ def run_sample_shots(args: argparse.Namespace) -> int:
 
 
 def add_export_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..data.readers import DATA_SPEC_HELP
+
     parser.add_argument("data", nargs="+", help=DATA_SPEC_HELP)
     parser.add_argument("--output", required=True, help="folder to write (new or empty)")
     parser.add_argument(
@@ -150,6 +186,9 @@ def add_export_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 def run_export_dataset(args: argparse.Namespace) -> int:
     # The export copies each file's bytes into a dataset meant to be shared: a path or a symbolic link that leads
     # outside the dataset root (/etc/..., a home folder) is refused, naming the record and the path.
+    from ..data.hf_datasets import export_dataset
+    from ..data.readers import load_samples, parse_spec
+
     samples = load_samples(
         args.data, args.split, format=args.format, allow_outside_root=args.allow_outside_root, resolve_links=True
     )

@@ -1,4 +1,4 @@
-"""`aaclip detect` and `aaclip calibrate`: score your images, set a decision threshold."""
+"""`aaclip detect` and `aaclip calibrate`: score your images, set one class's decision threshold."""
 
 from __future__ import annotations
 
@@ -8,187 +8,282 @@ import os
 import shutil
 from pathlib import Path
 
-from ..inference.calibrate import (
-    CALIBRATION_METHODS,
-    DEFAULT_MARGIN,
-    DEFAULT_QUANTILE,
-    calibrate_threshold,
-    save_threshold,
-)
-from ..inference.detect import collect_images, detect, make_pipeline, score_images
-from ..modeling.configuration_aaclip import GENERIC_CLASS
-from ..runtime.backends import add_backend_arguments, apply_backend
-from ..runtime.batching import add_batch_size_argument
-from ..runtime.loading import is_aaclip_folder, load_model_and_processor
-from ..runtime.outputs import atomic_output_dir, output_lock, safe_text
+from .parsing import add_command
+
+
+def register(subparsers) -> None:
+    add_command(
+        subparsers,
+        "detect",
+        "Score your images: overlays (image | heat map | decision region), JSON and CSV.",
+        run_detect,
+        add_detect_arguments,
+    )
+    add_command(
+        subparsers,
+        "calibrate",
+        "Set one class's decision threshold from a few of its images, at a known error rate.",
+        run_calibrate,
+        add_calibrate_arguments,
+    )
+
+
+def _add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `detect` and `calibrate` share: the class, references, domain, batching, device and image bound."""
+    from ..data.image_io import DEFAULT_MAX_SIDE
+    from ..runtime.batching import add_batch_size_argument
+
+    parser.add_argument(
+        "--class-name",
+        default=None,
+        help="object class: its prompts, stored references and threshold (default: the generic 'object')",
+    )
+    parser.add_argument(
+        "--no-references",
+        dest="use_references",
+        action="store_false",
+        help="score zero-shot even where the class has stored normal references (to compare)",
+    )
+    parser.add_argument("--domain", default=None, help="industrial or medical (default: the model's)")
+    add_batch_size_argument(parser)
+    parser.add_argument("--device", default="auto", help="torch device (auto: the best available)")
+    parser.add_argument(
+        "--max-image-side",
+        type=int,
+        default=DEFAULT_MAX_SIDE,
+        help="images larger than this are decoded reduced (JPEG) and resized at once, bounding memory",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..runtime.backends import add_backend_arguments
+    from ..runtime.devices import add_dtype_argument
+
     parser.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--model", required=True, help="AA-CLIP folder or Hub id")
-    parser.add_argument("--class-name", default=None, help="object class for the prompts (default: generic 'object')")
+    _add_scoring_arguments(parser)
     parser.add_argument(
         "--threshold",
         type=float,
         default=None,
-        help="decision threshold on the image score (default: the model's calibrated one, else 0.5)",
+        help="decision threshold on the image score (default: the class's calibrated one, else the model's "
+        "fallback, else 0.5)",
     )
     parser.add_argument(
         "--pixel-threshold",
         type=float,
         default=None,
-        help="anomaly-probability level of the drawn region (default: the pixels that alone make the "
-        "image anomalous, see docs/usage.md)",
+        help="anomaly-probability level of the drawn region (default: the pixels that alone make the image "
+        "anomalous, the heat map's 0.5 contour)",
     )
-    parser.add_argument(
-        "--heatmap-scale",
-        choices=("image", "fixed"),
-        default="image",
-        help="heat map colours over each image's own probability range (default) or fixed 0..1",
-    )
-    parser.add_argument("--domain", default=None, help="industrial or medical (default: the model's)")
-    add_batch_size_argument(parser)
     add_backend_arguments(parser)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="float32")
+    add_dtype_argument(parser, default="float32")
     parser.add_argument("--save-maps", action="store_true", help="also save each anomaly map as .npy")
     parser.add_argument("--max-side", type=int, default=512, help="longest side of each overlay panel in pixels")
     parser.add_argument(
         "--output",
         required=True,
         help="folder for overlays/, detections.json and detections.csv: written whole when the run ends, an "
-        "earlier run's output replaced; refused while another run writes it (lock file OUTPUT.lock) or when it "
-        "holds other files",
+        "earlier run's output replaced; refused while another run writes it (lock file OUTPUT.lock), when it "
+        "holds other files, or when it is an input or the model",
     )
     parser.add_argument(
         "--skip-bad-files",
         action="store_true",
         help="log and skip unreadable images (listed in skipped.json) instead of stopping",
     )
-    parser.add_argument("--no-progress", action="store_true")
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    # One run at a time per --output (aaclip_hf.runtime.outputs): refused before the model loads, held throughout.
+    from ..runtime.outputs import check_output_apart, output_lock
+
+    check_output_apart(args.output, inputs=args.images, model=args.model, what="--output")
+    # One run at a time per --output: refused before the model loads, held throughout.
     with output_lock(args.output, "aaclip detect"):
         return _detect(args)
 
 
 def _detect(args: argparse.Namespace) -> int:
+    from ..inference.detect import detect
+    from ..runtime.backends import apply_backend
+    from ..runtime.loading import load_model_and_processor
+    from ..runtime.outputs import safe_text
 
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     model, _ = apply_backend(model, args.backend, args.quantize)
     records = detect(
-        model,
-        processor,
-        args.images,
-        args.output,
-        class_name=args.class_name,
-        threshold=args.threshold,
-        pixel_threshold=args.pixel_threshold,
-        domain=args.domain,
-        batch_size=args.batch_size,
-        save_maps=args.save_maps,
-        max_side=args.max_side,
-        heatmap_scale=args.heatmap_scale,
-        progress=not args.no_progress,
-        skip_bad_files=args.skip_bad_files,
+        model, processor, args.images, args.output, class_name=args.class_name, threshold=args.threshold,
+        pixel_threshold=args.pixel_threshold, domain=args.domain, use_references=args.use_references,
+        batch_size=args.batch_size, save_maps=args.save_maps, max_side=args.max_side,
+        max_image_side=args.max_image_side, progress=not args.no_progress, skip_bad_files=args.skip_bad_files,
         lock=False,
-    )
-    flagged = sum(r["is_anomaly"] for r in records)
-    shown = [safe_text(Path(r["image"]).name) for r in records]  # a non-UTF-8 name prints with \xNN escapes
+    )  # fmt: skip
+    shown = [safe_text(r["image"]) for r in records]  # relative to the input; non-UTF-8 bytes as \xNN escapes
     width = max(len(name) for name in shown)
     for name, r in zip(shown, records):
-        print(f"{name:<{width}}  score {r['score']:.4f}  {r['label']}")
-    print(f"\n{flagged} of {len(records)} image(s) anomalous at threshold {records[0]['threshold']:.4f}")
-    out = safe_text(args.output)
-    print(f"overlays in {Path(out) / 'overlays'}; scores in {Path(out) / 'detections.csv'}")
+        print(f"{name:<{width}}  score {r['score']:.4f}  {r['label']:<7}  threshold {r['threshold']:.4f}")
+    for name in sorted({r["class_name"] for r in records}):
+        rows = [r for r in records if r["class_name"] == name]
+        flagged, first = sum(r["is_anomaly"] for r in rows), rows[0]
+        how = "calibrated for the class" if first["calibrated"] else "not calibrated for this class"
+        shots = f"; {first['normal_references']} normal references" if first["normal_references"] else "; zero-shot"
+        print(
+            f"\n{name}: {flagged} of {len(rows)} image(s) anomalous at threshold {first['threshold']:.4f} ({how}{shots})"
+        )
+    out = Path(safe_text(args.output))
+    print(f"overlays in {out / 'overlays'}; scores in {out / 'detections.csv'}")
     skipped = Path(args.output) / "skipped.json"
     if skipped.is_file():
-        print(
-            f"{len(json.loads(skipped.read_text()))} unreadable image(s) skipped, listed in {Path(out) / skipped.name}"
-        )
+        print(f"{len(json.loads(skipped.read_text()))} unreadable image(s) skipped, listed in {out / skipped.name}")
     return 0
 
 
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..data.readers import DATA_SPEC_HELP
+    from ..inference.calibrate import CALIBRATION_METHODS, DEFAULT_MARGIN, DEFAULT_QUANTILE
+
     parser.add_argument("--model", required=True, help="AA-CLIP folder (updated in place unless --output is given)")
-    parser.add_argument("--normal", required=True, nargs="+", help="normal image files/folders")
-    parser.add_argument("--anomalous", nargs="+", default=None, help="anomalous image files/folders (optional)")
-    parser.add_argument("--class-name", default=None, help="object class for the prompts (default: 'object')")
+    parser.add_argument("--normal", nargs="+", default=None, help="normal image files/folders of the class")
+    parser.add_argument("--anomalous", nargs="+", default=None, help="anomalous image files/folders of the class")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="instead of --normal/--anomalous: a dataset; its images of --class-name (or of its one class) are "
+        f"used. {DATA_SPEC_HELP}",
+    )
+    _add_scoring_arguments(parser)
     parser.add_argument(
         "--method",
         choices=CALIBRATION_METHODS,
         default="auto",
-        help="auto: f1 when anomalous images are given, else normal",
+        help="auto: f1 with anomalous images, else normal; false-reject / escape: a target rate (below)",
     )
     parser.add_argument(
-        "--quantile",
+        "--max-false-reject",
         type=float,
-        default=DEFAULT_QUANTILE,
-        help="normal method: quantile of the normal scores (default 1.0 = max)",
+        default=None,
+        help="target rate of normal images flagged: the most sensitive threshold within it (sets --method)",
     )
-    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="normal method: added to the quantile")
-    parser.add_argument("--domain", default=None)
-    add_batch_size_argument(parser)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--max-escape",
+        type=float,
+        default=None,
+        help="target rate of anomalous images passed: the least sensitive threshold within it (sets --method)",
+    )
+    parser.add_argument(
+        "--quantile", type=float, default=DEFAULT_QUANTILE, help="normal method: quantile of the normal scores"
+    )
+    parser.add_argument(
+        "--margin", type=float, default=DEFAULT_MARGIN, help="added above the highest normal score (in [0, 1))"
+    )
     parser.add_argument(
         "--output",
         default=None,
         help="write a calibrated copy of the model here instead (a new folder, or an earlier calibrated copy, "
         "which is replaced; written whole when the run ends)",
     )
-    parser.add_argument("--no-progress", action="store_true")
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
+    from ..errors import InvalidInputError
+    from ..runtime.outputs import check_output_apart, output_lock
 
     if args.output is None and not os.path.isdir(args.model):
-        raise ValueError(f"--model {args.model} is not a local folder; pass --output to save a calibrated copy")
-    # One run at a time on the folder that is written (aaclip_hf.runtime.outputs), held for the whole run.
+        raise InvalidInputError(f"--model {args.model} is not a local folder; pass --output to save a calibrated copy")
+    if (args.data is None) == (args.normal is None):
+        raise InvalidInputError("give the calibration images as --normal [--anomalous] folders, or as --data SPEC")
+    if args.max_false_reject is not None and args.max_escape is not None:
+        raise InvalidInputError("give one target: --max-false-reject or --max-escape")
+    if args.output is not None:
+        inputs = [*(args.normal or []), *(args.anomalous or []), *([args.data.split("::")[0]] if args.data else [])]
+        check_output_apart(args.output, inputs=inputs, model=args.model, what="--output")
+    # One run at a time on the folder that is written, held for the whole run.
     with output_lock(args.model if args.output is None else args.output, "aaclip calibrate"):
         return _calibrate(args)
 
 
 def _earlier_calibration(folder: Path) -> bool:
     """A calibrated copy written by an earlier `aaclip calibrate --output` may be replaced."""
-    return (folder / "calibration.json").is_file() and is_aaclip_folder(folder)
+    from ..inference.calibrate import CALIBRATION_FILE
+    from ..runtime.loading import is_aaclip_folder
+
+    return (folder / CALIBRATION_FILE).is_file() and is_aaclip_folder(folder)
+
+
+def _calibration_images(args: argparse.Namespace) -> tuple[list, list, str]:
+    """`(normal inputs, anomalous inputs, class name)` from the folders or the data spec."""
+    from ..data.readers import load_samples
+    from ..errors import InvalidInputError
+    from ..inference.detect import InputImage, collect_images
+    from ..modeling.configuration_aaclip import GENERIC_CLASS
+
+    if args.data is None:
+        anomalous = collect_images(args.anomalous) if args.anomalous else []
+        return collect_images(args.normal), anomalous, args.class_name or GENERIC_CLASS
+    samples = load_samples(args.data)
+    classes = sorted({s.class_name for s in samples})
+    name = args.class_name or (classes[0] if len(classes) == 1 else None)
+    if name not in classes:
+        raise InvalidInputError(f"--data holds classes {classes}; choose one with --class-name")
+    chosen = [s for s in samples if s.class_name == name]
+    normal = [InputImage(Path(s.image_path), Path(s.image_path).name) for s in chosen if s.label == 0]
+    anomalous = [InputImage(Path(s.image_path), Path(s.image_path).name) for s in chosen if s.label == 1]
+    return normal, anomalous, name
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from ..inference.calibrate import calibrate_threshold, save_threshold
+    from ..inference.detect import make_pipeline, score_images
+    from ..runtime.loading import load_model_and_processor
+    from ..runtime.model_folder import save_model_folder
+    from ..runtime.outputs import atomic_output_dir
+
     model, processor = load_model_and_processor(args.model, args.device)
     pipe = make_pipeline(model, processor)
+    normal_inputs, anomalous_inputs, class_name = _calibration_images(args)
+    shots = []
 
-    def scores(paths, what):
-        files = collect_images(paths)
-        return [
-            float(r["score"])
-            for _, _, r in score_images(
-                pipe, files, args.class_name, args.domain, args.batch_size, not args.no_progress, f"scoring {what}"
-            )
-        ]
+    def scores(images, what):
+        results = score_images(
+            pipe, images, class_name, batch_size=args.batch_size, progress=not args.no_progress,
+            description=f"scoring {what}", max_image_side=args.max_image_side, domain=args.domain,
+            use_references=args.use_references,
+        )  # fmt: skip
+        found = [result for _, _, result in results]
+        shots.extend(result["normal_references"] for result in found)
+        return [float(result["score"]) for result in found]
 
-    normal = scores(args.normal, "normal")
-    anomalous = scores(args.anomalous, "anomalous") if args.anomalous else None
-    threshold, details = calibrate_threshold(normal, anomalous, args.method, args.quantile, args.margin)
-    details.update(class_name=args.class_name or GENERIC_CLASS, normal_scores=normal, anomalous_scores=anomalous or [])
-    target = args.model
-    if args.output is None:
-        save_threshold(target, threshold, details)  # each file replaced atomically
-    else:
-        target = args.output
-        with atomic_output_dir(
-            args.output, "aaclip calibrate", replaceable=_earlier_calibration, lock=False
-        ) as staging:  # the copy appears whole, or not at all
-            if os.path.isdir(args.model):
-                shutil.copytree(args.model, staging, dirs_exist_ok=True)
-            else:
-                model.save_pretrained(staging)
-                processor.save_pretrained(staging)
-            save_threshold(staging, threshold, details)
-    print(f"decision threshold {threshold:.4f} ({details['method']} rule) saved in {Path(target) / 'config.json'}")
-    print(
-        f"on the calibration images: {len(normal) - details['normal_accepted']} of {len(normal)} normal flagged"
-        + (f", {details['anomalous_detected']} of {len(anomalous)} anomalous detected" if anomalous else "")
+    normal = scores(normal_inputs, "normal")
+    anomalous = scores(anomalous_inputs, "anomalous") if anomalous_inputs else None
+    method = (
+        "false-reject"
+        if args.max_false_reject is not None
+        else "escape"
+        if args.max_escape is not None
+        else args.method
     )
+    threshold, details = calibrate_threshold(
+        normal, anomalous, method, args.quantile, args.margin, args.max_false_reject, args.max_escape
+    )
+    details.update(normal_references=max(shots, default=0), normal_scores=normal, anomalous_scores=anomalous or [])
+    target = Path(args.model if args.output is None else args.output)
+    if args.output is None:
+        previous = save_threshold(target, class_name, threshold, details)  # each file replaced atomically
+    else:
+        with atomic_output_dir(target, "aaclip calibrate", replaceable=_earlier_calibration, lock=False) as staging:
+            if os.path.isdir(args.model):
+                shutil.copytree(args.model, staging, dirs_exist_ok=True, symlinks=True)
+            else:
+                save_model_folder(model, processor, staging)
+            previous = save_threshold(staging, class_name, threshold, details)
+    replaced = "new for this class" if previous is None else f"replaces {previous:.4f}"
+    print(
+        f"{class_name}: decision threshold {threshold:.4f} ({details['method']} rule, {replaced}) in {target / 'config.json'}"
+    )
+    point = details["operating_point"]
+    line = f"on the calibration images: {point['false_rejects']} of {point['num_normal']} normal flagged"
+    if anomalous:
+        line += f", {point['escapes']} of {point['num_anomalous']} anomalous passed"
+    print(line + (f" ({details['normal_references']}-shot)" if details["normal_references"] else " (zero-shot)"))
     return 0

@@ -7,20 +7,26 @@ import contextlib
 import logging
 import os
 
-from accelerate import Accelerator
-
-from ..data.readers import load_samples
-from ..data.samples import verify_samples
-from ..evaluation.anomaly_metrics.exact_metrics import DEFAULT_FPR_LIMIT
-from ..evaluation.protocols import PROTOCOLS, RESOLUTIONS, evaluate
-from ..runtime.backends import add_backend_arguments, apply_backend
-from ..runtime.batching import add_batch_size_argument
-from ..runtime.devices import add_dtype_argument
-from ..runtime.loading import load_model_and_processor
-from ..runtime.outputs import output_lock
+from .parsing import add_command
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def register(subparsers) -> None:
+    add_command(
+        subparsers,
+        "evaluate",
+        "Per-class and mean AUROC/AP/F1-max/AUPRO, error rates at each class's threshold, per-image scores.",
+        run_evaluate,
+        add_evaluate_arguments,
+    )
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..evaluation.anomaly_metrics.exact_metrics import DEFAULT_FPR_LIMIT
+    from ..evaluation.protocols import PROTOCOLS, RESOLUTIONS
+    from ..runtime.backends import add_backend_arguments
+    from ..runtime.batching import add_batch_size_argument
+    from ..runtime.devices import add_dtype_argument
+
     parser.add_argument("--model", required=True, help="AA-CLIP folder or Hub id")
     parser.add_argument(
         "--data",
@@ -80,7 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def run(args: argparse.Namespace) -> int:
+def run_evaluate(args: argparse.Namespace) -> int:
+    from accelerate import Accelerator
+
+    from ..runtime.outputs import output_lock
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`
@@ -92,7 +102,13 @@ def run(args: argparse.Namespace) -> int:
         return _evaluate_and_save(args, accelerator)
 
 
-def _evaluate_and_save(args: argparse.Namespace, accelerator: Accelerator | None) -> int:
+def _evaluate_and_save(args: argparse.Namespace, accelerator) -> int:
+    from ..data.readers import load_samples
+    from ..data.samples import verify_samples
+    from ..evaluation.protocols import evaluate
+    from ..runtime.backends import apply_backend
+    from ..runtime.loading import load_model_and_processor
+
     samples = load_samples(
         args.data,
         args.split,

@@ -6,23 +6,40 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
+from .parsing import add_command
 
-from ..hub.card import load_json
-from ..hub.metric import DEFAULT_METRIC_REPO, push_metric_to_hub, stage_metric_folder
-from ..hub.onnx_export import DEFAULT_OPSET, check_onnx, export_onnx
-from ..hub.publish import (
-    DEFAULT_CARD_COLUMNS,
-    DEFAULT_CARD_IMAGES,
-    DEFAULT_CARD_TILE_WIDTH,
-    stage_hub_folder,
-    upload_hub_folder,
-)
-from ..modeling.modeling_aaclip import AAClipModel
-from ..modeling.pipeline_aaclip import TASK
+
+def register(subparsers) -> None:
+    add_command(
+        subparsers,
+        "push",
+        "Upload a model folder to the Hub with its code, pipeline code and a model card.",
+        run_push,
+        add_push_arguments,
+    )
+    add_command(
+        subparsers,
+        "push-metric",
+        "Upload the `evaluate` metric module as a Hub Space that evaluate.load reads.",
+        run_push_metric,
+        add_push_metric_arguments,
+    )
+    add_command(
+        subparsers,
+        "export-onnx",
+        "Export the vision path with stored anchors (and a fixed class's references) to ONNX.",
+        run_export_onnx,
+        add_export_onnx_arguments,
+    )
 
 
 def add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..hub.publish import (
+        DEFAULT_CARD_COLUMNS,
+        DEFAULT_CARD_IMAGES,
+        DEFAULT_CARD_TILE_WIDTH,
+    )
+
     parser.add_argument("model_dir", help="a folder written by save_pretrained (aaclip train / convert / calibrate)")
     parser.add_argument("repo_id", help="Hub repository, e.g. your-name/aaclip-vitl14-visa")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
@@ -85,6 +102,13 @@ def _add_upload_arguments(parser: argparse.ArgumentParser, dry_run_help: str) ->
 
 def run_push(args: argparse.Namespace) -> int:
     """Stage the folder by allowlist (checked weights, card), then upload it or, with --dry-run, list it."""
+    from ..hub.card import load_json
+    from ..hub.publish import (
+        stage_hub_folder,
+        upload_hub_folder,
+    )
+    from ..modeling.pipeline_aaclip import TASK
+
     eval_results = [load_json(path, "eval results") for path in args.eval_results] if args.eval_results else None
     options = {
         "repo_id": args.repo_id,
@@ -117,6 +141,8 @@ def run_push(args: argparse.Namespace) -> int:
 
 
 def add_push_metric_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..hub.metric import DEFAULT_METRIC_REPO
+
     parser.add_argument(
         "repo_id",
         nargs="?",
@@ -132,9 +158,12 @@ def add_push_metric_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_push_metric(args: argparse.Namespace) -> int:
     """Write the `evaluate` metric module as a Space folder, then upload it or, with --dry-run, list it."""
+    from ..errors import InvalidInputError
+    from ..hub.metric import DEFAULT_METRIC_REPO, push_metric_to_hub, stage_metric_folder
+
     if args.dry_run is None:
         if not args.repo_id:
-            raise ValueError("push-metric: give the Hub Space id (owner/name), or --dry-run [DIR] to only list")
+            raise InvalidInputError("push-metric: give the Hub Space id (owner/name), or --dry-run [DIR] to only list")
         url = push_metric_to_hub(
             args.repo_id, private=args.private, token=args.token, commit_message=args.commit_message
         )
@@ -152,6 +181,8 @@ def run_push_metric(args: argparse.Namespace) -> int:
 
 
 def add_export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..hub.onnx_export import DEFAULT_OPSET
+
     parser.add_argument("model", help="AA-CLIP model folder (save_pretrained output; full or inference-only)")
     parser.add_argument("output", help="path of the .onnx file to write")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
@@ -165,13 +196,13 @@ def add_export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
+    from ..hub.onnx_export import check_onnx, export_onnx
+    from ..runtime.loading import load_model
+    from ..runtime.outputs import check_new_file, check_output_apart
 
-    model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{model_dir}: not an AA-CLIP model folder (no config.json); expected a folder written by save_pretrained"
-        )
-    model = AAClipModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    check_output_apart(args.output, inputs=[], model=args.model, what="output")
+    check_new_file(args.output, "output")  # never onto the weights or any other file
+    model, _ = load_model(args.model, device="cpu")
     path = export_onnx(model, args.output, opset=args.opset, domain=args.domain, fixed_class=args.fixed_class)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); classes: {model.stored_class_names}")
     if args.check:

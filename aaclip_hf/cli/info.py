@@ -7,16 +7,17 @@ import json
 import platform
 from pathlib import Path
 
-import torch
-import transformers
-
-from ..errors import StaleStateError, WeightsError
-from ..runtime.loading import load_config, load_model
-from ..runtime.model_folder import MANIFEST_NAME, verify_manifest
 from ..version import __version__
+from .parsing import add_command
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def register(subparsers) -> None:
+    add_command(
+        subparsers, "info", "Show versions, devices and what a model folder holds.", run_info, add_info_arguments
+    )
+
+
+def add_info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", help="an AA-CLIP model folder to describe")
     parser.add_argument(
         "--verify",
@@ -27,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def describe_environment() -> dict:
+    import torch
+    import transformers
 
     return {
         "aaclip_hf": __version__,
@@ -40,6 +43,8 @@ def describe_environment() -> dict:
 
 def describe_model(path: str | Path) -> dict:
     """What a model folder holds, from its config (nothing is loaded, no code runs)."""
+    from ..runtime.loading import load_config
+
     path = Path(path)
     config = load_config(path)
     vision, text = config.vision_config, config.text_config
@@ -70,25 +75,34 @@ def describe_model(path: str | Path) -> dict:
 def verify_model(path: str | Path) -> dict:
     """`--verify`: every file against the manifest, then the checked load (complete, finite, uncorrupted weights), then
     the stored anchors and references against the weights and their names. Raises naming the first problem."""
-    problems = verify_manifest(path)
-    if problems:
+    from ..errors import StaleStateError, WeightsError
+    from ..runtime.loading import load_model
+    from ..runtime.model_folder import MANIFEST_NAME, verify_manifest
+
+    if not (Path(path) / MANIFEST_NAME).is_file():
+        files = f"not checked: no {MANIFEST_NAME} (a folder saved without the package's writer)"
+    elif problems := verify_manifest(path):
         raise WeightsError(f"{path}: {len(problems)} problem(s): " + "; ".join(problems))
+    else:
+        files = f"match {MANIFEST_NAME}"
     model, _ = load_model(path, device="cpu")
     status = model.anchor_status()
     if status["state"] in ("stale", "tampered"):
         raise StaleStateError(f"{path}: {status['reason']}")
     references = {name: len(model.references_for(name)[0]) for name in model.config.reference_classes}
     return {
-        "files": f"match {MANIFEST_NAME}",
+        "files": files,
         "anchors": status["state"],
         "anchors_detail": status["reason"],
-        "references": {name: "fresh" for name in references},
+        "references": dict.fromkeys(references, "fresh"),
     }
 
 
-def run(args: argparse.Namespace) -> int:
+def run_info(args: argparse.Namespace) -> int:
     if args.verify and not args.model:
-        raise ValueError("--verify needs a model folder")
+        from ..errors import InvalidInputError
+
+        raise InvalidInputError("--verify needs a model folder")
     info = {"environment": describe_environment()}
     if args.model:
         info["model"] = describe_model(args.model)

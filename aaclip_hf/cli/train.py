@@ -9,19 +9,29 @@ import os
 import sys
 from collections.abc import Sequence
 
-from accelerate import PartialState
+from .parsing import add_command
 
-from ..hub.publish import push_folder_to_hub
-from ..runtime.loading import check_model_source
-from ..runtime.outputs import output_lock
-from ..training.arguments import add_arguments, arguments_from_namespace
-from ..training.trainer import train
-from . import main as cli_main
+
+def register(subparsers) -> None:
+    add_command(
+        subparsers,
+        "train",
+        "Two-stage AA-CLIP training (text, then vision) with Accelerate.",
+        run_train,
+        add_train_arguments,
+    )
 
 
 logger = logging.getLogger("aaclip_hf.training")
 
-__all__ = ["add_arguments", "main", "run"]
+__all__ = ["add_train_arguments", "main", "run_train"]
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training run's flags (`aaclip_hf.training.arguments`, shared with `python -m aaclip_hf.training`)."""
+    from ..training.arguments import add_arguments
+
+    add_arguments(parser)
 
 
 def _is_main_process() -> bool:
@@ -30,13 +40,21 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def run(args: argparse.Namespace) -> int:
+def run_train(args: argparse.Namespace) -> int:
     """Train; with `--push-to-hub`, the main process then uploads the folder (allowlisted, with a card).
 
     One run per output folder, as `aaclip detect`: the main process holds `<output>.lock` from before anything
     is loaded until the upload is done, so a second run into the same folder (a `--resume` too) is refused with
     `OutputInUseError` before it reads, deletes or writes anything there.
     """
+    from accelerate import PartialState
+
+    from ..hub.publish import push_folder_to_hub
+    from ..runtime.loading import check_model_source
+    from ..runtime.outputs import output_lock
+    from ..training.arguments import arguments_from_namespace
+    from ..training.trainer import train
+
     training_args = arguments_from_namespace(args)
     lock = output_lock(training_args.output_dir, "aaclip train") if _is_main_process() else contextlib.nullcontext()
     with lock:
@@ -51,4 +69,6 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The `-m aaclip_hf.training` entry point: the `aaclip train` subcommand behind the CLI's error boundary."""
+    from . import main as cli_main
+
     return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -12,6 +12,7 @@ from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ProcessorMixin
 
+from ..errors import AAClipError, InvalidInputError
 from ..modeling.image_processing_aaclip import binarize_mask
 from .image_io import BadInputError, load_image, load_mask
 from .samples import Sample, verify_samples
@@ -19,7 +20,7 @@ from .samples import Sample, verify_samples
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AnomalyDataset"]
+__all__ = ["AnomalyDataset", "CarryErrors", "collate_or_error", "raise_carried"]
 
 
 def _is_hf_processor(obj: Any) -> bool:
@@ -63,7 +64,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
         skip_bad_files: bool = False,
     ):
         if mask_size_mismatch not in ("error", "resize"):
-            raise ValueError(f"mask_size_mismatch must be 'error' or 'resize', got {mask_size_mismatch!r}")
+            raise InvalidInputError(f"mask_size_mismatch must be 'error' or 'resize', got {mask_size_mismatch!r}")
         self.samples = list(samples)
         if skip_bad_files:
             self.samples = verify_samples(
@@ -143,3 +144,42 @@ class AnomalyDataset(torch.utils.data.Dataset):
             item["has_mask"] = False
         item["pixel_values"] = pixel_values
         return item
+
+
+class CarryErrors(torch.utils.data.Dataset):
+    """A dataset whose expected failures (`AAClipError`: an unreadable image, a bad mask) travel as items.
+
+    A DataLoader worker that raises loses the error's identity: torch re-raises it in the main process with the
+    worker's formatted traceback as its message. Returned as an item instead, the error is pickled whole, passes
+    through `collate_or_error` and `raise_carried` raises it in the main process exactly as it was raised.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except AAClipError as error:
+            return error
+
+
+def collate_or_error(collate: Callable[[list], Any]) -> Callable[[list], Any]:
+    """`collate`, except that a batch holding a carried error becomes that error."""
+
+    def collate_items(items: list):
+        carried = next((item for item in items if isinstance(item, AAClipError)), None)
+        return carried if carried is not None else collate(items)
+
+    return collate_items
+
+
+def raise_carried(loader):
+    """Iterate `loader`'s batches, raising a carried error where its batch would have been."""
+    for batch in loader:
+        if isinstance(batch, AAClipError):
+            raise batch
+        yield batch

@@ -76,10 +76,12 @@ normal images get all-zero masks; anomalies without a mask are kept with
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -322,8 +324,16 @@ def read_jsonl(
     path = _metadata_file(os.fspath(path))
     root = os.path.dirname(path) if root is None else os.fspath(root)
     hygiene = _Hygiene(check_files, skip_bad_files, allow_outside_root, resolve_links)
-    with open(path, encoding="utf-8") as f:
-        return _read_records(_jsonl_entries(f, path), _JSONL_FIELDS, path, root, hygiene)
+    lines = read_utf8(path).splitlines()
+    return _read_records(_jsonl_entries(lines, path), _JSONL_FIELDS, path, root, hygiene)
+
+
+def read_utf8(path: str | os.PathLike) -> str:
+    """A metadata file's text; one that is not UTF-8 is a `BadInputError` naming the file and the byte."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise BadInputError(f"not UTF-8 text ({error}); expected UTF-8 metadata", os.fspath(path)) from None
 
 
 def _jsonl_entries(lines: Iterable[str], path: str) -> Iterator[_Entry]:
@@ -354,8 +364,7 @@ def read_meta_json(
     path = _metadata_file(path)
     root = os.path.dirname(path) if root is None else os.fspath(root)
     try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
+        meta = json.loads(read_utf8(path))
     except json.JSONDecodeError as err:
         raise BadInputError(f"not valid JSON at line {err.lineno} ({err.msg})", path) from None
     if not isinstance(meta, dict) or split not in meta:
@@ -413,7 +422,7 @@ def read_visa(
         check_links = resolve_links and not allow_outside_root
         return read_layout(VISA, root, split, skip_bad_files=skip_bad_files, check_links=check_links)
     hygiene = _Hygiene(check_files, skip_bad_files, allow_outside_root, resolve_links)
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    with io.StringIO(read_utf8(csv_path), newline="") as f:
         reader = csv.DictReader(f)
         missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or [])
         if missing:

@@ -32,6 +32,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
+from ..errors import InvalidInputError
+
 
 __all__ = [
     "SYNTHETIC_CLASSES",
@@ -273,7 +275,7 @@ _RENDERERS: dict[str, Callable[[np.random.Generator, int], _Layers]] = {
 
 def _render_layers(class_name: str, rng: np.random.Generator, n: int) -> _Layers:
     if class_name not in _RENDERERS:
-        raise ValueError(f"unknown synthetic class {class_name!r}; choose from {list(SYNTHETIC_CLASSES)}")
+        raise InvalidInputError(f"unknown synthetic class {class_name!r}; choose from {list(SYNTHETIC_CLASSES)}")
     if class_name in SYNTHETIC_TEXTURE_CLASSES:
         return _RENDERERS[class_name](rng, n)
     big = _RENDERERS[class_name](rng, n * _SUPERSAMPLE)
@@ -398,7 +400,7 @@ def _apply_defect(kind: str, layers: _Layers, rng: np.random.Generator) -> np.nd
             region = _draw_mask(n, lambda d: d.ellipse((ex - r, ey - r, ex + r, ey + r), fill=255)) & fg
             img[region] = layers.background[region]
     else:
-        raise ValueError(f"unknown defect kind {kind!r}; choose from {list(DEFECT_KINDS)}")
+        raise InvalidInputError(f"unknown defect kind {kind!r}; choose from {list(DEFECT_KINDS)}")
     return img
 
 
@@ -439,7 +441,7 @@ def render_defect(
     edge) is redrawn, so every defect is visible.
     """
     if kind not in DEFECT_KINDS:
-        raise ValueError(f"unknown defect kind {kind!r}; choose from {list(DEFECT_KINDS)}")
+        raise InvalidInputError(f"unknown defect kind {kind!r}; choose from {list(DEFECT_KINDS)}")
     layers = _render_layers(class_name, rng, image_size)
     light, noise = _photometry(rng, image_size, light_slope, light_offset, noise_std)
     normal = _finish(layers.image, light, noise)
@@ -475,11 +477,11 @@ def generate_synthetic_dataset(
     unknown = [c for c in classes if c not in _RENDERERS]
     bad_kinds = [k for k in defect_kinds if k not in DEFECT_KINDS]
     if unknown or bad_kinds:
-        raise ValueError(
+        raise InvalidInputError(
             f"unknown class(es) {unknown} / defect kind(s) {bad_kinds}; classes: {list(SYNTHETIC_CLASSES)}, kinds: {list(DEFECT_KINDS)}"
         )
     if image_size < 16:
-        raise ValueError(f"image_size must be at least 16 px to hold a visible defect, got {image_size}")
+        raise InvalidInputError(f"image_size must be at least 16 px to hold a visible defect, got {image_size}")
     photo = {"light_slope": light_slope, "light_offset": light_offset, "noise_std": noise_std}
     root = os.fspath(root)
 

@@ -45,9 +45,11 @@ from accelerate import Accelerator
 from datasets import Dataset
 from tqdm.auto import tqdm
 
+from ..data.dataset import CarryErrors, collate_or_error, raise_carried
 from ..data.hf_datasets import dataset_samples
 from ..data.image_io import BadInputError, load_image, load_mask
 from ..data.samples import Sample
+from ..errors import InvalidInputError
 from ..modeling.configuration_aaclip import AAClipConfig
 from ..modeling.image_processing_aaclip import binarize_mask
 from ..modeling.modeling_aaclip import AAClipModel, upsample_grid
@@ -55,14 +57,15 @@ from ..modeling.processing_aaclip import AAClipProcessor
 from ..runtime.batching import resolve_batch_size
 from ..runtime.outputs import atomic_output_dir, holds_only
 from .anomaly_metrics.exact_metrics import (
+    DEFAULT_FPR_LIMIT,
     MEDICAL_CLASSES,
     PROTOCOLS,
+    PixelMetricAccumulator,
     class_mean,
     class_row,
     domain_for_class,
     reference_image_scores,
 )
-from .anomaly_metrics.exact_metrics import DEFAULT_FPR_LIMIT, PixelMetricAccumulator
 
 
 logger = logging.getLogger(__name__)
@@ -311,14 +314,14 @@ def evaluate(
     if isinstance(samples, Dataset):
         samples = dataset_samples(samples)
     if not samples:
-        raise ValueError("no samples to evaluate")
+        raise InvalidInputError("no samples to evaluate")
     batch_size = resolve_batch_size(batch_size, model, len(samples))
     started = time.time()
     run = _Run.start(model, processor, _class_order(samples), protocol, resolution, domain, aupro_variant, fpr_limit)
 
     loader = torch.utils.data.DataLoader(
-        _ImageDataset(run.samples, processor), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=_collate,
+        CarryErrors(_ImageDataset(run.samples, processor)), batch_size=batch_size, shuffle=False,
+        num_workers=num_workers, collate_fn=collate_or_error(_collate),
     )  # fmt: skip
     is_main = True
     if accelerator is not None:
@@ -327,7 +330,7 @@ def evaluate(
     bar = tqdm(
         total=len(run.samples), desc=f"evaluating {dataset_name}", unit="img", disable=not (progress and is_main)
     )
-    for batch in loader:
+    for batch in raise_carried(loader):
         gathered = _score_batch(model, batch, run)
         if accelerator is not None:
             gathered = accelerator.gather_for_metrics(gathered)
@@ -342,13 +345,15 @@ def evaluate(
 
 def _check_arguments(model, protocol: str, resolution: str, domain: str | None, batch_size: int | None) -> None:
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise InvalidInputError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if resolution not in RESOLUTIONS:
-        raise ValueError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
+        raise InvalidInputError(f"resolution must be one of {RESOLUTIONS}, got {resolution!r}")
     if domain not in (None, "auto", *model.config.blur_kernel_size):
-        raise ValueError(f"domain must be 'auto' or one of {sorted(model.config.blur_kernel_size)}, got {domain!r}")
+        raise InvalidInputError(
+            f"domain must be 'auto' or one of {sorted(model.config.blur_kernel_size)}, got {domain!r}"
+        )
     if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
 
 
 @dataclass

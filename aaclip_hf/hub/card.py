@@ -26,6 +26,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import InvalidInputError, MissingFileError
 from ..modeling.configuration_aaclip import TASK
 from ..runtime.loading import is_hub_id
 
@@ -200,13 +201,13 @@ def load_json(path: str | os.PathLike, what: str) -> dict:
     """A JSON object from `path`; errors name the file and what was expected."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: no such file {path}")
+        raise MissingFileError(f"{what}: no such file {path}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{what}: {path} is not valid JSON ({error})") from error
+        raise InvalidInputError(f"{what}: {path} is not valid JSON ({error})") from error
     if not isinstance(data, dict):
-        raise ValueError(f"{what}: {path} must hold a JSON object, got {type(data).__name__}")
+        raise InvalidInputError(f"{what}: {path} must hold a JSON object, got {type(data).__name__}")
     return data
 
 
@@ -230,7 +231,7 @@ def describe_base_model(value: str | None) -> tuple[str, str | None]:
     if not value:
         return UNKNOWN, None
     value = str(value)
-    if is_hub_id(value):
+    if is_hub_id(value) and "/" in value:  # the card's metadata names namespaced repositories only
         return f"`{value}`", value
     if is_local_path(value) or "/" in value or "\\" in value:
         return f"`{_basename(value)}` (a local folder, not a Hub id)", None
@@ -247,7 +248,7 @@ def dataset_names(summary: Mapping | None) -> list[str]:
     if isinstance(entries, str):
         entries = [entries]
     specs = (str(entry).split("::")[0] for entry in entries)  # `PATH::classes=a,b` specs name the path
-    return list(dict.fromkeys(spec for spec in specs if is_hub_id(spec)))
+    return list(dict.fromkeys(spec for spec in specs if is_hub_id(spec) and "/" in spec))
 
 
 def read_training_summary(folder: str | os.PathLike) -> dict | None:
@@ -283,7 +284,7 @@ def _eval_runs(eval_results: dict | Sequence[dict] | None) -> list[dict]:
     runs = [eval_results] if isinstance(eval_results, dict) else list(eval_results)
     for index, run in enumerate(runs):
         if not isinstance(run, dict) or not isinstance(run.get("mean"), dict):
-            raise ValueError(
+            raise InvalidInputError(
                 f"eval results [{index}]: expected the JSON written by `aaclip evaluate` (with a 'mean' object), "
                 f"got keys {sorted(run) if isinstance(run, dict) else type(run).__name__}"
             )
@@ -459,16 +460,16 @@ def overlay_grid(
     Rows are as tall as their tallest tile; gaps are `background`. Errors name the unreadable file.
     """
     if not paths:
-        raise ValueError("overlay grid: no images given")
+        raise InvalidInputError("overlay grid: no images given")
     if columns < 1 or tile_width < 1:
-        raise ValueError(f"overlay grid: columns and tile width must be >= 1, got {columns} and {tile_width}")
+        raise InvalidInputError(f"overlay grid: columns and tile width must be >= 1, got {columns} and {tile_width}")
     tiles = []
     for path in paths:
         try:
             with Image.open(path) as image:
                 image = image.convert("RGB")
         except (OSError, UnidentifiedImageError) as error:
-            raise ValueError(f"{path}: not a readable image for the card's overlay grid ({error})") from None
+            raise InvalidInputError(f"{path}: not a readable image for the card's overlay grid ({error})") from None
         height = max(1, round(image.height * tile_width / image.width))
         tiles.append(image.resize((tile_width, height), Image.BICUBIC))
     rows = [tiles[start : start + columns] for start in range(0, len(tiles), columns)]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, RepoCard
 
+from ..errors import InvalidInputError
 from ..evaluation.anomaly_metrics import METRIC_NAME, write_metric_module
 from .publish import HubFolder
 
@@ -39,7 +40,7 @@ launch_gradio_widget(module)
 def _check_repo_id(repo_id: str) -> str:
     name = repo_id.split("/")[-1]
     if repo_id.count("/") != 1 or not name.isidentifier():
-        raise ValueError(
+        raise InvalidInputError(
             f"metric repo {repo_id!r}: expected owner/name with a Python identifier as name (evaluate loads the "
             f"script <name>.py), e.g. {DEFAULT_METRIC_REPO}"
         )
@@ -51,7 +52,7 @@ def stage_metric_folder(target: str | os.PathLike, repo_id: str = DEFAULT_METRIC
     name = _check_repo_id(repo_id)
     target = Path(target)
     if target.exists() and any(target.iterdir()):
-        raise ValueError(f"{target}: not empty; the metric folder is written into an empty (or new) folder")
+        raise InvalidInputError(f"{target}: not empty; the metric folder is written into an empty (or new) folder")
     with tempfile.TemporaryDirectory(prefix="aaclip-metric-") as tmp:
         written = write_metric_module(Path(tmp) / name)  # the script is named after the folder: `<name>.py`
         target.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from ..errors import InvalidInputError
 from ..evaluation.anomaly_metrics.exact_metrics import binary_metrics
 from ..evaluation.operating_points import rates_at, threshold_for_escape_rate, threshold_for_false_reject_rate
 from ..runtime.loading import load_config
+from ..runtime.model_folder import update_manifest
 from ..runtime.outputs import atomic_write_text
 
 
@@ -125,6 +126,7 @@ def save_threshold(
     with tempfile.TemporaryDirectory(dir=folder, prefix=".calibrate-") as staging:
         config.save_pretrained(staging)
         os.replace(Path(staging) / CONFIG_NAME, folder / CONFIG_NAME)
+    update_manifest(folder, [CONFIG_NAME])
     if details is not None:
         path = folder / CALIBRATION_FILE
         recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

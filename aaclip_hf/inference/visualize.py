@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
+from ..errors import InvalidInputError
+
 
 __all__ = [
     "COLORMAP_STOPS",
@@ -57,7 +59,7 @@ def apply_colormap(values: np.ndarray) -> np.ndarray:
 def heatmap_overlay(image: Image.Image, probability: np.ndarray, alpha: float = 0.5) -> Image.Image:
     """Blend the colour-mapped `probability` (same size as `image`) over the image."""
     if probability.shape != (image.height, image.width):
-        raise ValueError(f"map is {probability.shape} but the image is {(image.height, image.width)}")
+        raise InvalidInputError(f"map is {probability.shape} but the image is {(image.height, image.width)}")
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     heat = apply_colormap(probability).astype(np.float32)
     return Image.fromarray(((1.0 - alpha) * base + alpha * heat).round().astype(np.uint8))
@@ -83,9 +85,9 @@ def contour_overlay(
 
     Thickness defaults to `CONTOUR_FRACTION` of the longer side. Pixels outside the region are left as they are."""
     if region.shape != (image.height, image.width):
-        raise ValueError(f"region is {region.shape} but the image is {(image.height, image.width)}")
+        raise InvalidInputError(f"region is {region.shape} but the image is {(image.height, image.width)}")
     if not 0.0 <= shade <= 1.0:
-        raise ValueError(f"shade must be in [0, 1], got {shade}")
+        raise InvalidInputError(f"shade must be in [0, 1], got {shade}")
     thickness = thickness or max(1, round(CONTOUR_FRACTION * max(image.size)))
     region = np.asarray(region, dtype=bool)
     out = np.asarray(image.convert("RGB")).astype(np.float32)
@@ -144,9 +146,9 @@ def detection_figure(
     size, so the outline stays crisp.
     """
     if probability.shape != (image.height, image.width):
-        raise ValueError(f"map is {probability.shape} but the image is {(image.height, image.width)}")
+        raise InvalidInputError(f"map is {probability.shape} but the image is {(image.height, image.width)}")
     if region.shape != (image.height, image.width):
-        raise ValueError(f"region is {region.shape} but the image is {(image.height, image.width)}")
+        raise InvalidInputError(f"region is {region.shape} but the image is {(image.height, image.width)}")
     region = np.asarray(region, dtype=bool)
     if legend is None:
         legend = f"outline = anomalous region ({100 * region.mean():.1f}% of the image)"

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from ..errors import InvalidInputError
 from .quantize import QUANTIZE_CHOICES, quantize_dynamic_int8, quantize_onnx_int8
 
 
@@ -80,12 +81,12 @@ def add_backend_arguments(parser, quantize: bool = True) -> None:
 def resolve_backend(backend: str, device: str | torch.device, quantize: str = "none") -> str:
     """`auto` -> the default for the device (and quantisation); other names are checked and returned."""
     if backend not in BACKEND_CHOICES:
-        raise ValueError(f"--backend must be one of {BACKEND_CHOICES}, got {backend!r}")
+        raise InvalidInputError(f"--backend must be one of {BACKEND_CHOICES}, got {backend!r}")
     if quantize not in QUANTIZE_CHOICES:
-        raise ValueError(f"--quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
+        raise InvalidInputError(f"--quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
     device = torch.device(device)
     if quantize == "int8" and device.type != "cpu":
-        raise ValueError(f"--quantize int8 runs on the CPU only (fbgemm kernels), got device {device}")
+        raise InvalidInputError(f"--quantize int8 runs on the CPU only (fbgemm kernels), got device {device}")
     if backend == "auto":
         chosen = DEFAULT_BACKEND.get((device.type, quantize), "torch")
         if chosen == "onnx" and importlib.util.find_spec("onnxruntime") is None:
@@ -93,9 +94,9 @@ def resolve_backend(backend: str, device: str | torch.device, quantize: str = "n
             chosen = "torch"
         return chosen
     if backend == "onnx" and device.type != "cpu":
-        raise ValueError(f"--backend onnx runs on the CPU (ONNX Runtime's CPU provider), got device {device}")
+        raise InvalidInputError(f"--backend onnx runs on the CPU (ONNX Runtime's CPU provider), got device {device}")
     if backend == "compile" and quantize == "int8":
-        raise ValueError("--backend compile with --quantize int8 is not supported; use --backend torch or onnx")
+        raise InvalidInputError("--backend compile with --quantize int8 is not supported; use --backend torch or onnx")
     return backend
 
 
@@ -203,7 +204,7 @@ class OnnxVisionTower(nn.Module):
         return_dict: bool = True,
     ) -> BaseModelOutputWithPooling:
         if output_attentions or output_hidden_states is True or interpolate_pos_encoding:
-            raise ValueError(
+            raise InvalidInputError(
                 "the onnx backend returns the feature layers only: output_attentions, output_hidden_states=True and "
                 "interpolate_pos_encoding need --backend torch"
             )
@@ -236,7 +237,7 @@ def apply_backend(
         model.vision_model.compile()
         return model, chosen
     if next(model.vision_model.parameters()).dtype != torch.float32:
-        raise ValueError("--backend onnx exports an fp32 tower; load the model with --dtype float32")
+        raise InvalidInputError("--backend onnx exports an fp32 tower; load the model with --dtype float32")
     folder = onnx_cache_dir(cache_dir) / vision_tower_key(model)
     path = folder / ONNX_FILE
     if path.is_file():

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import torch
 
+from ..errors import InvalidInputError
 from .resources import free_memory_bytes, inference_activation_bytes
 
 
@@ -57,12 +58,12 @@ def choose_batch_size(
     """
     device = torch.device(device)
     if not 0.0 < memory_fraction <= 1.0:
-        raise ValueError(f"memory_fraction must be in (0, 1], got {memory_fraction}")
+        raise InvalidInputError(f"memory_fraction must be in (0, 1], got {memory_fraction}")
     limit = MAX_AUTO_BATCH_SIZE.get(device.type, 1) if max_batch_size is None else int(max_batch_size)
     if limit < 1:
-        raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        raise InvalidInputError(f"max_batch_size must be >= 1, got {max_batch_size}")
     if num_images is not None and num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
+        raise InvalidInputError(f"num_images must be >= 1, got {num_images}")
     free = free_memory_bytes(device) if free_bytes is None else int(free_bytes)
     fused = getattr(config.vision_config, "_attn_implementation", "sdpa") != "eager"
     per_image = inference_activation_bytes(config, 1, torch.finfo(dtype).bits // 8, fused_attention=fused)
@@ -103,7 +104,7 @@ def resolve_batch_size(batch_size: int | None, model, num_images: int | None = N
     """An explicit batch size, or the automatic one for `model`'s device and dtype."""
     if batch_size is not None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
         return int(batch_size)
     parameter = next(model.parameters())
     return choose_batch_size(model.config, parameter.device, parameter.dtype, num_images)
@@ -115,7 +116,7 @@ def prefetch(load: Callable[[T], R], items: Iterable[T], ahead: int = 1) -> Iter
     An exception of `load` is raised when its item is reached, as if it had been loaded in place.
     """
     if ahead < 1:
-        raise ValueError(f"ahead must be >= 1, got {ahead}")
+        raise InvalidInputError(f"ahead must be >= 1, got {ahead}")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aaclip-prefetch") as pool:
         pending = []
         iterator = iter(items)

@@ -15,6 +15,8 @@ import warnings
 
 import torch
 
+from ..errors import InvalidInputError
+
 
 __all__ = [
     "resolve_device",
@@ -69,16 +71,16 @@ def resolve_dtype(name: str | torch.dtype | None, device: str | torch.device = "
     else:
         key = _ALIASES.get(str(name if name is not None else "auto").lower())
         if key is None:
-            raise ValueError(f"--dtype must be one of {DTYPE_CHOICES} (or bf16/fp16/fp32), got {name!r}")
+            raise InvalidInputError(f"--dtype must be one of {DTYPE_CHOICES} (or bf16/fp16/fp32), got {name!r}")
         if key == "auto":
             if device.type == "cuda" and torch.cuda.is_available():
                 return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             return torch.float32
         dtype = getattr(torch, key)
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"--dtype must be a floating dtype among float32/bfloat16/float16, got {dtype}")
+        raise InvalidInputError(f"--dtype must be a floating dtype among float32/bfloat16/float16, got {dtype}")
     if dtype != torch.float32 and not dtype_supported(dtype, device):
-        raise ValueError(
+        raise InvalidInputError(
             f"--dtype {str(dtype).removeprefix('torch.')} is not supported on device {device}; use float32"
         )
     if device.type == "cpu" and dtype == torch.float16:

@@ -43,6 +43,7 @@ __all__ = [
     "load_config",
     "load_model",
     "load_model_and_processor",
+    "model_type_of",
     "processor_for",
 ]
 
@@ -54,14 +55,15 @@ STATE_SIZE_TOLERANCE = 1.5
 
 
 def is_hub_id(name: str) -> bool:
-    """The one Hub-id check: `org/name` (huggingface_hub's rules) that is not a local path."""
-    if os.path.exists(name) or name.startswith((".", "/", "~")):
+    """The one Hub-id check: a repository id by huggingface_hub's rules (`name` or `org/name`) that is not a local
+    path."""
+    if os.path.exists(name) or name.startswith((".", "/", "~", "\\")):
         return False
     try:
         validate_repo_id(name)
     except HFValidationError:
         return False
-    return name.count("/") == 1
+    return True
 
 
 def is_aaclip_folder(path: str | os.PathLike) -> bool:
@@ -72,11 +74,16 @@ def is_aaclip_folder(path: str | os.PathLike) -> bool:
         return False
 
 
-def check_model_source(model: str | os.PathLike, what: str = "--model") -> None:
-    """Refuse, naming `model`, a path that is neither a local folder nor a Hub id that can be loaded (offline: one in
-    the local cache)."""
+def model_type_of(folder: str | os.PathLike):
+    """The `model_type` a local folder's config.json declares (a bad config.json is a `BadInputError` naming it)."""
+    return _read_config(Path(folder)).get("model_type")
+
+
+def check_model_source(model: str | os.PathLike, what: str = "--model", kind: str = "folder") -> None:
+    """Refuse, naming `model`, a path that is neither a local folder (or, for `kind="checkpoint"`, a file) nor a Hub
+    id that can be loaded (offline: one in the local cache)."""
     model = os.fspath(model)
-    if os.path.isdir(model):
+    if os.path.isdir(model) or (kind != "folder" and os.path.isfile(model)):
         return
     expected = "expected a model folder written by save_pretrained, or a Hub model id"
     if os.path.exists(model):
@@ -95,10 +102,9 @@ def _local_folder(model: str, what: str = "--model") -> Path:
         return Path(model)
     try:
         return Path(snapshot_download(model, allow_patterns=list(SNAPSHOT_PATTERNS)))
-    except OSError as error:
-        raise MissingFileError(
-            f"cannot be fetched from the Hub ({' '.join(str(error).split())[:200]})", model, what
-        ) from None
+    except Exception as error:  # the HTTP client's own errors too (no route, DNS, timeout): name the id
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        raise MissingFileError(f"no such folder, and the Hub is unreachable ({reason})", model, what) from None
 
 
 def _read_config(folder: Path) -> dict:
@@ -137,7 +143,9 @@ def _check_weights_fit(config: AAClipConfig, folder: Path, device: torch.device,
     """Steps 2 and 3 of the module docstring."""
     shapes = check_weight_files(folder)
     if not shapes:
-        raise MissingFileError("no model.safetensors (weights are read from safetensors only)", folder, "--model")
+        pickles = sorted(path.name for path in folder.glob("*.bin")) + sorted(path.name for path in folder.glob("*.pt*"))
+        refused = f"; refusing to load {', '.join(pickles)} (a pickle can run code)" if pickles else ""
+        raise MissingFileError(f"no model.safetensors (weights are read from safetensors only){refused}", folder, "--model")
     described, held = state_elements(config), header_elements(shapes)
     if not held / STATE_SIZE_TOLERANCE <= described <= held * STATE_SIZE_TOLERANCE:
         raise IncompleteWeightsError(

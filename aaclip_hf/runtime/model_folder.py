@@ -34,6 +34,7 @@ __all__ = [
     "non_finite_tensors",
     "remote_code_problems",
     "save_model_folder",
+    "update_manifest",
     "verify_manifest",
     "weight_files",
     "write_manifest",
@@ -80,7 +81,9 @@ def weight_files(folder: str | os.PathLike, variant: str | None = None) -> list[
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         names = sorted(set(weight_map.values()))
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise CorruptWeightsError(f"{index}: not a valid safetensors index (expected {{weight_map: {{key: file}}}})")
+        raise CorruptWeightsError(
+            f"{index}: not a valid safetensors index (expected {{weight_map: {{key: file}}}})"
+        ) from None
     outside = [name for name in names if not isinstance(name, str) or Path(name).name != name or name in ("", "..")]
     if outside:
         raise CorruptWeightsError(f"{index}: names weight files outside its folder ({len(outside)}); refusing it")
@@ -177,6 +180,19 @@ def write_manifest(folder: str | os.PathLike) -> Path:
     path = folder / MANIFEST_NAME
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
+
+
+def update_manifest(folder: str | os.PathLike, names: Iterable[str]) -> None:
+    """Record the new content of `names` (files this package just changed, e.g. config.json after calibration) in
+    the folder's manifest, when it has one; the other entries are left as they are."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    if not path.is_file():
+        return
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    for name in names:
+        manifest[name] = {"sha256": _sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def verify_manifest(folder: str | os.PathLike) -> list[str]:

@@ -6,9 +6,13 @@
   process that no longer runs is taken over with a warning.
 - ``atomic_output_dir(folder)``: the run writes into a temporary sibling ``.<name>.tmp-<pid>-<token>``; only
   when it finishes is that folder put at the final name (an atomic exchange where the OS has one, else two
-  renames). On failure the temporary folder is removed and nothing at the final name changes. An existing
-  folder is replaced only when it is empty or holds nothing but what the command itself writes, so pointing
-  ``--output`` at a folder of your own files is refused instead of deleting them.
+  renames). On failure the temporary folder is removed and nothing at the final name changes. Each finished output
+  records what it holds (``.aaclip-output.json``: the command and every file, nested ones included); an existing
+  folder is replaced only when it is empty or holds exactly what that record lists, so a folder of your own files,
+  or an earlier output you added a file to, is refused instead of deleted. A symlinked output is written through
+  (its target is replaced; the link stays).
+- ``check_output_apart(output, inputs, model)``: an output is never an input or the model, nor a folder that holds
+  one (writing it would overwrite or delete them); ``check_new_file`` refuses to overwrite an existing file.
 - ``safe_text(s)``: file names that are not valid UTF-8 (on Linux, ``os.fsdecode`` keeps their bytes as
   lone surrogates) become text with each undecodable byte written as ``\\xNN`` (Python's
   ``backslashreplace``), so JSON, CSV and the terminal can always take them.
@@ -30,7 +34,7 @@ import sys
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
-from ..errors import OutputInUseError
+from ..errors import OutputConflictError, OutputInUseError
 
 
 try:
@@ -42,15 +46,20 @@ except ImportError:  # Windows: the lock falls back to O_EXCL creation plus a pi
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "OUTPUT_RECORD",
     "OutputInUseError",
     "atomic_output_dir",
     "atomic_write_text",
+    "check_new_file",
+    "check_output_apart",
     "holds_only",
     "lock_path",
     "output_lock",
     "safe_text",
 ]
 
+# What a finished output folder records about itself: the command that wrote it and every file it holds.
+OUTPUT_RECORD = ".aaclip-output.json"
 # renameat2(2) flag: swap two paths atomically (Linux >= 3.15, glibc >= 2.28).
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -177,13 +186,64 @@ def _acquire_exclusive(folder: Path, lock: Path, payload: dict) -> int:
 
 
 def holds_only(names: Collection[str]) -> Callable[[Path], bool]:
-    """A `replaceable` rule: the folder holds no entry other than `names` (what the command writes)."""
-    allowed = set(names)
+    """A `replaceable` rule: the folder holds no top-level entry other than `names` (what the command writes).
+
+    `atomic_output_dir` applies it on top of the output record, which also covers nested files."""
+    allowed = set(names) | {OUTPUT_RECORD}
 
     def check(folder: Path) -> bool:
         return all(entry.name in allowed for entry in folder.iterdir())
 
     return check
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def _record(staging: Path, command: str) -> None:
+    files = [name for name in _files(staging) if name != OUTPUT_RECORD]
+    (staging / OUTPUT_RECORD).write_text(json.dumps({"command": command, "files": files}, indent=1) + "\n")
+
+
+def _written_by(folder: Path, command: str) -> bool:
+    """The folder holds exactly what `command` recorded there: no file added, nested ones included."""
+    try:
+        record = json.loads((folder / OUTPUT_RECORD).read_text(encoding="utf-8"))
+        recorded = set(record["files"]) | {OUTPUT_RECORD}
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return record.get("command") == command and set(_files(folder)) <= recorded
+
+
+def check_output_apart(
+    output: str | os.PathLike,
+    inputs: Collection[str | os.PathLike] = (),
+    model: str | os.PathLike | None = None,
+    what: str = "--output",
+) -> None:
+    """Refuse an output that is an input or the model, or a folder holding one: writing it would overwrite or
+    delete them. (An output inside an input folder is fine: inputs are collected without it.)"""
+    target = Path(os.path.realpath(output))
+    named = [(path, "an input") for path in inputs] + ([(model, "the model")] if model is not None else [])
+    for path, role in named:
+        if not os.path.exists(path):
+            continue  # a Hub id, or a path the command itself will name as missing
+        real = Path(os.path.realpath(path))
+        if real == target or target in real.parents:
+            holds = "is" if real == target else "holds"
+            raise OutputConflictError(
+                f"{what} {output}: {holds} {role} ({path}); writing there would overwrite or delete it. Choose "
+                "another output"
+            )
+
+
+def check_new_file(path: str | os.PathLike, what: str = "--output") -> None:
+    """Refuse to overwrite an existing file (an output file is always new; delete the old one or pick a new name)."""
+    if os.path.lexists(path):
+        raise OutputConflictError(
+            f"{what} {path}: exists; an output file never replaces a file (delete it or choose another name)"
+        )
 
 
 @functools.cache
@@ -254,27 +314,28 @@ def atomic_output_dir(
 ) -> Iterator[Path]:
     """Yield a temporary sibling of `folder` to write into; on success it becomes `folder`, on failure it goes.
 
-    `replaceable(existing)`: may an existing, non-empty `folder` be replaced (default: never)? `lock=False`
+    `replaceable(existing)`: a further condition for replacing an earlier output (its record must match anyway). `lock=False`
     when the caller already holds `output_lock(folder)` for a longer span (e.g. the whole evaluation).
     """
-    final = Path(folder).absolute()
+    final = Path(os.path.realpath(folder)) if Path(folder).is_symlink() else Path(folder).absolute()
     with output_lock(final, command) if lock else contextlib.nullcontext():
         final.parent.mkdir(parents=True, exist_ok=True)
         _clean_leftovers(final)
         if final.exists() and not final.is_dir():
-            raise FileExistsError(f"{folder}: is a file; expected an output folder (new, or written by {command})")
+            raise OutputConflictError(f"{folder}: is a file; expected an output folder (new, or written by {command})")
         if final.is_dir() and any(final.iterdir()):
-            if replaceable is None or not replaceable(final):
+            if not _written_by(final, command) or (replaceable is not None and not replaceable(final)):
                 foreign = sorted(entry.name for entry in final.iterdir())[:3]
-                raise FileExistsError(
+                raise OutputConflictError(
                     f"{folder}: the folder holds files that {command} did not write ({', '.join(foreign)}, ...); "
-                    f"expected a new or empty folder, or the output of an earlier {command} (which is replaced)"
+                    f"expected a new or empty folder, or the untouched output of an earlier {command} (replaced)"
                 )
             logger.warning("%s: replacing the output of an earlier %s", folder, command)
         staging = final.with_name(f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         staging.mkdir()
         try:
             yield staging
+            _record(staging, command)
             _put_in_place(staging, final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

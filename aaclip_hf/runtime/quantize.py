@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import InvalidInputError
+
 
 __all__ = ["QUANTIZE_CHOICES", "is_quantized", "quantize_dynamic_int8", "quantize_onnx_int8"]
 
@@ -34,7 +36,7 @@ def quantize_dynamic_int8(model: nn.Module) -> nn.Module:
     """
     parameter = next(model.parameters())
     if parameter.device.type != "cpu" or parameter.dtype != torch.float32:
-        raise ValueError(
+        raise InvalidInputError(
             f"int8 quantisation needs an fp32 model on the CPU, got {parameter.dtype} on {parameter.device}; "
             "load it with --device cpu --dtype float32"
         )

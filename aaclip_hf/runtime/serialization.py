@@ -20,18 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-
-# What `torch.load(weights_only=True)` raises when it refuses a global; readers outside this module (transformers'
-# `.bin` loading) let it through, and the CLI's error boundary reports it as a refusal naming the file.
-PickleRefusal = pickle.UnpicklingError
-
-
-class UnsafeCheckpointError(ValueError):
-    """The file would need unpickling arbitrary Python objects, which can run code (a bad input, refused)."""
-
-
-class CorruptCheckpointError(ValueError):
-    """The file is truncated or not what its extension says (a bad input, named)."""
+from ..errors import CorruptWeightsError, MissingFileError, UnsafeCheckpointError
 
 
 def is_torchscript_archive(path: str | Path) -> bool:
@@ -48,7 +37,7 @@ def safe_torch_load(path: str | Path) -> object:
     """``torch.load(weights_only=True)`` with a clear error naming the file when it is refused."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -71,12 +60,12 @@ def load_tensor_file(path: str | Path) -> tuple[object, str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path), device="cpu"), "safetensors"
         except SafetensorError as error:
-            raise CorruptCheckpointError(
+            raise CorruptWeightsError(
                 f"{path}: not a readable safetensors file ({error}); expected a complete file: re-download or "
                 "re-save it"
             ) from None
@@ -86,8 +75,6 @@ def load_tensor_file(path: str | Path) -> tuple[object, str]:
 
 
 __all__ = [
-    "CorruptCheckpointError",
-    "PickleRefusal",
     "UnsafeCheckpointError",
     "is_torchscript_archive",
     "load_tensor_file",

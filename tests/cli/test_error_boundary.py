@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import SafetensorError
 from transformers.utils import logging as hf_logging
 
 from aaclip_hf import AAClipProcessor
-from aaclip_hf.cli import COMMANDS, main
+from aaclip_hf.cli import build_parser, main
 from aaclip_hf.cli.errors import expected_error_message
-from aaclip_hf.data.image_io import BadInputError
 from aaclip_hf.data.synthetic import generate_synthetic_dataset
+from aaclip_hf.errors import BadInputError
 from aaclip_hf.runtime.outputs import output_lock
 
 from ..conftest import make_tiny_model
@@ -142,7 +140,7 @@ CASES = {
     ("demo", "missing_model"): (["demo", "--model", MISSING, "--output", "{out}"], [OFFLINE]),
     ("app", "missing_model"): (["app", MISSING], [MISSING, OFFLINE]),
     ("info", "missing_model"): (["info", MISSING], [MISSING, "config.json"]),
-    ("export-onnx", "missing_model"): (["export-onnx", MISSING, "{out}.onnx"], [MISSING, "config.json"]),
+    ("export-onnx", "missing_model"): (["export-onnx", MISSING, "{out}.onnx"], [MISSING, OFFLINE]),
     ("push", "missing_model"): (["push", MISSING, "me/model", "--dry-run", "{out}"], [MISSING]),
     # invalid config.json: not JSON, an impossible field, not UTF-8
     **{
@@ -178,10 +176,13 @@ CASES = {
         ["truncated/model.safetensors", "truncated"],
     ),
     ("info", "truncated_safetensors"): (["info", "{truncated}", "--verify"], ["truncated/model.safetensors"]),
-    ("info", "refused_pickle"): (["info", "{pickled}", "--verify"], ["pickled/model.safetensors", "missing"]),
+    ("info", "refused_pickle"): (
+        ["info", "{pickled}", "--verify"],
+        ["pickled", "no model.safetensors", "refusing to load pytorch_model.bin"],
+    ),
     # refused pickles
     **{
-        (command, "refused_pickle"): (argv, ["pytorch_model.bin", "refusing"])
+        (command, "refused_pickle"): (argv, ["pytorch_model.bin", "refusing", "no model.safetensors"])
         for command, argv in (
             ("detect", ["detect", "{image}", "--model", "{pickled}", "--output", "{out}"]),
             ("evaluate", ["evaluate", "--model", "{pickled}", "--data", "{data}", "--output", "{out}"]),
@@ -291,7 +292,7 @@ def test_expected_failure_is_one_named_line_with_exit_2(command, fault, world, t
 def test_every_subcommand_with_inputs_is_covered():
     """Every subcommand that reads files or a model has at least one row (bench reads none)."""
     covered = {command for command, _ in CASES}
-    assert set(COMMANDS) - covered <= {"bench"}
+    assert set(build_parser()[1]) - covered <= {"bench"}
 
 
 def test_debug_flag_and_env_show_the_traceback(world, tmp_path, monkeypatch):
@@ -310,13 +311,17 @@ def test_the_debug_flag_is_listed_in_help(capsys):
     assert "--debug" in capsys.readouterr().out
 
 
-def test_a_bug_keeps_its_traceback(monkeypatch, tmp_path):
-    """Only expected failures are shortened: a TypeError from a bug propagates."""
+def test_a_bug_keeps_its_traceback_and_says_so(monkeypatch, capsys):
+    """Only expected failures (`AAClipError`, an `OSError` naming a file) are shortened: a bug keeps its traceback."""
     from aaclip_hf.cli import info
 
     monkeypatch.setattr(info, "describe_environment", lambda: 1 + "x")
-    with pytest.raises(TypeError):
-        main(["info"])
+    assert main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "TypeError" in err
+    assert "aaclip info: internal error (TypeError): this is a bug in aaclip-hf" in err.strip().splitlines()[-1]
+    monkeypatch.setattr(info, "describe_environment", lambda: int("not a number"))
+    assert main(["info"]) == 1  # a ValueError from a bug is a bug too, not a polite line
 
 
 def test_the_real_hub_path_when_online_but_unreachable(monkeypatch, tmp_path, capsys):
@@ -340,39 +345,31 @@ def test_the_real_hub_path_when_online_but_unreachable(monkeypatch, tmp_path, ca
     assert "the Hub is unreachable" in lines[-1]
 
 
-# ---------------------------------------------------------------------------------------- unwrapping
+# ---------------------------------------------------------------------------------------- errors from workers
 
 
-class _TwoArgError(ValueError):
-    """Cannot be rebuilt from one message: torch re-raises it as a RuntimeError."""
+def test_an_error_raised_in_a_loader_worker_reaches_the_main_process_whole():
+    """`CarryErrors` returns a worker's expected failure as an item: the main process raises the same error, with
+    its own message, instead of torch's re-raise that carries the worker's traceback as text."""
+    from aaclip_hf.data.dataset import CarryErrors, collate_or_error, raise_carried
 
-    def __init__(self, a, b):
-        super().__init__(f"{a}: {b}")
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
 
+        def __getitem__(self, index):
+            if index == 2:
+                raise BadInputError("image data is corrupt", "/data/a.png", "image_path")
+            return torch.tensor(index)
 
-def _from_worker(error):
-    """What the main process receives when a DataLoader worker raises `error` (torch's own wrapper)."""
-    from torch.utils.data._utils.worker import ExceptionWrapper
-
-    try:
-        raise error
-    except BaseException:
-        wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
-    try:
-        wrapper.reraise()
-    except BaseException as reraised:
-        return reraised
-
-
-def test_worker_errors_are_unwrapped_to_the_original_message():
-    wrapped = _from_worker(BadInputError("image data is corrupt", "/data/a.png", "image_path"))
-    assert "Original Traceback" in str(wrapped)  # what torch gives
-    assert expected_error_message(wrapped) == "file '/data/a.png', field 'image_path': image data is corrupt"
-    rebuilt = _from_worker(_TwoArgError("/data/b.png", "bad mask"))
-    assert isinstance(rebuilt, RuntimeError)  # torch could not rebuild the type
-    assert expected_error_message(rebuilt) == "/data/b.png: bad mask"
-    assert expected_error_message(_from_worker(KeyError("no stored anchors for 'x'"))) == "no stored anchors for 'x'"
-    assert expected_error_message(_from_worker(TypeError("a bug"))) is None  # bugs stay bugs
+    loader = torch.utils.data.DataLoader(
+        CarryErrors(Broken()), batch_size=2, num_workers=1, collate_fn=collate_or_error(torch.stack)
+    )
+    batches = raise_carried(loader)
+    assert next(batches).tolist() == [0, 1]
+    with pytest.raises(BadInputError) as error:
+        next(batches)
+    assert str(error.value) == "file '/data/a.png', field 'image_path': image data is corrupt"
 
 
 def test_the_worker_unwrapping_runs_in_a_real_worker_process(world, tmp_path, capsys):
@@ -398,41 +395,25 @@ def test_the_worker_unwrapping_runs_in_a_real_worker_process(world, tmp_path, ca
     assert f"file '{world['corrupt_image']}', field 'image_path'" in err
 
 
-def test_unpickling_refusals_name_the_file(world):
-    with pytest.raises(pickle.UnpicklingError) as error:
-        torch.load(world["pickled"] / "pytorch_model.bin", weights_only=True)
-    message = expected_error_message(error.value)
-    assert message is not None and "refusing to load" in message and "GLOBAL" in message
+def test_refused_pickles_corrupt_files_and_foreign_encodings_are_named_at_their_source(world):
+    from aaclip_hf.data.readers import load_samples
+    from aaclip_hf.errors import CorruptWeightsError, MissingExtraError, UnsafeCheckpointError
+    from aaclip_hf.runtime.serialization import load_tensor_file
 
-
-def test_encoding_and_safetensors_errors_name_the_file_they_were_reading(world, tmp_path):
-    def read_text(path):
-        return path.read_text(encoding="utf-8")
-
-    with pytest.raises(UnicodeDecodeError) as error:
-        read_text(world["latin1_jsonl"])
-    message = expected_error_message(error.value)
-    assert message.startswith(f"{world['latin1_jsonl']}: 'utf-8' codec can't decode") and "expected UTF-8" in message
-    with pytest.raises(UnicodeEncodeError) as error:
-        "café".encode("ascii")
-    assert "expected text that ascii can hold" in expected_error_message(error.value)
-
-    def load(path):
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-
-    with pytest.raises(SafetensorError) as error:
-        load(world["cut_safetensors"])
-    message = expected_error_message(error.value)
-    assert message.startswith(f"{world['cut_safetensors']}: not a readable safetensors file") and "\n" not in message
-
-
-def test_a_missing_optional_extra_is_one_line(monkeypatch, tmp_path, capsys):
-    from aaclip_hf.cli.errors import MissingExtraError
-
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load.*GLOBAL") as error:
+        load_tensor_file(world["evil_pt"])
+    assert str(world["evil_pt"]) in str(error.value)
+    with pytest.raises(CorruptWeightsError) as error:
+        load_tensor_file(world["cut_safetensors"])
+    assert str(error.value).startswith(f"{world['cut_safetensors']}: not a readable safetensors file")
+    with pytest.raises(BadInputError, match="not UTF-8 text.*expected UTF-8 metadata") as error:
+        load_samples(str(world["latin1_jsonl"]))
+    assert str(world["latin1_jsonl"]) in str(error.value)
     assert expected_error_message(MissingExtraError("the app needs gradio: pip install 'aaclip-hf[app]'"))
     assert expected_error_message(ImportError("a broken import is a bug")) is None
+    assert expected_error_message(FileNotFoundError(2, "No such file or directory", "x.png")) == (
+        "x.png: No such file or directory"
+    )
 
 
 def test_a_training_worker_error_is_one_line(world, tmp_path, monkeypatch, capsys):
