@@ -638,7 +638,7 @@ def test_convert_original_reference_setting(relu, tmp_path, capsys):
         [text_sd[f"{i}.fc.0.weight"] for i in range(TEXT_LAYERS)],
         text_sd[f"{TEXT_LAYERS}.fc.0.weight"],
     )
-    stored = model.anchors_for(["bottle", "mvtec/bottle"])
+    stored = model.text_anchors_for(["bottle", "mvtec/bottle"])
     torch.testing.assert_close(stored[0], expected, rtol=0, atol=ATOL)
     assert torch.equal(stored[0], stored[1])
     # ... and recorded as derived from this text branch and prompt ensemble: no stale-anchor warning at load.
@@ -662,8 +662,10 @@ def test_convert_original_without_text_adapter_uses_plain_clip_anchors(tmp_path)
     assert model.config.text_head == "clip" and model.config.text_adapter_layers == 0
     assert model.stored_class_names == ["object", "visa/pcb1"]
     expected = reference_anchor(oc, "dual ultrasonic distance sensor pcb module")
-    torch.testing.assert_close(model.anchors_for(["visa/pcb1"])[0], expected, rtol=0, atol=ATOL)
-    torch.testing.assert_close(model.anchors_for(["object"])[0], reference_anchor(oc, "object"), rtol=0, atol=ATOL)
+    torch.testing.assert_close(model.text_anchors_for(["visa/pcb1"])[0], expected, rtol=0, atol=ATOL)
+    torch.testing.assert_close(
+        model.text_anchors_for(["object"])[0], reference_anchor(oc, "object"), rtol=0, atol=ATOL
+    )
 
 
 def test_reference_checkpoint_errors(tmp_path, oc_quick):
