@@ -28,6 +28,7 @@ from ..errors import InvalidInputError
 from ..modeling.configuration_aaclip import AAClipConfig
 from ..modeling.modeling_aaclip import AAClipModel
 from ..modeling.processing_aaclip import AAClipProcessor
+from ..runtime.model_folder import save_model_folder
 from ..runtime.serialization import load_tensor_file
 from .clip_weights import (
     DROPPED_KEYS,
@@ -361,12 +362,16 @@ def plain_clip_processor(model: CLIPModel):
 
 
 def save_output(model, processor, output_dir: str | Path, print_fn: Callable[[str], None] = print) -> Path:
-    """Write the model (and its processor) with `save_pretrained`; publishing is the CLI's `--push-to-hub`."""
+    """Write the model and its processor: an AA-CLIP model through the package's one writer (`save_model_folder`:
+    pipeline-ready, with a manifest), a plain CLIP with `save_pretrained`. Publishing is the CLI's `--push-to-hub`."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(output_dir))
-    if processor is not None:
-        processor.save_pretrained(str(output_dir))
+    if isinstance(model, AAClipModel):
+        save_model_folder(model, processor, output_dir)
+    else:
+        model.save_pretrained(str(output_dir))
+        if processor is not None:
+            processor.save_pretrained(str(output_dir))
     print_fn(f"Saved {type(model).__name__} to {output_dir}")
     return output_dir
 

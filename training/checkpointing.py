@@ -28,6 +28,7 @@ import accelerate.accelerator as acc_module
 import torch
 
 from ..errors import InvalidInputError, OutputConflictError
+from ..runtime.model_folder import save_model_folder
 from ..runtime.serialization import safe_torch_load
 from .arguments import RESUME_NEUTRAL_FIELDS, AAClipTrainingArguments
 
@@ -257,8 +258,7 @@ def save_epoch_model(accelerator, model, processor, output_dir: str, epoch: int)
         try:
             if model.config.include_text_model:
                 model.refresh_text_anchors(processor)
-            model.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
+            save_model_folder(model, processor, tmp)
         finally:
             model.text_anchors, model.config.anchor_class_names, model.config.anchor_fingerprint = saved
         shutil.rmtree(final, ignore_errors=True)

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import AnomalyDataset, raise_carried
 from ..errors import NonFiniteLossError, NonFiniteWeightsError
+from ..runtime.model_folder import save_model_folder
 from ..runtime.outputs import output_lock
 from .arguments import AAClipTrainingArguments
 from .batches import (
@@ -310,12 +311,12 @@ class AAClipTrainer:
         acc.wait_for_everyone()
         # Anchors are derived state: every stored class (not only the training ones) follows the trained text branch.
         model.refresh_text_anchors(self.processor, sorted({s.class_name for s in self.samples}))
+        drop_stale_references(model)
         classes = model.stored_class_names
         set_trainable(model, [])
         model.eval()
         if acc.is_main_process:
-            model.save_pretrained(args.output_dir)
-            self.processor.save_pretrained(args.output_dir)
+            save_model_folder(model, self.processor, args.output_dir)
             logger.info(
                 "saved the trained model and processor (anchors for %d classes) to %s", len(classes), args.output_dir
             )
@@ -358,3 +359,13 @@ def train(args: AAClipTrainingArguments, lock: bool = True, **kwargs) -> str:
     """Run the stages of ``args``; returns the output folder. ``kwargs`` go to :class:`AAClipTrainer`, ``lock`` to
     `AAClipTrainer.train`."""
     return AAClipTrainer(args, **kwargs).train(lock=lock)
+
+
+def drop_stale_references(model) -> None:
+    """Reference banks are derived from the vision weights: those the training changed are dropped (with a warning
+    naming them), never kept to be used silently. Add them again on the trained model (`aaclip add-references`)."""
+    current = model.vision_branch_fingerprint()
+    stale = sorted(name for name, record in model.config.reference_classes.items() if record["vision"] != current)
+    if stale:
+        model.remove_references(stale)
+        logger.warning("the vision weights changed: the stored references of %s are dropped; add them again", stale)

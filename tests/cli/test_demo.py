@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from aaclip_hf.cli.demo import run_demo
+from aaclip_hf.demo import run_demo
 
 
 def test_quick_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):

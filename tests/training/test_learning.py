@@ -1,8 +1,8 @@
-"""Learning evidence (slow): the offline demo's recipe (`aaclip_hf.cli.demo.FULL`: a randomly initialised tiny CLIP,
+"""Learning evidence (slow): the offline demo's recipe (`aaclip_hf.demo.FULL`: a randomly initialised tiny CLIP,
 both stages trained on the synthetic training classes) raises pixel AUROC on held-out synthetic classes.
 
 Run with ``pytest -m slow tests/training/test_learning.py -s`` to see the table. It runs demo steps 1-5 through
-`aaclip_hf.cli.demo.train_and_compare` (same data, model, training and reference-protocol evaluation as `make demo`,
+`aaclip_hf.demo.train_and_compare` (same data, model, training and reference-protocol evaluation as `make demo`,
 fixed seed 111, one torch thread), so the numbers here are the demo's. Measured margins are in docs/training.md.
 """
 
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from aaclip_hf.cli.demo import FULL, train_and_compare
+from aaclip_hf.demo import FULL, train_and_compare
 
 
 SEED = 111

@@ -50,10 +50,10 @@ def test_resume_into_a_held_output_is_refused_and_touches_nothing(running, tmp_p
     out = tmp_path / "out"
     before = _snapshot(out)
     parser = argparse.ArgumentParser()
-    train_cli.add_arguments(parser)
+    train_cli.add_train_arguments(parser)
     with output_lock(out, "aaclip train"):  # the first run, still going
         with pytest.raises(IN_USE, match=r"in use by another run \(aaclip train, pid \d+"):
-            train_cli.run(parser.parse_args(_argv(args)))
+            train_cli.run_train(parser.parse_args(_argv(args)))
         capsys.readouterr()
         assert main(["train", *_argv(args)]) == 2
         lines = capsys.readouterr().err.strip().splitlines()

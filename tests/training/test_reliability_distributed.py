@@ -13,8 +13,8 @@ import textwrap
 
 import pytest
 
-from aaclip_hf.cli.evaluate import add_arguments
-from aaclip_hf.cli.evaluate import run as evaluate_cli
+from aaclip_hf.cli.evaluate import add_evaluate_arguments as add_arguments
+from aaclip_hf.cli.evaluate import run_evaluate as evaluate_cli
 from aaclip_hf.data.synthetic import generate_synthetic_dataset
 
 from ..conftest import accelerate_cpu_launch, make_tiny_model
@@ -39,9 +39,9 @@ SCRIPT = textwrap.dedent(
     protocols._consume = consume
 
     parser = argparse.ArgumentParser()
-    evaluate_cli.add_arguments(parser)
+    evaluate_cli.add_evaluate_arguments(parser)
     args = parser.parse_args(sys.argv[1:])
-    code = evaluate_cli.run(args)
+    code = evaluate_cli.run_evaluate(args)
     if int(os.environ.get("RANK", "0")) == 0:
         with open(os.path.join(args.output, "seen.json"), "w") as f:
             json.dump(seen, f)

@@ -268,9 +268,9 @@ def test_cli_defaults_are_the_paper_setting():
         "full",
         "both",
     )
-    from aaclip_hf.cli import COMMANDS
+    from aaclip_hf.cli import build_parser, train
 
-    assert COMMANDS["train"][0] == "aaclip_hf.cli.train"
+    assert build_parser()[1]["train"].get_default("func") is train.run_train
     with pytest.raises(ValueError, match="per_image"):
         dataclasses.replace(args, cache_stage1_features=True, augment=False, dpam_mode="batch_axis").validate()
 
