@@ -809,6 +809,12 @@ class AAClipModel(AAClipPreTrainedModel):
             )
         if not 0.0 < coreset_ratio <= 1.0:
             raise InvalidInputError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
+        size = self.config.vision_config.image_size
+        if pixel_values.dim() != 4 or pixel_values.shape[0] == 0 or tuple(pixel_values.shape[-2:]) != (size, size):
+            raise InvalidInputError(
+                f"reference images must be a non-empty batch preprocessed at the model's {size}x{size} input, got "
+                f"pixel values of shape {tuple(pixel_values.shape)}"
+            )
         views = [pixel_values] + [REFERENCE_AUGMENTATIONS[name](pixel_values) for name in augmentations]
         levels = [torch.cat(level) for level in zip(*(self.get_vision_features(view)[0] for view in views))]
         bank = torch.stack([level.reshape(-1, level.shape[-1]) for level in levels])
@@ -818,10 +824,22 @@ class AAClipModel(AAClipPreTrainedModel):
         return bank
 
     @torch.no_grad()
+    def add_references(self, class_name: str, pixel_values: torch.Tensor, **options) -> None:
+        """Store the normal reference images `pixel_values` (from the processor) as `class_name`'s bank: one call for
+        `reference_features` (`options`: augmentations, coreset_ratio, seed) and `store_references`."""
+        self.store_references(class_name, self.reference_features(pixel_values, **options), pixel_values.shape[0])
+
+    @torch.no_grad()
     def store_references(self, class_name: str, bank: torch.Tensor, num_images: int) -> None:
         """Store (or replace) the reference bank of `class_name`, made by `reference_features` with this model's
-        current vision branch; it is saved with the weights and records that branch's fingerprint."""
+        current vision branch; it is saved with the weights and records that branch's fingerprint. The class must
+        have stored anchors (references refine its zero-shot score; they do not replace it)."""
         check_class_name(class_name)
+        if class_name not in self.stored_class_names:
+            raise UnknownClassError(
+                f"class {class_name!r} has no stored anchors, so its references could not be scored; store its "
+                "anchors first (model.update_text_anchors(processor, [name]) or aaclip add-class)"
+            )
         if bank.dim() != 3 or bank.shape[0] != self.config.num_levels or bank.shape[2] != self.config.projection_dim:
             raise InvalidInputError(
                 f"a reference bank must be (levels={self.config.num_levels}, rows, {self.config.projection_dim}), "
@@ -940,6 +958,12 @@ class AAClipModel(AAClipPreTrainedModel):
         """Few-shot map `(B, G, G)`: per level, each patch's nearest-neighbour cosine distance `1 - max cos` to that
         level's bank rows, blurred like the zero-shot terms, then averaged over levels (APRIL-GAN, AnomalyDINO)."""
         domain = self._domain(domain)
+        expected = (self.config.num_levels, self.config.projection_dim)
+        if bank.dim() != 3 or (bank.shape[0], bank.shape[2]) != expected or bank.shape[1] == 0:
+            raise InvalidInputError(
+                f"references must be a bank (levels={expected[0]}, rows>0, {expected[1]}) from reference_features, "
+                f"got {tuple(bank.shape)}"
+            )
         chunk = self.config.reference_chunk_size
         levels = [nearest_neighbour_distance(f, level, chunk).unsqueeze(-1) for f, level in zip(patch_embeds, bank)]
         return self._blur(self._to_grid(torch.cat(levels, dim=-1)), domain).mean(dim=1)

@@ -14,12 +14,12 @@ import argparse
 import sys
 
 from ..version import __version__
-from . import app, bench, convert, data, demo, detect, evaluate, hub, info, train
+from . import app, bench, classes, convert, data, demo, detect, evaluate, hub, info, train
 from .errors import report_failure
 
 
 # In the order of the workflow: set up, data, train, use, publish.
-COMMAND_MODULES = (info, convert, data, train, evaluate, detect, hub, bench, demo, app)
+COMMAND_MODULES = (info, convert, data, train, evaluate, detect, classes, hub, bench, demo, app)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
