@@ -63,7 +63,9 @@ def register() -> None:
 
     AutoConfig.register(AAClipConfig.model_type, AAClipConfig, exist_ok=True)
     AutoModel.register(AAClipConfig, AAClipModel, exist_ok=True)
-    AutoImageProcessor.register(AAClipConfig, image_processor_classes={"pil": AAClipImageProcessor}, exist_ok=True)
+    # One class for both backends: the reference numerics are PIL bicubic, whatever torchvision's presence.
+    backends = {"pil": AAClipImageProcessor, "torchvision": AAClipImageProcessor}
+    AutoImageProcessor.register(AAClipConfig, image_processor_classes=backends, exist_ok=True)
     AutoProcessor.register(AAClipConfig, AAClipProcessor, exist_ok=True)
     # No default checkpoint: `pipeline(TASK)` without a model says to pass one.
     PIPELINE_REGISTRY.register_pipeline(
