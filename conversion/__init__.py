@@ -2,36 +2,24 @@
 
 - :mod:`.clip_weights`: pure OpenAI/OpenCLIP ``CLIP`` -> HF ``CLIPModel`` key mapping, config inference
   from tensor shapes, and the position-table resize.
-- checkpoint reading that never unpickles arbitrary objects lives in :mod:`aaclip_hf.runtime.serialization`.
+- checkpoint reading that never unpickles arbitrary objects lives in :mod:`aaclip_hf.runtime.serialization`, and
+  `ConversionError` in :mod:`aaclip_hf.errors`.
 - :mod:`.convert_clip`: ``aaclip convert-clip`` (any CLIP -> ``AAClipModel`` or ``CLIPModel`` folder) and
   the embedding check against ``open_clip`` or the TorchScript archive.
 - :mod:`.original`: ``aaclip convert-original`` (reference AA-CLIP adapter checkpoints).
-- :mod:`.tokenizer`: ``aaclip convert-tokenizer`` (HF tokenizer files from OpenAI's BPE merges).
-"""
+- :mod:`.tokenizer`: ``aaclip convert-tokenizer`` (HF tokenizer files from OpenAI's BPE merges). Names load on first use."""
 
-from ..modeling.modeling_aaclip import resize_position_embedding
-from ..runtime.serialization import UnsafeCheckpointError, load_tensor_file, safe_torch_load
-from .clip_weights import (
-    DROPPED_KEYS,
-    ConversionError,
-    MappingReport,
-    convert_clip_state_dict,
-    infer_clip_config,
-    resize_clip_state_dict,
-    unwrap_state_dict,
+from .._lazy import lazy_exports
+
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "DROPPED_KEYS": ".clip_weights",
+        "MappingReport": ".clip_weights",
+        "convert_clip_state_dict": ".clip_weights",
+        "infer_clip_config": ".clip_weights",
+        "resize_clip_state_dict": ".clip_weights",
+        "unwrap_state_dict": ".clip_weights",
+    },
 )
-
-
-__all__ = [
-    "DROPPED_KEYS",
-    "ConversionError",
-    "MappingReport",
-    "UnsafeCheckpointError",
-    "convert_clip_state_dict",
-    "infer_clip_config",
-    "load_tensor_file",
-    "resize_clip_state_dict",
-    "resize_position_embedding",
-    "safe_torch_load",
-    "unwrap_state_dict",
-]

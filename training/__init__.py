@@ -7,46 +7,33 @@ Files: ``arguments`` (every knob and its command-line form), ``trainer`` (the lo
 ``dpam``, ``augment``.
 
 Run it as ``aaclip train ...``, ``python -m aaclip_hf.training ...`` or, on several devices,
-``accelerate launch -m aaclip_hf.training ...`` (docs/training.md).
-"""
+``accelerate launch -m aaclip_hf.training ...`` (docs/training.md). Names load on first use."""
 
-from .arguments import AAClipTrainingArguments, add_arguments
-from .augment import AugmentConfig, augment_batch, sample_seed
-from .dpam import Stage1FeatureCache, Stage1Features, dpam_features
-from .losses import (
-    BatchReducer,
-    dice_loss,
-    disentangle_loss_paper,
-    disentangle_loss_reference,
-    focal_loss,
-    image_bce_loss,
-    image_ce_loss,
-    segmentation_loss,
-    stage1_loss,
-    stage2_loss,
+from .._lazy import lazy_exports
+
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "AAClipTrainingArguments": ".arguments",
+        "add_arguments": ".arguments",
+        "AugmentConfig": ".augment",
+        "augment_batch": ".augment",
+        "sample_seed": ".augment",
+        "Stage1FeatureCache": ".dpam",
+        "Stage1Features": ".dpam",
+        "dpam_features": ".dpam",
+        "BatchReducer": ".losses",
+        "dice_loss": ".losses",
+        "disentangle_loss_paper": ".losses",
+        "disentangle_loss_reference": ".losses",
+        "focal_loss": ".losses",
+        "image_bce_loss": ".losses",
+        "image_ce_loss": ".losses",
+        "segmentation_loss": ".losses",
+        "stage1_loss": ".losses",
+        "stage2_loss": ".losses",
+        "AAClipTrainer": ".trainer",
+        "train": ".trainer",
+    },
 )
-from .trainer import AAClipTrainer, train
-
-
-__all__ = [
-    "AAClipTrainer",
-    "AAClipTrainingArguments",
-    "AugmentConfig",
-    "BatchReducer",
-    "Stage1FeatureCache",
-    "Stage1Features",
-    "add_arguments",
-    "augment_batch",
-    "dice_loss",
-    "disentangle_loss_paper",
-    "disentangle_loss_reference",
-    "dpam_features",
-    "focal_loss",
-    "image_bce_loss",
-    "image_ce_loss",
-    "sample_seed",
-    "segmentation_loss",
-    "stage1_loss",
-    "stage2_loss",
-    "train",
-]

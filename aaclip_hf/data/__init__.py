@@ -4,63 +4,45 @@
 - `readers`: the layouts, spec strings and `load_samples` (metadata files: JSON-lines, meta.json, the VisA csv);
 - `folders`: the folder layouts (MVTec/MPDD/BTAD, VisA, BMAD, polyp, your own folders); `paths`: the dataset root;
 - `image_io`: image and mask decoding with clear errors; `dataset`: the torch `AnomalyDataset`;
-- `sampling`: the reference's k-shot sampler; `synthetic`: the defect generator; `hf_datasets`: `datasets` bridge.
-"""
+- `sampling`: the reference's k-shot sampler; `synthetic`: the defect generator; `hf_datasets`: `datasets` bridge. Names load on first use."""
 
-from .dataset import AnomalyDataset
-from .hf_datasets import from_hf_dataset, to_hf_dataset
-from .image_io import IMAGE_EXTENSIONS, BadInputError, MissingFileError, load_image, load_mask
-from .readers import (
-    ANOMALY_FOLDER_NAMES,
-    FORMATS,
-    NORMAL_FOLDER_NAMES,
-    REFERENCE_CLASS_NAMES,
-    detect_format,
-    load_samples,
-    parse_spec,
-    read_bmad,
-    read_folder,
-    read_jsonl,
-    read_meta_json,
-    read_mvtec,
-    read_polyp,
-    read_visa,
+from .._lazy import lazy_exports
+
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "AnomalyDataset": ".dataset",
+        "from_hf_dataset": ".hf_datasets",
+        "to_hf_dataset": ".hf_datasets",
+        "IMAGE_EXTENSIONS": ".image_io",
+        "BadInputError": ".image_io",
+        "MissingFileError": ".image_io",
+        "load_image": ".image_io",
+        "load_mask": ".image_io",
+        "ANOMALY_FOLDER_NAMES": ".readers",
+        "FORMATS": ".readers",
+        "NORMAL_FOLDER_NAMES": ".readers",
+        "REFERENCE_CLASS_NAMES": ".readers",
+        "detect_format": ".readers",
+        "load_samples": ".readers",
+        "parse_spec": ".readers",
+        "read_bmad": ".readers",
+        "read_folder": ".readers",
+        "read_jsonl": ".readers",
+        "read_meta_json": ".readers",
+        "read_mvtec": ".readers",
+        "read_polyp": ".readers",
+        "read_visa": ".readers",
+        "BadFiles": ".samples",
+        "Sample": ".samples",
+        "check_classes_have_anomalies": ".samples",
+        "parse_label": ".samples",
+        "summarize_samples": ".samples",
+        "verify_samples": ".samples",
+        "DEFAULT_SHOT_SEED": ".sampling",
+        "parse_shots": ".sampling",
+        "sample_shots": ".sampling",
+        "write_jsonl": ".sampling",
+    },
 )
-from .samples import BadFiles, Sample, check_classes_have_anomalies, parse_label, summarize_samples, verify_samples
-from .sampling import DEFAULT_SHOT_SEED, parse_shots, sample_shots, write_jsonl
-
-
-__all__ = [
-    "ANOMALY_FOLDER_NAMES",
-    "AnomalyDataset",
-    "BadFiles",
-    "BadInputError",
-    "DEFAULT_SHOT_SEED",
-    "FORMATS",
-    "IMAGE_EXTENSIONS",
-    "MissingFileError",
-    "NORMAL_FOLDER_NAMES",
-    "REFERENCE_CLASS_NAMES",
-    "Sample",
-    "check_classes_have_anomalies",
-    "detect_format",
-    "from_hf_dataset",
-    "load_image",
-    "load_mask",
-    "load_samples",
-    "parse_label",
-    "parse_shots",
-    "parse_spec",
-    "read_bmad",
-    "read_folder",
-    "read_jsonl",
-    "read_meta_json",
-    "read_mvtec",
-    "read_polyp",
-    "read_visa",
-    "sample_shots",
-    "summarize_samples",
-    "to_hf_dataset",
-    "verify_samples",
-    "write_jsonl",
-]

@@ -140,7 +140,7 @@ def test_cli_flag_allow_outside_root(data, tmp_path, capsys):
     from aaclip_hf.cli import evaluate as evaluate_cli
     from aaclip_hf.training.arguments import AAClipTrainingArguments, add_arguments, arguments_from_namespace
 
-    for add in (evaluate_cli.add_arguments, add_arguments):
+    for add in (evaluate_cli.add_evaluate_arguments, add_arguments):
         import argparse
 
         parser = argparse.ArgumentParser()

@@ -145,7 +145,7 @@ def test_help_documents_the_spec_keys():
     from aaclip_hf.cli import evaluate as evaluate_cli
     from aaclip_hf.training.arguments import add_arguments as add_train_arguments
 
-    for add, flag in ((evaluate_cli.add_arguments, "--data"), (add_train_arguments, "--train-data")):
+    for add, flag in ((evaluate_cli.add_evaluate_arguments, "--data"), (add_train_arguments, "--train-data")):
         parser = argparse.ArgumentParser()
         add(parser)
         (action,) = [a for a in parser._actions if flag in a.option_strings]
