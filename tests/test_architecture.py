@@ -125,11 +125,13 @@ def test_no_import_cycles_between_rooms():
             rooms.setdefault(t, set())
     # The package root only registers and re-exports; `-m aaclip_hf.training` and `-m aaclip_hf.benchmark` are
     # entry points above the CLI.
-    rooms.pop("aaclip_hf", None)
-    for targets in rooms.values():
-        targets.discard("aaclip_hf")
+    for root in ("aaclip_hf", "aaclip_hf._lazy", "aaclip_hf.version"):  # the root, its lazy loader, the version
+        rooms.pop(root, None)
+        for targets in rooms.values():
+            targets.discard(root)
     rooms["aaclip_hf.training"].discard("aaclip_hf.cli")
     rooms["aaclip_hf.benchmark"].discard("aaclip_hf.cli")
+
     assert _cycles(rooms) == []
 
 
@@ -145,6 +147,28 @@ def test_modeling_imports_only_its_siblings_and_the_portable_stack(name):
         elif top not in stdlib and top not in MODELING_MAY_IMPORT:
             bad.append(f"{MODULES[name].name}:{line} imports {target}")
     assert bad == []
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n.startswith("aaclip_hf.cli")))
+def test_cli_modules_import_the_library_inside_their_functions(name):
+    """`aaclip --help` builds every subcommand's parser: at module level a CLI module imports only the standard
+    library and its light siblings (the library, torch and transformers come inside the functions that use them)."""
+    stdlib = set(sys.stdlib_module_names)
+    light = {"aaclip_hf.version", "aaclip_hf.cli.parsing", "aaclip_hf.cli.errors"} | {
+        n for n in MODULES if n.startswith("aaclip_hf.cli.")
+    }
+    tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+    package = name if MODULES[name].name == "__init__.py" else name.rsplit(".", 1)[0]
+    heavy = []
+    for node in tree.body:  # module level only
+        if isinstance(node, ast.Import):
+            heavy += [alias.name for alias in node.names if alias.name.split(".")[0] not in stdlib]
+        elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            targets = [target] if node.module else [f"{target}.{alias.name}" for alias in node.names]
+            heavy += [t for t in targets if t.split(".")[0] not in stdlib and t not in light]
+    assert heavy == []
 
 
 def test_the_cycle_finder_finds_a_cycle():
