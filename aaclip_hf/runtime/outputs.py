@@ -55,6 +55,7 @@ __all__ = [
     "holds_only",
     "lock_path",
     "output_lock",
+    "output_target",
     "safe_text",
 ]
 
@@ -80,9 +81,17 @@ def safe_text(value: str | os.PathLike) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def output_target(folder: str | os.PathLike) -> Path:
+    """Where an output folder is written: its absolute path, or, for a symbolic link, the folder it points to (the
+    link stays; its target is replaced)."""
+    folder = Path(folder)
+    return Path(os.path.realpath(folder)) if folder.is_symlink() else folder.absolute()
+
+
 def lock_path(folder: str | os.PathLike) -> Path:
-    """The lock file of an output folder: `<folder>.lock`, next to it (the folder itself is swapped whole)."""
-    folder = Path(folder).absolute()
+    """The lock file of an output folder: `<target>.lock`, next to the folder written (`output_target`), so a run
+    through a symbolic link and a run on its target share one lock."""
+    folder = output_target(folder)
     return folder.with_name(folder.name + ".lock")
 
 
@@ -117,7 +126,7 @@ def _in_use(folder: Path, lock: Path, holder: dict) -> OutputInUseError:
 @contextlib.contextmanager
 def output_lock(folder: str | os.PathLike, command: str = "aaclip") -> Iterator[Path]:
     """Hold `<folder>.lock` (with this process's pid) for the block; refuse if another run holds it."""
-    folder = Path(folder).absolute()
+    folder = output_target(folder)
     lock = lock_path(folder)
     lock.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -206,14 +215,16 @@ def _record(staging: Path, command: str) -> None:
     (staging / OUTPUT_RECORD).write_text(json.dumps({"command": command, "files": files}, indent=1) + "\n")
 
 
-def _written_by(folder: Path, command: str) -> bool:
-    """The folder holds exactly what `command` recorded there: no file added, nested ones included."""
+def _foreign_files(folder: Path, command: str) -> list[str]:
+    """Files of `folder` that `command`'s record there does not list (all of them without such a record), nested ones
+    included: what replacing the folder would delete although the command did not write it."""
+    files = [name for name in _files(folder) if name != OUTPUT_RECORD]
     try:
         record = json.loads((folder / OUTPUT_RECORD).read_text(encoding="utf-8"))
-        recorded = set(record["files"]) | {OUTPUT_RECORD}
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return record.get("command") == command and set(_files(folder)) <= recorded
+        recorded = set(record["files"]) if record.get("command") == command else set()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        recorded = set()
+    return [name for name in files if name not in recorded]
 
 
 def check_output_apart(
@@ -317,19 +328,14 @@ def atomic_output_dir(
     `replaceable(existing)`: a further condition for replacing an earlier output (its record must match anyway). `lock=False`
     when the caller already holds `output_lock(folder)` for a longer span (e.g. the whole evaluation).
     """
-    final = Path(os.path.realpath(folder)) if Path(folder).is_symlink() else Path(folder).absolute()
+    final = output_target(folder)
     with output_lock(final, command) if lock else contextlib.nullcontext():
         final.parent.mkdir(parents=True, exist_ok=True)
         _clean_leftovers(final)
         if final.exists() and not final.is_dir():
             raise OutputConflictError(f"{folder}: is a file; expected an output folder (new, or written by {command})")
         if final.is_dir() and any(final.iterdir()):
-            if not _written_by(final, command) or (replaceable is not None and not replaceable(final)):
-                foreign = sorted(entry.name for entry in final.iterdir())[:3]
-                raise OutputConflictError(
-                    f"{folder}: the folder holds files that {command} did not write ({', '.join(foreign)}, ...); "
-                    f"expected a new or empty folder, or the untouched output of an earlier {command} (replaced)"
-                )
+            _check_replaceable(folder, final, command, replaceable)
             logger.warning("%s: replacing the output of an earlier %s", folder, command)
         staging = final.with_name(f".{final.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
         staging.mkdir()
@@ -340,6 +346,22 @@ def atomic_output_dir(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+
+def _check_replaceable(folder, final: Path, command: str, replaceable: Callable[[Path], bool] | None) -> None:
+    """Refuse, naming them, an existing folder's files that `command` did not write (module docstring)."""
+    foreign = _foreign_files(final, command)
+    if not foreign and replaceable is not None and not replaceable(final):
+        foreign = [name for name in _files(final) if name != OUTPUT_RECORD]
+    if not foreign and not (final / OUTPUT_RECORD).is_file():
+        foreign = sorted(entry.name for entry in final.iterdir())  # empty sub-folders only
+    if foreign:
+        shown = ", ".join(safe_text(name) for name in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise OutputConflictError(
+            f"{folder}: the folder holds files that {command} did not write ({shown}; {len(foreign)} in all); "
+            f"expected a new or empty folder, or the untouched output of an earlier {command} (which is replaced). "
+            "Move those files away or choose another output"
+        )
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -1,4 +1,4 @@
-"""Batch-size chooser (hand-computed memory model), the pipeline's default batch, and the ordered prefetch."""
+"""Batch-size chooser (hand-computed memory model), the automatic batch of the scoring loop, and the ordered prefetch."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import threading
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from aaclip_hf import AAClipConfig
-from aaclip_hf.inference.detect import make_pipeline
+from aaclip_hf.inference.detect import collect_images, make_pipeline, score_images
 from aaclip_hf.runtime.batching import (
     MAX_AUTO_BATCH_SIZE,
     choose_batch_size,
@@ -82,23 +83,29 @@ def test_batch_size_flag_and_resolution(tiny_model):
     )
 
 
-def test_pipeline_batches_by_default(tiny_model, processor, monkeypatch):
+def test_scoring_batches_automatically_by_default(tiny_model, processor, monkeypatch, tmp_path):
+    """`score_images` (detect, calibrate) without a batch size runs the chooser's balanced batches; the results equal
+    one image at a time."""
     seen = []
     forward = tiny_model.forward
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs["pixel_values"].shape[0])
-        return forward(*args, **kwargs)
+    def spy(pixel_values, *args, **kwargs):
+        seen.append(pixel_values.shape[0])
+        return forward(pixel_values, *args, **kwargs)
 
     monkeypatch.setattr(tiny_model, "forward", spy)
     pipe = make_pipeline(tiny_model, processor)
-    images = [np.random.default_rng(i).integers(0, 256, (30, 40, 3), dtype=np.uint8) for i in range(5)]
-    batched = pipe(images)
+    for i in range(5):
+        array = np.random.default_rng(i).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        Image.fromarray(array).save(tmp_path / f"{i}.png")
+    images = collect_images([tmp_path])
+    batched = [result for _, _, result in score_images(pipe, images, "bottle", progress=False)]
     assert seen == [3, 2]  # the chooser's balanced batches (CPU limit 4)
     seen.clear()
-    single = pipe(images, batch_size=1)
+    single = [result for _, _, result in score_images(pipe, images, "bottle", batch_size=1, progress=False)]
     assert seen == [1] * 5
     for a, b in zip(batched, single):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
         np.testing.assert_allclose(a["anomaly_map"], b["anomaly_map"], atol=1e-5)
 
 

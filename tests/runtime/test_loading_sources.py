@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from huggingface_hub import constants
 
-from aaclip_hf.runtime.loading import check_model_source, is_aaclip_folder
+from aaclip_hf.errors import BadInputError, MissingFileError
+from aaclip_hf.runtime.loading import check_model_source, is_aaclip_folder, model_type_of
 
 
 def _cache(root, repo_id):
@@ -23,14 +24,18 @@ def test_offline_only_cached_hub_ids_pass(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     _cache(tmp_path / "hub", "someone/cached")
     check_model_source("someone/cached")  # loads from the cache offline: not refused
-    with pytest.raises(FileNotFoundError, match=r"--model someone/other: no such folder, and the Hub is offline"):
+    with pytest.raises(
+        MissingFileError, match=r"'someone/other', field '--model': no such folder, and the Hub is offline"
+    ):
         check_model_source("someone/other")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     check_model_source("someone/other")  # online: left to the loader (which names an unreachable Hub)
 
 
 def test_paths_that_cannot_be_hub_ids_and_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"--model /no/such/dir: no such folder \(and not a valid Hub id\)"):
+    with pytest.raises(
+        FileNotFoundError, match=r"'/no/such/dir', field '--model': no such folder \(and not a valid Hub id\)"
+    ):
         check_model_source("/no/such/dir")
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"")
@@ -42,5 +47,7 @@ def test_paths_that_cannot_be_hub_ids_and_files(tmp_path):
 
 def test_a_config_json_that_is_not_json_is_named(tmp_path):
     (tmp_path / "config.json").write_bytes(b'{"model_type": "aa\xff')
-    with pytest.raises(ValueError, match=r"config.json: not valid JSON"):
-        is_aaclip_folder(tmp_path)
+    with pytest.raises(BadInputError, match=r"config.json': not valid JSON") as info:
+        model_type_of(tmp_path)
+    assert info.value.path == str(tmp_path / "config.json")
+    assert not is_aaclip_folder(tmp_path)  # the yes/no question: not an AA-CLIP folder

@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 
 import aaclip_hf.runtime.outputs as outputs
+from aaclip_hf.errors import OutputConflictError
 from aaclip_hf.runtime.outputs import (
+    OUTPUT_RECORD,
     OutputInUseError,
     atomic_output_dir,
     atomic_write_text,
+    check_new_file,
+    check_output_apart,
     holds_only,
     lock_path,
     output_lock,
@@ -24,7 +28,13 @@ from aaclip_hf.runtime.outputs import (
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under `folder` but the output record, by relative name."""
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != OUTPUT_RECORD]
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in files}
+
+
+def _record(folder: Path) -> dict:
+    return json.loads((folder / OUTPUT_RECORD).read_text())
 
 
 def _siblings(folder: Path) -> list[str]:
@@ -58,6 +68,7 @@ def test_a_finished_run_appears_whole_and_leaves_nothing_else(tmp_path):
         assert (tmp_path / "out.lock").is_file()  # the lock, with our pid
         assert json.loads((tmp_path / "out.lock").read_text())["pid"] == os.getpid()
     assert _tree(final) == {"a.txt": b"a", "sub/b.txt": b"b"}
+    assert _record(final) == {"command": "test", "files": ["a.txt", "sub/b.txt"]}  # nested files recorded too
     assert _siblings(final) == ["out"]  # no temporary folder, no lock file
 
 
@@ -102,6 +113,14 @@ def test_a_folder_of_other_files_is_refused_untouched(tmp_path):
         with atomic_output_dir(final, "test", replaceable=holds_only(["results.json"])):
             pytest.fail("must not start")
     assert _tree(final) == {"results.json": b"{}", "thesis.tex": b"years of work"}
+    # holding only names the command writes is not enough: without its record the files are someone else's
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "results.json").write_text("their results")
+    with pytest.raises(OutputConflictError, match=r"theirs: the folder holds files that test did not write"):
+        with atomic_output_dir(theirs, "test", replaceable=holds_only(["results.json"])):
+            pytest.fail("must not start")
+    assert _tree(theirs) == {"results.json": b"their results"}
     with pytest.raises(FileExistsError, match="is a file"):
         (tmp_path / "file").write_text("x")
         with atomic_output_dir(tmp_path / "file", "test"):
@@ -116,8 +135,8 @@ def test_a_folder_of_other_files_is_refused_untouched(tmp_path):
 def test_a_crash_between_the_two_renames_is_repaired_by_the_next_run(tmp_path, monkeypatch):
     """Without an atomic exchange the old output is moved aside first; a run killed right then loses nothing."""
     final = tmp_path / "out"
-    final.mkdir()
-    (final / "r.json").write_text("old")
+    with atomic_output_dir(final, "test") as staging:
+        (staging / "r.json").write_text("old")
     dead = _dead_pid()
     os.rename(final, tmp_path / f".out.old-{dead}-abcd")  # the state a kill between the renames leaves
     (tmp_path / f".out.tmp-{dead}-ef01").mkdir()  # and its unfinished new output
@@ -146,17 +165,14 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
 
 
 def _holder(lock_target: Path) -> subprocess.Popen:
-    """Another process (stdlib only: outputs.py loaded by file path) that holds the lock until killed."""
+    """Another process that holds the lock until killed."""
     code = (
-        "import importlib.util, sys, time\n"
-        "spec = importlib.util.spec_from_file_location('outputs', sys.argv[1])\n"
-        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
-        "with module.output_lock(sys.argv[2], 'aaclip detect'):\n"
+        "import sys, time\n"
+        "from aaclip_hf.runtime.outputs import output_lock\n"
+        "with output_lock(sys.argv[1], 'aaclip detect'):\n"
         "    print('held', flush=True); time.sleep(120)\n"
     )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", code, outputs.__file__, str(lock_target)], stdout=subprocess.PIPE, text=True
-    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(lock_target)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
 
@@ -209,3 +225,68 @@ def test_atomic_write_text_replaces_or_keeps_the_old_file(tmp_path, monkeypatch)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_text(path, "newer")
     assert path.read_text() == "new" and _siblings(path) == ["config.json"]
+
+
+def test_a_file_added_inside_an_earlier_output_makes_it_yours(tmp_path):
+    """A nested file the record does not list (`maps/notes.txt`) is refused, named, and survives with the rest."""
+    final = tmp_path / "out"
+    rule = holds_only(["maps", "detections.json"])
+    with atomic_output_dir(final, "aaclip detect", replaceable=rule) as staging:
+        (staging / "maps").mkdir()
+        (staging / "maps" / "a.npy").write_bytes(b"map")
+        (staging / "detections.json").write_text("[]")
+    (final / "maps" / "notes.txt").write_text("my notes")
+    before = _tree(final)
+    with pytest.raises(OutputConflictError, match=r"did not write \(maps/notes.txt; 1 in all\)"):
+        with atomic_output_dir(final, "aaclip detect", replaceable=rule):
+            pytest.fail("must not start")
+    assert _tree(final) == before and _siblings(final) == ["out"]
+    # another command's untouched output is not this command's to replace either
+    with pytest.raises(OutputConflictError, match="did not write"):
+        with atomic_output_dir(final, "aaclip evaluate"):
+            pytest.fail("must not start")
+    (final / "maps" / "notes.txt").unlink()
+    with atomic_output_dir(final, "aaclip detect", replaceable=rule) as staging:  # untouched again: replaced
+        (staging / "detections.json").write_text("[1]")
+    assert _tree(final) == {"detections.json": b"[1]"}
+
+
+def test_a_symlinked_output_is_written_through_and_the_link_stays(tmp_path):
+    target = tmp_path / "disk" / "results"
+    target.parent.mkdir()
+    link = tmp_path / "out"
+    link.symlink_to(target, target_is_directory=True)  # dangling until the first run
+    for text in ("first", "second"):
+        with atomic_output_dir(link, "test") as staging:
+            assert staging.parent == target.parent  # written beside the target, never beside the link
+            (staging / "r.json").write_text(text)
+        assert link.is_symlink() and os.readlink(link) == str(target)
+        assert _tree(target) == {"r.json": text.encode()}
+    assert _siblings(link) == ["disk", "out"] and _siblings(target) == ["results"]  # no .tmp folder or link left
+    assert lock_path(link) == lock_path(target) == target.with_name("results.lock")  # one lock for both names
+    with output_lock(target, "aaclip detect"):
+        with pytest.raises(OutputInUseError):
+            with atomic_output_dir(link, "aaclip detect"):
+                pytest.fail("must not start")
+
+
+def test_outputs_are_kept_apart_from_inputs_and_the_model(tmp_path):
+    data, model = tmp_path / "data", tmp_path / "model"
+    (data / "good").mkdir(parents=True)
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    for output, role in ((data, "an input"), (tmp_path, "an input"), (model, "the model")):
+        with pytest.raises(OutputConflictError, match=f"--output {output}: (is|holds) {role}"):
+            check_output_apart(output, inputs=[data / "good"], model=model)
+    with pytest.raises(OutputConflictError, match="is the model"):
+        check_output_apart(model / "model.safetensors", model=model / "model.safetensors", what="--output")
+    link = tmp_path / "link"
+    link.symlink_to(data)
+    with pytest.raises(OutputConflictError, match="is an input"):
+        check_output_apart(link, inputs=[data])  # the same folder under another name
+    check_output_apart(data / "good" / "out", inputs=[data / "good"], model=model)  # inside an input: fine
+    check_output_apart(tmp_path / "new", inputs=["org/hub-id", data], model="org/model")  # ids are not paths
+    with pytest.raises(OutputConflictError, match=r"shots.jsonl: exists; an output file never replaces a file"):
+        (tmp_path / "shots.jsonl").write_text("mine")
+        check_new_file(tmp_path / "shots.jsonl")
+    check_new_file(tmp_path / "new.jsonl")
