@@ -22,6 +22,7 @@ def register(subparsers) -> None:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     from ..evaluation.anomaly_metrics.exact_metrics import DEFAULT_FPR_LIMIT
+    from ..evaluation.few_shot import DEFAULT_FEW_SHOT_SEED
     from ..evaluation.protocols import PROTOCOLS, RESOLUTIONS
     from ..runtime.backends import add_backend_arguments
     from ..runtime.batching import add_batch_size_argument
@@ -49,6 +50,27 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PROTOCOLS,
         default="reference",
         help="image scores: reference (per-class min-max fusion, the paper's) or per-image (model's own)",
+    )
+    parser.add_argument(
+        "--few-shot",
+        type=int,
+        default=None,
+        metavar="K",
+        help="few-shot evaluation (WinCLIP/APRIL-GAN protocol): per class, K normal images drawn from "
+        "--reference-split form a reference bank, and every test image is also scored against it; pixel metrics "
+        "use the fused probability map (config.few_shot_fusion). Default: zero-shot",
+    )
+    parser.add_argument(
+        "--few-shot-seed",
+        type=int,
+        default=DEFAULT_FEW_SHOT_SEED,
+        help=f"seed of the reference draw, one generator per class (default {DEFAULT_FEW_SHOT_SEED})",
+    )
+    parser.add_argument(
+        "--reference-split",
+        default="train",
+        help="split the few-shot references are drawn from (default: train); reference images found in --split "
+        "are left out of the scoring",
     )
     parser.add_argument(
         "--resolution",
@@ -80,8 +102,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output",
         required=True,
-        help="folder for results.json, results.csv and results.md: written whole when the run ends, an earlier "
-        "run's results replaced; refused while another run writes it (lock file OUTPUT.lock)",
+        help="folder for results.json, results.csv, results.md, scores.csv (every image's score) and pictures/ "
+        "(per class: score histogram with the class's threshold, ROC curve): written whole when the run ends, an "
+        "earlier run's results replaced; refused while another run writes it (lock file OUTPUT.lock)",
     )
     parser.add_argument("--no-progress", action="store_true")
 
@@ -122,6 +145,8 @@ def _evaluate_and_save(args: argparse.Namespace, accelerator) -> int:
         skipped, samples = len(samples) - len(kept), kept
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     model, _ = apply_backend(model, args.backend, args.quantize)
+    # after the backend: the banks' patches come from the same tower as the test images'
+    references = _few_shot_references(args, model, processor, samples) if args.few_shot is not None else None
     name = args.dataset_name or os.path.basename(os.path.normpath(args.data[0].split("::")[0]))
     result = evaluate(
         model,
@@ -138,6 +163,7 @@ def _evaluate_and_save(args: argparse.Namespace, accelerator) -> int:
         split=args.split,
         progress=not args.no_progress,
         accelerator=accelerator,
+        references=references,
     )
     if result is None:
         return 0
@@ -148,9 +174,46 @@ def _evaluate_and_save(args: argparse.Namespace, accelerator) -> int:
     result.settings["model"] = args.model
     result.settings["data"] = list(args.data)
     paths = result.save(args.output, lock=False)
-    print(f"\n{name}: {args.protocol} protocol, pixel metrics at {args.resolution} resolution (%)\n")
+    shots = "zero-shot" if references is None else f"{references.shots}-shot (seed {references.seed})"
+    print(f"\n{name}: {shots}, {args.protocol} protocol, pixel metrics at {args.resolution} resolution (%)\n")
     print(result.to_markdown())
     for note in result.notes:
         print(f"note: {note}")
-    print(f"\nwrote {paths['json']}, {paths['csv']} and {paths['markdown']}")
+    _print_operating_points(result)
+    print(f"\nwrote {paths['json']}, {paths['csv']}, {paths['markdown']}, {paths['scores']} and {paths['pictures']}/")
     return 0
+
+
+def _few_shot_references(args: argparse.Namespace, model, processor, samples):
+    """The reference bank of every evaluated class: `--few-shot` normal images drawn from `--reference-split`."""
+    from ..data.readers import load_samples
+    from ..data.samples import verify_samples
+    from ..evaluation.few_shot import build_references
+
+    class_names = list(dict.fromkeys(sample.class_name for sample in samples))
+    reference_samples = load_samples(
+        args.data, args.reference_split, skip_bad_files=args.skip_bad_files, allow_outside_root=args.allow_outside_root
+    )
+    if args.skip_bad_files:
+        reference_samples = verify_samples(reference_samples, skip_bad_files=True, progress=not args.no_progress)
+    return build_references(
+        model, processor, reference_samples, class_names, args.few_shot, args.few_shot_seed, args.reference_split
+    )
+
+
+def _print_operating_points(result) -> None:
+    """One line per class with a threshold: the false-reject and escape rates at it."""
+    for name, row in result.classes.items():
+        point = row.get("operating_point")
+        if point is None:
+            continue
+        rates = ", ".join(
+            f"{what} {point[f'{key}s']}/{point[total]} ({100 * point[f'{key}_rate']:.1f}%)"
+            for what, key, total in (
+                ("false rejects", "false_reject", "num_normal"),
+                ("escapes", "escape", "num_anomalous"),
+            )
+            if point[f"{key}_rate"] is not None
+        )
+        source = "calibrated" if row["threshold_calibrated"] else "fallback"
+        print(f"{name}: threshold {point['threshold']:.4f} ({source}): {rates}")

@@ -2,7 +2,7 @@
 
 Two image-score protocols:
 
-``reference`` (default; reproduces the reference `test.py`, research/aaclip_original.md sections 6 and 10)
+``reference`` (default; reproduces `test.py` of the reference implementation, https://github.com/Mwxinnn/AA-CLIP)
     Per class, over all its test images: the anomaly maps (at the model's input resolution) are min-max
     normalised together and the raw image scores ``r`` together; industrial classes score
     ``0.5 * max(map_norm) + 0.5 * r_norm``, medical classes ``max(map_norm)``. A class whose images all
@@ -20,6 +20,19 @@ left out of the pixel metrics; data without any mask gets image metrics only (sa
 
 The smoothing domain comes from ``--domain`` or, with ``auto``, from the class name (the reference's medical
 sets: Brain, Liver, Retina, Colon_*/CVC/Kvasir are medical; everything else industrial).
+
+Few-shot (``references``, `aaclip_hf.evaluation.few_shot`; WinCLIP's and APRIL-GAN's protocol): each image is also
+scored against the reference bank of its class (K normal images of another split). The pixel metrics then use the
+model's fused per-patch probability map (``anomaly_probability_grid``: the zero-shot probability joined with the
+nearest-neighbour map by ``config.few_shot_fusion``), resized like the zero-shot map. ``per-image`` takes the model's
+own ``image_score``, which uses that map; ``reference`` applies the same per-class min-max rule as zero-shot, to the
+fused map instead of the summed zero-shot map. Zero-shot evaluation (no references) is unchanged: the summed map.
+
+Operating points: a class with a decision threshold (``config.threshold_for``: its own calibrated one, else the
+fallback ``decision_threshold``) gets the false-reject and escape rates at it on its test images
+(`aaclip_hf.evaluation.operating_points.rates_at`), always on the model's per-image ``image_score`` (the score the
+threshold applies to in deployment), whatever the protocol. ``save`` also writes ``scores.csv`` (every image's score)
+and one picture per class (``pictures/``: score histogram with the threshold, ROC curve).
 
 Memory stays bounded: samples are processed class by class (batches may still mix two classes at a class
 boundary), and a class's maps are released as soon as its metrics are computed.
@@ -55,7 +68,7 @@ from ..modeling.image_processing_aaclip import binarize_mask
 from ..modeling.modeling_aaclip import AAClipModel, upsample_grid
 from ..modeling.processing_aaclip import AAClipProcessor
 from ..runtime.batching import resolve_batch_size
-from ..runtime.outputs import atomic_output_dir, holds_only
+from ..runtime.outputs import atomic_output_dir, holds_only, safe_text
 from .anomaly_metrics.exact_metrics import (
     DEFAULT_FPR_LIMIT,
     MEDICAL_CLASSES,
@@ -66,6 +79,9 @@ from .anomaly_metrics.exact_metrics import (
     domain_for_class,
     reference_image_scores,
 )
+from .few_shot import FewShotReferences
+from .operating_points import rates_at
+from .score_pictures import picture_name, score_picture
 
 
 logger = logging.getLogger(__name__)
@@ -83,6 +99,8 @@ __all__ = [
 RESOLUTIONS = ("model", "original")
 # What `EvaluationResult.save` writes (json, csv, markdown); a folder holding only these may be replaced.
 RESULT_FILES = ("results.json", "results.csv", "results.md")
+SCORES_FILE = "scores.csv"  # every image's score
+PICTURES_DIR = "pictures"  # one PNG per class (`score_pictures`)
 # Table columns in the paper's order (pixel-level AUROC/AUPRO, image-level AUROC/AP), then the extras.
 METRIC_COLUMNS = OrderedDict(
     [
@@ -164,6 +182,9 @@ class EvaluationResult:
     settings: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     split: str = "test"
+    # Per image, in input order: path, class_name, label, score (the model's own image_score) and, under the
+    # reference protocol, reference_score (what the image metrics use). Written to scores.csv, not to the JSON.
+    scores: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def columns(self) -> list[str]:
         """Metric columns that have a value somewhere (pixel columns vanish for mask-less data)."""
@@ -196,24 +217,29 @@ class EvaluationResult:
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        del data["scores"]
         data["format"] = "aaclip-eval/1"
         data["table_markdown"] = self.to_markdown()
         return _json_safe(data)
 
     def save(self, output_dir: str | os.PathLike, lock: bool = True) -> dict[str, Path]:
-        """Write `results.json` (fractions), `results.csv` and `results.md` (percent, paper layout).
+        """Write `results.json` (fractions), `results.csv` and `results.md` (percent, paper layout), `scores.csv`
+        (every image's score) and `pictures/<class>.png` (score histogram with the threshold, ROC curve).
 
         The folder is written whole or not at all (`aaclip_hf.runtime.outputs.atomic_output_dir`): an earlier
         run's results are replaced, a folder of other files is refused. `lock=False` when the caller already
         holds the folder's `output_lock` (the CLI holds it for the whole evaluation).
         """
         final = Path(output_dir)
-        with atomic_output_dir(final, "aaclip evaluate", replaceable=holds_only(RESULT_FILES), lock=lock) as staging:
+        written = (*RESULT_FILES, SCORES_FILE, PICTURES_DIR)
+        with atomic_output_dir(final, "aaclip evaluate", replaceable=holds_only(written), lock=lock) as staging:
             self._write(staging)
-        return {key: final / name for key, name in zip(("json", "csv", "markdown"), RESULT_FILES)}
+        paths = {key: final / name for key, name in zip(("json", "csv", "markdown"), RESULT_FILES)}
+        return paths | {"scores": final / SCORES_FILE, "pictures": final / PICTURES_DIR}
 
     def _write(self, folder: Path) -> None:
         paths = {key: folder / name for key, name in zip(("json", "csv", "markdown"), RESULT_FILES)}
+        self._write_scores(folder)
         paths["json"].write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         with open(paths["csv"], "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
@@ -237,6 +263,36 @@ class EvaluationResult:
             title + "Values in %, unweighted mean over classes.\n\n" + self.to_markdown() + "\n\n" + notes,
             encoding="utf-8",
         )
+
+    def _write_scores(self, folder: Path) -> None:
+        """`scores.csv` and one picture per class; records each picture's file in its class row."""
+        columns = ["path", "class_name", "label", "score"]
+        if any("reference_score" in record for record in self.scores):
+            columns.append("reference_score")
+        with open(folder / SCORES_FILE, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for record in self.scores:
+                writer.writerow({**record, "path": safe_text(record["path"])})
+        (folder / PICTURES_DIR).mkdir()
+        taken: set[str] = set()
+        shots = (self.settings.get("few_shot") or {}).get("shots")
+        kind = f"{shots}-shot" if shots else "zero-shot"
+        for name, row in self.classes.items():
+            records = [record for record in self.scores if record["class_name"] == name]
+            if not records:
+                continue
+            threshold, calibrated = row.get("threshold"), bool(row.get("threshold_calibrated"))
+            picture = score_picture(
+                f"{self.dataset} / {name}: per-image image scores ({kind}, split {self.split})",
+                [r["score"] for r in records if r["label"] == 0],
+                [r["score"] for r in records if r["label"] == 1],
+                threshold,
+                calibrated,
+                row.get("operating_point"),
+            )
+            row["picture"] = f"{PICTURES_DIR}/{picture_name(name, taken)}"
+            picture.save(folder / row["picture"])
 
 
 def _json_safe(value):
@@ -265,7 +321,7 @@ class _ClassState:
         self.domain = domain
         self.index: list[int] = []
         self.labels: list[int] = []
-        self.image_score: list[float] = []
+        self.image_score: list[float] = []  # the model's own, per image
         self.raw_score: list[float] = []
         self.map_max: list[float] = []
         self.map_min: list[float] = []
@@ -299,6 +355,7 @@ def evaluate(
     split: str = "test",
     progress: bool = True,
     accelerator: Accelerator | None = None,
+    references: FewShotReferences | None = None,
 ) -> EvaluationResult | None:
     """Evaluate `model` on `samples` (see the module docstring for the protocols).
 
@@ -309,15 +366,20 @@ def evaluate(
         batch_size: `None` chooses one from the device and its free memory (`aaclip_hf.runtime.batching`).
         accelerator: an `accelerate.Accelerator` to shard the images over processes; results are gathered
             without tail duplicates (`gather_for_metrics`) and returned on the main process (`None` elsewhere).
+        references: few-shot banks per class (`aaclip_hf.evaluation.few_shot.build_references`); every class
+            evaluated needs one. Reference images among `samples` are left out of the scoring (noted).
     """
     _check_arguments(model, protocol, resolution, domain, batch_size)
     if isinstance(samples, Dataset):
         samples = dataset_samples(samples)
+    samples, left_out = _without_references(samples, references)
     if not samples:
         raise InvalidInputError("no samples to evaluate")
     batch_size = resolve_batch_size(batch_size, model, len(samples))
     started = time.time()
     run = _Run.start(model, processor, _class_order(samples), protocol, resolution, domain, aupro_variant, fpr_limit)
+    if references is not None:
+        run.use_references(references, model.config.few_shot_fusion, left_out)
 
     loader = torch.utils.data.DataLoader(
         CarryErrors(_ImageDataset(run.samples, processor)), batch_size=batch_size, shuffle=False,
@@ -341,6 +403,15 @@ def evaluate(
     if not is_main:
         return None
     return run.result(model, dataset_name, split, batch_size, time.time() - started)
+
+
+def _without_references(samples, references: FewShotReferences | None) -> tuple[list[Sample], int]:
+    """`samples` less the few-shot reference images (a reference is never scored against itself)."""
+    if references is None:
+        return list(samples), 0
+    used = {path for paths in references.images.values() for path in paths}
+    kept = [sample for sample in samples if sample.image_path not in used]
+    return kept, len(samples) - len(kept)
 
 
 def _check_arguments(model, protocol: str, resolution: str, domain: str | None, batch_size: int | None) -> None:
@@ -370,6 +441,20 @@ class _Run:
     fpr_limit: float
     notes: list[str]
     rows: dict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    scores: list[dict[str, Any]] = field(default_factory=list)  # per image, filed as classes finish
+    references: FewShotReferences | None = None
+    few_shot: dict[str, Any] | None = None  # settings.few_shot
+
+    def use_references(self, references: FewShotReferences, fusion: str, left_out: int) -> None:
+        """Score every image against its class's bank too (all classes need one)."""
+        for name in self.states:
+            references.bank(name)  # refuses a class without references, naming it
+        self.references = references
+        self.few_shot = references.settings(fusion)
+        if left_out:
+            self.notes.append(
+                f"{left_out} few-shot reference image(s) were also in the evaluated split and are left out of it"
+            )
 
     @classmethod
     def start(cls, model, processor, samples, protocol, resolution, domain, aupro_variant, fpr_limit) -> _Run:
@@ -421,8 +506,22 @@ class _Run:
             "device": str(parameter.device),
             "num_images": len(self.samples),
             "seconds": round(seconds, 2),
+            "few_shot": self.few_shot,
+            "map": "anomaly_probability_grid (zero-shot fused with the references)"
+            if self.references is not None
+            else "anomaly_map_grid (zero-shot, summed over levels)",
+            "operating_point_score": "image_score (the model's own, per image)",
         }
-        return EvaluationResult(dataset_name, self.protocol, self.resolution, self.rows, mean, settings, notes, split)
+        if self.references is not None:
+            settings["reference_images"] = {name: self.references.images.get(name, []) for name in self.states}
+        scores = [{k: v for k, v in record.items() if k != "index"} for record in sorted(self.scores, key=_index)]
+        return EvaluationResult(
+            dataset_name, self.protocol, self.resolution, self.rows, mean, settings, notes, split, scores
+        )
+
+
+def _index(record: dict) -> int:
+    return record["index"]
 
 
 def _score_batch(model, batch: dict, run: _Run) -> dict[str, torch.Tensor]:
@@ -436,17 +535,21 @@ def _score_batch(model, batch: dict, run: _Run) -> dict[str, torch.Tensor]:
     grids = torch.empty(len(indices), grid, grid, device=device)
     image_score = torch.empty(len(indices), device=device)
     raw_score = torch.empty(len(indices), device=device)
-    by_domain: dict[str, list[int]] = OrderedDict()
+    # one forward per domain (zero-shot) or per domain and class (few-shot: one reference bank per call)
+    groups: dict[tuple[str, str | None], list[int]] = OrderedDict()
     for position, name in enumerate(names):
-        by_domain.setdefault(run.states[name].domain, []).append(position)
-    for batch_domain, positions in by_domain.items():
+        key = (run.states[name].domain, name if run.references is not None else None)
+        groups.setdefault(key, []).append(position)
+    for (batch_domain, name), positions in groups.items():
         select = torch.tensor(positions, device=device)
+        bank = None if name is None else run.references.bank(name).to(device=device, dtype=parameter.dtype)
         out = model(  # grid-level maps only: _consume resizes each to its image's size
             pixel_values=pixel_values[select],
             class_ids=model.class_ids([names[p] for p in positions]),
+            references=bank,
             domain=batch_domain,
         )
-        grids[select] = out.anomaly_map_grid.float()
+        grids[select] = (out.anomaly_map_grid if bank is None else out.anomaly_probability_grid).float()
         image_score[select] = out.image_score.float()
         raw_score[select] = out.raw_anomaly_score.float()
     return {
@@ -486,11 +589,42 @@ def _consume(gathered: dict[str, torch.Tensor], run: _Run) -> None:
         else:
             state.without_mask += 1
         if not state.remaining:
-            run.rows[state.name] = _finish_class(state, run.protocol, run.config, run.aupro_variant, run.fpr_limit)
+            run.rows[state.name], scores = _finish_class(
+                state, run.protocol, run.config, run.aupro_variant, run.fpr_limit
+            )
+            run.scores.extend(_score_records(state, run, scores))
             state.pixels.reset()  # release the class's maps
 
 
-def _finish_class(state: _ClassState, protocol: str, config, aupro_variant: str, fpr_limit: float) -> dict[str, Any]:
+def _score_records(state: _ClassState, run: _Run, scores: np.ndarray) -> list[dict[str, Any]]:
+    """The class's per-image records for scores.csv (`index` orders them, then goes)."""
+    records = []
+    for index, label, own, protocol_score in zip(state.index, state.labels, state.image_score, scores):
+        record = {"index": index, "path": run.samples[index].image_path, "class_name": state.name}
+        record.update(label=int(label), score=float(own))
+        if run.protocol == "reference":
+            record["reference_score"] = float(protocol_score)
+        records.append(record)
+    return records
+
+
+def _operating_point(state: _ClassState, config) -> dict[str, Any]:
+    """The class's threshold (`config.threshold_for`) and the rates at it on the model's own image scores."""
+    threshold, calibrated = config.threshold_for(state.name)
+    if threshold is None:
+        return {"threshold": None, "threshold_calibrated": False, "operating_point": None}
+    scores, labels = np.asarray(state.image_score, dtype=np.float64), np.asarray(state.labels)
+    return {
+        "threshold": threshold,
+        "threshold_calibrated": calibrated,
+        "operating_point": rates_at(threshold, scores[labels == 0], scores[labels == 1]),
+    }
+
+
+def _finish_class(
+    state: _ClassState, protocol: str, config, aupro_variant: str, fpr_limit: float
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The class's row (metrics, operating point) and the image scores its image metrics used."""
     labels = np.asarray(state.labels)
     if protocol == "reference":
         scores = reference_image_scores(
@@ -502,7 +636,7 @@ def _finish_class(state: _ClassState, protocol: str, config, aupro_variant: str,
         )
     else:
         scores = np.asarray(state.image_score, dtype=np.float64)
-    return class_row(
+    row = class_row(
         labels,
         scores,
         state.pixels,
@@ -512,6 +646,7 @@ def _finish_class(state: _ClassState, protocol: str, config, aupro_variant: str,
         fpr_limit=fpr_limit,
         aupro_variant=aupro_variant,
     )
+    return row | _operating_point(state, config), scores
 
 
 def _mean(rows: dict[str, dict[str, Any]], protocol: str) -> tuple[dict[str, float], list[str]]:
