@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
@@ -61,6 +61,15 @@ def check_class_name(name) -> str:
     if not isinstance(name, str) or not name.strip():
         raise InvalidInputError(f"class names must be non-empty strings, got {name!r}")
     return name
+
+
+def class_name_list(class_names) -> list[str]:
+    """A list of class names, each a non-empty string (a bare string is one name, not its characters)."""
+    if isinstance(class_names, str):
+        return [check_class_name(class_names)]
+    if not isinstance(class_names, Iterable):
+        raise InvalidInputError(f"class names must be a string or a list of strings, got {class_names!r}")
+    return [check_class_name(name) for name in class_names]
 
 
 # OpenAI CLIP ViT-L/14-336 towers, with the vision input at AA-CLIP's 518 px (37 x 37 patches).
@@ -470,4 +479,5 @@ __all__ = [
     "UnknownClassError",
     "UnknownClassNameWarning",
     "check_class_name",
+    "class_name_list",
 ]

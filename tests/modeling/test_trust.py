@@ -587,6 +587,7 @@ def test_sharded_weights_load_and_get_a_manifest_of_every_shard(tmp_path, proces
 def test_the_writer_makes_a_pipeline_ready_folder(tmp_path, processor):
     _, folder = _saved(tmp_path, processor)
     assert sorted(os.listdir(folder)) == [
+        "classes_aaclip.py",
         "config.json",
         "configuration_aaclip.py",
         "image_processing_aaclip.py",
