@@ -1,6 +1,6 @@
 """``aaclip convert-original``: the reference AA-CLIP checkpoints -> an ``AAClipModel`` folder.
 
-The reference trains two files (SPEC section 9):
+The reference trains two files (its public checkpoint format; docs/conversion.md):
 
 - ``text_adapter.pth`` = ``{"epoch", "text_adapter": sd, "text_optimizer"}`` with ``{i}.fc.0.weight``:
   the first ``K_T`` entries are the layer adapters after text layers ``1..K_T``, the last one is
@@ -45,7 +45,7 @@ from .convert_clip import (
 )
 
 
-# The reference setting (SPEC sections 1 and 9).
+# The reference setting (docs/method.md, "Backbone"; docs/conversion.md).
 REFERENCE_IMAGE_SIZE = DEFAULT_IMAGE_SIZE
 REFERENCE_HIDDEN_ACT = "gelu"
 REFERENCE_ADAPTER_WEIGHT = 0.1

@@ -1,4 +1,4 @@
-"""Bad and odd inputs across the user-facing paths (issue 7, item 1): the pipeline, the processor,
+"""Bad and odd inputs across the user-facing paths: the pipeline, the processor,
 `aaclip detect`, `aaclip evaluate`, model loading and the converters. Each odd-but-valid file is read by one
 documented policy; each bad one is a clear error naming the file/field and what was expected (or, with
 `--skip-bad-files`, skipped and counted). The file readers' own unit tests are in tests/test_image_io.py and

@@ -1,4 +1,4 @@
-"""Safe loading (issue 7, item 3): weights are written as safetensors only, every pickle-based input is read
+"""Safe loading: weights are written as safetensors only, every pickle-based input is read
 with `torch.load(weights_only=True)`, a pickle that would run code is refused before it runs, and with the
 package installed nothing needs `trust_remote_code` (see docs/security.md).
 

@@ -1,7 +1,8 @@
 """k-shot training splits with a 1:1 normal:anomaly ratio per class (AA-CLIP protocol).
 
 The reference trains on ``{k}-shot.jsonl`` files it does not ship; its author describes
-them as k/2 normal + k/2 anomalous images drawn at random from each class (issue #8, the
+them as k/2 normal + k/2 anomalous images drawn at random from each class (the reference repository's public
+issue https://github.com/Mwxinnn/AA-CLIP/issues/8, and the
 paper: "randomly selected from each class, while maintaining a consistent 1:1 ratio"),
 seed 111. This module makes such splits reproducibly:
 

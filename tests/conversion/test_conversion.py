@@ -4,7 +4,7 @@ Tiny random open_clip models are saved in every source layout the converter acce
 state dict, OpenCLIP checkpoint, CustomTextCLIP, TorchScript archive, safetensors, HF folder), converted,
 and their image/text embeddings compared with open_clip's own forward. The reference AA-CLIP forward
 (adapters after the first K layers with the norm rescale, multi-level ln_post + projections, prompt
-ensemble anchors) is re-implemented here on open_clip modules from SPEC sections 2-4, so the converted
+ensemble anchors) is re-implemented here on open_clip modules from docs/method.md, so the converted
 adapters are checked by what they compute, not only by where they are stored.
 """
 
@@ -521,7 +521,7 @@ def adapter_fuse(x, weight, lam=0.1):
 
 @torch.no_grad()
 def reference_vision(oc, layer_adapters, seg, det, levels, relu, images):
-    """SPEC section 4 on open_clip modules: adapters after layers 1..K_I, levels -> ln_post -> proj -> normalise."""
+    """The vision branch (docs/method.md) on open_clip modules: adapters after layers 1..K_I, levels -> ln_post -> proj -> normalise."""
     visual = oc.visual
     x = visual.conv1(images).flatten(2).transpose(1, 2)
     x = torch.cat([visual.class_embedding.expand(x.shape[0], 1, -1), x], dim=1) + visual.positional_embedding
@@ -541,7 +541,7 @@ def reference_vision(oc, layer_adapters, seg, det, levels, relu, images):
 
 @torch.no_grad()
 def reference_anchor(oc, class_prompt_name, text_adapters=None, head=None):
-    """SPEC section 3 anchors with open_clip's own tokenizer; plain CLIP when no adapters are given."""
+    """The anchors (docs/method.md) with open_clip's own tokenizer; plain CLIP when no adapters are given."""
     from aaclip_hf.modeling.processing_aaclip import ANOMALY_STATES, NORMAL_STATES, TEMPLATES
 
     def encode(sentences):

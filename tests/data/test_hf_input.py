@@ -1,4 +1,4 @@
-"""`datasets` as a first-class input (issue 11, item 3): save_to_disk folders, Hub ids, export-dataset."""
+"""`datasets` as a first-class input: save_to_disk folders, Hub ids, export-dataset."""
 
 from __future__ import annotations
 

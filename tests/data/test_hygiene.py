@@ -1,4 +1,4 @@
-"""Data hygiene (issue 10.6): duplicates, paths outside the root, class names as folders, multi-frame and
+"""Data hygiene: duplicates, paths outside the root, class names as folders, multi-frame and
 non-finite float images."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The bundled `evaluate` module (issue 11, item 1): loads offline, equals the package metrics and sklearn."""
+"""The bundled `evaluate` module: loads offline, equals the package metrics and sklearn."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""AAClipModel against SPEC sections 2-5, computed independently step by step."""
+"""AAClipModel against the method of docs/method.md (adapter, features, scores, anchors), computed independently
+step by step."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from aaclip_hf.modeling.modeling_aaclip import (
 from ..conftest import TINY_IMAGE_SIZE, make_tiny_model
 
 
-# ---------------------------------------------------------------------------------- adapter (SPEC 2)
+# ---------------------------------------------------------------------------------- adapter
 
 
 def test_adapter_fusion_matches_hand_computation():
@@ -107,7 +108,7 @@ def test_adapters_disabled_gives_plain_clip(pixel_values):
     assert not torch.allclose(adapted, ours)
 
 
-# ---------------------------------------------------------------------------------- features and scores (SPEC 4-5)
+# ---------------------------------------------------------------------------------- features and scores
 
 
 def _bilinear_align_corners(grid: np.ndarray, size: int) -> np.ndarray:
@@ -246,7 +247,7 @@ def test_gradient_checkpointing_reaches_the_adapters(tiny_model, pixel_values):
     assert tiny_model.vision_model.encoder.layers[0].self_attn.q_proj.weight.grad is None
 
 
-# ---------------------------------------------------------------------------------- text anchors (SPEC 3)
+# ---------------------------------------------------------------------------------- text anchors
 
 
 @torch.no_grad()
