@@ -1,6 +1,6 @@
 """Evaluation: exact anomaly metrics (`anomaly_metrics/exact_metrics.py`, also the `evaluate` module's code), the
-evaluation protocols and their results (`protocols`), and operating points (`operating_points`). Names load on first
-use."""
+evaluation protocols and their results (`protocols`), few-shot references (`few_shot`), operating points
+(`operating_points`) and the per-class score pictures (`score_pictures`). Names load on first use."""
 
 from .._lazy import lazy_exports
 
@@ -27,5 +27,9 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "evaluate": ".protocols",
         "reference_image_scores": ".protocols",
         "rates_at": ".operating_points",
+        "FewShotReferences": ".few_shot",
+        "build_references": ".few_shot",
+        "select_references": ".few_shot",
+        "score_picture": ".score_pictures",
     },
 )
