@@ -83,6 +83,8 @@ HUB_ALLOWLIST = (
     r"tokenizer\.json",
     r"tokenizer_config\.json",
     r"special_tokens_map\.json",
+    r"vocab\.json",
+    r"merges\.txt",
     # the model's code files, always the installed package's own
     *(re.escape(name) for name in REMOTE_CODE_FILES),
     # model card and its sources (absolute paths rewritten, see `sanitise_paths`)
@@ -105,7 +107,10 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 TRAINING_STATE = re.compile(r"optimi[sz]er|scheduler|rng_state|random_states|scaler|trainer_state", re.IGNORECASE)
 CHECKPOINT_FOLDER = re.compile(r"checkpoints?(-\d+)?|\.tmp-.*")
 # Keys of training_args.json / training_summary.json that may hold secrets: never published.
-SECRET_KEYS = re.compile(r"token|secret|password|api[_-]?key|credential", re.IGNORECASE)
+SECRET_KEYS = re.compile(r"token|secret|password|passwd|api[_-]?key|credential", re.IGNORECASE)
+# A Hugging Face access token (`hf_` and 34 letters or digits) inside any string value: replaced before publishing.
+HUB_TOKEN = re.compile(r"hf_[A-Za-z0-9]{30,}")
+REMOVED_TOKEN = "[removed: looked like an access token]"
 DEFAULT_CARD_IMAGES = 6  # overlays in the card's picture grid
 DEFAULT_CARD_COLUMNS = 2
 DEFAULT_CARD_TILE_WIDTH = 640
@@ -164,8 +169,8 @@ def _skip_reason(entry: os.DirEntry) -> str | None:
 
 
 def sanitise_paths(value):
-    """`value` with every absolute local path string replaced by its last component, and secret-looking keys
-    (tokens, passwords, API keys) dropped, in lists and dicts recursively.
+    """`value` with every absolute local path string replaced by its last component, secret-looking keys (tokens,
+    passwords, API keys) dropped and strings holding a Hub access token replaced, in lists and dicts recursively.
 
     Training arguments record where the data, the base model and the output lived on the training machine; the
     folder names stay (they say what was used), the rest of the path does not leave the machine.
@@ -174,6 +179,8 @@ def sanitise_paths(value):
         return {key: sanitise_paths(item) for key, item in value.items() if not SECRET_KEYS.search(str(key))}
     if isinstance(value, list):
         return [sanitise_paths(item) for item in value]
+    if isinstance(value, str) and HUB_TOKEN.search(value):
+        return REMOVED_TOKEN
     if isinstance(value, str) and _is_absolute(value):
         spec = ""
         if "::" in value:  # `PATH::classes=a,b` data specs keep their options
@@ -188,37 +195,108 @@ def _is_absolute(value: str) -> bool:
     return value.startswith(("/", "~", "\\", "file:")) or bool(re.match(r"^[A-Za-z]:[\\/]", value))
 
 
-def _left_out(source: Path) -> list[tuple[str, str]]:
-    """Entries of `source` that are not published, with the reason."""
+def _left_out(source: Path, published: set[str]) -> list[tuple[str, str]]:
+    """Entries of `source` that are not published, with the reason (an allowlisted file the writer did not write
+    again, such as a tokenizer file transformers no longer saves, is named too)."""
     skipped = []
     with os.scandir(source) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
             reason = _skip_reason(entry)
+            if reason is None and entry.name not in published:
+                reason = "not written again: published files are regenerated from the loaded model"
             if reason:
                 skipped.append((entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""), reason))
     return skipped
 
 
+def _check_links(source: Path) -> None:
+    """Every entry under an allowlisted name must be a regular file: the loader would read a symlink's target (or a
+    folder's content) as part of the model, and what it reads is published."""
+    with os.scandir(source) as entries:
+        linked = sorted(
+            entry.name
+            for entry in entries
+            if is_allowlisted(entry.name) and (entry.is_symlink() or not entry.is_file(follow_symlinks=False))
+        )
+    if linked:
+        raise MissingFileError(
+            f"{', '.join(linked)}: symlinks or other non-regular files, never followed; copy the real files into the "
+            "folder (a Hub cache snapshot is made of links: `hf download REPO --local-dir DIR` writes real files)",
+            source,
+        )
+
+
+def _manifest_problems(source: Path) -> list[str]:
+    """`verify_manifest`'s lines that matter for publishing: a listed file that changed or is missing, or an unlisted
+    file the loader reads. Unlisted files that are neither loaded nor published (notes, logs) are only left out."""
+    ignored = {
+        f"{source / name}: not listed in {MANIFEST_NAME}"
+        for name in os.listdir(source)
+        if not is_allowlisted(name) or name in SANITISED_FILES or name == "README.md"
+    }
+    return [line for line in verify_manifest(source) if line not in ignored]
+
+
 def _check_source(source: Path) -> None:
-    """The folder's files match its manifest and its code is the installed package's (else nothing is published)."""
+    """Before anything is loaded: no links under published names, code that is the installed package's own, and
+    files that match the folder's `manifest.json` (a folder without one publishes with a warning)."""
+    _check_links(source)
     code = remote_code_problems(source)
+    app = source / APP_FILE
+    if app.is_file() and app.read_bytes() == space_app_source().read_bytes():  # the installed Space app: left out
+        code = [line for line in code if not line.startswith(f"{app}: ")]
     if code:
         raise BadInputError(
-            f"refusing to publish code that is not the installed aaclip-hf's ({'; '.join(code)}); published code "
-            "always comes from the installed package: remove or restore the file",
-            source,
-            "code",
+            "refusing to publish code that is not the installed aaclip-hf's: "
+            + "; ".join(code)
+            + ". Published code always comes from the installed package; delete the file (or restore it) and push "
+            "again"
         )
     if not (source / MANIFEST_NAME).is_file():
         logger.warning(
-            "%s: no %s, so its files cannot be checked for changes since they were saved", source, MANIFEST_NAME
+            "%s: no %s, so its files cannot be checked for changes since they were saved; publishing what the "
+            "checked loader reads, written again with the installed aaclip-hf's code",
+            source,
+            MANIFEST_NAME,
         )
         return
-    problems = verify_manifest(source)
+    problems = _manifest_problems(source)
     if problems:
         raise WeightsError(
-            f"{source}: refusing to publish files that differ from {MANIFEST_NAME}: " + "; ".join(problems)
+            f"refusing to publish files that differ from {source / MANIFEST_NAME}: " + "; ".join(problems) + ". "
+            "Re-save the folder (aaclip_hf.runtime.save_model_folder) if the change is yours"
         )
+
+
+def _config_secrets(config) -> list[str]:
+    """Keys of the config (top level and sub-configs) that AA-CLIP does not define and whose names look like
+    secrets: transformers keeps unknown keys of a config.json and would write them to the Hub again."""
+    defaults = type(config)().to_dict()
+    found = []
+
+    def walk(values: dict, known: dict, prefix: str) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(known.get(key), dict):
+                walk(value, known[key], f"{prefix}{key}.")
+            elif key not in known and SECRET_KEYS.search(str(key)):
+                found.append(prefix + str(key))
+
+    walk(config.to_dict(), defaults, "")
+    return found
+
+
+def _publishable(model, source: Path) -> None:
+    """Refuse secret-looking config keys; reduce a local `base_model` path to its folder name (the card's rule)."""
+    secrets = _config_secrets(model.config)
+    if secrets:
+        raise BadInputError(
+            f"holds key(s) {secrets} that AA-CLIP does not define and that look like secrets; they would be "
+            "published with the config. Remove them and push again",
+            source / "config.json",
+        )
+    base_model = getattr(model.config, "base_model", None)
+    if isinstance(base_model, str):
+        model.config.base_model = sanitise_paths(base_model)
 
 
 def _copy_sanitised(source: Path, target: Path) -> None:
@@ -341,13 +419,17 @@ def stage_hub_folder(
 ) -> HubFolder:
     """Write the Hub folder for the saved model `source` into the empty folder `target` (module docstring).
 
-    `source` is not modified. Returns the exact file list and what was left out.
+    `source` is not modified. Returns the exact file list and what was left out (also logged as one warning).
     """
     source, target = Path(source), Path(target)
     if not source.is_dir():
         raise MissingFileError("no such model folder", source, "model_dir")
     if target.exists() and any(target.iterdir()):
         raise BadInputError("not empty; a Hub folder is written into an empty (or new) folder", target)
+    if card_columns < 1 or card_tile_width < 1:
+        raise BadInputError(
+            f"--card-columns and --card-tile-width must be >= 1, got {card_columns} and {card_tile_width}"
+        )
     if isinstance(eval_results, (str, os.PathLike)):
         eval_results = load_json(eval_results, "eval results")
     runs = [] if eval_results is None else [eval_results] if isinstance(eval_results, dict) else list(eval_results)
@@ -355,21 +437,14 @@ def stage_hub_folder(
     runs += dir_runs
     if onnx is not None and not (Path(onnx).is_file() and Path(onnx).suffix == ".onnx"):
         raise MissingFileError("no such .onnx file (write one with `aaclip export-onnx`)", onnx, "--onnx")
-    app_source = space_app_source() if with_app else None
     _check_source(source)
     model, processor = load_model_and_processor(source, device="cpu")
+    _publishable(model, source)
 
     with _removed_on_failure(target):
         save_model_folder(model, processor, target)
         _copy_sanitised(source, target)
-        write_manifest(target)
-        asked = []
-        taken: set[str] = set()
-        for run in runs:
-            name = _eval_file_name(run, taken)
-            (target / name).parent.mkdir(exist_ok=True)
-            (target / name).write_text(json.dumps(sanitise_paths(run), indent=2) + "\n", encoding="utf-8")
-            asked.append(name)
+        asked = _write_eval_results(target, runs)
         picture = None
         if overlays and card_images > 0:
             grid = overlay_grid(overlays[:card_images], columns=card_columns, tile_width=card_tile_width)
@@ -381,17 +456,33 @@ def stage_hub_folder(
             shutil.copyfile(onnx, target / ONNX_PATH)
             asked.append(ONNX_PATH)
         space = None
-        if app_source is not None:
-            shutil.copyfile(app_source, target / APP_FILE)
+        if with_app:
+            shutil.copyfile(space_app_source(), target / APP_FILE)
             (target / REQUIREMENTS_FILE).write_text(space_requirements(), encoding="utf-8")
             asked += [APP_FILE, REQUIREMENTS_FILE]
             space = space_metadata(repo_id)
+        write_manifest(target)  # every published weight, config, code and tokenizer file, the app's too
         _write_card(target, repo_id, runs, base_model, license, picture, space)
         files = {p.relative_to(target).as_posix(): p.stat().st_size for p in target.rglob("*") if p.is_file()}
         stray = sorted(name for name in files if not (("/" not in name and is_allowlisted(name)) or name in asked))
         if stray:  # defence in depth: the writer wrote something the allowlist does not cover
             raise RuntimeError(f"{target}: files outside the allowlist would be published: {stray}")
-        return HubFolder(target, files, _left_out(source), "space" if with_app else "model")
+    skipped = _left_out(source, set(files))
+    if skipped:
+        listed = "; ".join(f"{name} ({reason})" for name, reason in skipped)
+        logger.warning("%s: %d item(s) not published: %s", source, len(skipped), listed)
+    return HubFolder(target, files, skipped, "space" if with_app else "model")
+
+
+def _write_eval_results(target: Path, runs: list[dict]) -> list[str]:
+    """`eval_results/<dataset>-<protocol>.json` for each run, local paths removed; returns their names."""
+    written, taken = [], set()
+    for run in runs:
+        name = _eval_file_name(run, taken)
+        (target / name).parent.mkdir(exist_ok=True)
+        (target / name).write_text(json.dumps(sanitise_paths(run), indent=2) + "\n", encoding="utf-8")
+        written.append(name)
+    return written
 
 
 def save_for_hub(

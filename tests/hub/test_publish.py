@@ -19,22 +19,22 @@ from PIL import Image
 
 from aaclip_hf.hub import publish as hub
 from aaclip_hf.modeling.pipeline_aaclip import AAClipAnomalyDetectionPipeline
+from aaclip_hf.runtime.model_folder import MODELING_DIR, REMOTE_CODE_FILES, save_model_folder, write_manifest
 
 
 FAKE_SHA = "0123456789abcdef0123456789abcdef01234567"
+# What the one writer (`save_model_folder`: transformers' `Pipeline.save_pretrained`) writes, and the card; the code
+# files are those of the installed `aaclip_hf.modeling`.
 EXPECTED_FILES = {
     "README.md",
     "config.json",
-    "configuration_aaclip.py",
+    "manifest.json",
     "model.safetensors",
-    "modeling_aaclip.py",
-    "pipeline_aaclip.py",
-    "processing_aaclip.py",
+    "preprocessor_config.json",
     "processor_config.json",
-    "serialization_aaclip.py",
     "tokenizer.json",
     "tokenizer_config.json",
-    "weights_manifest.json",
+    *REMOTE_CODE_FILES,
 }
 EVAL_RESULTS = {
     "format": "aaclip-eval/1",
@@ -63,10 +63,8 @@ SUMMARY = {
 
 @pytest.fixture
 def saved_model(tiny_model, processor, tmp_path):
-    folder = tmp_path / "model"
-    tiny_model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    """A model folder as every command saves it: the one writer, with its manifest."""
+    return save_model_folder(tiny_model, processor, tmp_path / "model")
 
 
 def _card(folder: Path):
@@ -87,28 +85,34 @@ def test_hub_folder_holds_everything_and_a_card(tiny_model, processor, tmp_path)
     assert EXPECTED_FILES | {hub.TRAINING_SUMMARY_FILE, "eval_results"} == {p.name for p in folder.iterdir()}
     assert json.loads((folder / "eval_results" / "mvtec-reference.json").read_text())["mean"]["image_auroc"] == 0.905
     config = json.loads((folder / "config.json").read_text())
-    assert config["custom_pipelines"] == {
-        "zero-shot-anomaly-detection": {
-            "impl": "pipeline_aaclip.AAClipAnomalyDetectionPipeline",
-            "pt": ["AutoModel"],
-            "type": "multimodal",
-        }
-    }
+    pipeline_entry = config["custom_pipelines"]["zero-shot-anomaly-detection"]
+    assert pipeline_entry["impl"] == "pipeline_aaclip.AAClipAnomalyDetectionPipeline"
+    assert pipeline_entry["type"] == "multimodal"
     assert config["auto_map"]["AutoModel"] == "modeling_aaclip.AAClipModel"
+    assert set(REMOTE_CODE_FILES) <= EXPECTED_FILES
     assert (folder / "pipeline_aaclip.py").read_text() == Path(
         sys.modules[AAClipAnomalyDetectionPipeline.__module__].__file__
     ).read_text()
-    # The pipeline file is Hub-portable: only the standard library, torch, transformers, numpy, PIL, siblings
-    # (optional imports inside try/except, which transformers' remote-code check skips, are allowed).
-    tree = ast.parse((folder / "pipeline_aaclip.py").read_text())
-    guarded = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.Try) for inner in ast.walk(node)}
-    imports = [
-        node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in guarded
-    ]
-    roots = {alias.name.split(".")[0] for node in imports if isinstance(node, ast.Import) for alias in node.names}
-    roots |= {node.module.split(".")[0] for node in imports if isinstance(node, ast.ImportFrom) and node.level == 0}
-    assert roots - set(sys.stdlib_module_names) <= {"numpy", "torch", "PIL", "transformers"}, roots
-    assert all(node.level <= 1 for node in ast.walk(tree) if isinstance(node, ast.ImportFrom))
+    for name in REMOTE_CODE_FILES:
+        # Every code file is Hub-portable: only the standard library, torch, transformers (and huggingface_hub, which
+        # it requires), numpy, PIL, siblings (optional imports inside try/except, which transformers' remote-code
+        # check skips, are allowed).
+        tree = ast.parse((folder / name).read_text())
+        guarded = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.Try) for inner in ast.walk(node)}
+        imports = [
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in guarded
+        ]
+        roots = {alias.name.split(".")[0] for node in imports if isinstance(node, ast.Import) for alias in node.names}
+        roots |= {
+            node.module.split(".")[0] for node in imports if isinstance(node, ast.ImportFrom) and node.level == 0
+        }
+        assert roots - set(sys.stdlib_module_names) <= {"numpy", "torch", "PIL", "transformers", "huggingface_hub"}, (
+            name,
+            roots,
+        )
+        assert all(node.level <= 1 for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)), name
 
     card = _card(folder)
     assert card.data.library_name == "transformers" and card.data.license == "mit"
@@ -148,13 +152,14 @@ def test_card_without_summary_or_results_says_so(tiny_model, processor, tmp_path
 
 def test_card_names_the_real_base_model_and_data_never_a_local_path(tiny_model, processor, tmp_path):
     """The base model comes from config.base_model (recorded at conversion), data names from the summary; local
-    paths appear by their folder name only, Hub ids as they are, in the text and the YAML."""
+    paths appear by their folder name only, Hub ids as they are, in the text; the YAML names Hub ids only."""
     tiny_model.config.base_model = "openai/clip-vit-base-patch16"
     summary = {"base_model": "/home/me/clip", "train_data": ["/home/me/data/visa::classes=candle", "acme/mvtec-ad"]}
     folder = hub.save_for_hub(tiny_model, processor, tmp_path / "hub", training_summary=summary)
     card = _card(folder)
     assert card.data.base_model == "openai/clip-vit-base-patch16"
-    assert card.data.datasets == ["visa", "acme/mvtec-ad"]
+    assert card.data.datasets == ["acme/mvtec-ad"]  # the local folder is named in the text only
+    assert "- training data: visa::classes=candle, acme/mvtec-ad" in card.text
     assert "| base model | `openai/clip-vit-base-patch16` |" in card.text
     assert "/home/me" not in (folder / "README.md").read_text()
     assert "/home/me" not in (folder / hub.TRAINING_SUMMARY_FILE).read_text()
@@ -173,12 +178,27 @@ def test_card_names_the_real_base_model_and_data_never_a_local_path(tiny_model, 
     assert describe_base_model("C:\\models\\clip") == ("`clip` (a local folder, not a Hub id)", None)
     assert dataset_names({"train_data": "aaclip_hf.data.synthetic (seed 0)"}) == []  # a description is text only
     assert dataset_names({"train_datasets": ["a/b"], "train_data": ["ignored"]}) == ["a/b"]
+    local = tmp_path / "data" / "visa"
+    local.mkdir(parents=True)
+    relative = os.path.relpath(local)  # a relative path that exists is a folder, never a Hub id
+    summary = {"train_data": [str(local), "~/data/mvtec", "C:\\data\\btad", "./visa", "a/b/c", relative, "acme/x"]}
+    assert dataset_names(summary) == ["acme/x"]
 
 
-def test_trainer_arguments_file_feeds_the_card_without_local_paths(saved_model, tmp_path):
+def test_a_local_base_model_path_in_the_config_is_published_by_its_folder_name(tiny_model, processor, tmp_path):
+    tiny_model.config.base_model = "/home/me/models/clip-vit-l"
+    source = save_model_folder(tiny_model, processor, tmp_path / "model")
+    staged = hub.stage_hub_folder(source, tmp_path / "hub", repo_id="acme/x")
+    assert json.loads((staged.path / "config.json").read_text())["base_model"] == "clip-vit-l"
+    assert "/home/me" not in "".join(p.read_text(errors="replace") for p in staged.path.iterdir())
+    assert json.loads((source / "config.json").read_text())["base_model"] == "/home/me/models/clip-vit-l"
+
+
+def test_trainer_arguments_file_feeds_the_card_without_local_paths_or_secrets(saved_model, tmp_path):
+    token = "hf_" + "a1B2" * 9
     args = {
         "model": "openai/clip-vit-large-patch14-336",
-        "train_data": ["/srv/me/data/visa", "relative/mvtec"],
+        "train_data": ["/srv/me/data/visa", "data/relative/mvtec", "acme/btad"],
         "shots": "16",
         "stage": "both",
         "text_epochs": 5,
@@ -186,18 +206,29 @@ def test_trainer_arguments_file_feeds_the_card_without_local_paths(saved_model, 
         "seed": 111,
         "output_dir": "/srv/me/runs/out",
         "resume": "~/runs/out/checkpoints/checkpoint-4",
+        "hub_token": token,
+        "report_to": f"wandb?key={token}",
+        "trackers": {"wandb_api_key": "k-123", "project": "aaclip"},
     }
-    (saved_model / "training_args.json").write_text(json.dumps(args))
+    (saved_model / "training_args.json").write_text(json.dumps(args))  # added after saving: not in the manifest
     staged = hub.stage_hub_folder(saved_model, tmp_path / "hub", repo_id="acme/x")
     published = json.loads((staged.path / "training_args.json").read_text())
-    assert published["train_data"] == ["visa", "relative/mvtec"]
+    assert published["train_data"] == ["visa", "data/relative/mvtec", "acme/btad"]
     assert published["output_dir"] == "out" and published["resume"] == "checkpoint-4"
     assert published["model"] == "openai/clip-vit-large-patch14-336" and published["seed"] == 111
+    assert "hub_token" not in published and published["trackers"] == {"project": "aaclip"}
+    assert published["report_to"] == hub.REMOVED_TOKEN
+    everything = "".join(p.read_text(errors="replace") for p in staged.path.rglob("*") if p.is_file())
+    assert token not in everything and "k-123" not in everything
     text = (staged.path / "README.md").read_text()
     assert "/srv/me" not in text and "~/runs" not in text
-    assert "visa, relative/mvtec" in text and "shots per class: 16" in text and "text: 5, vision: 20" in text
-    assert _card(staged.path).data.datasets == ["visa", "relative/mvtec"]
+    assert "visa, data/relative/mvtec, acme/btad" in text and "shots per class: 16" in text
+    assert "text: 5, vision: 20" in text
+    assert _card(staged.path).data.datasets == ["acme/btad"]
     assert json.loads((saved_model / "training_args.json").read_text()) == args  # the source is left alone
+    # The published manifest covers the sanitised file as published.
+    manifest = json.loads((staged.path / "manifest.json").read_text())
+    assert manifest["training_args.json"]["bytes"] == (staged.path / "training_args.json").stat().st_size
 
 
 def test_sanitise_paths_rewrites_absolute_paths_only():
@@ -211,20 +242,40 @@ def test_sanitise_paths_rewrites_absolute_paths_only():
         "b": ["data", "y", "z", "rel/path", "org/model"],
         "c": {"d": "visa::classes=a,b", "e": 3, "f": None},
     }
+    secrets = {"HF_TOKEN": "x", "password": 1, "db": {"Api-Key": "k", "passwd": "p", "host": "h"}, "n_tokens": 3}
+    assert hub.sanitise_paths(secrets) == {"db": {"host": "h"}}  # any key that names a secret, at any depth
+    assert hub.sanitise_paths(["hf_" + "x" * 34, "hf_short"]) == [hub.REMOVED_TOKEN, "hf_short"]
 
 
 def test_incomplete_folders_are_refused_by_name(tiny_model, tmp_path):
-    tiny_model.save_pretrained(tmp_path / "no_processor")
-    with pytest.raises(FileNotFoundError, match="processor_config.json"):
-        hub.prepare_hub_folder(tmp_path / "no_processor")
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        hub.prepare_hub_folder(tmp_path)
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        hub.stage_hub_folder(tmp_path / "no_processor" / "..", tmp_path / "out", repo_id="a/b")
+    from aaclip_hf.errors import AAClipError
+
+    with pytest.raises(FileNotFoundError, match="no such model folder"):
+        hub.stage_hub_folder(tmp_path / "missing", tmp_path / "out", repo_id="a/b")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
+        hub.stage_hub_folder(tmp_path / "empty", tmp_path / "out", repo_id="a/b")
+    tiny_model.save_pretrained(tmp_path / "no_weights")
+    (tmp_path / "no_weights" / "model.safetensors").unlink()
+    with pytest.raises(AAClipError, match=r"no model\.safetensors"):
+        hub.stage_hub_folder(tmp_path / "no_weights", tmp_path / "out", repo_id="a/b")
+    assert not (tmp_path / "out").exists()  # nothing was written
     from aaclip_hf.hub.card import card_eval_results
 
     with pytest.raises(ValueError, match="aaclip evaluate"):
         card_eval_results({"classes": {}})
+
+
+def test_a_folder_without_processor_or_manifest_publishes_with_a_warning(tiny_model, tmp_path, caplog):
+    """transformers' own `save_pretrained` of the model alone: no processor, no manifest. Everything published is
+    written again by the one writer (the processor at the model's size, the installed code), so it publishes."""
+    tiny_model.save_pretrained(tmp_path / "native")
+    caplog.set_level("WARNING", logger="aaclip_hf.hub.publish")
+    staged = hub.stage_hub_folder(tmp_path / "native", tmp_path / "hub", repo_id="acme/x")
+    assert set(staged.files) == EXPECTED_FILES
+    assert any("no manifest.json, so its files cannot be checked" in r.getMessage() for r in caplog.records)
+    for name in REMOTE_CODE_FILES:
+        assert (staged.path / name).read_bytes() == (MODELING_DIR / name).read_bytes()
 
 
 def _fake_snapshot(hf_home: Path, repo_id: str, files_from: Path) -> Path:
@@ -362,7 +413,7 @@ LEFT_OUT = {
     ".git/",
     "train_log.jsonl",
     "secret_link.json",
-    "vocab.json",
+    "notes.json",
     "linked_dir",
 }
 
@@ -382,8 +433,8 @@ def trained_folder(saved_model, tmp_path):
     outside.mkdir()
     (outside / "secret.txt").write_text("TOP SECRET\n")
     os.symlink(outside / "secret.txt", saved_model / "secret_link.json")
-    os.symlink(outside / "secret.txt", saved_model / "vocab.json")  # an allowlisted name behind a symlink
     os.symlink(outside, saved_model / "linked_dir")
+    (saved_model / "notes.json").write_text('{"note": "TOP SECRET"}')  # not in the manifest, never loaded
     return saved_model
 
 
@@ -400,7 +451,7 @@ def test_dry_run_lists_only_the_allowlist_and_warns_once(trained_folder, recordi
     assert not recording_api.calls
     listed = {line.split()[-1] for line in out.splitlines() if line.startswith("  ") and "(" not in line}
     assert listed == EXPECTED_FILES
-    for name in EXPECTED_FILES - {"README.md"}:  # sizes as in the source (the card and pipeline are regenerated)
+    for name in {"model.safetensors", "tokenizer.json", *REMOTE_CODE_FILES}:  # written again, the same bytes
         size = (trained_folder / name).stat().st_size
         assert re.search(rf"^\s+{size} B\s+{re.escape(name)}$", out, re.M), name
     assert "TOP SECRET" not in out
@@ -410,11 +461,15 @@ def test_dry_run_lists_only_the_allowlist_and_warns_once(trained_folder, recordi
     assert f"{len(LEFT_OUT)} item(s) not published" in message
     for name in LEFT_OUT:
         assert f"{name} (" in message, name
-    assert "vocab.json (a symlink" in message and "optimizer.bin (optimizer/scheduler/RNG state" in message
+    assert "secret_link.json (a symlink" in message and "optimizer.bin (optimizer/scheduler/RNG state" in message
+    assert "notes.json (not on the allowlist)" in message
 
     dry = tmp_path / "dry"
     assert main(["push", str(trained_folder), "acme/x", "--dry-run", str(dry)]) == 0
+    out = capsys.readouterr().out
     assert {p.relative_to(dry).as_posix() for p in dry.rglob("*")} == EXPECTED_FILES
+    for path in dry.iterdir():  # the listing gives the sizes of the files as written
+        assert re.search(rf"^\s+{path.stat().st_size} B\s+{re.escape(path.name)}$", out, re.M), path.name
     assert not any("TOP SECRET" in p.read_text(errors="replace") for p in dry.iterdir())
     assert main(["push", str(trained_folder), "acme/x", "--dry-run", str(dry)]) == 2  # not empty: refused
 
@@ -430,21 +485,23 @@ def test_upload_of_a_trained_folder_is_exactly_the_allowlisted_set(trained_folde
 
 def test_allowlist_constant():
     for name in ("model.safetensors", "model-00001-of-00002.safetensors", "model.safetensors.index.json",
-                 "weights_manifest.json", "config.json", "preprocessor_config.json", "processor_config.json",
+                 "manifest.json", "config.json", "preprocessor_config.json", "processor_config.json",
                  "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                  "configuration_aaclip.py", "modeling_aaclip.py", "processing_aaclip.py", "pipeline_aaclip.py",
-                 "README.md", "training_args.json", "training_summary.json"):  # fmt: skip
+                 "image_processing_aaclip.py", "README.md", "training_args.json", "training_summary.json"):  # fmt: skip
         assert hub.is_allowlisted(name), name
     for name in ("pytorch_model.bin", "model.bin", "model.pt", "x.pth", "x.pkl", "optimizer.bin", ".env",
                  "evil.py", "app.py", "requirements.txt", "model.onnx", "model.safetensors.bak", "config.json.tmp",
-                 "train_log.jsonl", "model-1-of-2.safetensors", "README.md/x"):  # fmt: skip
+                 "train_log.jsonl", "model-1-of-2.safetensors", "README.md/x", "weights_manifest.json",
+                 "serialization_aaclip.py"):  # fmt: skip
         assert not hub.is_allowlisted(name), name
+    assert {name for name in REMOTE_CODE_FILES if hub.is_allowlisted(name)} == set(REMOTE_CODE_FILES)
 
 
 # ---------------------------------------------------------------- weights checks before publishing
 
 
-def test_push_refuses_weights_that_differ_from_the_manifest(saved_model, recording_api):
+def test_push_refuses_weights_that_differ_from_the_manifest(saved_model, recording_api, capsys):
     from aaclip_hf.cli import main
 
     data = bytearray((saved_model / "model.safetensors").read_bytes())
@@ -453,25 +510,28 @@ def test_push_refuses_weights_that_differ_from_the_manifest(saved_model, recordi
     with pytest.raises(ValueError, match=r"model\.safetensors: SHA-256 differs from the manifest"):
         hub.push_folder_to_hub(saved_model, "acme/x")
     assert main(["push", str(saved_model), "acme/x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.safetensors: SHA-256 differs" in err
     assert not recording_api.calls
-    (saved_model / "weights_manifest.json").unlink()
-    with pytest.raises(ValueError, match=r"weights_manifest\.json: missing"):
+    (saved_model / "config.json").write_text((saved_model / "config.json").read_text().replace("0.1", "0.2", 1))
+    with pytest.raises(ValueError, match=r"config\.json: \d+ bytes, the manifest says|config\.json: SHA-256 differs"):
         hub.push_folder_to_hub(saved_model, "acme/x")
+    assert not recording_api.calls
 
 
 def test_push_refuses_non_finite_weights_naming_the_tensor(saved_model, recording_api):
     from safetensors.torch import load_file, save_file
 
-    from aaclip_hf.modeling.serialization_aaclip import NonFiniteWeightsError, write_weights_manifest
+    from aaclip_hf.errors import NonFiniteWeightsError
 
     state = load_file(saved_model / "model.safetensors")
     name = sorted(key for key, tensor in state.items() if tensor.is_floating_point())[3]
     state[name] = state[name].clone()
     state[name].view(-1)[0] = float("nan")
     save_file(state, saved_model / "model.safetensors", metadata={"format": "pt"})
-    write_weights_manifest(saved_model)  # a consistent manifest: only the finite check can refuse it
+    write_manifest(saved_model)  # a consistent manifest: only the finite check can refuse it
     with pytest.raises(
-        NonFiniteWeightsError, match=rf"model\.safetensors: refusing to publish non-finite.*{re.escape(name)}"
+        NonFiniteWeightsError, match=rf"non-finite \(NaN/inf\) values in 1 tensor\(s\): {re.escape(name)}"
     ):
         hub.push_folder_to_hub(saved_model, "acme/x")
     assert not recording_api.calls
@@ -479,18 +539,25 @@ def test_push_refuses_non_finite_weights_naming_the_tensor(saved_model, recordin
 
 def test_pickled_weights_only_are_refused(saved_model, tmp_path):
     (saved_model / "model.safetensors").rename(saved_model / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"model\.safetensors: listed in manifest\.json but missing"):
+        hub.stage_hub_folder(saved_model, tmp_path / "hub", repo_id="acme/x")
+    (saved_model / "manifest.json").unlink()  # a folder with no manifest: the loader refuses the pickle
     with pytest.raises(
-        FileNotFoundError, match=r"no model weights \(model\.safetensors\) \(pytorch_model\.bin is a pickle"
+        FileNotFoundError,
+        match=r"no model\.safetensors .*refusing to load pytorch_model\.bin \(a pickle can run code\)",
     ):
         hub.stage_hub_folder(saved_model, tmp_path / "hub", repo_id="acme/x")
+    assert not (tmp_path / "hub").exists()
 
 
 def test_truncated_weights_are_refused_by_name(saved_model, tmp_path):
     data = (saved_model / "model.safetensors").read_bytes()
     (saved_model / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(
-        ValueError, match=rf"{re.escape(str(saved_model / 'model.safetensors'))}: truncated or corrupt"
-    ):
+    path = re.escape(str(saved_model / "model.safetensors"))
+    with pytest.raises(ValueError, match=rf"{path}: \d+ bytes, the manifest says \d+ \(truncated or replaced\)"):
+        hub.stage_hub_folder(saved_model, tmp_path / "hub", repo_id="acme/x")
+    (saved_model / "manifest.json").unlink()  # without a manifest the loader's header check names the file
+    with pytest.raises(ValueError, match=rf"{path}: truncated or corrupt"):
         hub.stage_hub_folder(saved_model, tmp_path / "hub", repo_id="acme/x")
 
 
@@ -586,11 +653,16 @@ def test_with_app_dry_run_lists_the_space_files_and_the_readme_has_the_space_yam
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and card.data.title == "aaclip-space"
     assert card.data.library_name == "transformers"  # still the model card
     assert "runs as a Gradio Space (`app.py`)" in card.text
-    # Without --with-app an app.py lying in the model folder stays local.
-    (saved_model / "app.py").write_text("print('old')\n")
+    # Without --with-app the installed Space app lying in the model folder (a Space folder pushed again) stays
+    # local; an edited one is code that is not the package's, refused like any other.
+    (saved_model / "app.py").write_bytes(hub.space_app_source().read_bytes())
     staged = hub.stage_hub_folder(saved_model, tmp_path / "model_only", repo_id="acme/x")
     assert "app.py" not in staged.files and staged.repo_type == "model"
+    assert ("app.py", "not on the allowlist") in staged.skipped
     assert "sdk" not in (staged.path / "README.md").read_text().split("---")[1]
+    (saved_model / "app.py").write_text("print('old')\n")
+    with pytest.raises(ValueError, match=r"app\.py: code that is not part of aaclip-hf's model files"):
+        hub.stage_hub_folder(saved_model, tmp_path / "edited_app", repo_id="acme/x", with_app=True)
 
 
 def test_with_app_uploads_to_a_gradio_space(saved_model, recording_api):
@@ -614,10 +686,10 @@ def test_save_for_hub_replaces_a_previous_hub_folder_only(tiny_model, processor,
 def test_train_push_to_hub_goes_through_the_allowlist(trained_folder, recording_api, monkeypatch, tmp_path):
     """`aaclip train --push-to-hub` uploads the training output folder by allowlist (training itself stubbed)."""
     from aaclip_hf.cli import main
-    from aaclip_hf.cli import train as train_cli
+    from aaclip_hf.training import trainer
 
     (trained_folder / "training_args.json").write_text(json.dumps({"model": "/abs/base", "train_data": ["/d/visa"]}))
-    monkeypatch.setattr(train_cli, "train", lambda args: args.output_dir)
+    monkeypatch.setattr(trainer, "train", lambda args, lock=True: args.output_dir)
     argv = [
         "train",
         "--model",
@@ -638,12 +710,19 @@ def test_a_folder_of_symlinks_such_as_a_hub_cache_snapshot_is_refused_with_a_hin
     snapshot.mkdir()
     for path in saved_model.iterdir():
         os.symlink(path, snapshot / path.name)
-    with pytest.raises(FileNotFoundError, match=r"config\.json is a symlink, never followed; copy the real files"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json, .*model\.safetensors, .*: symlinks .*never followed"):
         hub.stage_hub_folder(snapshot, tmp_path / "hub", repo_id="acme/x")
-    (snapshot / "config.json").unlink()
-    (snapshot / "config.json").write_bytes((saved_model / "config.json").read_bytes())
-    with pytest.raises(FileNotFoundError, match=r"model\.safetensors is a symlink, never followed; copy the real"):
+    for path in saved_model.iterdir():
+        if path.name != "model.safetensors":
+            (snapshot / path.name).unlink()
+            (snapshot / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"snapshot': model\.safetensors: symlinks or other non-reg"):
         hub.stage_hub_folder(snapshot, tmp_path / "hub2", repo_id="acme/x")
+    (snapshot / "model.safetensors").unlink()
+    (snapshot / "model.safetensors").mkdir()  # a folder under a published name is refused the same way
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors: symlinks or other non-regular files"):
+        hub.stage_hub_folder(snapshot, tmp_path / "hub3", repo_id="acme/x")
+    assert not any((tmp_path / name).exists() for name in ("hub", "hub2", "hub3"))
 
 
 SPACE_RUN = """
@@ -693,3 +772,81 @@ def test_with_app_folder_runs_as_a_space_without_the_package(saved_model, tiny_m
         image, class_name="bottle"
     )
     assert out["score"] == pytest.approx(expected["score"], abs=1e-5)
+
+
+# ---------------------------------------------------------------- published code is the installed package's
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_push_refuses_edited_or_unknown_code_in_one_line_naming_the_file(
+    saved_model, recording_api, tmp_path, capsys, dry_run
+):
+    from aaclip_hf.cli import main
+
+    original = (saved_model / "modeling_aaclip.py").read_bytes()
+    (saved_model / "modeling_aaclip.py").write_bytes(original + b"\nprint('edited')\n")
+    dry = tmp_path / "dry"
+    argv = ["push", str(saved_model), "acme/x", *(["--dry-run", str(dry)] if dry_run else [])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"{saved_model / 'modeling_aaclip.py'}: differs from the installed aaclip-hf modeling_aaclip.py" in err
+    (saved_model / "modeling_aaclip.py").write_bytes(original)
+    (saved_model / "helpers.py").write_text("import os\n")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{saved_model / 'helpers.py'}: code that is not part of aaclip-hf" in err
+    assert not recording_api.calls and not dry.exists()
+    (saved_model / "helpers.py").unlink()
+    assert main(argv) == 0  # restored: published
+
+
+def test_published_code_is_the_installed_packages_and_the_manifest_covers_it(saved_model, tmp_path):
+    from aaclip_hf.runtime.model_folder import verify_manifest
+
+    staged = hub.stage_hub_folder(saved_model, tmp_path / "hub", repo_id="acme/x", with_app=True)
+    for name in REMOTE_CODE_FILES:
+        assert (staged.path / name).read_bytes() == (MODELING_DIR / name).read_bytes(), name
+    manifest = json.loads((staged.path / "manifest.json").read_text())
+    assert set(REMOTE_CODE_FILES) | {"app.py", "requirements.txt", "config.json", "model.safetensors"} <= set(manifest)
+    assert verify_manifest(staged.path) == []  # the published folder holds exactly what its manifest lists
+
+
+def test_a_symlink_under_a_published_name_is_refused_without_reading_it(saved_model, recording_api, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP SECRET\n")
+    os.symlink(secret, saved_model / "vocab.json")  # a tokenizer file name the loader may read
+    with pytest.raises(FileNotFoundError, match=r"vocab\.json: symlinks or other non-regular files, never") as error:
+        hub.push_folder_to_hub(saved_model, "acme/x")
+    assert "TOP SECRET" not in str(error.value) and not recording_api.calls
+
+
+def test_hardlinked_secrets_under_published_names_never_reach_the_hub(saved_model, recording_api, tmp_path):
+    """Hard links are regular files. What is published under an allowlisted name is what the checked loader parsed,
+    written again by the one writer, so a secret hard-linked there is refused (it does not parse) or dropped."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("hf_" + "s" * 34 + "\n")
+    config = (saved_model / "config.json").read_text()
+    (saved_model / "config.json").unlink()
+    os.link(secret, saved_model / "config.json")
+    with pytest.raises(ValueError, match=r"config\.json: \d+ bytes, the manifest says") as error:
+        hub.push_folder_to_hub(saved_model, "acme/x")
+    (saved_model / "manifest.json").unlink()  # without a manifest the loader refuses what does not parse
+    with pytest.raises(ValueError, match=r"config\.json', field|config\.json': not valid JSON") as error:
+        hub.push_folder_to_hub(saved_model, "acme/x")
+    assert "hf_sss" not in str(error.value)
+    # A config that parses but carries a secret-looking key that AA-CLIP does not define: refused, naming the key.
+    (saved_model / "config.json").unlink()
+    (saved_model / "config.json").write_text(json.dumps({**json.loads(config), "hub_token": "hf_" + "s" * 34}))
+    with pytest.raises(ValueError, match=r"config\.json': holds key\(s\) \['hub_token'\]") as error:
+        hub.push_folder_to_hub(saved_model, "acme/x")
+    assert "hf_sss" not in str(error.value)
+    (saved_model / "config.json").write_text(config)
+    # Card sources are rewritten: a hard-linked training_args.json keeps its settings, never its secrets.
+    (tmp_path / "args.json").write_text(json.dumps({"seed": 3, "api_key": "k-123", "data": "/home/me/visa"}))
+    os.link(tmp_path / "args.json", saved_model / "training_args.json")
+    hub.push_folder_to_hub(saved_model, "acme/x")
+    files = recording_api.calls[-1][2]
+    assert json.loads(files["training_args.json"]) == {"seed": 3, "data": "visa"}
+    assert not any(b"hf_sss" in data or b"k-123" in data or b"/home/me" in data for data in files.values())
+    assert len([call for call in recording_api.calls if call[0] == "upload_folder"]) == 1
