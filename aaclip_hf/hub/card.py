@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import InvalidInputError, MissingFileError
 from ..modeling.configuration_aaclip import TASK
+from ..modeling.processing_aaclip import DEFAULT_THRESHOLD
 from ..runtime.loading import is_hub_id
 
 
@@ -404,25 +405,29 @@ def _training_markdown(summary: dict | None) -> str:
 
 
 def _thresholds_markdown(config) -> str:
-    """The decision threshold of each calibrated class, and what every other class uses."""
+    """The decision threshold of each calibrated class, and what every other class uses (`config.threshold_for`)."""
     fallback = config.decision_threshold
     rest = (
-        f"{fallback:.4f} (the model's fallback threshold)"
+        f"{fallback:.4f} (the model's fallback threshold, not calibrated on the class)"
         if fallback is not None
-        else "0.5 (not calibrated; pass `threshold=` or run `aaclip calibrate`)"
+        else f"{DEFAULT_THRESHOLD} (not calibrated: pass `threshold=` or run `aaclip calibrate --class-name NAME`)"
     )
     if not config.decision_thresholds:
-        return f"An image is anomalous when its score reaches the threshold: {rest} for every class."
-    rows = [f"| `{name}` | {value:.4f} |" for name, value in sorted(config.decision_thresholds.items())]
+        return (
+            f"An image is anomalous when its score reaches the threshold: {rest} for every class; the pipeline "
+            "reports it as `threshold`, with `calibrated: False`."
+        )
+    rows = [f"| `{name}` | {value:.4f} | yes |" for name, value in sorted(config.decision_thresholds.items())]
     return "\n".join(
         [
-            "An image is anomalous when its score reaches its class's threshold (set by `aaclip calibrate`; the",
-            "pipeline reports it as `threshold` and `calibrated`):",
+            "An image is anomalous when its score reaches its class's threshold (set by `aaclip calibrate` on that",
+            "class's images; the pipeline reports it as `threshold`, and `calibrated` says whether it is the class's",
+            "own):",
             "",
-            "| class | threshold |",
-            "|---|---:|",
+            "| class | threshold | calibrated |",
+            "|---|---:|---|",
             *rows,
-            f"| any other class | {rest} |",
+            f"| any other class | {rest} | no |",
         ]
     )
 
