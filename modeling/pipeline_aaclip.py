@@ -150,8 +150,11 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
     (whether the threshold is the class's own) and `normal_references` (reference images used, 0 for zero-shot).
     """
 
+    # The processor carries everything. Loading nothing else matters: transformers derives a video processor from the
+    # image processor's `auto_map` and would otherwise ask on the terminal whether to run the folder's code.
     _load_processor = True
     _load_image_processor = False
+    _load_video_processor = False
     _load_feature_extractor = False
     _load_tokenizer = False
 

@@ -149,7 +149,7 @@ def test_bad_inputs_say_what_is_wrong(pipe, tmp_path):
         pipe(_image(), colour="red")
 
 
-def test_registered_task_loads_a_saved_folder_in_process(tiny_model, processor, tmp_path):
+def test_registered_task_loads_a_saved_folder_in_process(tiny_model, processor, tmp_path, capsys, monkeypatch):
     """The README's line: with the package imported, `pipeline(TASK, model=folder)` needs no trust_remote_code and runs
     the installed classes, for a pipeline-written folder (it declares `custom_pipelines` for the Hub copy) and for a
     plain `save_pretrained` folder alike."""
@@ -165,8 +165,10 @@ def test_registered_task_loads_a_saved_folder_in_process(tiny_model, processor, 
     ).is_file()
     image = _image()
     expected = direct(image, class_name="bottle")["score"]
+    monkeypatch.setattr("builtins.input", lambda *_: pytest.fail("pipeline() asked on the terminal"))
     for folder in ("hub", "plain"):
         detector = pipeline(TASK, model=str(tmp_path / folder), device="cpu")
+        assert "custom code" not in capsys.readouterr().out
         assert type(detector) is AAClipAnomalyDetectionPipeline and type(detector.model) is type(tiny_model)
         assert detector(image, class_name="bottle")["score"] == pytest.approx(expected, abs=1e-6)
 
