@@ -5,13 +5,16 @@
    **randomly initialised** CLIP: the numbers show that training works and transfers to unseen classes, not
    what the paper's ViT-L/14 reaches. `--model openai/clip-vit-large-patch14-336` (or a local CLIP / AA-CLIP
    folder) runs the same steps on real weights where they can be had (a GPU is advisable).
-3. Evaluate the untrained model zero-shot on the held-out classes.
+3. Evaluate the untrained model on the held-out classes: zero-shot, then 1-, 2- and 4-shot (K normal train images of
+   each class as references, `aaclip evaluate --few-shot K`).
 4. Train both stages on the training classes with the training module (`aaclip_hf.training`).
-5. Evaluate the trained model on the held-out classes; print both tables side by side.
-6. Calibrate a decision threshold per held-out class on a few of its normal images (`aaclip calibrate` rule).
+5. Evaluate the trained model the same way; `comparison.md` puts untrained and trained side by side.
+6. Calibrate a decision threshold per held-out class on a few of its normal images (`aaclip calibrate` rule); the
+   thresholds are published with the model (`config.decision_thresholds`) and `comparison.md` gives the false-reject
+   and escape rates they give on the held-out test images.
 7. Run detection on sample held-out images and write overlays.
-8. Save a Hub-ready folder (weights, processor, remote code, pipeline code, model card) and reload it with
-   `pipeline(..., trust_remote_code=True)` in a fresh Python process; check it gives the same scores.
+8. Save a Hub-ready folder (weights, processor, remote code, pipeline code, model card, thresholds) and reload it with
+   `pipeline(..., trust_remote_code=True)` in a fresh Python process; check it gives the same scores and decisions.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -37,9 +40,11 @@ from .data.synthetic import (
     SYNTHETIC_TRAIN_CLASSES,
     generate_synthetic_dataset,
 )
+from .evaluation.few_shot import build_references
+from .evaluation.operating_points import rates_at
 from .evaluation.protocols import METRIC_COLUMNS, EvaluationResult, evaluate
 from .hub.publish import save_for_hub
-from .inference.calibrate import calibrate_threshold
+from .inference.calibrate import DEFAULT_MARGIN, calibrate_threshold
 from .inference.detect import collect_images, detect, make_pipeline, score_images
 from .modeling.configuration_aaclip import DEFAULT_IMAGE_SIZE
 from .modeling.modeling_aaclip import AAClipModel
@@ -57,7 +62,7 @@ class DemoSettings:
     """Sizes of one demo run (synthetic data, tiny backbone, training length)."""
 
     image_size: int = 128  # synthetic images (px)
-    n_train_good: int = 4  # normal train-split images per class (used for calibration)
+    n_train_good: int = 4  # normal train-split images per class (few-shot references, calibration)
     n_test_good: int = 6  # normal test images per class
     n_test_defect_per_kind: int = 2  # defective test images per class and defect kind
     model_image_size: int = 96  # tiny CLIP input size
@@ -73,6 +78,7 @@ class DemoSettings:
     train_classes: tuple[str, ...] | None = None  # None: the synthetic module's suggested split
     held_out_classes: tuple[str, ...] | None = None
     detect_images_per_class: int = 3
+    few_shots: tuple[int, ...] = (1, 2, 4)  # K of the few-shot evaluations (at most n_train_good)
 
 
 FULL = DemoSettings()
@@ -80,7 +86,7 @@ PAPER_TEXT_LR = 1e-5
 PAPER_IMAGE_SIZE = DEFAULT_IMAGE_SIZE
 QUICK = DemoSettings(
     image_size=64,
-    n_train_good=2,
+    n_train_good=4,
     n_test_good=2,
     n_test_defect_per_kind=1,
     model_image_size=32,
@@ -191,6 +197,7 @@ detector = pipeline("zero-shot-anomaly-detection", model=folder, trust_remote_co
 results = detector(images, class_name=classes, batch_size=4)
 print(json.dumps({"pipeline_module": type(detector).__module__,
                   "scores": [r["score"] for r in results], "labels": [r["label"] for r in results],
+                  "calibrated": [r["calibrated"] for r in results],
                   "map_shapes": [list(r["anomaly_map"].shape) for r in results]}))
 """
 
@@ -287,6 +294,9 @@ class LearningComparison:
     base_description: str
     model_dir: Path
     seconds: dict[str, float]  # per step, as the demo's summary reports them
+    # "untrained"/"trained" -> shots -> per-image evaluation on the held-out classes (0 = zero-shot)
+    few_shot: dict[str, dict[int, EvaluationResult]] = field(default_factory=dict)
+    reference_samples: list = field(default_factory=list)  # the held-out classes' normal train images
 
 
 def _lap(timings: dict[str, float], name: str, since: float) -> float:
@@ -309,8 +319,61 @@ def _evaluate_held_out(model, processor, samples, folder: Path, progress: bool) 
     return result
 
 
+def _few_shot_series(model, processor, samples, references, shots, seed: int, folder: Path, progress: bool):
+    """Zero-shot and K-shot per-image evaluations on the held-out classes, each saved under `folder`.
+
+    The per-image protocol (the model's own image score, as deployed), so that zero-shot and few-shot compare on the
+    same footing; K normal train-split images per class are the references (`aaclip evaluate --few-shot K`).
+    """
+    classes = list(dict.fromkeys(sample.class_name for sample in samples))
+    results = {}
+    for k in (0, *shots):
+        bank = build_references(model, processor, references, classes, k, seed, "train") if k else None
+        results[k] = evaluate(
+            model,
+            processor,
+            samples,
+            protocol="per-image",
+            batch_size=16,
+            dataset_name="synthetic (held-out)",
+            progress=progress,
+            references=bank,
+        )
+        results[k].save(folder / (f"{k}-shot" if k else "zero-shot"))
+    return results
+
+
+def _few_shot_table(few_shot: dict[str, dict[int, EvaluationResult]], fusion: str, seed: int) -> str:
+    """comparison.md's few-shot section: class means per model and K, then pixel AUROC per class."""
+    fmt = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"  # noqa: E731
+    lines = [
+        "## Few-shot on the held-out classes (%, per-image protocol)",
+        "",
+        f"K normal images of each class's `train` split are its references (seed {seed}); the map joins the "
+        f'zero-shot map and the references\' nearest-neighbour map by `config.few_shot_fusion = "{fusion}"`. '
+        "Zero-shot (K = 0) in the same protocol. Class means:",
+        "",
+        "| Model | K | P-AUROC | P-AUPRO | I-AUROC |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for model, series in few_shot.items():
+        for k, result in series.items():
+            cells = [fmt(result.mean.get(key)) for key in ("pixel_auroc", "pixel_aupro", "image_auroc")]
+            lines.append(f"| {model} | {k if k else '0 (zero-shot)'} | " + " | ".join(cells) + " |")
+    columns = [(model, k) for model, series in few_shot.items() for k in series]
+    classes = list(next(iter(next(iter(few_shot.values())).values())).classes)
+    lines += ["", "Pixel AUROC per class:", ""]
+    lines.append("| Class | " + " | ".join(f"{model} K={k}" for model, k in columns) + " |")
+    lines.append("|---|" + "---:|" * len(columns))
+    for name in classes:
+        cells = [fmt(few_shot[model][k].classes[name].get("pixel_auroc")) for model, k in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _make_data(out: Path, settings: DemoSettings, train_classes: list[str], held_out: list[str], progress: bool):
-    """Step 1: the synthetic defect set; training samples of the train classes, test samples of the others."""
+    """Step 1: the synthetic defect set; training samples of the train classes, test samples of the others, and
+    the others' normal train-split images (few-shot references)."""
     data_root = out / "data"
     generate_synthetic_dataset(
         data_root,
@@ -324,8 +387,9 @@ def _make_data(out: Path, settings: DemoSettings, train_classes: list[str], held
     )
     train_samples = load_samples(str(data_root), "test", classes=train_classes)
     test_samples = load_samples(str(data_root), "test", classes=held_out)
+    reference_samples = load_samples(str(data_root), "train", classes=held_out)
     _say(f"    {data_root}: {len(train_samples)} training images, {len(test_samples)} held-out test images")
-    return data_root, train_samples, test_samples
+    return data_root, train_samples, test_samples, reference_samples
 
 
 def _make_model(model_name: str | None, settings: DemoSettings, seed: int, total: int):
@@ -380,16 +444,20 @@ def _train(model, processor, train_samples, data_root: Path, model_dir: Path, se
     return trainer.model.eval()
 
 
-def _report_gain(out: Path, baseline: EvaluationResult, trained: EvaluationResult, random_backbone: bool) -> None:
-    """Step 5's table (comparison.md) and one line of what changed on the classes never seen in training."""
+def _report_gain(out: Path, result: LearningComparison, fusion: str, seed: int, random_backbone: bool) -> None:
+    """Step 5's tables (comparison.md) and one line of what changed on the classes never seen in training."""
+    baseline, trained = result.untrained, result.trained
     comparison = _side_by_side(baseline, trained)
+    few_shot = _few_shot_table(result.few_shot, fusion, seed)
     (out / "comparison.md").write_text(
         "# Zero-shot on held-out synthetic classes: untrained -> trained (%, reference protocol)\n\n"
         + comparison
+        + "\n\n"
+        + few_shot
         + "\n",
         encoding="utf-8",
     )
-    _say("\n" + comparison + "\n")
+    _say("\n" + comparison + "\n\n" + few_shot + "\n")
 
     def pct(result: EvaluationResult, key: str) -> float:
         return 100 * result.mean.get(key, math.nan)
@@ -409,7 +477,7 @@ def _report_gain(out: Path, baseline: EvaluationResult, trained: EvaluationResul
 def _train_and_compare(
     out: Path, model_name, settings: DemoSettings, seed: int, progress: bool, timings: dict[str, float], total: int
 ) -> LearningComparison:
-    """Demo steps 1-5: data, model, untrained zero-shot baseline, training, trained zero-shot evaluation."""
+    """Demo steps 1-5: data, model, untrained baseline (zero- and few-shot), training, trained evaluations."""
     out.mkdir(parents=True, exist_ok=True)
     train_classes = list(settings.train_classes or SYNTHETIC_TRAIN_CLASSES)
     held_out = list(settings.held_out_classes or SYNTHETIC_HELD_OUT_CLASSES)
@@ -420,15 +488,29 @@ def _train_and_compare(
         total,
         f"synthetic defect dataset: train on {', '.join(train_classes)}; zero-shot test on {', '.join(held_out)}",
     )
-    data_root, train_samples, test_samples = _make_data(out, settings, train_classes, held_out, progress)
+    data_root, train_samples, test_samples, references = _make_data(out, settings, train_classes, held_out, progress)
     t = _lap(timings, "data", t)
 
     model, processor, base_description, device = _make_model(model_name, settings, seed, total)
     t = _lap(timings, "model", t)
 
     # on a copy, so its held-out anchors do not leak into training
-    _banner(3, total, "zero-shot evaluation of the UNTRAINED model on the held-out classes")
-    baseline = _evaluate_held_out(copy.deepcopy(model), processor, test_samples, out / "eval_untrained", progress)
+    shots = ", ".join(str(k) for k in settings.few_shots)
+    _banner(3, total, f"zero-shot and {shots}-shot evaluation of the UNTRAINED model on the held-out classes")
+    untrained_model = copy.deepcopy(model)
+    baseline = _evaluate_held_out(untrained_model, processor, test_samples, out / "eval_untrained", progress)
+    few_shot = {}
+    few_shot["untrained"] = _few_shot_series(
+        untrained_model,
+        processor,
+        test_samples,
+        references,
+        settings.few_shots,
+        seed,
+        out / "eval_few_shot" / "untrained",
+        progress,
+    )
+    del untrained_model
     t = _lap(timings, "evaluate untrained", t)
 
     _banner(
@@ -443,11 +525,19 @@ def _train_and_compare(
     )
     t = _lap(timings, "train", t)
 
-    _banner(5, total, "zero-shot evaluation of the TRAINED model on the held-out classes")
+    _banner(5, total, f"zero-shot and {shots}-shot evaluation of the TRAINED model on the held-out classes")
     trained = _evaluate_held_out(model, processor, test_samples, out / "eval_trained", progress)
-    _report_gain(out, baseline, trained, random_backbone=model_name is None)
-    _lap(timings, "evaluate trained", t)
-    return LearningComparison(
+    few_shot["trained"] = _few_shot_series(
+        model,
+        processor,
+        test_samples,
+        references,
+        settings.few_shots,
+        seed,
+        out / "eval_few_shot" / "trained",
+        progress,
+    )
+    result = LearningComparison(
         baseline,
         trained,
         model,
@@ -460,7 +550,12 @@ def _train_and_compare(
         base_description,
         model_dir,
         timings,
+        few_shot,
+        references,
     )
+    _report_gain(out, result, model.config.few_shot_fusion, seed, random_backbone=model_name is None)
+    _lap(timings, "evaluate trained", t)
+    return result
 
 
 def _calibrate_held_out(pipe, data_root: Path, held_out: list[str]) -> dict[str, float]:
@@ -474,6 +569,46 @@ def _calibrate_held_out(pipe, data_root: Path, held_out: list[str]) -> dict[str,
             f"    {name}: threshold {thresholds[name]:.4f} (largest of {len(scores)} normal scores + {details['margin']})"
         )
     return thresholds
+
+
+def _publish_thresholds(out: Path, result: LearningComparison, thresholds: dict[str, float]) -> dict[str, dict]:
+    """Step 6, continued: the thresholds go into the model's config (`decision_thresholds`, saved with the model in
+    step 8), and comparison.md gets the false-reject and escape rates they give on the held-out test images (the
+    trained model's zero-shot per-image scores, the ones the thresholds apply to)."""
+    result.model.config.decision_thresholds = {**result.model.config.decision_thresholds, **thresholds}
+    zero_shot = result.few_shot["trained"][0].scores
+    points, lines = {}, []
+    for name, threshold in thresholds.items():
+        scores = [record for record in zero_shot if record["class_name"] == name]
+        points[name] = point = rates_at(
+            threshold, [r["score"] for r in scores if r["label"] == 0], [r["score"] for r in scores if r["label"] == 1]
+        )
+        cells = [
+            f"{point[count]}/{point[total]} ({100 * point[rate]:.1f}%)" if point[rate] is not None else "-"
+            for count, total, rate in (
+                ("false_rejects", "num_normal", "false_reject_rate"),
+                ("escapes", "num_anomalous", "escape_rate"),
+            )
+        ]
+        lines.append(f"| {name} | {threshold:.4f} | " + " | ".join(cells) + " |")
+    section = "\n".join(
+        [
+            "## Published decision thresholds (trained model, zero-shot image score)",
+            "",
+            "Per held-out class, calibrated on its normal `train` images (the largest score + "
+            f"{DEFAULT_MARGIN}, `aaclip calibrate`'s default) and saved in the Hub folder's `config.json` "
+            "(`decision_thresholds`). Rates on the class's test images: false rejects = normal images flagged, "
+            "escapes = anomalous images passed.",
+            "",
+            "| Class | Threshold | False rejects | Escapes |",
+            "|---|---:|---:|---:|",
+            *lines,
+        ]
+    )
+    with open(out / "comparison.md", "a", encoding="utf-8") as handle:
+        handle.write("\n" + section + "\n")
+    _say("\n" + section + "\n")
+    return points
 
 
 def _detect_examples(result: LearningComparison, settings: DemoSettings, thresholds: dict[str, float], out: Path):
@@ -499,7 +634,7 @@ def _detect_examples(result: LearningComparison, settings: DemoSettings, thresho
         classes += [name] * len(chosen)
     for record in records:
         _say(
-            f"    {Path(record['image']).relative_to(result.data_root)}: score {record['score']:.3f} -> {record['label']}"
+            f"    {Path(record['path']).relative_to(result.data_root)}: score {record['score']:.3f} -> {record['label']}"
         )
     return records, images, classes
 
@@ -518,23 +653,26 @@ def _publish_and_reload(
         eval_results=result.trained.to_dict() | {"dataset": "synthetic-held-out"},
         base_model=model_name,
     )
-    in_process = [r["score"] for r in pipe(images, class_name=classes, batch_size=4)]
+    in_process = pipe(images, class_name=classes, batch_size=4)
     reloaded = reload_in_fresh_process(hub_dir, images, classes)
-    max_diff = max(abs(a - b) for a, b in zip(in_process, reloaded["scores"]))
+    max_diff = max(abs(a["score"] - b) for a, b in zip(in_process, reloaded["scores"]))
     if max_diff > 1e-4:
         raise RuntimeError(
             f"the reloaded pipeline disagrees with the in-process model (max score diff {max_diff:.2e})"
         )
+    if [r["label"] for r in in_process] != reloaded["labels"] or not all(reloaded["calibrated"]):
+        raise RuntimeError("the reloaded pipeline does not decide with the published per-class thresholds")
     _say(
         f"    fresh process: {reloaded['pipeline_module']} reproduced all {len(images)} scores "
-        f"(max difference {max_diff:.1e})"
+        f"(max difference {max_diff:.1e}) and their decisions at the published thresholds"
     )
     return max_diff
 
 
 def _print_where_to_look(out: Path, detect_dir: Path, hub_dir: Path, timings: dict[str, float]) -> None:
     places = [
-        (out / "comparison.md", "metric table, untrained -> trained (held-out classes)"),
+        (out / "comparison.md", "untrained -> trained, zero- vs few-shot, rates at the thresholds (held-out)"),
+        (out / "eval_few_shot", "per-image evaluations: zero-shot and K-shot, scores.csv, score pictures"),
         (detect_dir / "<class>" / "overlays", "image | heat map | decision contour, one PNG per image"),
         (detect_dir / "<class>" / "detections.csv", "score and decision per image"),
         (hub_dir, f"Hub-ready model, README.md = model card; publish: aaclip push {hub_dir} your-name/aaclip-demo"),
@@ -560,6 +698,7 @@ def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progres
 
     _banner(6, total, "calibrating a decision threshold per held-out class on a few of its normal images")
     thresholds = _calibrate_held_out(pipe, result.data_root, result.held_out_classes)
+    operating_points = _publish_thresholds(out, result, thresholds)
     t = _lap(timings, "calibrate", t)
 
     _banner(7, total, "detecting anomalies on sample held-out images (overlays)")
@@ -588,14 +727,24 @@ def _run_demo(output_dir, model_name, settings: DemoSettings, seed: int, progres
         "held_out_classes": result.held_out_classes,
         "untrained_mean": result.untrained.to_dict()["mean"],
         "trained_mean": result.trained.to_dict()["mean"],
+        "few_shot": {
+            "fusion": result.model.config.few_shot_fusion,
+            "seed": seed,
+            **{
+                model: {k: evaluation.to_dict()["mean"] for k, evaluation in series.items()}
+                for model, series in result.few_shot.items()
+            },
+        },
         "decision_thresholds": thresholds,
-        "detections": [{k: r[k] for k in ("image", "class_name", "score", "label")} for r in records],
+        "operating_points": operating_points,
+        "detections": [{k: r[k] for k in ("path", "class_name", "score", "label")} for r in records],
         "reload_max_score_difference": max_diff,
         "seconds": timings,
         "outputs": {
             "comparison": str(out / "comparison.md"),
             "eval_untrained": str(out / "eval_untrained"),
             "eval_trained": str(out / "eval_trained"),
+            "eval_few_shot": str(out / "eval_few_shot"),
             "overlays": [str(detect_dir / name / "overlays") for name in result.held_out_classes],
             "detections": [str(detect_dir / name / "detections.csv") for name in result.held_out_classes],
             "hub_folder": str(hub_dir),

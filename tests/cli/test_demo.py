@@ -1,9 +1,12 @@
-"""`aaclip demo --quick`: the whole offline workflow end to end (data, train, evaluate, detect, Hub folder, reload)."""
+"""`aaclip demo --quick`: the whole offline workflow end to end (data, train, zero- and few-shot evaluation, published
+thresholds and the rates at them, detect, Hub folder, reload)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 from aaclip_hf.demo import run_demo
 
@@ -21,7 +24,28 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys, monkeypatch):
         results = json.loads((out / name / "results.json").read_text())
         assert set(results["classes"]) == set(summary["held_out_classes"])
         assert 0.0 <= results["mean"]["pixel_auroc"] <= 1.0
-    assert "before -> after" in (out / "comparison.md").read_text()
+    comparison = (out / "comparison.md").read_text()
+    assert "before -> after" in comparison
+    # few-shot: zero-shot next to 1-, 2- and 4-shot, untrained and trained, from evaluations with their references
+    assert "## Few-shot on the held-out classes" in comparison
+    for model in ("untrained", "trained"):
+        assert f"| {model} | 0 (zero-shot) |" in comparison
+        for k in (1, 2, 4):
+            assert f"| {model} | {k} |" in comparison
+            results = json.loads((out / "eval_few_shot" / model / f"{k}-shot" / "results.json").read_text())
+            assert results["settings"]["few_shot"]["shots"] == k and results["protocol"] == "per-image"
+            assert summary["few_shot"][model][k]["pixel_auroc"] == pytest.approx(results["mean"]["pixel_auroc"])
+            assert all(len(paths) == k for paths in results["settings"]["reference_images"].values())
+    # the thresholds are published with the model, and the rates at them are shown
+    assert "## Published decision thresholds" in comparison
+    hub_config = json.loads((out / "hub_model" / "config.json").read_text())
+    assert hub_config["decision_thresholds"] == pytest.approx(summary["decision_thresholds"])
+    assert set(summary["decision_thresholds"]) == set(summary["held_out_classes"])
+    for name, point in summary["operating_points"].items():
+        assert point["threshold"] == pytest.approx(summary["decision_thresholds"][name])
+        assert point["num_normal"] + point["num_anomalous"] > 0
+        rates = f"{point['false_rejects']}/{point['num_normal']} ({100 * point['false_reject_rate']:.1f}%)"
+        assert f"| {name} | {point['threshold']:.4f} | {rates} |" in comparison
     overlays = [
         p for d in summary["outputs"]["overlays"] for p in (out / "detect").rglob("*.png") if str(p).startswith(d)
     ]
