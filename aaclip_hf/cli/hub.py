@@ -190,7 +190,8 @@ def add_export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fixed-class",
         default=None,
-        help="bake one stored class in (graph input: pixel_values only); default: a class_index input",
+        help="bake one stored class in (graph input: pixel_values only), with its stored references (few-shot) when "
+        "it has some; default: a class_index input over all stored classes, zero-shot (references left out)",
     )
     parser.add_argument("--check", action="store_true", help="run the graph in onnxruntime against torch")
 
@@ -205,6 +206,14 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     model, _ = load_model(args.model, device="cpu")
     path = export_onnx(model, args.output, opset=args.opset, domain=args.domain, fixed_class=args.fixed_class)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB); classes: {model.stored_class_names}")
+    stored = model.config.reference_classes
+    if args.fixed_class in stored:
+        print(f"few-shot: with the {stored[args.fixed_class]['images']} stored reference images of {args.fixed_class}")
+    elif args.fixed_class is None and stored:
+        print(
+            f"note: the stored references of {', '.join(stored)} are not in a class_index graph (zero-shot scores); "
+            "export one class with --fixed-class NAME to include its references"
+        )
     if args.check:
         diff = check_onnx(model, path, domain=args.domain, fixed_class=args.fixed_class)
         print(f"onnxruntime vs torch, max |diff| per output: {diff}")

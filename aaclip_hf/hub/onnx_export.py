@@ -25,6 +25,7 @@ package, which is not a dependency of this project.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -75,9 +76,13 @@ def export_onnx(
     fixed_class: str | None = None,
     example_batch_size: int = 2,
 ) -> Path:
-    """Export `model`'s vision path to `output_path`; returns the path. The model is not modified."""
+    """Export `model`'s vision path to `output_path`; returns the path. The model is not modified.
+
+    The graph is written next to `output_path` under a temporary name and moved there once complete, so a failed
+    export leaves no partial file."""
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = output_path.with_name(f".{output_path.name}.partial-{os.getpid()}")
     if not bool(model.text_anchors.abs().sum() > 0):
         raise StaleStateError(
             "the model has no computed anchors (all zero); run model.refresh_text_anchors(processor)"
@@ -108,7 +113,7 @@ def export_onnx(
             torch.onnx.export(
                 wrapper,
                 args,
-                str(output_path),
+                str(partial),
                 dynamo=False,
                 input_names=names,
                 output_names=OUTPUT_NAMES,
@@ -116,11 +121,13 @@ def export_onnx(
                 opset_version=opset,
                 do_constant_folding=True,
             )
+        references = 0 if wrapper.references is None else model.config.reference_classes[fixed_class]["images"]
+        _write_metadata(partial, model, wrapper.domain, fixed_class, references)
+        os.replace(partial, output_path)
     finally:
+        partial.unlink(missing_ok=True)
         tower.set_attn_implementation(previous_impl)
         model.train(was_training)
-    references = 0 if wrapper.references is None else model.config.reference_classes[fixed_class]["images"]
-    _write_metadata(output_path, model, wrapper.domain, fixed_class, references)
     return output_path
 
 
