@@ -40,7 +40,10 @@ def add_make_synthetic_arguments(parser: argparse.ArgumentParser) -> None:
         SYNTHETIC_CLASSES,
     )
 
-    parser.add_argument("output_dir", help="folder to write (MVTec layout)")
+    parser.add_argument(
+        "output_dir",
+        help="folder to write (MVTec layout): new or empty, or an untouched earlier make-synthetic output (replaced)",
+    )
     parser.add_argument(
         "--classes",
         nargs="+",
@@ -81,20 +84,30 @@ def run_make_synthetic(args: argparse.Namespace) -> int:
         preview_grid,
     )
     from ..errors import InvalidInputError
+    from ..runtime.outputs import atomic_output_dir, check_new_file
 
     if args.image_size < 16:
         raise InvalidInputError(f"--image-size must be at least 16, got {args.image_size}")
-    root = generate_synthetic_dataset(
-        args.output_dir,
-        classes=args.classes,
-        image_size=args.image_size,
-        n_train_good=args.n_train_good,
-        n_test_good=args.n_test_good,
-        n_test_defect_per_kind=args.n_test_defect_per_kind,
-        defect_kinds=args.defect_kinds,
-        seed=args.seed,
-        noise_std=args.noise_std,
-    )
+    preview_inside = args.preview is not None and _inside(args.preview, args.output_dir)
+    if args.preview is not None and not preview_inside:
+        check_new_file(args.preview, "--preview")
+    # Written whole into a new folder; an existing one only when it is an untouched earlier make-synthetic output.
+    with atomic_output_dir(args.output_dir, "aaclip make-synthetic") as staging:
+        generate_synthetic_dataset(
+            staging,
+            classes=args.classes,
+            image_size=args.image_size,
+            n_train_good=args.n_train_good,
+            n_test_good=args.n_test_good,
+            n_test_defect_per_kind=args.n_test_defect_per_kind,
+            defect_kinds=args.defect_kinds,
+            seed=args.seed,
+            noise_std=args.noise_std,
+        )
+        if preview_inside:
+            relative = os.path.relpath(os.path.abspath(args.preview), os.path.abspath(args.output_dir))
+            preview_grid(staging, staging / relative)
+    root = args.output_dir
     print(f"wrote the synthetic dataset to {root}")
     print(
         f"suggested train classes:    {', '.join(c for c in SYNTHETIC_TRAIN_CLASSES if args.classes is None or c in args.classes)}"
@@ -102,9 +115,26 @@ def run_make_synthetic(args: argparse.Namespace) -> int:
     print(
         f"suggested held-out classes: {', '.join(c for c in SYNTHETIC_HELD_OUT_CLASSES if args.classes is None or c in args.classes)}"
     )
-    if args.preview:
-        print(f"preview: {preview_grid(root, args.preview)}")
+    if args.preview is not None:
+        print(f"preview: {args.preview if preview_inside else preview_grid(root, args.preview)}")
     return 0
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether `path` lies inside `folder` (real paths)."""
+    real, base = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, base]) == base and real != base
+
+
+def data_spec_paths(specs) -> list[str]:
+    """The paths a list of data specs reads (`PATH::key=value`: the path and its `root=`)."""
+    from ..data.readers import parse_spec
+
+    paths = []
+    for spec in specs:
+        path, options = parse_spec(spec)
+        paths += [path] + ([options["root"]] if options.get("root") else [])
+    return paths
 
 
 def _add_reader_arguments(parser: argparse.ArgumentParser) -> None:
@@ -140,7 +170,9 @@ def add_sample_shots_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_SHOT_SEED,
         help=f"random seed (default {DEFAULT_SHOT_SEED}, as the reference)",
     )
-    parser.add_argument("--output", required=True, help="JSON-lines file to write")
+    parser.add_argument(
+        "--output", required=True, help="JSON-lines file to write (a new file: an existing one is never replaced)"
+    )
     parser.add_argument(
         "--split", default="test", help="split to draw from (default 'test', as the reference's VisA training data)"
     )
@@ -153,7 +185,10 @@ def add_sample_shots_arguments(parser: argparse.ArgumentParser) -> None:
 def run_sample_shots(args: argparse.Namespace) -> int:
     from ..data.readers import is_inside, load_samples
     from ..data.sampling import sample_shots, write_jsonl
+    from ..runtime.outputs import check_new_file, check_output_apart
 
+    check_output_apart(args.output, inputs=data_spec_paths(args.data), what="--output")  # never onto the data read
+    check_new_file(args.output, "--output")
     samples = load_samples(args.data, args.split, format=args.format, allow_outside_root=args.allow_outside_root)
     picked = sample_shots(samples, args.shots, seed=args.seed)
     write_jsonl(picked, args.output, relative_to=args.relative_to)
@@ -188,7 +223,9 @@ def run_export_dataset(args: argparse.Namespace) -> int:
     # outside the dataset root (/etc/..., a home folder) is refused, naming the record and the path.
     from ..data.hf_datasets import export_dataset
     from ..data.readers import load_samples, parse_spec
+    from ..runtime.outputs import check_output_apart
 
+    check_output_apart(args.output, inputs=data_spec_paths(args.data), what="--output")
     samples = load_samples(
         args.data, args.split, format=args.format, allow_outside_root=args.allow_outside_root, resolve_links=True
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -95,12 +96,36 @@ def add_detect_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@contextlib.contextmanager
+def _progress_bars(shown: bool):
+    """`--no-progress` also silences transformers' weight-loading bar for the command."""
+    from transformers.utils import logging as hf_logging
+
+    was_shown = hf_logging.is_progress_bar_enabled()
+    if not shown:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_shown and not shown:
+            hf_logging.enable_progress_bar()
+
+
+def _check_class_name(args: argparse.Namespace) -> None:
+    """`--class-name` must be a name: refused before the model loads."""
+    from ..modeling.configuration_aaclip import check_class_name
+
+    if args.class_name is not None:
+        check_class_name(args.class_name)
+
+
 def run_detect(args: argparse.Namespace) -> int:
     from ..runtime.outputs import check_output_apart, output_lock
 
+    _check_class_name(args)
     check_output_apart(args.output, inputs=args.images, model=args.model, what="--output")
     # One run at a time per --output: refused before the model loads, held throughout.
-    with output_lock(args.output, "aaclip detect"):
+    with output_lock(args.output, "aaclip detect"), _progress_bars(not args.no_progress):
         return _detect(args)
 
 
@@ -119,24 +144,35 @@ def _detect(args: argparse.Namespace) -> int:
         max_image_side=args.max_image_side, progress=not args.no_progress, skip_bad_files=args.skip_bad_files,
         lock=False,
     )  # fmt: skip
-    shown = [safe_text(r["image"]) for r in records]  # relative to the input; non-UTF-8 bytes as \xNN escapes
-    width = max(len(name) for name in shown)
-    for name, r in zip(shown, records):
-        print(f"{name:<{width}}  score {r['score']:.4f}  {r['label']:<7}  threshold {r['threshold']:.4f}")
-    for name in sorted({r["class_name"] for r in records}):
-        rows = [r for r in records if r["class_name"] == name]
-        flagged, first = sum(r["is_anomaly"] for r in rows), rows[0]
-        how = "calibrated for the class" if first["calibrated"] else "not calibrated for this class"
-        shots = f"; {first['normal_references']} normal references" if first["normal_references"] else "; zero-shot"
-        print(
-            f"\n{name}: {flagged} of {len(rows)} image(s) anomalous at threshold {first['threshold']:.4f} ({how}{shots})"
-        )
+    _print_detections(records)
     out = Path(safe_text(args.output))
     print(f"overlays in {out / 'overlays'}; scores in {out / 'detections.csv'}")
     skipped = Path(args.output) / "skipped.json"
     if skipped.is_file():
         print(f"{len(json.loads(skipped.read_text()))} unreadable image(s) skipped, listed in {out / skipped.name}")
     return 0
+
+
+def _print_detections(records: list[dict]) -> None:
+    """One line per image (its name relative to the input given), then per class its threshold, where that came
+    from (calibrated for the class or not) and how many normal references scored it."""
+    from ..inference.detect import THRESHOLD_SOURCES
+    from ..runtime.outputs import safe_text
+
+    shown = [safe_text(r["image"]) for r in records]  # non-UTF-8 bytes as \xNN escapes
+    width = max(len(name) for name in shown)
+    for name, r in zip(shown, records):
+        print(f"{name:<{width}}  score {r['score']:.4f}  {r['label']:<7}  threshold {r['threshold']:.4f}")
+    print()
+    for name in sorted({r["class_name"] for r in records}):
+        rows = [r for r in records if r["class_name"] == name]
+        flagged, first = sum(r["is_anomaly"] for r in rows), rows[0]
+        how = THRESHOLD_SOURCES[first["threshold_source"]]
+        how = f"calibrated for {name}" if how == "calibrated" else "given with --threshold" if how == "given" else how
+        shots = f"{first['normal_references']}-shot" if first["normal_references"] else "zero-shot"
+        print(
+            f"{name}: {flagged} of {len(rows)} image(s) anomalous at threshold {first['threshold']:.4f} ({how}; {shots})"
+        )
 
 
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -193,13 +229,16 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--model {args.model} is not a local folder; pass --output to save a calibrated copy")
     if (args.data is None) == (args.normal is None):
         raise InvalidInputError("give the calibration images as --normal [--anomalous] folders, or as --data SPEC")
-    if args.max_false_reject is not None and args.max_escape is not None:
-        raise InvalidInputError("give one target: --max-false-reject or --max-escape")
+    _check_class_name(args)
+    _calibration_method(args, with_anomalous=args.anomalous is not None or args.data is not None)
     if args.output is not None:
         inputs = [*(args.normal or []), *(args.anomalous or []), *([args.data.split("::")[0]] if args.data else [])]
         check_output_apart(args.output, inputs=inputs, model=args.model, what="--output")
     # One run at a time on the folder that is written, held for the whole run.
-    with output_lock(args.model if args.output is None else args.output, "aaclip calibrate"):
+    with (
+        output_lock(args.model if args.output is None else args.output, "aaclip calibrate"),
+        _progress_bars(not args.no_progress),
+    ):
         return _calibrate(args)
 
 
@@ -209,6 +248,15 @@ def _earlier_calibration(folder: Path) -> bool:
     from ..runtime.loading import is_aaclip_folder
 
     return (folder / CALIBRATION_FILE).is_file() and is_aaclip_folder(folder)
+
+
+def _calibration_method(args: argparse.Namespace, with_anomalous: bool) -> str:
+    """The rule the flags choose, or a one-line error naming the flag (checked before any image is scored)."""
+    from ..inference.calibrate import check_calibration_settings
+
+    return check_calibration_settings(
+        args.method, args.quantile, args.margin, args.max_false_reject, args.max_escape, with_anomalous
+    )
 
 
 def _calibration_images(args: argparse.Namespace) -> tuple[list, list, str]:
@@ -233,57 +281,61 @@ def _calibration_images(args: argparse.Namespace) -> tuple[list, list, str]:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from ..inference.calibrate import calibrate_threshold, save_threshold
-    from ..inference.detect import make_pipeline, score_images
+    from ..inference.calibrate import calibrate_threshold
+    from ..inference.detect import make_pipeline
     from ..runtime.loading import load_model_and_processor
-    from ..runtime.model_folder import save_model_folder
-    from ..runtime.outputs import atomic_output_dir
 
+    normal_inputs, anomalous_inputs, class_name = _calibration_images(args)
+    method = _calibration_method(args, with_anomalous=bool(anomalous_inputs))
     model, processor = load_model_and_processor(args.model, args.device)
     pipe = make_pipeline(model, processor)
-    normal_inputs, anomalous_inputs, class_name = _calibration_images(args)
-    shots = []
-
-    def scores(images, what):
-        results = score_images(
-            pipe, images, class_name, batch_size=args.batch_size, progress=not args.no_progress,
-            description=f"scoring {what}", max_image_side=args.max_image_side, domain=args.domain,
-            use_references=args.use_references,
-        )  # fmt: skip
-        found = [result for _, _, result in results]
-        shots.extend(result["normal_references"] for result in found)
-        return [float(result["score"]) for result in found]
-
-    normal = scores(normal_inputs, "normal")
-    anomalous = scores(anomalous_inputs, "anomalous") if anomalous_inputs else None
-    method = (
-        "false-reject"
-        if args.max_false_reject is not None
-        else "escape"
-        if args.max_escape is not None
-        else args.method
-    )
+    normal, shots = _scores(args, pipe, normal_inputs, class_name, "normal")
+    anomalous, _ = _scores(args, pipe, anomalous_inputs, class_name, "anomalous") if anomalous_inputs else ([], 0)
     threshold, details = calibrate_threshold(
         normal, anomalous, method, args.quantile, args.margin, args.max_false_reject, args.max_escape
     )
-    details.update(normal_references=max(shots, default=0), normal_scores=normal, anomalous_scores=anomalous or [])
-    target = Path(args.model if args.output is None else args.output)
-    if args.output is None:
-        previous = save_threshold(target, class_name, threshold, details)  # each file replaced atomically
-    else:
-        with atomic_output_dir(target, "aaclip calibrate", replaceable=_earlier_calibration, lock=False) as staging:
-            if os.path.isdir(args.model):
-                shutil.copytree(args.model, staging, dirs_exist_ok=True, symlinks=True)
-            else:
-                save_model_folder(model, processor, staging)
-            previous = save_threshold(staging, class_name, threshold, details)
+    details.update(normal_references=shots, normal_scores=normal, anomalous_scores=anomalous)
+    target, previous = _save_calibration(args, model, processor, class_name, threshold, details)
     replaced = "new for this class" if previous is None else f"replaces {previous:.4f}"
     print(
-        f"{class_name}: decision threshold {threshold:.4f} ({details['method']} rule, {replaced}) in {target / 'config.json'}"
+        f"{class_name}: decision threshold {threshold:.4f} ({details['method']} rule, {replaced}) in "
+        f"{target / 'config.json'}"
     )
     point = details["operating_point"]
     line = f"on the calibration images: {point['false_rejects']} of {point['num_normal']} normal flagged"
     if anomalous:
         line += f", {point['escapes']} of {point['num_anomalous']} anomalous passed"
-    print(line + (f" ({details['normal_references']}-shot)" if details["normal_references"] else " (zero-shot)"))
+    print(line + (f" ({shots}-shot: the class's stored normal references)" if shots else " (zero-shot)"))
     return 0
+
+
+def _scores(args: argparse.Namespace, pipe, images: list, class_name: str, what: str) -> tuple[list[float], int]:
+    """Image scores of one group of calibration images, and how many normal references scored them."""
+    from ..inference.detect import score_images
+
+    results = score_images(
+        pipe, images, class_name, batch_size=args.batch_size, progress=not args.no_progress,
+        description=f"scoring {what}", max_image_side=args.max_image_side, domain=args.domain,
+        use_references=args.use_references,
+    )  # fmt: skip
+    found = [result for _, _, result in results]
+    return [float(result["score"]) for result in found], max((r["normal_references"] for r in found), default=0)
+
+
+def _save_calibration(args: argparse.Namespace, model, processor, class_name: str, threshold: float, details: dict):
+    """`(folder written, the class's previous threshold)`: in place (each file replaced atomically), or a calibrated
+    copy written whole."""
+    from ..inference.calibrate import save_threshold
+    from ..runtime.model_folder import save_model_folder
+    from ..runtime.outputs import atomic_output_dir
+
+    if args.output is None:
+        return Path(args.model), save_threshold(args.model, class_name, threshold, details)
+    target = Path(args.output)
+    with atomic_output_dir(target, "aaclip calibrate", replaceable=_earlier_calibration, lock=False) as staging:
+        if os.path.isdir(args.model):
+            shutil.copytree(args.model, staging, dirs_exist_ok=True, symlinks=True)
+        else:
+            save_model_folder(model, processor, staging)
+        previous = save_threshold(staging, class_name, threshold, details)
+    return target, previous

@@ -45,17 +45,23 @@ def run_train(args: argparse.Namespace) -> int:
 
     One run per output folder, as `aaclip detect`: the main process holds `<output>.lock` from before anything
     is loaded until the upload is done, so a second run into the same folder (a `--resume` too) is refused with
-    `OutputInUseError` before it reads, deletes or writes anything there.
+    `OutputInUseError` before it reads, deletes or writes anything there. An output that is the base model or a
+    training dataset, or a folder holding one, is refused first (`check_output_apart`).
     """
     from accelerate import PartialState
 
     from ..hub.publish import push_folder_to_hub
     from ..runtime.loading import check_model_source
-    from ..runtime.outputs import output_lock
+    from ..runtime.outputs import check_output_apart, output_lock
     from ..training.arguments import arguments_from_namespace
     from ..training.trainer import train
+    from .data import data_spec_paths
 
     training_args = arguments_from_namespace(args)
+    # Before anything is read or written: the run never writes onto its base model or its training data.
+    check_output_apart(
+        training_args.output_dir, inputs=data_spec_paths(training_args.train_data), model=training_args.model
+    )
     lock = output_lock(training_args.output_dir, "aaclip train") if _is_main_process() else contextlib.nullcontext()
     with lock:
         check_model_source(training_args.model)  # a missing folder is named here, not by a network traceback

@@ -9,7 +9,7 @@ Rules (`calibrate_threshold`; operating points in `aaclip_hf.evaluation.operatin
   midpoint between it and the next lower score: the same decisions on the calibration images, with room on both sides.
 - `"escape"` (with anomalous images): the least sensitive threshold at which at most `max_escape` of the anomalous
   images pass.
-- `"auto"`: `"f1"` when anomalous images are given, else `"normal"`.
+- `"auto"`: `"f1"` when anomalous images are given, else `"normal"`; a target rate chooses its own rule.
 
 `save_threshold` stores the result for its class in `config.json` (`decision_thresholds`), next to the other classes'
 thresholds, and says what it replaced; `calibration.json` keeps the details per class.
@@ -41,6 +41,7 @@ __all__ = [
     "DEFAULT_MARGIN",
     "DEFAULT_QUANTILE",
     "calibrate_threshold",
+    "check_calibration_settings",
     "save_threshold",
 ]
 
@@ -63,39 +64,23 @@ def calibrate_threshold(
 ) -> tuple[float, dict[str, Any]]:
     """A decision threshold on image scores (rules in the module docstring). Returns `(threshold, details)`; the
     details hold the method, its settings and the operating point on the calibration images."""
-    if method not in CALIBRATION_METHODS:
-        raise InvalidInputError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin < 1.0:
-        raise InvalidInputError(
-            f"margin must be in [0, 1), got {margin!r}: a negative margin would flag calibration normals; to accept "
-            "a share of false rejects, set a target with --max-false-reject"
-        )
-    normal = np.asarray(normal_scores, dtype=np.float64)
-    anomalous = np.asarray(anomalous_scores if anomalous_scores is not None else [], dtype=np.float64)
+    normal = np.asarray(normal_scores, dtype=np.float64).reshape(-1)
+    anomalous = np.asarray(anomalous_scores if anomalous_scores is not None else [], dtype=np.float64).reshape(-1)
     if normal.size == 0:
         raise InvalidInputError("calibration needs at least one normal image")
-    if method == "auto":
-        method = "f1" if anomalous.size else "normal"
+    method = check_calibration_settings(method, quantile, margin, max_false_reject, max_escape, anomalous.size > 0)
     details: dict[str, Any] = {"method": method}
     if method == "normal":
-        if not 0.0 <= quantile <= 1.0:
-            raise InvalidInputError(f"quantile must be in [0, 1], got {quantile}")
         base = float(np.quantile(normal, quantile))
         threshold = base + margin
         details.update(quantile=quantile, margin=margin, normal_quantile_score=base)
     elif method == "false-reject":
-        if max_false_reject is None:
-            raise InvalidInputError("the false-reject rule needs a target rate (--max-false-reject)")
         threshold, extra = threshold_for_false_reject_rate(normal, max_false_reject, margin)
         details.update(extra)
     elif method == "escape":
-        if max_escape is None:
-            raise InvalidInputError("the escape rule needs a target rate (--max-escape)")
         threshold, extra = threshold_for_escape_rate(anomalous, max_escape, margin)
         details.update(extra)
     else:
-        if anomalous.size == 0:
-            raise InvalidInputError("the f1 rule needs anomalous images too (--anomalous)")
         scores = np.concatenate([normal, anomalous])
         labels = np.concatenate([np.zeros(normal.size, int), np.ones(anomalous.size, int)])
         best = binary_metrics(scores, labels)
@@ -108,6 +93,49 @@ def calibrate_threshold(
         details["clipped_from"] = threshold
     details["operating_point"] = rates_at(clipped, normal, anomalous)
     return clipped, details
+
+
+def _check_number(name: str, value, low: float, high: float, high_open: bool) -> None:
+    inside = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+    if not inside or (high_open and value == high):
+        raise InvalidInputError(f"{name} must be in [{low:g}, {high:g}{')' if high_open else ']'}, got {value!r}")
+
+
+def check_calibration_settings(
+    method: str = "auto",
+    quantile: float = DEFAULT_QUANTILE,
+    margin: float = DEFAULT_MARGIN,
+    max_false_reject: float | None = None,
+    max_escape: float | None = None,
+    with_anomalous: bool = False,
+) -> str:
+    """The rule these settings choose (`"auto"` resolved), or an error naming the setting: checked before any image
+    is scored. A target rate sets its rule (`--max-false-reject`: false-reject, `--max-escape`: escape); naming
+    another method with it, or both targets, is refused."""
+    if method not in CALIBRATION_METHODS:
+        raise InvalidInputError(f"method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    _check_number("quantile", quantile, 0.0, 1.0, high_open=False)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin < 1.0:
+        raise InvalidInputError(
+            f"margin must be in [0, 1), got {margin!r}: a negative margin would flag calibration normals; to accept "
+            "a share of false rejects, set a target with --max-false-reject"
+        )
+    targets = {"false-reject": max_false_reject, "escape": max_escape}
+    given = [rule for rule, rate in targets.items() if rate is not None]
+    if len(given) > 1:
+        raise InvalidInputError("give one target: --max-false-reject or --max-escape")
+    for rule in given:
+        _check_number(f"--max-{rule} rate", targets[rule], 0.0, 1.0, high_open=True)
+        if method not in ("auto", rule):
+            raise InvalidInputError(f"--max-{rule} sets the {rule} rule; it cannot be combined with --method {method}")
+        method = rule
+    if method in targets and targets[method] is None:
+        raise InvalidInputError(f"the {method} rule needs a target rate (--max-{method})")
+    if method == "auto":
+        method = "f1" if with_anomalous else "normal"
+    if method in ("f1", "escape") and not with_anomalous:
+        raise InvalidInputError(f"the {method} rule needs anomalous images too (--anomalous)")
+    return method
 
 
 def save_threshold(

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ..data.image_io import DEFAULT_MAX_SIDE, IMAGE_EXTENSIONS, load_image
 from ..errors import BadInputError, InvalidInputError
+from ..modeling.configuration_aaclip import GENERIC_CLASS, check_class_name
 from ..modeling.pipeline_aaclip import AAClipAnomalyDetectionPipeline
 from ..runtime.batching import prefetch, resolve_batch_size
 from ..runtime.outputs import atomic_output_dir, holds_only, safe_text
@@ -44,12 +45,22 @@ from .visualize import detection_figure, region_legend
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DETECT_OUTPUTS", "InputImage", "collect_images", "detect", "make_pipeline", "score_images"]
+__all__ = [
+    "DETECT_OUTPUTS",
+    "THRESHOLD_SOURCES",
+    "InputImage",
+    "collect_images",
+    "detect",
+    "make_pipeline",
+    "overlay_names",
+    "score_images",
+]
 
 # What `detect` writes into its output folder; a folder holding only these (an earlier run's) may be replaced.
 DETECT_OUTPUTS = ("overlays", "maps", "detections.json", "detections.csv", "skipped.json")
-# Longest overlay file stem; longer names keep their start and end a hash of the whole (file systems allow 255 bytes).
-MAX_OVERLAY_STEM = 120
+# Longest overlay file stem in bytes (file systems allow 255 per name; multi-byte characters count as several);
+# longer names keep their start and end with a hash of the whole name.
+MAX_OVERLAY_STEM_BYTES = 120
 HASH_CHARS = 10
 
 
@@ -100,19 +111,36 @@ def collect_images(paths: Sequence[str | os.PathLike], exclude: Sequence[str | o
     return found
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()[:HASH_CHARS]
+
+
+def _shorten(stem: str, name: str) -> str:
+    """`stem` cut (at a character boundary) to fit `MAX_OVERLAY_STEM_BYTES` with a hash of `name` appended."""
+    room = MAX_OVERLAY_STEM_BYTES - HASH_CHARS - 1
+    kept = ""
+    for character in stem:
+        if len(os.fsencode(kept + character)) > room:
+            break
+        kept += character
+    return f"{kept}-{_digest(name.encode('utf-8', 'surrogateescape'))}"
+
+
 def overlay_names(images: Sequence[InputImage]) -> list[str]:
-    """Unique overlay file names: the relative name with `/` as `__`, long names shortened with a hash, clashes (the
-    same name reached twice) told apart by a hash of the full path."""
+    """Unique overlay file stems, the same for the same inputs on every run: the relative name without its extension
+    and with `/` as `__`; a stem above `MAX_OVERLAY_STEM_BYTES` keeps its start and ends with a hash of the whole name;
+    names that would clash (the same stem reached twice, also when they differ only in case, as file systems without
+    case take them) are told apart by a hash of the full path."""
     names, seen = [], set()
     for image in images:
         stem = image.name.rsplit(".", 1)[0].replace("/", "__")
-        if len(stem) > MAX_OVERLAY_STEM:
-            digest = hashlib.sha1(image.name.encode("utf-8", "surrogateescape")).hexdigest()[:HASH_CHARS]
-            stem = f"{stem[: MAX_OVERLAY_STEM - HASH_CHARS - 1]}-{digest}"
-        if stem in seen:
-            digest = hashlib.sha1(os.fsencode(image.path.resolve())).hexdigest()[:HASH_CHARS]
-            stem = f"{stem}-{digest}"
-        seen.add(stem)
+        if len(os.fsencode(stem)) > MAX_OVERLAY_STEM_BYTES:
+            stem = _shorten(stem, image.name)
+        if stem.casefold() in seen:
+            stem = _shorten(stem, str(image.path.resolve()))
+        while stem.casefold() in seen:  # a file already named like a shortened one
+            stem = _shorten(stem, stem)
+        seen.add(stem.casefold())
         names.append(stem)
     return names
 
@@ -208,8 +236,11 @@ def detect(
     """
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise InvalidInputError(f"threshold must be in [0, 1] (image scores are), got {threshold}")
+    for name in [class_name] if class_name is None or isinstance(class_name, str) else class_name:
+        check_class_name(GENERIC_CLASS if name is None else name)  # before anything is read or written
     inputs = collect_images(images, exclude=[output_dir])
     out = Path(output_dir)
+    fallback = model.config.decision_threshold
     with atomic_output_dir(out, "aaclip detect", replaceable=holds_only(DETECT_OUTPUTS), lock=lock) as staging:
         (staging / "overlays").mkdir()
         if save_maps:
@@ -223,8 +254,11 @@ def detect(
         )  # fmt: skip
         for item, image, result in scored:
             overlay = Path("overlays") / f"{names[item]}.png"
-            _overlay(item, image, result, max_side).save(staging / overlay)
-            record = _record(item, image, result, overlay)
+            source = _threshold_source(result, threshold is not None, fallback)
+            _overlay(item, image, result, max_side, source, fixed_region=pixel_threshold is not None).save(
+                staging / overlay
+            )
+            record = _record(item, image, result, overlay, source)
             if save_maps:
                 record["anomaly_map"] = (Path("maps") / f"{names[item]}.npy").as_posix()
                 np.save(staging / record["anomaly_map"], result["anomaly_map"].astype(np.float32))
@@ -237,23 +271,42 @@ def detect(
     return records
 
 
-def _overlay(item: InputImage, image, result: dict[str, Any], max_side: int):
+# How a record's threshold was chosen (`threshold_source`) and how overlays and `aaclip detect` name it.
+THRESHOLD_SOURCES = {
+    "given": "given",
+    "calibrated": "calibrated",
+    "fallback": "the model's fallback, not calibrated for this class",
+    "default": "the default, not calibrated for this class",
+}
+
+
+def _threshold_source(result: dict[str, Any], given: bool, fallback: float | None) -> str:
+    """`given` (the caller's threshold), `calibrated` (the class's own), `fallback` (the model's
+    `decision_threshold`) or `default` (the processor's 0.5)."""
+    if given:
+        return "given"
+    if result["calibrated"]:
+        return "calibrated"
+    return "default" if fallback is None else "fallback"
+
+
+def _overlay(item: InputImage, image, result: dict[str, Any], max_side: int, source: str, fixed_region: bool):
     """`[image | heat map | decision region]` with the score, threshold and decision in the title and a legend."""
     region = np.asarray(result["mask"]) > 0
     verdict = "ANOMALY" if result["is_anomaly"] else "normal"
-    threshold = f"{result['threshold']:.3f}" + ("" if result["calibrated"] else " (uncalibrated)")
+    threshold = f"{result['threshold']:.3f} ({source if source in ('given', 'calibrated') else 'uncalibrated'})"
     shots = f", {result['normal_references']}-shot" if result["normal_references"] else ""
     title = (
         f"{safe_text(item.name)}  [{result['class_name']}{shots}]  score {result['score']:.3f} "
         f"{'>=' if result['is_anomaly'] else '<'} {threshold}: {verdict}"
     )
-    legend = region_legend(result["pixel_threshold"], float(region.mean()))
+    legend = region_legend(result["pixel_threshold"], float(region.mean()), fixed=fixed_region)
     return detection_figure(image, result["anomaly_probability"], region, title, max_side=max_side, legend=legend)
 
 
-def _record(item: InputImage, image, result: dict[str, Any], overlay: Path) -> dict[str, Any]:
-    """One row of detections.json / .csv; `image` is the name relative to its input, `overlay` relative to the
-    output folder."""
+def _record(item: InputImage, image, result: dict[str, Any], overlay: Path, source: str) -> dict[str, Any]:
+    """One row of detections.json / .csv: `image` is the name relative to its input, `path` the file, `overlay`
+    relative to the output folder, `threshold_source` one of `THRESHOLD_SOURCES`."""
     if not math.isfinite(result["score"]):
         raise InvalidInputError(f"{item.path}: non-finite anomaly score; no decision can be made")
     return {
@@ -265,6 +318,7 @@ def _record(item: InputImage, image, result: dict[str, Any], overlay: Path) -> d
         "is_anomaly": bool(result["is_anomaly"]),
         "threshold": float(result["threshold"]),
         "calibrated": bool(result["calibrated"]),
+        "threshold_source": source,
         "normal_references": int(result["normal_references"]),
         "raw_anomaly_score": float(result["raw_anomaly_score"]),
         "map_score": float(result["map_score"]),

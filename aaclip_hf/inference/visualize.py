@@ -97,11 +97,17 @@ def contour_overlay(
     return Image.fromarray(out)
 
 
-def region_legend(pixel_threshold: float | None, area: float | None = None) -> str:
-    """The decision panel's legend line: what the outline marks, at which level of the anomaly probability."""
+def region_legend(pixel_threshold: float | None, area: float | None = None, fixed: bool = False) -> str:
+    """The decision panel's legend line: what the outline marks, at which level of the anomaly probability.
+
+    By default the region is the decision region (the pixels that alone make the image anomalous); `fixed=True` says
+    it is a fixed probability level chosen by the caller (`--pixel-threshold`)."""
     if pixel_threshold is None:
         return "no decision region: this image score does not use the map"
-    text = f"outline = pixels that alone reach the threshold (probability {pixel_threshold:.3g})"
+    if fixed:
+        text = f"outline = anomaly probability >= {pixel_threshold:.3g} (fixed level)"
+    else:
+        text = f"outline = pixels that alone reach the threshold (probability {pixel_threshold:.3g})"
     return text if area is None else f"{text}, {100 * area:.1f}% of the image"
 
 

@@ -119,14 +119,43 @@ def test_missing_file_is_also_file_not_found(tmp_path):
     assert "nope.png" in str(info.value) and info.value.field == "mask_path"
 
 
-def test_large_images_refused_or_drafted(tmp_path):
+@pytest.fixture
+def drafts(monkeypatch):
+    """`(requested size, size after draft)` of every JPEG draft call."""
+    from PIL import JpegImagePlugin
+
+    calls = []
+    original = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        result = original(self, mode, size)
+        calls.append((size, self.size))
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    return calls
+
+
+def test_large_images_refused_or_drafted(tmp_path, drafts):
     png = _save(tmp_path, "big.png", Image.new("RGB", (20, 20)))
     with pytest.raises(BadInputError, match="max_pixels=100"):
         load_image(png, max_pixels=100)
     jpg = _save(tmp_path, "big.jpg", Image.new("RGB", (64, 64), (200, 10, 10)))
-    small = load_image(jpg, max_pixels=32 * 32)
-    assert small.size == (32, 32)  # JPEG decoded at 1/2 scale by draft
-    assert load_image(jpg).size == (64, 64)
+    with pytest.raises(BadInputError, match="max_pixels=1024"):  # refused before decoding, JPEG or not
+        load_image(jpg, max_pixels=32 * 32)
+    small = load_image(jpg, max_side=32)
+    assert small.size == (32, 32) and drafts == [((32, 32), (32, 32))]  # decoded at 1/2 scale by the DCT
+    drafts.clear()
+    assert load_image(jpg).size == (64, 64) and drafts == []  # within max_side: decoded as it is
+    assert load_image(png, max_side=10).size == (10, 10)  # other formats: resized at once
+
+
+def test_a_jpeg_larger_than_the_default_limit_is_decoded_reduced(tmp_path, drafts):
+    """At the default limits (max_side 4096) a wide JPEG is drafted at 1/2 scale, then resized to 4096."""
+    jpg = _save(tmp_path, "line_scan.jpg", Image.new("RGB", (8400, 64), (90, 90, 90)))
+    image = load_image(jpg)
+    assert image.size == (4096, 31)
+    assert drafts == [((4096, 31), (4200, 32))]  # never below max_side, a quarter of the full decode
 
 
 def test_mask_modes_keep_nonzero_structure(tmp_path):

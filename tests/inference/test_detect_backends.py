@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from aaclip_hf.cli import main
-from aaclip_hf.inference.detect import make_pipeline, score_images
+from aaclip_hf.inference.detect import collect_images, make_pipeline, score_images
 
 
 def _images(folder, count):
@@ -24,15 +24,7 @@ def _detect(model_dir, images, out, *extra):
     argv = ["detect", str(images), "--model", str(model_dir), "--output", str(out), "--device", "cpu"]
     assert main([*argv, "--no-progress", "--save-maps", "--class-name", "bottle", *extra]) == 0
     records = json.loads((out / "detections.json").read_text())
-    return {r["image"]: (r["score"], np.load(r["anomaly_map"])) for r in records}
-
-
-@pytest.fixture
-def model_dir(tiny_model, processor, tmp_path):
-    folder = tmp_path / "model"
-    tiny_model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+    return {r["image"]: (r["score"], np.load(out / r["anomaly_map"])) for r in records}
 
 
 def test_backends_give_the_same_detections(model_dir, tmp_path, monkeypatch):
@@ -61,12 +53,13 @@ def test_score_images_prefetches_in_order_and_skips_bad_files(tiny_model, proces
     (images / "img2.png").write_bytes(b"not a png")
     pipe = make_pipeline(tiny_model, processor)
     skipped = []
-    paths = sorted(images.iterdir())
-    results = list(score_images(pipe, paths, "bottle", batch_size=2, progress=False, skipped=skipped))
-    assert [p.name for p, _, _ in results] == ["img0.png", "img1.png", "img3.png", "img4.png"]
-    assert [s["image"] for s in skipped] == [str(images / "img2.png")]
-    single = {p: r["score"] for p, _, r in score_images(pipe, [paths[3]], "bottle", batch_size=1, progress=False)}
-    assert {p: r["score"] for p, _, r in results}[paths[3]] == pytest.approx(single[paths[3]], abs=1e-5)
+    inputs = collect_images([images])
+    results = list(score_images(pipe, inputs, "bottle", batch_size=2, progress=False, skipped=skipped))
+    assert [item.name for item, _, _ in results] == ["img0.png", "img1.png", "img3.png", "img4.png"]
+    assert [s["image"] for s in skipped] == ["img2.png"] and "img2.png" in skipped[0]["error"]
+    fourth = inputs[3]
+    single = {i: r["score"] for i, _, r in score_images(pipe, [fourth], "bottle", batch_size=1, progress=False)}
+    assert {i: r["score"] for i, _, r in results}[fourth] == pytest.approx(single[fourth], abs=1e-5)
 
 
 def test_bad_batch_size_flag(model_dir, tmp_path, capsys):

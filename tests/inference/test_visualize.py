@@ -79,8 +79,15 @@ def test_small_region_outline_and_empty_region():
 
 
 def test_legend_names_the_threshold_and_the_area():
-    assert region_legend(0.5) == "outline = anomalous region at threshold 0.5"
-    assert region_legend(0.4237, 0.875) == "outline = anomalous region at threshold 0.424 (87.5% of the image)"
+    assert region_legend(0.5) == "outline = pixels that alone reach the threshold (probability 0.5)"
+    assert (
+        region_legend(0.4237, 0.875)
+        == "outline = pixels that alone reach the threshold (probability 0.424), 87.5% of the image"
+    )
+    assert (
+        region_legend(0.3, 0.25, fixed=True)
+        == "outline = anomaly probability >= 0.3 (fixed level), 25.0% of the image"
+    )
     assert "no decision region" in region_legend(None)
 
 
