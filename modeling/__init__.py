@@ -17,7 +17,6 @@ from .configuration_aaclip import (
     UnknownClassNameWarning,
 )
 from .image_processing_aaclip import AAClipImageProcessor
-from .classes_aaclip import StoredClassesMixin
 from .modeling_aaclip import AAClipModel, AAClipOutput
 from .pipeline_aaclip import AAClipAnomalyDetectionPipeline
 from .processing_aaclip import AAClipProcessor

@@ -228,7 +228,8 @@ class AAClipConfig(PreTrainedConfig):
         if isinstance(self.vision_config, dict):
             self.vision_config = {**VIT_L14_518_VISION_CONFIG, **self.vision_config}
             _check_tower("vision_config", self.vision_config)
-        super().__post_init__(**kwargs)
+        _check_dtype_name(self.dtype if self.dtype is not None else kwargs.get("torch_dtype"))
+        super().__post_init__(**kwargs)  # turns a dtype name into `getattr(torch, name)`
 
     # `pipeline(TASK, model=folder)` follows `custom_pipelines` to the folder's own pipeline code, and then demands
     # `trust_remote_code=True`. A process that registered the task itself (`import aaclip_hf`) already has the
@@ -400,6 +401,15 @@ def _task_registered_in_process() -> bool:
     """Whether this process registered the task (`import aaclip_hf` does); never imports the pipelines module."""
     pipelines = sys.modules.get("transformers.pipelines")
     return pipelines is not None and TASK in pipelines.PIPELINE_REGISTRY.get_supported_tasks()
+
+
+def _check_dtype_name(value) -> None:
+    if value is None or not isinstance(value, str):
+        return
+    import torch
+
+    if not isinstance(getattr(torch, value, None), torch.dtype):
+        raise InvalidInputError(f"dtype must name a torch dtype such as 'float32' or 'bfloat16', got {value!r}")
 
 
 def _check_type(name: str, value, types) -> None:

@@ -33,6 +33,11 @@ UINT16_MAX = 65535.0
 ALPHA_MODES = ("RGBA", "LA", "RGBa", "La", "PA")
 
 
+def check_not_empty(width: int, height: int) -> None:
+    if width == 0 or height == 0:
+        raise InvalidInputError(f"image is {width}x{height} pixels; expected at least 1x1")
+
+
 def finite_pixels(image: Image.Image | np.ndarray) -> np.ndarray:
     """The pixel array of an image; NaN/inf in a float image are refused (no windowing can place them, and
     `nan_to_num` would silently make them black, or "normal" in a mask)."""
@@ -144,6 +149,10 @@ class AAClipImageProcessor(CLIPImageProcessorPil):
 
     def convert_to_rgb(self, image, input_data_format=None) -> np.ndarray:
         """RGB, `(H, W, 3)`: PIL images by `image_to_rgb`, arrays as `CLIPImageProcessorPil` converts them."""
+        if isinstance(image, Image.Image):
+            check_not_empty(*image.size)
+        elif isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim >= 2:
+            check_not_empty(*(image.shape[-2:] if image.shape[-1] > 4 else image.shape[:2])[::-1])
         if isinstance(image, Image.Image):
             return np.asarray(image_to_rgb(image, self.high_bit_depth))
         return super().convert_to_rgb(image, input_data_format=input_data_format)

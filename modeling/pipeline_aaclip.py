@@ -38,6 +38,7 @@ from .configuration_aaclip import (
     UnknownClassNameWarning,
     check_class_name,
 )
+from .image_processing_aaclip import check_not_empty
 
 
 # How many spelling suggestions an unknown class name gets.
@@ -94,10 +95,11 @@ def to_pil_image(image: Any, timeout: float | None = None) -> Image.Image:
         array = array.transpose(1, 2, 0)  # channels first (torchvision layout) -> channels last
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or 0 in array.shape:
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise InvalidInputError(
             f"image array must be (H, W), (H, W, 3|4) or (3|4, H, W), got shape {tuple(image.shape)}"
         )
+    check_not_empty(array.shape[1], array.shape[0])
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all():
             raise InvalidInputError("image array holds NaN/inf values; expected finite intensities")

@@ -27,7 +27,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers.utils import CONFIG_NAME
 
-from ..errors import BadInputError, IncompleteWeightsError, MissingFileError, NonFiniteWeightsError
+from ..errors import AAClipError, BadInputError, IncompleteWeightsError, MissingFileError, NonFiniteWeightsError
 from ..modeling import AAClipConfig, AAClipModel, AAClipProcessor
 from .devices import resolve_device, resolve_dtype
 from .model_folder import check_weight_files, header_elements, listed_names, non_finite_tensors
@@ -135,6 +135,8 @@ def load_config(folder: str | os.PathLike) -> AAClipConfig:
     try:
         return AAClipConfig.from_dict(data)
     except Exception as error:  # any field of the file; the message names it
+        while not isinstance(error, AAClipError) and isinstance(error.__cause__, AAClipError):
+            error = error.__cause__  # huggingface_hub's strict dataclasses wrap the config's own checks
         message = " ".join(str(error).split())[:300] or type(error).__name__
         raise BadInputError(f"not a valid AA-CLIP config: {message}", path) from None
 
@@ -143,9 +145,13 @@ def _check_weights_fit(config: AAClipConfig, folder: Path, device: torch.device,
     """Steps 2 and 3 of the module docstring."""
     shapes = check_weight_files(folder)
     if not shapes:
-        pickles = sorted(path.name for path in folder.glob("*.bin")) + sorted(path.name for path in folder.glob("*.pt*"))
+        pickles = sorted(path.name for path in folder.glob("*.bin")) + sorted(
+            path.name for path in folder.glob("*.pt*")
+        )
         refused = f"; refusing to load {', '.join(pickles)} (a pickle can run code)" if pickles else ""
-        raise MissingFileError(f"no model.safetensors (weights are read from safetensors only){refused}", folder, "--model")
+        raise MissingFileError(
+            f"no model.safetensors (weights are read from safetensors only){refused}", folder, "--model"
+        )
     described, held = state_elements(config), header_elements(shapes)
     if not held / STATE_SIZE_TOLERANCE <= described <= held * STATE_SIZE_TOLERANCE:
         raise IncompleteWeightsError(

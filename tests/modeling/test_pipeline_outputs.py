@@ -142,3 +142,19 @@ def test_urls_offline_and_unreachable_say_so(pipe, monkeypatch):
     monkeypatch.setattr(pipeline_aaclip, "load_image", unreachable)
     with pytest.raises(ValueError, match=r"cannot fetch URL .*: ConnectError: .*name resolution"):
         pipe(url)
+
+
+def test_empty_images_are_refused_naming_their_size(pipe):
+    for empty in (Image.new("RGB", (0, 0)), Image.new("RGB", (12, 0)), torch.zeros(3, 0, 8)):
+        with pytest.raises(ValueError, match=r"image is \d+x\d+ pixels; expected at least 1x1"):
+            pipe(empty, class_name="bottle")
+
+
+def test_a_bfloat16_tensor_scores_as_its_float32_values(pipe):
+    """A bf16 tensor (a model output fed back, a half-precision loader) is an image like any other: its values,
+    rounded to bf16, give the score of the same values in float32."""
+    image = torch.rand(3, 30, 50, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    low = pipe(image, class_name="bottle")
+    full = pipe(image.float(), class_name="bottle")
+    assert low["score"] == pytest.approx(full["score"], abs=1e-6)
+    assert low["anomaly_map"].shape == (30, 50) and low["anomaly_map"].dtype == np.float32
