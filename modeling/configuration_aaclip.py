@@ -100,7 +100,7 @@ DOMAINS = ("industrial", "medical")
 IMAGE_SCORE_MODES = ("fused", "raw", "map")
 TEXT_HEADS = ("adapter", "clip")
 # How the few-shot nearest-neighbour map joins the zero-shot map (docs/method.md, "Few-shot normal references").
-FEW_SHOT_FUSIONS = ("mean", "harmonic", "references")
+FEW_SHOT_FUSIONS = ("references", "harmonic", "mean")
 # Entries of `AAClipConfig.anchor_fingerprint` and of each `reference_classes` record.
 ANCHOR_FINGERPRINT_KEYS = ("text_branch", "prompts", "dtype", "rows")
 REFERENCE_RECORD_KEYS = ("images", "patches", "vision", "rows")
@@ -151,9 +151,11 @@ class AAClipConfig(PreTrainedConfig):
         reference_classes (`dict[str, dict]`): classes with stored normal references (few-shot), in storage order:
             `{"images": K, "patches": rows per level, "vision": SHA-256 of the vision branch that made them,
             "rows": SHA-256 of their rows}`. Their patch features are the `reference_bank` buffer.
-        few_shot_fusion (`str`, defaults to `"mean"`): how the references' nearest-neighbour map joins the zero-shot
-            probability map: `"mean"` (arithmetic mean, as WinCLIP+), `"harmonic"` (harmonic mean, as AdaptCLIP) or
-            `"references"` (the nearest-neighbour map alone, as AnomalyDINO).
+        few_shot_fusion (`str`, defaults to `"references"`): how the references' nearest-neighbour map joins the
+            zero-shot probability map: `"references"` (the nearest-neighbour map alone, as AnomalyDINO), `"harmonic"`
+            (harmonic mean, as AdaptCLIP) or `"mean"` (arithmetic mean, as WinCLIP+). The default is the rule that
+            measured best on held-out synthetic classes, untrained and trained (docs/evaluation.md, "Few-shot
+            evaluation"); with real CLIP weights, whose zero-shot map is far stronger, measure the others too.
         reference_chunk_size (`int`, defaults to 4096): bank rows compared per step of the nearest-neighbour search;
             its extra memory is at most `batch * patches * reference_chunk_size` floats.
         decision_thresholds (`dict[str, float]`): per-class decision thresholds on the image score, set by
@@ -198,7 +200,7 @@ class AAClipConfig(PreTrainedConfig):
     anchor_class_names: list[str] | None = None
     anchor_fingerprint: dict | None = None
     reference_classes: dict | None = None
-    few_shot_fusion: str = "mean"
+    few_shot_fusion: str = "references"
     reference_chunk_size: int = 4096
     decision_thresholds: dict | None = None
     decision_threshold: float | None = None

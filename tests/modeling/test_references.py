@@ -67,7 +67,11 @@ def test_fusion_rules_by_hand(tiny_model):
 
 
 @torch.no_grad()
-def test_a_bank_of_the_image_itself_gives_distance_zero_and_the_score_follows(tiny_model, processor):
+@pytest.mark.parametrize("fusion", ["references", "harmonic", "mean"])
+def test_a_bank_of_the_image_itself_gives_distance_zero_and_the_score_follows(tiny_model, processor, fusion):
+    """d = 0 for every patch: the fused probability is 0 with `references` and `harmonic`, and half the zero-shot
+    probability with `mean`."""
+    tiny_model.config.few_shot_fusion = fusion
     pixels = _pixels(processor, 2)
     bank = tiny_model.reference_features(pixels)
     assert bank.shape == (4, 2 * (TINY_IMAGE_SIZE // 8) ** 2, 24)
@@ -75,8 +79,9 @@ def test_a_bank_of_the_image_itself_gives_distance_zero_and_the_score_follows(ti
     torch.testing.assert_close(
         out.reference_distance_grid, torch.zeros_like(out.reference_distance_grid), atol=1e-5, rtol=0
     )
-    zero_shot = tiny_model(pixels, class_ids=tiny_model.class_ids("bottle"))
-    torch.testing.assert_close(out.anomaly_probability_grid, zero_shot.anomaly_probability_grid / 2, atol=1e-5, rtol=0)
+    zero_shot = tiny_model(pixels, class_ids=tiny_model.class_ids("bottle")).anomaly_probability_grid
+    expected_grid = zero_shot / 2 if fusion == "mean" else torch.zeros_like(zero_shot)
+    torch.testing.assert_close(out.anomaly_probability_grid, expected_grid, atol=1e-5, rtol=0)
     weight = out.map_weight
     expected = weight * out.anomaly_probability_grid.flatten(1).amax(1) + (1 - weight) * out.raw_anomaly_score
     torch.testing.assert_close(out.image_score, expected)
