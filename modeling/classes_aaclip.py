@@ -8,6 +8,9 @@ records a fingerprint of what made it (`weights_digest`) and is bound to its nam
 weights (training) or of the names (an edited config.json) is refused at use, never scored silently. `class_ids` and
 `references_for` are the thin layer that resolves class names to this stored state for `AAClipModel.forward`.
 
+A class's decision threshold (`config.decision_thresholds`) is derived state too: it records the fingerprint of the
+scoring it was calibrated on (`scoring_fingerprint`), and `decision_threshold` uses it only for that scoring.
+
 `StoredClassesMixin` is part of `AAClipModel` (it uses the model's `config`, `state_dict`, `compute_text_anchors` and
 `reference_features`); this flat file travels to the Hub with the model.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -25,6 +29,7 @@ from .configuration_aaclip import (
     GENERIC_CLASS,
     InvalidInputError,
     StaleStateError,
+    StaleThresholdWarning,
     UnknownClassError,
     check_class_name,
     class_name_list,
@@ -43,6 +48,11 @@ VISION_BRANCH_SETTINGS = (
     "projector_activation",
 )
 TOWER_SETTINGS = ("hidden_act", "layer_norm_eps", "num_attention_heads")
+# Config fields that change an image score besides the branches, its anchors and references (a threshold's scoring).
+SCORING_SETTINGS = ("similarity_temperature", "few_shot_fusion", "image_score_map_weight")
+DOMAIN_SCORING_SETTINGS = ("blur_kernel_size", "blur_sigma", "image_score_mode")
+# Anchor and bank digests kept per model (`scoring_fingerprint`): a few classes scored in turn are hashed once.
+REMEMBERED_TENSOR_DIGESTS = 8
 
 
 def weights_digest(tensors: Iterable[tuple[str, torch.Tensor]], settings: dict) -> str:
@@ -196,6 +206,62 @@ class StoredClassesMixin:
         self.text_anchors = torch.stack(rows)
         self.config.anchor_class_names = names
 
+    # ------------------------------------------------------------------ decision thresholds
+
+    def scoring_fingerprint(
+        self, class_name: str, anchors: torch.Tensor, references: torch.Tensor | None = None, domain: str | None = None
+    ) -> str:
+        """`"<dtype>:<SHA-256>"` of everything `class_name`'s image scores derive from: the vision branch, the anchors
+        and references (`None` = zero-shot) it is scored with, the scoring settings and the domain. A threshold
+        calibrated on one scoring means nothing on another (few-shot scores sit on another scale than zero-shot)."""
+        domain = self._domain(domain)
+        settings = {name: getattr(self.config, name) for name in SCORING_SETTINGS}
+        settings |= {name: getattr(self.config, name)[domain] for name in DOMAIN_SCORING_SETTINGS}
+        settings |= {"class": class_name, "domain": domain, "vision": self.vision_branch_fingerprint()}
+        parts = {"anchors": self._tensor_digest(anchors.reshape(-1, 2))}
+        parts["references"] = None if references is None else self._tensor_digest(references)
+        digest = hashlib.sha256(json.dumps({**settings, **parts}, sort_keys=True, default=str).encode("utf-8"))
+        return f"{str(self.dtype).removeprefix('torch.')}:{digest.hexdigest()}"
+
+    def _tensor_digest(self, tensor: torch.Tensor) -> str:
+        """`weights_digest` of one tensor, hashed again only when it changed (a bank is scored batch after batch). The
+        few remembered tensors are held, so their memory, and with it the cache key, cannot pass to another tensor."""
+        key = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device)
+        remembered = self._digests.setdefault("tensors", {})
+        cached = remembered.pop(key, None)
+        if cached is None or cached[1] != tensor._version:
+            cached = (tensor, tensor._version, weights_digest([("tensor", tensor)], {}))
+        remembered[key] = cached  # most recent last
+        while len(remembered) > REMEMBERED_TENSOR_DIGESTS:
+            remembered.pop(next(iter(remembered)))
+        return cached[2]
+
+    def decision_threshold(
+        self, class_name: str, anchors: torch.Tensor, references: torch.Tensor | None = None, domain: str | None = None
+    ) -> tuple[float | None, bool]:
+        """`(threshold, calibrated)` for scoring `class_name` with `anchors`, `references` and `domain`: the class's own
+        threshold when it was calibrated on this scoring (or carries no fingerprint: set by hand), else the fallback
+        `config.decision_threshold` with a `StaleThresholdWarning` (weights trained, anchors or references changed,
+        or references given for this call only)."""
+        threshold, calibrated = self.config.threshold_for(class_name)
+        recorded = self.config.threshold_fingerprints.get(class_name)
+        if not calibrated or recorded is None:
+            return threshold, calibrated
+        current = self.scoring_fingerprint(class_name, anchors, references, domain)
+        if current == recorded:
+            return threshold, True
+        if current.split(":")[0] != recorded.split(":")[0]:
+            logger.info(f"the threshold of {class_name!r} was calibrated in another dtype: used as stored")
+            return threshold, True
+        warnings.warn(
+            f"the threshold of {class_name!r} ({threshold:.4f}) was calibrated on other scoring (the weights, its "
+            "anchors, its references or the scoring settings changed since, or references were given for this call); "
+            f"using the fallback threshold {self.config.decision_threshold} instead. Calibrate again (aaclip calibrate).",
+            StaleThresholdWarning,
+            stacklevel=3,
+        )
+        return self.config.decision_threshold, False
+
     # ------------------------------------------------------------------ names -> stored state (the thin layer)
 
     def class_ids(self, class_names: str | Sequence[str]) -> torch.Tensor:
@@ -260,6 +326,16 @@ class StoredClassesMixin:
         }
         self.register_buffer("reference_bank", torch.cat(list(banks.values()), dim=1))
         self.config.reference_classes = records
+        self._drop_threshold(class_name, "its references changed")
+
+    def _drop_threshold(self, class_name: str, why: str) -> None:
+        """A class's threshold belongs to the scoring it was calibrated on: when that changes here, it goes."""
+        previous = self.config.set_decision_threshold(class_name, None)
+        if previous is not None:
+            logger.warning(
+                f"the decision threshold of {class_name!r} ({previous:.4f}) was dropped: {why}, so it no longer "
+                "belongs to the class's scores; calibrate the class again (aaclip calibrate)"
+            )
 
     def remove_references(self, class_names: Sequence[str] | None = None) -> None:
         """Drop the stored references of `class_names` (default: all of them)."""
@@ -269,6 +345,9 @@ class StoredClassesMixin:
             if class_names is not None and name not in class_names
         }
         banks = [self._stored_bank(name) for name in keep]
+        for name in self.config.reference_classes:
+            if name not in keep:
+                self._drop_threshold(name, "its references were removed")
         self.config.reference_classes = keep
         if banks:
             self.register_buffer("reference_bank", torch.cat(banks, dim=1))

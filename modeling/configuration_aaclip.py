@@ -52,6 +52,11 @@ class StaleAnchorsWarning(UserWarning):
     """Stored text anchors made with another prompt ensemble than the processor in use."""
 
 
+class StaleThresholdWarning(UserWarning):
+    """A class's calibrated threshold was made on other scoring (weights, anchors, references or settings changed): the
+    fallback threshold is used instead."""
+
+
 class UnknownClassNameWarning(UserWarning):
     """A class name that is neither stored nor in the class-name table (often a typo): it is used as written."""
 
@@ -159,7 +164,11 @@ class AAClipConfig(PreTrainedConfig):
         reference_chunk_size (`int`, defaults to 4096): bank rows compared per step of the nearest-neighbour search;
             its extra memory is at most `batch * patches * reference_chunk_size` floats.
         decision_thresholds (`dict[str, float]`): per-class decision thresholds on the image score, set by
-            `aaclip calibrate`.
+            `aaclip calibrate` (`set_decision_threshold`).
+        threshold_fingerprints (`dict[str, str]`): per calibrated class, `"<dtype>:<SHA-256>"` of the scoring its
+            threshold was calibrated on (`AAClipModel.scoring_fingerprint`: vision branch, the class's anchors, its
+            references or none, the scoring settings and the domain). A threshold whose scoring changed since is not
+            used (`AAClipModel.decision_threshold`); one without a fingerprint (set by hand) is used as written.
         decision_threshold (`float`, *optional*): the threshold of classes without their own (uncalibrated).
         base_model (`str`, *optional*): Hub id of the CLIP the model was built on (model card metadata).
         untrained_text_adapters (`bool`, defaults to `False`): `True` while the text adapters and text head hold the
@@ -203,6 +212,7 @@ class AAClipConfig(PreTrainedConfig):
     few_shot_fusion: str = "references"
     reference_chunk_size: int = 4096
     decision_thresholds: dict | None = None
+    threshold_fingerprints: dict | None = None
     decision_threshold: float | None = None
     base_model: str | None = None
     untrained_text_adapters: bool = False
@@ -221,6 +231,8 @@ class AAClipConfig(PreTrainedConfig):
             self.reference_classes = {}
         if self.decision_thresholds is None:
             self.decision_thresholds = {}
+        if self.threshold_fingerprints is None:
+            self.threshold_fingerprints = {}
         if isinstance(self.feature_layers, (list, tuple)):
             self.feature_layers = list(self.feature_layers)
         # A partial tower dict completes from the ViT-L/14 defaults, not from CLIP's ViT-B/32 class defaults.
@@ -295,7 +307,14 @@ class AAClipConfig(PreTrainedConfig):
             _check_type("feature_layers[]", layer, int)
         for name in ("text_head", "few_shot_fusion", "default_domain"):
             _check_type(name, getattr(self, name), str)
-        for name in ("blur_kernel_size", "blur_sigma", "image_score_mode", "reference_classes", "decision_thresholds"):
+        for name in (
+            "blur_kernel_size",
+            "blur_sigma",
+            "image_score_mode",
+            "reference_classes",
+            "decision_thresholds",
+            "threshold_fingerprints",
+        ):
             _check_type(name, getattr(self, name), dict)
         _check_type("anchor_class_names", self.anchor_class_names, list)
         if self.projection_dim <= 0:
@@ -337,6 +356,9 @@ class AAClipConfig(PreTrainedConfig):
             check_class_name(name)
             _check_type(f"decision_thresholds[{name!r}]", value, (int, float))
             _check_range(f"decision_thresholds[{name!r}]", value, 0.0, 1.0)
+        for name, value in self.threshold_fingerprints.items():
+            check_class_name(name)
+            _check_type(f"threshold_fingerprints[{name!r}]", value, str)
         if self.decision_threshold is not None:
             _check_range("decision_threshold", self.decision_threshold, 0.0, 1.0)
 
@@ -350,10 +372,27 @@ class AAClipConfig(PreTrainedConfig):
         return self.vision_config.image_size // self.vision_config.patch_size
 
     def threshold_for(self, class_name: str) -> tuple[float | None, bool]:
-        """`(threshold, calibrated)`: the class's own decision threshold, else the fallback (`calibrated=False`)."""
+        """`(threshold, calibrated)` as stored: the class's own decision threshold, else the fallback
+        (`calibrated=False`). Scoring checks it against its fingerprint first (`AAClipModel.decision_threshold`)."""
         if class_name in self.decision_thresholds:
             return float(self.decision_thresholds[class_name]), True
         return self.decision_threshold, False
+
+    def set_decision_threshold(self, class_name: str, threshold: float | None, fingerprint: str | None = None):
+        """Store (`threshold=None`: drop) `class_name`'s threshold and the fingerprint of the scoring it was calibrated
+        on; returns the threshold it replaced (`None` when there was none)."""
+        check_class_name(class_name)
+        previous = self.decision_thresholds.get(class_name)
+        thresholds = {k: v for k, v in self.decision_thresholds.items() if k != class_name}
+        fingerprints = {k: v for k, v in self.threshold_fingerprints.items() if k != class_name}
+        if threshold is not None:
+            _check_type(f"decision_thresholds[{class_name!r}]", threshold, (int, float))
+            _check_range(f"decision_thresholds[{class_name!r}]", threshold, 0.0, 1.0)
+            thresholds[class_name] = float(threshold)
+            if fingerprint is not None:
+                fingerprints[class_name] = fingerprint
+        self.decision_thresholds, self.threshold_fingerprints = thresholds, fingerprints
+        return previous
 
     @classmethod
     def from_clip_config(cls, clip_config, **aaclip_fields) -> AAClipConfig:
@@ -488,6 +527,7 @@ __all__ = [
     "InvalidInputError",
     "StaleAnchorsWarning",
     "StaleStateError",
+    "StaleThresholdWarning",
     "UnknownClassError",
     "UnknownClassNameWarning",
     "check_class_name",

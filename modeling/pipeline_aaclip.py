@@ -138,7 +138,8 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
             prompt ensemble (cached here; the model is never changed); a name that is neither stored nor in the
             class-name table warns (`UnknownClassNameWarning`), showing its prompt.
         threshold (`float`, *optional*): decision threshold on `score`. Default: the class's calibrated threshold
-            (`config.decision_thresholds`), else `config.decision_threshold`, else 0.5.
+            (`config.decision_thresholds`) when it was calibrated on this scoring (`AAClipModel.decision_threshold`:
+            same weights, anchors, references and domain), else `config.decision_threshold`, else 0.5.
         reference_images (list of images, *optional*): normal images of the call's one class: their patches form a
             reference bank for this call (few-shot).
         use_references (`bool`, defaults to `True`): use the class's stored references, when it has some.
@@ -315,25 +316,44 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
         pixel_values = model_inputs["pixel_values"].to(self.model.dtype)
         kept = {key: [None] * len(names) for key in KEPT_OUTPUTS}
         counts = [0] * len(names)
+        thresholds, calibrated = [math.nan] * len(names), [False] * len(names)
         for name in dict.fromkeys(names):
             index = [i for i, n in enumerate(names) if n == name]
             references, count = self._references(name, use_references, reference_images)
-            anchors = self.anchor_cache[name][None] if name in self.anchor_cache else self.model.text_anchors_for(name)
-            anchors = anchors.to(self.device)
+            anchors = self._anchors(name)
             outputs = self.model(pixel_values[index], text_anchors=anchors, references=references, domain=domain)
             for key in KEPT_OUTPUTS:
                 for position, i in enumerate(index):
                     kept[key][i] = getattr(outputs, key)[position].float()
+            threshold, own = self.model.decision_threshold(name, anchors, references, domain)
             for i in index:
-                counts[i] = count
+                counts[i], calibrated[i] = count, own
+                thresholds[i] = math.nan if threshold is None else threshold
         result = {key: torch.stack(values) for key, values in kept.items()}
         result.update(
             normal_references=torch.tensor(counts),
+            class_threshold=torch.tensor(thresholds, dtype=torch.float64),
+            calibrated=torch.tensor(calibrated),
             target_size=model_inputs["target_size"],
             class_name=model_inputs["class_name"],
             source=model_inputs["source"],
         )
         return result
+
+    def _anchors(self, name: str) -> torch.Tensor:
+        """`(1, E, 2)` anchors of `name`: stored, else computed once by this pipeline (`_ensure_anchors`)."""
+        anchors = self.anchor_cache[name][None] if name in self.anchor_cache else self.model.text_anchors_for(name)
+        return anchors.to(self.device)
+
+    def scoring_fingerprint(
+        self, class_name: str, domain: str | None = None, use_references: bool = True, reference_images=None
+    ) -> str:
+        """The model's `scoring_fingerprint` for `class_name` as this pipeline scores it: what `aaclip calibrate`
+        records with a threshold, so that the threshold is used only for that scoring."""
+        self._ensure_anchors([class_name])
+        bank = None if reference_images is None else self._reference_bank(reference_images, {class_name}, None)
+        references, _ = self._references(class_name, use_references, bank)
+        return self.model.scoring_fingerprint(class_name, self._anchors(class_name), references, domain)
 
     def _references(self, name: str, use_references: bool, reference_images) -> tuple[torch.Tensor | None, int]:
         if reference_images is not None:
@@ -356,7 +376,9 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
             )
         calibrated = False
         if threshold is None:
-            threshold, calibrated = self.model.config.threshold_for(name)
+            threshold = float(model_outputs["class_threshold"].reshape(-1)[0])
+            threshold = None if math.isnan(threshold) else threshold
+            calibrated = bool(model_outputs["calibrated"].reshape(-1)[0])
         size = tuple(int(v) for v in model_outputs["target_size"])
         result = self.processor.post_process_anomaly_detection(
             outputs, target_sizes=[size], thresholds=threshold, pixel_threshold=pixel_threshold
