@@ -49,7 +49,9 @@ def test_trained_vision_weights_make_the_threshold_stale(pipe):
     _calibrate(pipe)
     with torch.no_grad():
         pipe.model.vision_model.post_layernorm.weight.mul_(1.5)  # what a training step does to the weights
-    with pytest.warns(StaleThresholdWarning, match=r"threshold of 'bottle' \(0.2500\) was calibrated on other scoring"):
+    with pytest.warns(
+        StaleThresholdWarning, match=r"threshold of 'bottle' \(0.2500\) was calibrated on other scoring"
+    ):
         assert _decision(pipe) == (0.9, False)
 
 
