@@ -14,14 +14,19 @@ INSTALL_HINT = "the app needs gradio: pip install 'aaclip-hf[app]'"
 
 
 def register(subparsers) -> None:
-    help_text = "Serve the Gradio app (upload images, pick the class, see the decision); also a Space's app.py."
+    help_text = (
+        "Serve the Gradio app: upload an image, pick the class (its own threshold and stored references are used), "
+        "optionally add normal reference images, see the heat map and the decision; also a Space's app.py."
+    )
     add_command(subparsers, "app", help_text, run_app, add_app_arguments)
 
 
 def add_app_arguments(parser: argparse.ArgumentParser) -> None:
     from ..runtime.backends import add_backend_arguments
 
-    parser.add_argument("model", help="AA-CLIP model folder or Hub id (loaded with its own pipeline code)")
+    parser.add_argument(
+        "model", help="AA-CLIP model folder or Hub id (loaded by the checked loader with the installed classes)"
+    )
     parser.add_argument("--port", type=int, default=7860, help="port to serve on (as on Spaces)")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs network)")

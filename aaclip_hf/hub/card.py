@@ -537,7 +537,8 @@ def build_model_card(
     )
     space_text = (
         f"\nThis repository also runs as a Gradio Space (`{space.get('app_file', 'app.py')}`): upload an image, "
-        "choose a class name and a threshold, and see the overlay and the decision.\n"
+        "choose a class name (its own threshold and stored references are used), optionally add a few normal "
+        "images of the part (few-shot), and see the heat map and the decision.\n"
         if space
         else ""
     )

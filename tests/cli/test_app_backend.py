@@ -10,10 +10,9 @@ from aaclip_hf.runtime.quantize import is_quantized
 def test_app_prepares_the_model_with_the_backend_flags(tiny_model, processor, tmp_path, monkeypatch):
     space_app = pytest.importorskip("aaclip_hf.hub.space_app")  # needs gradio (the app extra)
     from aaclip_hf.cli import main
+    from aaclip_hf.runtime.model_folder import save_model_folder
 
-    folder = tmp_path / "model"
-    tiny_model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    folder = save_model_folder(tiny_model, processor, tmp_path / "model")
     calls = {}
 
     def fake_main(model, host, port, share, device, prepare, load):
