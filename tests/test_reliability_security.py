@@ -130,10 +130,13 @@ def _dynamic_modules() -> list[str]:
     return [str(p) for p in base.rglob("*.py")] if base.exists() else []
 
 
-def test_no_trust_remote_code_needed_with_the_package_installed(tmp_path, processor):
-    """Hub folders carry remote code (auto_map, custom_pipelines), but the installed classes are used and no
-    remote code is ever imported: Auto classes resolve through the registration, the pipeline through
-    `pipeline_class` (Hub folder) or the task `import aaclip_hf` registers (any folder)."""
+def test_no_trust_remote_code_needed_with_the_package_installed(tmp_path, processor, monkeypatch):
+    """Hub folders carry remote code (auto_map, custom_pipelines), but with the package imported the installed
+    classes are used and no remote code is ever imported or asked about: Auto classes resolve through the
+    registration, and `pipeline(TASK, model=folder)` takes the task `import aaclip_hf` registers, for a Hub folder
+    with `custom_pipelines` as for any other."""
+    import builtins
+
     from transformers import AutoConfig, AutoModel, AutoProcessor, pipeline
 
     from aaclip_hf.hub.publish import save_for_hub
@@ -142,27 +145,33 @@ def test_no_trust_remote_code_needed_with_the_package_installed(tmp_path, proces
     model = make_tiny_model()
     model.update_text_anchors(processor, ["object"])
     hub = save_for_hub(model, processor, tmp_path / "hub")
+    assert "custom_pipelines" in json.loads((Path(hub) / "config.json").read_text())  # the Hub copy's entry
     model.save_pretrained(tmp_path / "plain")
     processor.save_pretrained(tmp_path / "plain")
     # save_pretrained declares custom_pipelines too; a folder without it (an older save) is the "plain" case.
     plain_config = json.loads((tmp_path / "plain" / "config.json").read_text())
-    del plain_config["custom_pipelines"]
+    plain_config.pop("custom_pipelines", None)
     (tmp_path / "plain" / "config.json").write_text(json.dumps(plain_config))
     image = (np.random.default_rng(0).random((24, 30, 3)) * 255).astype(np.uint8)
     with torch.no_grad():
         expected = model(processor(images=[image])["pixel_values"]).image_score.item()
+    questions = []
+
+    def answer(prompt=""):  # transformers asks on the terminal before it runs a folder's code
+        questions.append(prompt)
+        return "n"
+
+    monkeypatch.setattr(builtins, "input", answer)
 
     assert type(AutoConfig.from_pretrained(hub)).__module__.startswith("aaclip_hf")
     assert isinstance(AutoModel.from_pretrained(hub), AAClipModel)
     assert isinstance(AutoProcessor.from_pretrained(hub), AAClipProcessor)
-    with pytest.raises(ValueError, match="trust_remote_code"):  # what transformers does on its own ...
-        pipeline(TASK, model=str(hub))
-    pipe = pipeline(TASK, model=str(hub), pipeline_class=AAClipAnomalyDetectionPipeline)  # ... and the way around it
-    assert type(pipe.model).__module__.startswith("aaclip_hf") and type(pipe).__module__.startswith("aaclip_hf")
-    assert pipe(image)["score"] == pytest.approx(expected, abs=1e-6)
-    pipe = pipeline(TASK, model=str(tmp_path / "plain"))  # registered by `import aaclip_hf`
-    assert type(pipe.model).__module__.startswith("aaclip_hf")
-    assert pipe(image)["score"] == pytest.approx(expected, abs=1e-6)
+    for folder in (hub, tmp_path / "plain"):
+        pipe = pipeline(TASK, model=str(folder))  # no trust_remote_code: the registered task's installed classes
+        assert type(pipe) is AAClipAnomalyDetectionPipeline
+        assert type(pipe.model).__module__.startswith("aaclip_hf") and isinstance(pipe.processor, AAClipProcessor)
+        assert pipe(image)["score"] == pytest.approx(expected, abs=1e-6)
+    assert questions == []  # never asked whether to run the folder's code
     assert _dynamic_modules() == []
 
 
