@@ -51,7 +51,7 @@ TOWER_SETTINGS = ("hidden_act", "layer_norm_eps", "num_attention_heads")
 # Config fields that change an image score besides the branches, its anchors and references (a threshold's scoring).
 SCORING_SETTINGS = ("similarity_temperature", "few_shot_fusion", "image_score_map_weight")
 DOMAIN_SCORING_SETTINGS = ("blur_kernel_size", "blur_sigma", "image_score_mode")
-# Anchor and bank digests kept per model (`scoring_fingerprint`): a few classes scored in turn are hashed once.
+# Bank and anchor-row digests kept per model (`scoring_fingerprint`): a few classes scored in turn are hashed once.
 REMEMBERED_TENSOR_DIGESTS = 8
 
 
@@ -209,19 +209,32 @@ class StoredClassesMixin:
     # ------------------------------------------------------------------ decision thresholds
 
     def scoring_fingerprint(
-        self, class_name: str, anchors: torch.Tensor, references: torch.Tensor | None = None, domain: str | None = None
+        self, class_name: str, anchors: str, references: torch.Tensor | None = None, domain: str | None = None
     ) -> str:
-        """`"<dtype>:<SHA-256>"` of everything `class_name`'s image scores derive from: the vision branch, the anchors
-        and references (`None` = zero-shot) it is scored with, the scoring settings and the domain. A threshold
-        calibrated on one scoring means nothing on another (few-shot scores sit on another scale than zero-shot)."""
+        """`"<dtype>:<SHA-256>"` of everything `class_name`'s image scores derive from: the vision branch, where its
+        anchors come from (`anchor_source`), the references it is scored with (`None` = zero-shot), the scoring
+        settings and the domain. A threshold calibrated on one scoring means nothing on another (few-shot scores sit
+        on another scale than zero-shot ones)."""
         domain = self._domain(domain)
         settings = {name: getattr(self.config, name) for name in SCORING_SETTINGS}
         settings |= {name: getattr(self.config, name)[domain] for name in DOMAIN_SCORING_SETTINGS}
         settings |= {"class": class_name, "domain": domain, "vision": self.vision_branch_fingerprint()}
-        parts = {"anchors": self._tensor_digest(anchors.reshape(-1, 2))}
-        parts["references"] = None if references is None else self._tensor_digest(references)
-        digest = hashlib.sha256(json.dumps({**settings, **parts}, sort_keys=True, default=str).encode("utf-8"))
-        return f"{str(self.dtype).removeprefix('torch.')}:{digest.hexdigest()}"
+        settings |= {"anchors": anchors, "references": None if references is None else self._tensor_digest(references)}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+        return f"{str(self.dtype).removeprefix('torch.')}:{digest}"
+
+    def anchor_source(self, class_name: str, prompt_fingerprint: str | None = None) -> str:
+        """What `class_name`'s anchors derive from: for stored anchors, the text branch and prompts recorded with them
+        (or their row, when they came from elsewhere); for anchors a pipeline computes, this text branch and the
+        processor's `prompt_fingerprint`. Values are not hashed: the same anchors computed alone or next to other
+        classes may differ in the last bit."""
+        stored = self.stored_class_names
+        if class_name in stored and bool(self.text_anchors[stored.index(class_name)].any()):
+            recorded = self.config.anchor_fingerprint or {}
+            if recorded.get("text_branch") not in (None, "external"):
+                return f"{recorded['text_branch']}|{recorded['prompts']}|{class_name}"
+            return f"row:{self._tensor_digest(self.text_anchors[stored.index(class_name)])}"
+        return f"{self.text_branch_fingerprint()}|{prompt_fingerprint}|{class_name}"
 
     def _tensor_digest(self, tensor: torch.Tensor) -> str:
         """`weights_digest` of one tensor, hashed again only when it changed (a bank is scored batch after batch). The
@@ -237,9 +250,10 @@ class StoredClassesMixin:
         return cached[2]
 
     def decision_threshold(
-        self, class_name: str, anchors: torch.Tensor, references: torch.Tensor | None = None, domain: str | None = None
+        self, class_name: str, anchors: str, references: torch.Tensor | None = None, domain: str | None = None
     ) -> tuple[float | None, bool]:
-        """`(threshold, calibrated)` for scoring `class_name` with `anchors`, `references` and `domain`: the class's own
+        """`(threshold, calibrated)` for scoring `class_name` with anchors from `anchors` (`anchor_source`),
+        `references` and `domain`: the class's own
         threshold when it was calibrated on this scoring (or carries no fingerprint: set by hand), else the fallback
         `config.decision_threshold` with a `StaleThresholdWarning` (weights trained, anchors or references changed,
         or references given for this call only)."""
@@ -253,10 +267,12 @@ class StoredClassesMixin:
         if current.split(":")[0] != recorded.split(":")[0]:
             logger.info(f"the threshold of {class_name!r} was calibrated in another dtype: used as stored")
             return threshold, True
+        fallback = self.config.decision_threshold
+        instead = "the model has no fallback threshold" if fallback is None else f"using the fallback {fallback:.4f}"
         warnings.warn(
             f"the threshold of {class_name!r} ({threshold:.4f}) was calibrated on other scoring (the weights, its "
             "anchors, its references or the scoring settings changed since, or references were given for this call); "
-            f"using the fallback threshold {self.config.decision_threshold} instead. Calibrate again (aaclip calibrate).",
+            f"{instead}. Calibrate the class for this scoring (aaclip calibrate).",
             StaleThresholdWarning,
             stacklevel=3,
         )

@@ -170,6 +170,7 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
             )
         self.anchor_cache: dict[str, torch.Tensor] = {}
         self._prompts_checked = False
+        self._prompt_fingerprint = self.processor.prompt_fingerprint()
 
     def save_pretrained(self, save_directory, **kwargs):
         """transformers' `Pipeline.save_pretrained` (model, pipeline code, `custom_pipelines`) plus the processor,
@@ -325,7 +326,7 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
             for key in KEPT_OUTPUTS:
                 for position, i in enumerate(index):
                     kept[key][i] = getattr(outputs, key)[position].float()
-            threshold, own = self.model.decision_threshold(name, anchors, references, domain)
+            threshold, own = self.model.decision_threshold(name, self._anchor_source(name), references, domain)
             for i in index:
                 counts[i], calibrated[i] = count, own
                 thresholds[i] = math.nan if threshold is None else threshold
@@ -353,7 +354,10 @@ class AAClipAnomalyDetectionPipeline(Pipeline):
         self._ensure_anchors([class_name])
         bank = None if reference_images is None else self._reference_bank(reference_images, {class_name}, None)
         references, _ = self._references(class_name, use_references, bank)
-        return self.model.scoring_fingerprint(class_name, self._anchors(class_name), references, domain)
+        return self.model.scoring_fingerprint(class_name, self._anchor_source(class_name), references, domain)
+
+    def _anchor_source(self, name: str) -> str:
+        return self.model.anchor_source(name, None if name not in self.anchor_cache else self._prompt_fingerprint)
 
     def _references(self, name: str, use_references: bool, reference_images) -> tuple[torch.Tensor | None, int]:
         if reference_images is not None:

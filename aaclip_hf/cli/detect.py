@@ -295,7 +295,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         normal, anomalous, method, args.quantile, args.margin, args.max_false_reject, args.max_escape
     )
     details.update(normal_references=shots, normal_scores=normal, anomalous_scores=anomalous)
-    target, previous = _save_calibration(args, model, processor, class_name, threshold, details)
+    scoring = pipe.scoring_fingerprint(class_name, domain=args.domain, use_references=args.use_references)
+    target, previous = _save_calibration(args, model, processor, class_name, (threshold, scoring), details)
     replaced = "new for this class" if previous is None else f"replaces {previous:.4f}"
     print(
         f"{class_name}: decision threshold {threshold:.4f} ({details['method']} rule, {replaced}) in "
@@ -322,20 +323,20 @@ def _scores(args: argparse.Namespace, pipe, images: list, class_name: str, what:
     return [float(result["score"]) for result in found], max((r["normal_references"] for r in found), default=0)
 
 
-def _save_calibration(args: argparse.Namespace, model, processor, class_name: str, threshold: float, details: dict):
+def _save_calibration(args: argparse.Namespace, model, processor, class_name: str, decision: tuple, details: dict):
     """`(folder written, the class's previous threshold)`: in place (each file replaced atomically), or a calibrated
-    copy written whole."""
+    copy written whole. `decision`: the threshold and the fingerprint of the scoring it was calibrated on."""
     from ..inference.calibrate import save_threshold
     from ..runtime.model_folder import save_model_folder
     from ..runtime.outputs import atomic_output_dir
 
     if args.output is None:
-        return Path(args.model), save_threshold(args.model, class_name, threshold, details)
+        return Path(args.model), save_threshold(args.model, class_name, decision[0], details, decision[1])
     target = Path(args.output)
     with atomic_output_dir(target, "aaclip calibrate", replaceable=_earlier_calibration, lock=False) as staging:
         if os.path.isdir(args.model):
             shutil.copytree(args.model, staging, dirs_exist_ok=True, symlinks=True)
         else:
             save_model_folder(model, processor, staging)
-        previous = save_threshold(staging, class_name, threshold, details)
+        previous = save_threshold(staging, class_name, decision[0], details, decision[1])
     return target, previous

@@ -61,6 +61,13 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "use the fused probability map (config.few_shot_fusion). Default: zero-shot",
     )
     parser.add_argument(
+        "--no-references",
+        dest="use_references",
+        action="store_false",
+        help="score zero-shot even for classes with stored normal references (default: use them, as aaclip detect "
+        "does; --few-shot K draws new ones instead)",
+    )
+    parser.add_argument(
         "--few-shot-seed",
         type=int,
         default=DEFAULT_FEW_SHOT_SEED,
@@ -128,6 +135,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_and_save(args: argparse.Namespace, accelerator) -> int:
     from ..data.readers import load_samples
     from ..data.samples import verify_samples
+    from ..evaluation.few_shot import stored_references
     from ..evaluation.protocols import evaluate
     from ..runtime.backends import apply_backend
     from ..runtime.loading import load_model_and_processor
@@ -146,7 +154,12 @@ def _evaluate_and_save(args: argparse.Namespace, accelerator) -> int:
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     model, _ = apply_backend(model, args.backend, args.quantize)
     # after the backend: the banks' patches come from the same tower as the test images'
-    references = _few_shot_references(args, model, processor, samples) if args.few_shot is not None else None
+    if args.few_shot is not None:
+        references = _few_shot_references(args, model, processor, samples)
+    elif args.use_references:
+        references = stored_references(model, list(dict.fromkeys(sample.class_name for sample in samples)))
+    else:
+        references = None
     name = args.dataset_name or os.path.basename(os.path.normpath(args.data[0].split("::")[0]))
     result = evaluate(
         model,
@@ -174,7 +187,7 @@ def _evaluate_and_save(args: argparse.Namespace, accelerator) -> int:
     result.settings["model"] = args.model
     result.settings["data"] = list(args.data)
     paths = result.save(args.output, lock=False)
-    shots = "zero-shot" if references is None else f"{references.shots}-shot (seed {references.seed})"
+    shots = "zero-shot" if references is None else references.describe()
     print(f"\n{name}: {shots}, {args.protocol} protocol, pixel metrics at {args.resolution} resolution (%)\n")
     print(result.to_markdown())
     for note in result.notes:

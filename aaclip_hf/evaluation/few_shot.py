@@ -24,7 +24,13 @@ from ..data.samples import Sample
 from ..errors import BadInputError, InvalidInputError
 
 
-__all__ = ["DEFAULT_FEW_SHOT_SEED", "FewShotReferences", "build_references", "select_references"]
+__all__ = [
+    "DEFAULT_FEW_SHOT_SEED",
+    "FewShotReferences",
+    "build_references",
+    "select_references",
+    "stored_references",
+]
 
 DEFAULT_FEW_SHOT_SEED = 111  # the seed of the reference's k-shot draws (aaclip_hf.data.sampling)
 
@@ -59,24 +65,53 @@ def select_references(
 
 @dataclass
 class FewShotReferences:
-    """The reference banks of one few-shot evaluation and how they were drawn."""
+    """The reference banks of one evaluation: drawn from the data (`build_references`, every class has one) or the
+    model's own stored ones (`stored_references`, classes without references are scored zero-shot)."""
 
-    shots: int
-    seed: int
-    reference_split: str
+    shots: int | None  # K drawn per class; None for stored banks (their K per class is in `counts`)
+    seed: int | None
+    reference_split: str | None
     banks: dict[str, torch.Tensor]  # class name -> (L, rows, E)
     images: dict[str, list[str]] = field(default_factory=dict)  # class name -> reference image paths
+    counts: dict[str, int] = field(default_factory=dict)  # class name -> stored K
+
+    @property
+    def stored(self) -> bool:
+        return self.shots is None
 
     def settings(self, fusion: str) -> dict:
         """What `results.json` records under `settings.few_shot`."""
+        if self.stored:
+            return {"stored": dict(self.counts), "fusion": fusion}
         return {"shots": self.shots, "seed": self.seed, "reference_split": self.reference_split, "fusion": fusion}
 
-    def bank(self, class_name: str) -> torch.Tensor:
+    def describe(self) -> str:
+        if self.stored:
+            return (
+                "the model's stored references (" + ", ".join(f"{k}: {v}-shot" for k, v in self.counts.items()) + ")"
+            )
+        return f"{self.shots}-shot (seed {self.seed})"
+
+    def bank(self, class_name: str) -> torch.Tensor | None:
+        """The class's bank; `None` for a class without stored references (scored zero-shot)."""
         if class_name not in self.banks:
+            if self.stored:
+                return None
             raise InvalidInputError(
                 f"no few-shot references for class {class_name!r}; references exist for {sorted(self.banks)}"
             )
         return self.banks[class_name]
+
+
+def stored_references(model, class_names: Sequence[str]) -> FewShotReferences | None:
+    """The model's stored banks of `class_names` (checked against its vision branch by `references_for`), or `None`
+    when none of them has references: an evaluation then measures the model as `aaclip detect` uses it."""
+    names = [name for name in class_names if name in model.config.reference_classes]
+    if not names:
+        return None
+    banks = {name: model.references_for(name) for name in names}
+    counts = {name: int(model.config.reference_classes[name]["images"]) for name in names}
+    return FewShotReferences(None, None, None, banks, counts=counts)
 
 
 @torch.no_grad()

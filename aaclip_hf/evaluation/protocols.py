@@ -27,9 +27,11 @@ model's fused per-patch probability map (``anomaly_probability_grid``: the zero-
 nearest-neighbour map by ``config.few_shot_fusion``), resized like the zero-shot map. ``per-image`` takes the model's
 own ``image_score``, which uses that map; ``reference`` applies the same per-class min-max rule as zero-shot, to the
 fused map instead of the summed zero-shot map. Zero-shot evaluation (no references) is unchanged: the summed map.
+A model's own stored references (`stored_references`) are used the same way, so that a model is measured as
+``aaclip detect`` scores with it.
 
-Operating points: a class with a decision threshold (``config.threshold_for``: its own calibrated one, else the
-fallback ``decision_threshold``) gets the false-reject and escape rates at it on its test images
+Operating points: a class with a decision threshold (`AAClipModel.decision_threshold`: its own, when calibrated on
+the scoring this run uses, else the fallback ``decision_threshold``) gets the false-reject and escape rates at it on its test images
 (`aaclip_hf.evaluation.operating_points.rates_at`), always on the model's per-image ``image_score`` (the score the
 threshold applies to in deployment), whatever the protocol. ``save`` also writes ``scores.csv`` (every image's score)
 and one picture per class (``pictures/``: score histogram with the threshold, ROC curve).
@@ -276,13 +278,14 @@ class EvaluationResult:
                 writer.writerow({**record, "path": safe_text(record["path"])})
         (folder / PICTURES_DIR).mkdir()
         taken: set[str] = set()
-        shots = (self.settings.get("few_shot") or {}).get("shots")
-        kind = f"{shots}-shot" if shots else "zero-shot"
+        few_shot = self.settings.get("few_shot") or {}
         for name, row in self.classes.items():
             records = [record for record in self.scores if record["class_name"] == name]
             if not records:
                 continue
             threshold, calibrated = row.get("threshold"), bool(row.get("threshold_calibrated"))
+            shots = few_shot.get("shots") or (few_shot.get("stored") or {}).get(name)
+            kind = f"{shots}-shot" if shots else "zero-shot"
             picture = score_picture(
                 f"{self.dataset} / {name}: per-image image scores ({kind}, split {self.split})",
                 [r["score"] for r in records if r["label"] == 0],
@@ -366,8 +369,9 @@ def evaluate(
         batch_size: `None` chooses one from the device and its free memory (`aaclip_hf.runtime.batching`).
         accelerator: an `accelerate.Accelerator` to shard the images over processes; results are gathered
             without tail duplicates (`gather_for_metrics`) and returned on the main process (`None` elsewhere).
-        references: few-shot banks per class (`aaclip_hf.evaluation.few_shot.build_references`); every class
-            evaluated needs one. Reference images among `samples` are left out of the scoring (noted).
+        references: reference banks per class: drawn (`aaclip_hf.evaluation.few_shot.build_references`; every
+            class evaluated needs one, and reference images among `samples` are left out of the scoring, noted) or
+            the model's stored ones (`stored_references`; classes without them are scored zero-shot).
     """
     _check_arguments(model, protocol, resolution, domain, batch_size)
     if isinstance(samples, Dataset):
@@ -380,6 +384,7 @@ def evaluate(
     run = _Run.start(model, processor, _class_order(samples), protocol, resolution, domain, aupro_variant, fpr_limit)
     if references is not None:
         run.use_references(references, model.config.few_shot_fusion, left_out)
+    run.resolve_thresholds(model, processor)
 
     loader = torch.utils.data.DataLoader(
         CarryErrors(_ImageDataset(run.samples, processor)), batch_size=batch_size, shuffle=False,
@@ -444,11 +449,21 @@ class _Run:
     scores: list[dict[str, Any]] = field(default_factory=list)  # per image, filed as classes finish
     references: FewShotReferences | None = None
     few_shot: dict[str, Any] | None = None  # settings.few_shot
+    thresholds: dict[str, tuple[float | None, bool]] = field(default_factory=dict)  # class -> (threshold, own)
+
+    def resolve_thresholds(self, model, processor) -> None:
+        """Each class's threshold for the scoring this run uses (`AAClipModel.decision_threshold`): its calibrated
+        one only when it was calibrated on the same weights, anchors, references and domain, else the fallback."""
+        prompts = processor.prompt_fingerprint()
+        for name, state in self.states.items():
+            bank = None if self.references is None else self.references.bank(name)
+            anchors = model.anchor_source(name, prompts)
+            self.thresholds[name] = model.decision_threshold(name, anchors, bank, state.domain)
 
     def use_references(self, references: FewShotReferences, fusion: str, left_out: int) -> None:
-        """Score every image against its class's bank too (all classes need one)."""
+        """Score every image against its class's bank too (all classes need a drawn one; stored ones are optional)."""
         for name in self.states:
-            references.bank(name)  # refuses a class without references, naming it
+            references.bank(name)  # refuses a class without drawn references, naming it
         self.references = references
         self.few_shot = references.settings(fusion)
         if left_out:
@@ -542,7 +557,8 @@ def _score_batch(model, batch: dict, run: _Run) -> dict[str, torch.Tensor]:
         groups.setdefault(key, []).append(position)
     for (batch_domain, name), positions in groups.items():
         select = torch.tensor(positions, device=device)
-        bank = None if name is None else run.references.bank(name).to(device=device, dtype=parameter.dtype)
+        bank = None if name is None else run.references.bank(name)
+        bank = None if bank is None else bank.to(device=device, dtype=parameter.dtype)
         out = model(  # grid-level maps only: _consume resizes each to its image's size
             pixel_values=pixel_values[select],
             class_ids=model.class_ids([names[p] for p in positions]),
@@ -590,7 +606,7 @@ def _consume(gathered: dict[str, torch.Tensor], run: _Run) -> None:
             state.without_mask += 1
         if not state.remaining:
             run.rows[state.name], scores = _finish_class(
-                state, run.protocol, run.config, run.aupro_variant, run.fpr_limit
+                state, run.protocol, run.config, run.aupro_variant, run.fpr_limit, run.thresholds[state.name]
             )
             run.scores.extend(_score_records(state, run, scores))
             state.pixels.reset()  # release the class's maps
@@ -608,9 +624,9 @@ def _score_records(state: _ClassState, run: _Run, scores: np.ndarray) -> list[di
     return records
 
 
-def _operating_point(state: _ClassState, config) -> dict[str, Any]:
-    """The class's threshold (`config.threshold_for`) and the rates at it on the model's own image scores."""
-    threshold, calibrated = config.threshold_for(state.name)
+def _operating_point(state: _ClassState, decision: tuple[float | None, bool]) -> dict[str, Any]:
+    """The class's threshold (`_Run.resolve_thresholds`) and the rates at it on the model's own image scores."""
+    threshold, calibrated = decision
     if threshold is None:
         return {"threshold": None, "threshold_calibrated": False, "operating_point": None}
     scores, labels = np.asarray(state.image_score, dtype=np.float64), np.asarray(state.labels)
@@ -622,7 +638,7 @@ def _operating_point(state: _ClassState, config) -> dict[str, Any]:
 
 
 def _finish_class(
-    state: _ClassState, protocol: str, config, aupro_variant: str, fpr_limit: float
+    state: _ClassState, protocol: str, config, aupro_variant: str, fpr_limit: float, decision: tuple
 ) -> tuple[dict[str, Any], np.ndarray]:
     """The class's row (metrics, operating point) and the image scores its image metrics used."""
     labels = np.asarray(state.labels)
@@ -646,7 +662,7 @@ def _finish_class(
         fpr_limit=fpr_limit,
         aupro_variant=aupro_variant,
     )
-    return row | _operating_point(state, config), scores
+    return row | _operating_point(state, decision), scores
 
 
 def _mean(rows: dict[str, dict[str, Any]], protocol: str) -> tuple[dict[str, float], list[str]]:

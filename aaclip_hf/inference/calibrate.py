@@ -12,7 +12,8 @@ Rules (`calibrate_threshold`; operating points in `aaclip_hf.evaluation.operatin
 - `"auto"`: `"f1"` when anomalous images are given, else `"normal"`; a target rate chooses its own rule.
 
 `save_threshold` stores the result for its class in `config.json` (`decision_thresholds`), next to the other classes'
-thresholds, and says what it replaced; `calibration.json` keeps the details per class.
+thresholds, with the fingerprint of the scoring it was calibrated on (`threshold_fingerprints`), and says what it
+replaced; `calibration.json` keeps the details per class.
 """
 
 from __future__ import annotations
@@ -139,17 +140,23 @@ def check_calibration_settings(
 
 
 def save_threshold(
-    model_dir: str | os.PathLike, class_name: str, threshold: float, details: dict | None = None
+    model_dir: str | os.PathLike,
+    class_name: str,
+    threshold: float,
+    details: dict | None = None,
+    fingerprint: str | None = None,
 ) -> float | None:
     """Store `threshold` as `class_name`'s decision threshold in the folder's `config.json` (weights untouched) and
     its details in `calibration.json`; returns the threshold it replaced (`None` when the class had none).
+
+    `fingerprint`: the scoring the scores came from (`AAClipAnomalyDetectionPipeline.scoring_fingerprint`); the model
+    then uses the threshold only for that scoring (the same weights, anchors, references and domain).
 
     Each file is replaced atomically (written beside it, then renamed), so a crash leaves the old or the new file.
     """
     folder = Path(model_dir)
     config = load_config(folder)
-    previous = config.decision_thresholds.get(class_name)
-    config.decision_thresholds = {**config.decision_thresholds, class_name: float(threshold)}
+    previous = config.set_decision_threshold(class_name, float(threshold), fingerprint)
     config.validate()
     with tempfile.TemporaryDirectory(dir=folder, prefix=".calibrate-") as staging:
         config.save_pretrained(staging)

@@ -18,6 +18,7 @@ from aaclip_hf.data.synthetic import generate_synthetic_dataset
 from aaclip_hf.errors import BadInputError, InvalidInputError
 from aaclip_hf.evaluation.few_shot import build_references, select_references
 from aaclip_hf.evaluation.protocols import evaluate
+from aaclip_hf.modeling.configuration_aaclip import StaleThresholdWarning
 
 
 CLASSES = ["carpet", "disc"]
@@ -150,7 +151,7 @@ def test_cli_few_shot_records_its_settings(model, processor, data_root, tmp_path
     processor.save_pretrained(tmp_path / "model")
     assert _cli(tmp_path / "model", data_root, tmp_path / "eval", "--few-shot", "2", "--few-shot-seed", "7") == 0
     data = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert data["settings"]["few_shot"] == {"shots": 2, "seed": 7, "reference_split": "train", "fusion": "mean"}
+    assert data["settings"]["few_shot"] == {"shots": 2, "seed": 7, "reference_split": "train", "fusion": "references"}
     assert all(
         len(paths) == 2 and all("/train/good/" in p for p in paths)
         for paths in data["settings"]["reference_images"].values()
@@ -180,3 +181,39 @@ def test_cli_too_few_references_is_one_line(model, processor, data_root, tmp_pat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'carpet'" in err and "'train'" in err and "found 3" in err
     assert not (tmp_path / "eval" / "results.json").exists()
+
+
+def test_evaluate_measures_the_model_with_its_stored_references(model, processor, data_root, tmp_path, capsys):
+    """A model that stores references for a class is evaluated as `aaclip detect` scores with it: that class against
+    its stored bank (its calibrated threshold applies), the others zero-shot; --no-references scores all zero-shot,
+    where that threshold does not apply (it belongs to the few-shot scores)."""
+    from aaclip_hf.evaluation.few_shot import stored_references
+    from aaclip_hf.modeling.pipeline_aaclip import AAClipAnomalyDetectionPipeline
+    from aaclip_hf.runtime.model_folder import save_model_folder
+
+    train = [s for s in load_samples(data_root, "train") if s.class_name == "carpet"][:2]
+    pixels = processor(images=[Image.open(s.image_path) for s in train])["pixel_values"]
+    model.add_references("carpet", pixels)
+    pipe = AAClipAnomalyDetectionPipeline(model=model, processor=processor, device="cpu")
+    model.config.set_decision_threshold("carpet", 0.5, pipe.scoring_fingerprint("carpet"))
+    save_model_folder(model, processor, tmp_path / "model")
+
+    assert _cli(tmp_path / "model", data_root, tmp_path / "stored") == 0
+    assert "the model's stored references (carpet: 2-shot)" in capsys.readouterr().out
+    data = json.loads((tmp_path / "stored" / "results.json").read_text())
+    assert data["settings"]["few_shot"] == {"stored": {"carpet": 2}, "fusion": "references"}
+    assert data["classes"]["carpet"]["threshold_calibrated"] is True
+    expected = evaluate(
+        model, processor, load_samples(data_root, "test"), protocol="per-image", batch_size=4, progress=False,
+        references=stored_references(model, CLASSES),
+    )  # fmt: skip
+    for name in CLASSES:
+        assert data["classes"][name]["image_auroc"] == pytest.approx(expected.classes[name]["image_auroc"])
+    zero_shot = evaluate(model, processor, load_samples(data_root, "test"), protocol="per-image", progress=False)
+    assert data["classes"]["disc"]["pixel_auroc"] == pytest.approx(zero_shot.classes["disc"]["pixel_auroc"])
+    assert data["classes"]["carpet"]["pixel_auroc"] != pytest.approx(zero_shot.classes["carpet"]["pixel_auroc"])
+
+    with pytest.warns(StaleThresholdWarning):
+        assert _cli(tmp_path / "model", data_root, tmp_path / "zero", "--no-references") == 0
+    data = json.loads((tmp_path / "zero" / "results.json").read_text())
+    assert data["settings"]["few_shot"] is None and data["classes"]["carpet"]["threshold_calibrated"] is False

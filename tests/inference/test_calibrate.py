@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 
 import pytest
 from PIL import Image
@@ -13,6 +14,7 @@ from aaclip_hf.cli import main
 from aaclip_hf.evaluation.operating_points import threshold_for_escape_rate, threshold_for_false_reject_rate
 from aaclip_hf.inference.calibrate import calibrate_threshold, check_calibration_settings
 from aaclip_hf.inference.detect import make_pipeline
+from aaclip_hf.modeling.configuration_aaclip import StaleThresholdWarning
 from aaclip_hf.runtime.loading import load_model_and_processor
 
 from .conftest import image_folder, save_image, store_references
@@ -183,6 +185,23 @@ def test_calibration_scores_with_the_class_stored_references(tiny_model, process
     assert zero_shot["normal_scores"] == pytest.approx(
         _scores(model_dir, normal, "bottle", use_references=False), abs=1e-6
     )
+    # each threshold is used for the scoring it was calibrated on only (few-shot scores sit on another scale)
+    check = image_folder(tmp_path / "check", 1, seed=95)
+    for folder, flags, calibrated in (
+        (copy, [], True),
+        (copy, ["--no-references"], False),
+        (zero, ["--no-references"], True),
+        (zero, [], False),
+    ):
+        out = tmp_path / f"out-{folder.name}-{len(flags)}"
+        argv = ["detect", str(check), "--model", str(folder), "--output", str(out), "--class-name", "bottle", *flags]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main([*argv, *QUIET]) == 0
+        record = json.loads((out / "detections.json").read_text())[0]
+        assert record["calibrated"] is calibrated, (folder.name, flags)
+        stale = [w for w in caught if issubclass(w.category, StaleThresholdWarning)]
+        assert bool(stale) is not calibrated
 
 
 def test_calibrate_from_a_dataset_spec_and_into_a_copy(model_dir, tmp_path, capsys):

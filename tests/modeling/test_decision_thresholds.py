@@ -128,3 +128,18 @@ def test_set_decision_threshold_checks_and_reports_what_it_replaced():
     assert config.set_decision_threshold("bottle", None) == 0.4 and config.decision_thresholds == {}
     with pytest.raises(Exception, match=r"threshold_fingerprints\['bottle'\] must be str"):
         AAClipConfig.tiny(threshold_fingerprints={"bottle": 3})
+
+
+def test_anchors_are_identified_by_what_they_derive_from(pipe, processor):
+    """A class calibrated with anchors the pipeline computed keeps its threshold once the same text branch and prompts
+    store them (aaclip add-class), and in calls that compute other classes' anchors next to it."""
+    _calibrate(pipe, "pcb4")  # not stored: the pipeline computes its anchors
+    result = pipe(_images(2, seed=3), class_name=["pcb4", "capsule"])[0]
+    assert (result["threshold"], result["calibrated"]) == (0.25, True)
+    pipe.model.update_text_anchors(processor, ["capsule", "pcb4"])
+    fresh = AAClipAnomalyDetectionPipeline(model=pipe.model, processor=processor, device="cpu")
+    result = fresh(_images(1, seed=3)[0], class_name="pcb4")
+    assert (result["threshold"], result["calibrated"]) == (0.25, True)
+    pipe.model.refresh_text_anchors(processor.__class__.for_model(pipe.model.config, templates=["a {}."]))
+    with pytest.warns(StaleThresholdWarning):  # other prompts made the stored anchors
+        assert fresh(_images(1, seed=3)[0], class_name="pcb4")["calibrated"] is False
