@@ -559,12 +559,14 @@ def _train_and_compare(
 
 
 def _calibrate_held_out(pipe, data_root: Path, held_out: list[str]) -> dict[str, float]:
-    """Step 6: a decision threshold per held-out class from its normal train-split images (never trained on)."""
+    """Step 6: a decision threshold per held-out class from its normal train-split images (never trained on), stored
+    in the model's config with the fingerprint of the scoring it was calibrated on (as `aaclip calibrate` does)."""
     thresholds = {}
     for name in held_out:
         files = collect_images([data_root / name / "train" / "good"])
         scores = [r["score"] for _, _, r in score_images(pipe, files, name, progress=False)]
         thresholds[name], details = calibrate_threshold(scores)
+        pipe.model.config.set_decision_threshold(name, thresholds[name], pipe.scoring_fingerprint(name))
         _say(
             f"    {name}: threshold {thresholds[name]:.4f} (largest of {len(scores)} normal scores + {details['margin']})"
         )
@@ -572,10 +574,9 @@ def _calibrate_held_out(pipe, data_root: Path, held_out: list[str]) -> dict[str,
 
 
 def _publish_thresholds(out: Path, result: LearningComparison, thresholds: dict[str, float]) -> dict[str, dict]:
-    """Step 6, continued: the thresholds go into the model's config (`decision_thresholds`, saved with the model in
-    step 8), and comparison.md gets the false-reject and escape rates they give on the held-out test images (the
-    trained model's zero-shot per-image scores, the ones the thresholds apply to)."""
-    result.model.config.decision_thresholds = {**result.model.config.decision_thresholds, **thresholds}
+    """Step 6, continued: the thresholds (in the model's config, saved with the model in step 8) and the false-reject
+    and escape rates they give on the held-out test images in comparison.md (the trained model's zero-shot per-image
+    scores, the ones the thresholds apply to)."""
     zero_shot = result.few_shot["trained"][0].scores
     points, lines = {}, []
     for name, threshold in thresholds.items():
