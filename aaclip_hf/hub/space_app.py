@@ -76,14 +76,18 @@ def overlay_image(image: Image.Image, probability: np.ndarray, mask: Image.Image
     return Image.fromarray(out)
 
 
-def describe_threshold(result: dict, manual: bool = False, fallback: float | None = None) -> str:
-    """Where the decision threshold came from: set by hand, the class's calibrated one, or an uncalibrated one."""
+def describe_threshold(result: dict, manual: bool = False, fallback: float | None = None, stored: bool = False) -> str:
+    """Where the decision threshold came from: set by hand, the class's calibrated one, or an uncalibrated one.
+    `stored`: the class has a calibrated threshold that the pipeline did not use (calibrated on other scoring: other
+    weights, anchors or references, e.g. without the references given now)."""
     name = result.get("class_name", "this class")
     if manual:
         return "set by hand"
     if result.get("calibrated"):
         return f"{name}'s calibrated threshold"
     source = "the model's fallback" if fallback is not None else "the default"
+    if stored:
+        return f"{source}; {name}'s calibrated threshold is for other scoring (references, anchors or weights)"
     return f"{source}; not calibrated for {name}"
 
 
@@ -95,7 +99,9 @@ def describe_mode(result: dict, uploaded: int = 0) -> str:
     return f"{count}-shot, {'uploaded' if uploaded else 'stored'} references"
 
 
-def describe(result: dict, manual: bool = False, uploaded: int = 0, fallback: float | None = None) -> str:
+def describe(
+    result: dict, manual: bool = False, uploaded: int = 0, fallback: float | None = None, stored: bool = False
+) -> str:
     """The decision line: label, score against threshold (and where it came from), the mode, the anomalous area."""
     verdict = "ANOMALY" if result["label"] == "anomaly" else "normal"
     relation = ">=" if result["label"] == "anomaly" else "<"
@@ -106,7 +112,7 @@ def describe(result: dict, manual: bool = False, uploaded: int = 0, fallback: fl
         if level is not None
         else "no decision region (this image score does not use the map)"
     )
-    threshold = f"{result['threshold']:.3f} ({describe_threshold(result, manual, fallback)})"
+    threshold = f"{result['threshold']:.3f} ({describe_threshold(result, manual, fallback, stored)})"
     return (
         f"{verdict}: score {result['score']:.{SCORE_DIGITS}f} {relation} {threshold}; "
         f"{describe_mode(result, uploaded)}; {region}"
@@ -165,7 +171,8 @@ def analyze(
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
         raise gr.Error(" ".join(str(message).split())) from None
     overlay = overlay_image(image, result["anomaly_probability"], result["mask"])
-    text = describe(result, threshold is not None, len(uploaded), getattr(config, "decision_threshold", None))
+    stored = config.threshold_for(name)[1]
+    text = describe(result, threshold is not None, len(uploaded), getattr(config, "decision_threshold", None), stored)
     return overlay, round(float(result["score"]), SCORE_DIGITS), text
 
 

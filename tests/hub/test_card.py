@@ -31,10 +31,10 @@ def _table(section: str) -> list[list[str]]:
 @pytest.fixture
 def published(tiny_model, processor, tmp_path):
     """A folder with two calibrated classes, a fallback threshold and stored references for one class."""
+    pixels = processor(images=[Image.new("RGB", (40, 40), (90, 90, 90))] * 3)["pixel_values"]
+    tiny_model.add_references("bottle", pixels)  # before the thresholds: storing references drops a class's one
     tiny_model.config.decision_thresholds = {"pcb1": 0.61, "bottle": 0.4375}
     tiny_model.config.decision_threshold = 0.55
-    pixels = processor(images=[Image.new("RGB", (40, 40), (90, 90, 90))] * 3)["pixel_values"]
-    tiny_model.add_references("bottle", pixels)
     summary = {"train_data": ["/home/me/data/visa", "acme/mvtec-ad", "data/sub/btad"]}
     return hub.save_for_hub(tiny_model, processor, tmp_path / "hub", repo_id=REPO_ID, training_summary=summary)
 

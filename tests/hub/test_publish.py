@@ -683,22 +683,19 @@ def test_save_for_hub_replaces_a_previous_hub_folder_only(tiny_model, processor,
     assert (folder / "notes.txt").read_text() == "mine"
 
 
-def test_train_push_to_hub_goes_through_the_allowlist(trained_folder, recording_api, monkeypatch, tmp_path):
-    """`aaclip train --push-to-hub` uploads the training output folder by allowlist (training itself stubbed)."""
+def test_train_push_to_hub_goes_through_the_allowlist(
+    trained_folder, tiny_model, processor, recording_api, monkeypatch, tmp_path
+):
+    """`aaclip train --push-to-hub` uploads the training output folder by allowlist (training itself stubbed: the
+    output folder is what a run left)."""
     from aaclip_hf.cli import main
     from aaclip_hf.training import trainer
 
+    base = save_model_folder(tiny_model, processor, tmp_path / "base")
+    (tmp_path / "data").mkdir()
     (trained_folder / "training_args.json").write_text(json.dumps({"model": "/abs/base", "train_data": ["/d/visa"]}))
     monkeypatch.setattr(trainer, "train", lambda args, lock=True: args.output_dir)
-    argv = [
-        "train",
-        "--model",
-        str(trained_folder),
-        "--train-data",
-        str(tmp_path),
-        "--output-dir",
-        str(trained_folder),
-    ]
+    argv = ["train", "--model", str(base), "--train-data", str(tmp_path / "data"), "--output-dir", str(trained_folder)]
     assert main([*argv, "--push-to-hub", "--hub-model-id", "acme/trained"]) == 0
     create, upload = recording_api.calls
     assert create[1] == "acme/trained" and set(upload[2]) == EXPECTED_FILES | {"training_args.json"}
@@ -850,3 +847,17 @@ def test_hardlinked_secrets_under_published_names_never_reach_the_hub(saved_mode
     assert json.loads(files["training_args.json"]) == {"seed": 3, "data": "visa"}
     assert not any(b"hf_sss" in data or b"k-123" in data or b"/home/me" in data for data in files.values())
     assert len([call for call in recording_api.calls if call[0] == "upload_folder"]) == 1
+
+
+def test_a_failure_while_writing_leaves_no_hub_folder(saved_model, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hub, "_write_card", fail)
+    with pytest.raises(OSError, match="No space left"):
+        hub.stage_hub_folder(saved_model, tmp_path / "new", repo_id="acme/x")
+    assert not (tmp_path / "new").exists()  # a folder this call created is removed
+    (tmp_path / "given").mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        hub.stage_hub_folder(saved_model, tmp_path / "given", repo_id="acme/x", with_app=True)
+    assert list((tmp_path / "given").iterdir()) == []  # an empty folder the caller gave is emptied again

@@ -148,6 +148,12 @@ def test_analyze_says_which_references_scored(detector, processor, tmp_path):
     assert uploaded_score == pytest.approx(expected, abs=1e-4)
     _, _, text = space_app.analyze(detector, image, "pcb1", references=paths)  # a class without stored ones
     assert "; 2-shot, uploaded references;" in text
+    # A threshold calibrated on the stored-references scoring is not used with uploaded ones, and the app says why.
+    model.config.set_decision_threshold("bottle", 0.97, detector.scoring_fingerprint("bottle"))
+    assert "(bottle's calibrated threshold); 3-shot, stored" in space_app.analyze(detector, image, "bottle")[2]
+    with pytest.warns(UserWarning, match="calibrated on other scoring"):
+        _, _, text = space_app.analyze(detector, image, "bottle", references=paths)
+    assert "(the default; bottle's calibrated threshold is for other scoring" in text
 
 
 def test_analyze_shows_a_bad_upload_as_a_message(detector, tmp_path):
