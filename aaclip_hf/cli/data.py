@@ -184,10 +184,11 @@ def add_sample_shots_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_sample_shots(args: argparse.Namespace) -> int:
     from ..data.readers import is_inside, load_samples
-    from ..data.sampling import sample_shots, write_jsonl
+    from ..data.sampling import parse_shots, sample_shots, write_jsonl
     from ..runtime.outputs import check_new_file, check_output_apart
 
-    check_output_apart(args.output, inputs=data_spec_paths(args.data), what="--output")  # never onto the data read
+    parse_shots(args.shots)  # the arguments first, then the output: never onto the data read, never onto a file
+    check_output_apart(args.output, inputs=data_spec_paths(args.data), what="--output")
     check_new_file(args.output, "--output")
     samples = load_samples(args.data, args.split, format=args.format, allow_outside_root=args.allow_outside_root)
     picked = sample_shots(samples, args.shots, seed=args.seed)
