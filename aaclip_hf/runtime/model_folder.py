@@ -57,6 +57,10 @@ def listed_names(names: Iterable[str]) -> str:
     return ", ".join(names[:NAMES_SHOWN]) + more
 
 
+# safetensors dtype names of the floating-point tensors a model may hold.
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+
+
 def non_finite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors holding NaN or inf (tensors on the meta device are skipped)."""
     return sorted(
@@ -132,14 +136,24 @@ def _header(path: Path) -> dict:
 
 
 def check_weight_files(folder: str | os.PathLike, variant: str | None = None) -> dict[str, list[int]]:
-    """Refuse corrupt weight files from their headers; returns `{tensor name: shape}` over all of them."""
+    """Refuse corrupt weight files, and tensors that are not floating point, from their headers; returns
+    `{tensor name: shape}` over all of them. Every AA-CLIP tensor is floating point: an int8 or bool tensor would be
+    cast silently on load and give scores outside [0, 1]."""
     folder = Path(folder)
     shapes = {}
     for name in weight_files(folder, variant):
         path = folder / name
         if not path.is_file():
             raise CorruptWeightsError(f"{path}: named by the safetensors index but missing")
-        shapes.update({key: entry["shape"] for key, entry in _header(path).items()})
+        header = _header(path)
+        if other := sorted(
+            f"{key} ({entry['dtype']})" for key, entry in header.items() if entry["dtype"] not in FLOAT_DTYPES
+        ):
+            raise CorruptWeightsError(
+                f"{path}: tensors that are not floating point: {listed_names(other)}; AA-CLIP weights are "
+                f"{', '.join(sorted(FLOAT_DTYPES))} (re-save or re-convert the model)"
+            )
+        shapes.update({key: entry["shape"] for key, entry in header.items()})
     return shapes
 
 

@@ -382,6 +382,19 @@ def test_non_finite_weights_are_refused_at_load_with_the_tensor_name(tmp_path, p
         load_model(folder)
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.int64])
+def test_weights_that_are_not_floating_point_are_refused_not_cast(tmp_path, processor, dtype):
+    """An int8 or bool tensor would be cast on load and score outside [0, 1]: refused from the header, named."""
+    _, folder = _saved(tmp_path, processor)
+    name = "vision_model.post_layernorm.weight"
+    _rewrite_weights(folder, lambda t: t.__setitem__(name, t[name].to(dtype)))
+    with pytest.raises(
+        CorruptWeightsError, match=rf"tensors that are not floating point: {re.escape(name)} \("
+    ) as info:
+        load_model(folder)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "header_only"])
 def test_corrupt_safetensors_is_one_line_naming_the_file(tmp_path, processor, capsys, damage):
     _, folder = _saved(tmp_path, processor)
