@@ -100,10 +100,11 @@ def gaussian_blur2d(maps: torch.Tensor, kernel_size: int, sigma: float) -> torch
         return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
     taps = gaussian_kernel1d(kernel_size, sigma, maps.dtype, maps.device)
-    channels = maps.shape[1]
+    shape = maps.shape
+    maps = maps.reshape(-1, 1, height, width)  # each map alone: a fixed one-channel kernel, which exports to ONNX
     maps = maps.index_select(3, reflect(width)).index_select(2, reflect(height))
-    maps = F.conv2d(maps, taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    return F.conv2d(maps, taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    maps = F.conv2d(maps, taps.view(1, 1, 1, -1))
+    return F.conv2d(maps, taps.view(1, 1, -1, 1)).reshape(shape)
 
 
 def upsample_grid(grid: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
