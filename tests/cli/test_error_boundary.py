@@ -142,6 +142,11 @@ CASES = {
     ("info", "missing_model"): (["info", MISSING], [MISSING, "config.json"]),
     ("export-onnx", "missing_model"): (["export-onnx", MISSING, "{out}.onnx"], [MISSING, OFFLINE]),
     ("push", "missing_model"): (["push", MISSING, "me/model", "--dry-run", "{out}"], [MISSING]),
+    ("add-class", "missing_model"): (["add-class", MISSING, "widget", "--output", "{out}"], [MISSING, OFFLINE]),
+    ("add-references", "missing_model"): (
+        ["add-references", MISSING, "--class-name", "object", "--images", "{normal}", "--output", "{out}"],
+        [MISSING, OFFLINE],
+    ),
     # invalid config.json: not JSON, an impossible field, not UTF-8
     **{
         (command, fault): (argv, names)
@@ -157,6 +162,7 @@ CASES = {
             ("train", ["train", "--model", "{%s}" % fault, "--train-data", "{data}", "--output", "{out}"]),
             ("info", ["info", "{%s}" % fault]),
             ("export-onnx", ["export-onnx", "{%s}" % fault, "{out}.onnx"]),
+            ("add-class", ["add-class", "{%s}" % fault, "widget", "--output", "{out}"]),
         )
     },
     # corrupt safetensors
@@ -216,6 +222,14 @@ CASES = {
         ["push", "{model}", "me/model", "--eval-results", "nope.json", "--dry-run", "{out}"],
         ["nope.json"],
     ),
+    ("add-references", "missing_input"): (
+        ["add-references", "{model}", "--class-name", "object", "--images", "nope", "--output", "{out}"],
+        ["nope"],
+    ),
+    ("add-references", "truncated_safetensors"): (
+        ["add-references", "{truncated}", "--class-name", "object", "--images", "{normal}", "--output", "{out}"],
+        ["truncated/model.safetensors"],
+    ),
     ("make-synthetic", "bad_value"): (["make-synthetic", "{out}", "--image-size", "8"], ["--image-size"]),
     ("push-metric", "bad_value"): (["push-metric", "me/not-an-id", "--dry-run", "{out}"], ["me/not-an-id"]),
     # errors raised inside DataLoader workers
@@ -243,6 +257,11 @@ CASES = {
             ("detect", ["detect", "{image}", "--model", "{model}", "--output", target]),
             ("evaluate", ["evaluate", "--model", "{model}", "--data", "{data}", "--output", target]),
             ("calibrate", ["calibrate", "--model", "{model}", "--normal", "{normal}", "--output", target]),
+            ("add-class", ["add-class", "{model}", "widget", "--output", target]),
+            (
+                "add-references",
+                ["add-references", "{model}", "--class-name", "object", "--images", "{normal}", "--output", target],
+            ),
         )
     },
 }
