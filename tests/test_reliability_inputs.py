@@ -471,6 +471,7 @@ def test_another_architecture_folder_is_refused(foreign, dataset, tmp_path, caps
         "--no-progress",
     )
     assert code == 2 and f"model_type is '{arch}'" in err and not (tmp_path / "t" / "checkpoints").exists(), err
+    assert "an AA-CLIP folder ('aaclip') or a CLIP one ('clip')" in err  # what train takes, unlike the others
 
 
 def test_another_architecture_state_dict_is_refused_by_the_converters(foreign, tmp_path, capsys):

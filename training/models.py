@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..errors import InvalidInputError
+from ..errors import BadInputError, InvalidInputError
 from ..modeling.modeling_aaclip import AAClipModel
 from ..runtime.loading import load_model_and_processor, model_type_of, processor_for
 from .arguments import AAClipTrainingArguments
@@ -24,7 +24,14 @@ logger = logging.getLogger("aaclip_hf.training")
 def model_for_run(args: AAClipTrainingArguments):
     """What a run starts from: an AA-CLIP folder as it is (through the one loader, fp32 on the CPU; the trainer
     places it), or a fresh AA-CLIP on a plain CLIP (adapters xavier, seeded)."""
-    if os.path.isdir(args.model) and model_type_of(args.model) != "clip":  # an AA-CLIP folder, or named why not
+    found = model_type_of(args.model) if os.path.isdir(args.model) else None
+    if os.path.isdir(args.model) and found not in ("clip", "aaclip"):
+        raise BadInputError(
+            f"model_type is {found!r}; aaclip train starts from an AA-CLIP folder ('aaclip') or a CLIP one ('clip')",
+            os.path.join(args.model, "config.json"),
+            "model_type",
+        )
+    if found == "aaclip":
         if args.image_size is not None or args.hidden_act is not None:
             raise InvalidInputError("--image-size / --hidden-act only apply when building from a plain CLIP model")
         return load_model_and_processor(args.model, device="cpu")
