@@ -162,6 +162,8 @@ class AAClipTrainingArguments:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`aaclip train` flags (every hyper-parameter at the paper's default)."""
+    from ..data.readers import DATA_SPEC_HELP
+
     d = AAClipTrainingArguments(model="", train_data=[], output_dir="")
     g = parser.add_argument_group("model and data")
     g.add_argument(
@@ -171,12 +173,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--train-data",
         required=True,
         nargs="+",
-        help="dataset folder, metadata file or spec PATH::key=value::... (several are combined). Layouts are "
-        "detected: MVTec/MPDD/BTAD, VisA, BMAD, polyp, JSON-lines, meta.json, datasets folders, and your own folders "
-        "good/ (ok/, normal/) + bad/ (ng/, defect/, anomaly/, abnormal/) [+ masks/]. Keys: format=, split=, "
-        "classes=a,b, root= (base of metadata paths), name= (the class name in the prompts), and, for folders of any "
-        "names, normal_dir=, abnormal_dir=, mask_dir= (relative to PATH; masks pair with abnormal images by file "
-        "stem), e.g. parts::normal_dir=ok::abnormal_dir=ng::mask_dir=masks::name=widget",
+        help=DATA_SPEC_HELP,
     )
     g.add_argument(
         "--split",

@@ -21,6 +21,7 @@ def register(subparsers) -> None:
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..data.readers import DATA_SPEC_HELP
     from ..evaluation.anomaly_metrics.exact_metrics import DEFAULT_FPR_LIMIT
     from ..evaluation.few_shot import DEFAULT_FEW_SHOT_SEED
     from ..evaluation.protocols import PROTOCOLS, RESOLUTIONS
@@ -33,12 +34,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         required=True,
         nargs="+",
-        help="dataset folder, metadata file or spec PATH::key=value::... (several are combined). Layouts are "
-        "detected: MVTec/MPDD/BTAD, VisA, BMAD, polyp, JSON-lines, meta.json, datasets folders, and your own folders "
-        "good/ (ok/, normal/) + bad/ (ng/, defect/, anomaly/, abnormal/) [+ masks/]. Keys: format=, split=, "
-        "classes=a,b, root= (base of metadata paths), name= (the class name in the prompts), and, for folders of any "
-        "names, normal_dir=, abnormal_dir=, mask_dir= (relative to PATH; masks pair with abnormal images by file "
-        "stem), e.g. parts::normal_dir=ok::abnormal_dir=ng::mask_dir=masks::name=widget",
+        help=DATA_SPEC_HELP,
     )
     parser.add_argument("--split", default="test", help="split to read (default: test)")
     parser.add_argument("--classes", nargs="+", default=None, help="evaluate only these classes")
