@@ -89,11 +89,23 @@ class StoredClassesMixin:
 
     def vision_branch_fingerprint(self) -> str:
         """`"<dtype>:<SHA-256>"` of everything reference patches derive from: the vision tower with its adapters, the
-        per-level projections and the config fields that change what they compute."""
+        per-level projections and the config fields that change what they compute.
+
+        A backend that runs the same weights in another form (int8, an ONNX export: `aaclip_hf.runtime.backends`)
+        pins the fingerprint of the weights it was made from (`pin_vision_fingerprint`), so stored references and
+        thresholds keep applying, to that backend's rounding."""
+        if self._digests.get("pinned_vision") is not None:
+            return self._digests["pinned_vision"]
         settings = {name: getattr(self.config, name) for name in VISION_BRANCH_SETTINGS}
         settings |= {f"vision_config.{name}": getattr(self.config.vision_config, name) for name in TOWER_SETTINGS}
         settings |= {"image_size": self.config.vision_config.image_size}
         return f"{self.dtype}:{self._digest(('vision_model.', 'seg_projections.'), settings)}".removeprefix("torch.")
+
+    def pin_vision_fingerprint(self) -> None:
+        """Keep today's `vision_branch_fingerprint` while a backend replaces the vision tower by a form of the same
+        weights (call it before the replacement)."""
+        self._digests["pinned_vision"] = None
+        self._digests["pinned_vision"] = self.vision_branch_fingerprint()
 
     def _digest(self, prefixes: tuple[str, ...], settings: dict) -> str:
         """`weights_digest` of the parameters under `prefixes`, hashed again only when one of them changed."""
@@ -353,6 +365,18 @@ class StoredClassesMixin:
                 "belongs to the class's scores; calibrate the class again (aaclip calibrate)"
             )
 
+    def to_checked_dtype(self, dtype: torch.dtype):
+        """`self.to(dtype)` after checking the stored references in the dtype they were made in (their digests cannot
+        match cast weights); `references_for` then refuses a bank that failed, as it would have before the cast."""
+        verdicts = {}
+        for name in self.config.reference_classes:
+            try:
+                self.references_for(name)
+            except StaleStateError as error:
+                verdicts[name] = str(error)
+        self._digests["verdicts_before_cast"] = verdicts
+        return self.to(dtype)
+
     def remove_references(self, class_names: Sequence[str] | None = None) -> None:
         """Drop the stored references of `class_names` (default: all of them)."""
         keep = {
@@ -386,15 +410,19 @@ class StoredClassesMixin:
         (training changed the weights since) or its record (edited outside the model)."""
         bank = self._stored_bank(class_name)
         record = self.config.reference_classes[class_name]
+        current = self.vision_branch_fingerprint()
+        if current.split(":")[0] != record["vision"].split(":")[0]:  # cast since: the digests cannot match
+            verdict = self._digests.get("verdicts_before_cast", {}).get(class_name)
+            if verdict is not None:
+                raise StaleStateError(verdict)
+            logger.info(f"references of {class_name!r} were made in another dtype: checked before the cast, if at all")
+            return bank
         if rows_digest([class_name], bank[None]) != record["rows"]:
             raise StaleStateError(
                 f"the stored references of {class_name!r} do not match their record in config.json (edited outside "
                 "the model); add them again"
             )
-        current = self.vision_branch_fingerprint()
-        if current.split(":")[0] != record["vision"].split(":")[0]:
-            logger.info(f"references of {class_name!r} were made in another dtype: not checked against the weights")
-        elif current != record["vision"]:
+        if current != record["vision"]:
             raise StaleStateError(
                 f"the stored references of {class_name!r} were made with other vision weights (trained or replaced "
                 "since), so their patches no longer compare with this model's; add them again (aaclip add-references)"

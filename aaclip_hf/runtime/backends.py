@@ -229,6 +229,8 @@ def apply_backend(
     """
     device = next(model.parameters()).device
     chosen = resolve_backend(backend, device, quantize)
+    if chosen != "torch" or quantize == "int8":
+        model.pin_vision_fingerprint()  # the same weights in another form: stored references and thresholds apply
     if chosen == "torch":
         if quantize == "int8":
             quantize_dynamic_int8(model)

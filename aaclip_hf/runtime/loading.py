@@ -190,13 +190,17 @@ def load_model(
     config = load_config(folder)
     device = resolve_device(device)
     torch_dtype = torch.float32 if dtype is None else resolve_dtype(dtype, device)
-    _check_weights_fit(config, folder, device, torch_dtype)
-    aaclip = AAClipModel.from_pretrained(folder, config=config, dtype=torch_dtype, trust_remote_code=False)
+    # stored references are checked in the dtype they were made in, then cast (`to_checked_dtype`)
+    load_dtype = torch.float32 if config.reference_classes else torch_dtype
+    _check_weights_fit(config, folder, device, load_dtype)
+    aaclip = AAClipModel.from_pretrained(folder, config=config, dtype=load_dtype, trust_remote_code=False)
     bad = non_finite_tensors(aaclip.state_dict())
     if bad:
         raise NonFiniteWeightsError(
             f"{folder}: non-finite (NaN/inf) values in {len(bad)} tensor(s): {listed_names(bad)}"
         )
+    if load_dtype != torch_dtype:
+        aaclip = aaclip.to_checked_dtype(torch_dtype)
     return aaclip.to(device).eval(), folder
 
 

@@ -165,3 +165,30 @@ def test_stored_references_load_through_remote_code_without_the_package(saved, t
     assert remote["shots"] == 5
     assert remote["few"] == pytest.approx(local(str(image), class_name="bottle")["score"], abs=1e-6)
     assert remote["zero"] != pytest.approx(remote["few"])
+
+
+@pytest.mark.parametrize(
+    "flags", [["--quantize", "int8"], ["--backend", "onnx"], ["--dtype", "bfloat16"]], ids=["int8", "onnx", "bf16"]
+)
+def test_stored_references_score_on_every_backend_and_dtype(saved, tmp_path, capsys, flags):
+    """A backend runs the same weights in another form and a dtype casts them: the stored references (made and checked
+    in fp32) still apply, to that form's rounding, and an edited bank is still refused."""
+    model_dir, good = saved
+    argv = ["add-references", str(model_dir), "--class-name", "bottle", "--images", str(good), "--shots", "2"]
+    assert main([*argv, "--output", str(tmp_path / "new")]) == 0
+    capsys.readouterr()
+    detect = ["detect", str(good / "004.png"), "--model", str(tmp_path / "new"), "--class-name", "bottle"]
+    detect += ["--device", "cpu", "--no-progress"]
+    assert main([*detect, "--output", str(tmp_path / "fp32")]) == 0
+    assert main([*detect, *flags, "--output", str(tmp_path / "other")]) == 0
+    capsys.readouterr()
+    fp32, other = (json.loads((tmp_path / d / "detections.json").read_text())[0] for d in ("fp32", "other"))
+    assert other["normal_references"] == 2 and other["score"] == pytest.approx(fp32["score"], abs=0.05)
+
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(tmp_path / "new" / "model.safetensors")
+    weights["reference_bank"][0, 0, 0] += 1.0  # edited outside the model
+    save_file(weights, tmp_path / "new" / "model.safetensors", metadata={"format": "pt"})
+    assert main([*detect, *flags, "--output", str(tmp_path / "edited")]) == 2
+    assert "do not match their record" in _one_line(capsys, "detect")

@@ -16,7 +16,7 @@ from aaclip_hf.modeling.pipeline_aaclip import AAClipAnomalyDetectionPipeline
 from aaclip_hf.runtime.loading import load_model
 from aaclip_hf.runtime.model_folder import save_model_folder
 
-from ..conftest import TINY_IMAGE_SIZE
+from ..conftest import TINY_IMAGE_SIZE, make_tiny_model
 
 
 def _images(count: int, seed: int = 0) -> list[Image.Image]:
@@ -165,6 +165,27 @@ def test_an_edited_reference_record_is_refused(tiny_model, processor, tmp_path):
     loaded, _ = load_model(tmp_path)
     with pytest.raises(StaleStateError, match="do not match their record"):
         loaded.references_for("bottle")
+
+
+def test_banks_are_checked_before_a_cast_and_a_backend_pins_the_weights_it_was_made_from(tiny_model, processor):
+    """After a cast the digests cannot match, so `to_checked_dtype` checks first and keeps the verdict; a backend that
+    runs the same weights in another form pins their fingerprint, so the bank keeps applying."""
+    tiny_model.add_references("bottle", _pixels(processor, 2))
+    tiny_model.add_references("pcb1", _pixels(processor, 2, seed=4))
+    with torch.no_grad():
+        tiny_model.reference_bank[0, -1, 0] += 1.0  # pcb1's bank edited
+    cast = tiny_model.to_checked_dtype(torch.bfloat16)
+    assert cast.references_for("bottle").dtype == torch.bfloat16
+    with pytest.raises(StaleStateError, match="do not match their record"):
+        cast.references_for("pcb1")
+
+    model = make_tiny_model()
+    model.update_text_anchors(processor, ["bottle"])
+    model.add_references("bottle", _pixels(processor, 2))
+    model.pin_vision_fingerprint()
+    with torch.no_grad():
+        model.vision_model.post_layernorm.weight.mul_(1.0 + 2**-7)  # what an int8 or exported tower changes
+    assert model.references_for("bottle") is not None
 
 
 # ---------------------------------------------------------------------------------- the pipeline
