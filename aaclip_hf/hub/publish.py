@@ -229,22 +229,19 @@ def _check_links(source: Path) -> None:
 def _manifest_problems(source: Path) -> list[str]:
     """`verify_manifest`'s lines that matter for publishing: a listed file that changed or is missing, or an unlisted
     file the loader reads. Unlisted files that are neither loaded nor published (notes, logs) are only left out."""
-    ignored = {
-        f"{source / name}: not listed in {MANIFEST_NAME}"
-        for name in os.listdir(source)
-        if not is_allowlisted(name) or name in SANITISED_FILES or name == "README.md"
-    }
-    return [line for line in verify_manifest(source) if line not in ignored]
+    return verify_manifest(
+        source, unlisted_ok=lambda name: not is_allowlisted(name) or name in SANITISED_FILES or name == "README.md"
+    )
 
 
 def _check_source(source: Path) -> None:
     """Before anything is loaded: no links under published names, code that is the installed package's own, and
     files that match the folder's `manifest.json` (a folder without one publishes with a warning)."""
     _check_links(source)
-    code = remote_code_problems(source)
-    app = source / APP_FILE
-    if app.is_file() and app.read_bytes() == space_app_source().read_bytes():  # the installed Space app: left out
-        code = [line for line in code if not line.startswith(f"{app}: ")]
+    installed_app = space_app_source().read_bytes()
+    code = remote_code_problems(  # the installed Space app is left out, an edited one refused like any code
+        source, skip=lambda path: path.name == APP_FILE and path.read_bytes() == installed_app
+    )
     if code:
         raise BadInputError(
             "refusing to publish code that is not the installed aaclip-hf's: "

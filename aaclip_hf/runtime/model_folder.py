@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -209,9 +209,9 @@ def update_manifest(folder: str | os.PathLike, names: Iterable[str]) -> None:
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def verify_manifest(folder: str | os.PathLike) -> list[str]:
-    """One line per file that differs from `manifest.json` (missing, another size or SHA-256, or not listed);
-    an empty list means the folder holds exactly what was written."""
+def verify_manifest(folder: str | os.PathLike, unlisted_ok: Callable[[str], bool] | None = None) -> list[str]:
+    """One line per file that differs from `manifest.json` (missing, another size or SHA-256, or not listed, unless
+    `unlisted_ok(name)`); an empty list means the folder holds exactly what was written."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     if not path.is_file():
@@ -230,15 +230,19 @@ def verify_manifest(folder: str | os.PathLike) -> list[str]:
             problems.append(f"{file}: {file.stat().st_size} bytes, the manifest says {size} (truncated or replaced)")
         elif _sha256_file(file) != sha256:
             problems.append(f"{file}: SHA-256 differs from the manifest (changed or corrupt since it was saved)")
-    problems += [f"{folder / name}: not listed in {MANIFEST_NAME}" for name in _covered(folder) if name not in entries]
+    unlisted = [name for name in _covered(folder) if name not in entries and not (unlisted_ok and unlisted_ok(name))]
+    problems += [f"{folder / name}: not listed in {MANIFEST_NAME}" for name in unlisted]
     return problems
 
 
-def remote_code_problems(folder: str | os.PathLike) -> list[str]:
-    """One line per code file of `folder` that is not the installed package's own (edited, or unknown `.py`)."""
+def remote_code_problems(folder: str | os.PathLike, skip: Callable[[Path], bool] | None = None) -> list[str]:
+    """One line per code file of `folder` that is not the installed package's own (edited, or unknown `.py`), but for
+    files `skip(path)` accepts."""
     folder = Path(folder)
     problems = []
     for path in sorted(folder.glob("*.py")):
+        if skip is not None and skip(path):
+            continue
         installed = MODELING_DIR / path.name
         if path.name not in REMOTE_CODE_FILES:
             problems.append(f"{path}: code that is not part of aaclip-hf's model files")
