@@ -12,7 +12,7 @@ $(STAMP): setup.cfg pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q -c .ci/constraints.txt $(TORCH)
-	$(BIN)/python -m pip install -q -c .ci/constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install -q -c .ci/constraints.txt -e ".[test,openvino]"
 	touch $(STAMP)
 
 setup: $(STAMP)

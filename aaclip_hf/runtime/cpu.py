@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,8 @@ __all__ = [
     "DEFAULT_MMAP_THRESHOLD",
     "DEFAULT_TRIM_THRESHOLD",
     "CpuTuning",
+    "SIMD_FLAGS",
+    "cpu_flags",
     "physical_core_count",
     "tune_cpu_runtime",
 ]
@@ -43,6 +46,38 @@ M_ARENA_MAX = -8
 DEFAULT_MMAP_THRESHOLD = 2**31 - 1
 # Keep up to 2 GiB - 1 of free memory at the heap top instead of returning it to the kernel after each call.
 DEFAULT_TRIM_THRESHOLD = 2**31 - 1
+
+
+# The CPU features that decide which kernels are fast here (fp32 FMA width, int8 dot products, native bf16), as
+# /proc/cpuinfo names them; reports list the ones present.
+SIMD_FLAGS = (
+    "avx2",
+    "fma",
+    "avx_vnni",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimddp",
+    "bf16",
+    "i8mm",
+)
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (x86 `flags`, Arm `Features` of /proc/cpuinfo); empty where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 @dataclass
