@@ -345,6 +345,8 @@ def apply_backend(
     """
     device = next(model.parameters()).device
     chosen = resolve_backend(backend, device, quantize)
+    if chosen != "torch" or quantize == "int8":
+        model.pin_vision_fingerprint()  # the same weights in another form: stored references and thresholds apply
     if progress is None:
         from transformers.utils import logging as hf_logging
 
