@@ -48,6 +48,9 @@ def _wrap(spans: list, owner, name: str, phase: str) -> None:
 def profile_detect(argv: list[str]) -> dict:
     """Run `aaclip ARGV` here with the phase timers; returns the spans and the exit code."""
     started = time.time()
+    from aaclip_hf.cli.lean import skip_unused_imports
+
+    skip_unused_imports(argv[0] if argv else None)  # as `aaclip` does, before anything imports transformers
     import aaclip_hf.cli.detect  # noqa: F401  (the CLI's own imports, then the library's below)
     from aaclip_hf.inference import detect as detect_module
     from aaclip_hf.runtime import backends, loading

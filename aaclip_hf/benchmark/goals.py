@@ -3,25 +3,10 @@ why and what would close it. Timings are never asserted; a missed goal is a row 
 
 from __future__ import annotations
 
-from typing import Any
+from .goals_runtime import _goal, best_int8, lookup, runtime_goals
 
 
-# Goal: the first call within 15 % of the steady state (batch 1, tune_cpu_runtime applied).
-FIRST_CALL_GOAL = 1.15
-# Goal: the per-image wall time of `aaclip detect` over 8 images, process start included, <= 1.4x the fp32 floor.
-DETECT_FLOOR_GOAL = 1.4
-# Goal: int8 >= 1.8x fp32 at batch 4, its maps correlated >= 0.99 with fp32's, AUROC within 0.5 points.
-INT8_SPEEDUP_GOAL, INT8_CORRELATION_GOAL, INT8_AUROC_GOAL_POINTS = 1.8, 0.99, 0.5
-
-
-def lookup(report: dict, *keys, default=None):
-    """`report[k1][k2]...`, or `default` where a key is missing or a level is not a dict."""
-    value: Any = report
-    for key in keys:
-        if not isinstance(value, dict) or key not in value:
-            return default
-        value = value[key]
-    return value
+__all__ = ["attainable_peak", "best_int8", "evaluate_goals", "lookup", "runtime_goals"]
 
 
 def attainable_peak(report: dict) -> float | None:
@@ -29,10 +14,6 @@ def attainable_peak(report: dict) -> float | None:
     measured under more contention, and a forward pass must not look faster than the machine can go."""
     values = [v for v in (lookup(report, "peak", "gflops"), lookup(report, "peak_end", "gflops")) if v]
     return max(values) if values else None
-
-
-def _goal(goal: str, value: str, met: bool, reason: str = "", remedy: str = "") -> dict:
-    return {"goal": goal, "value": value, "met": met, "reason": reason, "remedy": remedy}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,180 +115,3 @@ def evaluate_goals(report: dict) -> list[dict]:
         _stage2_goal(report),
     ]
     return [goal for goal in goals if goal is not None] + runtime_goals(report)
-
-
-# ----------------------------------------------------------------------------------------------
-# runtime goals: first call, detect against the floor, int8, backends
-# ----------------------------------------------------------------------------------------------
-
-
-def best_int8(report: dict) -> tuple[str, dict] | None:
-    """The int8 path `--quantize int8` uses on CPU (`DEFAULT_BACKEND`), else the faster one: its accuracy from the
-    int8 row, its speed from the int8_speed row (the preset's full image size) where that was measured."""
-    from aaclip_hf.runtime.backends import DEFAULT_BACKEND
-
-    variants = lookup(report, "int8", "variants") or {}
-    speed = lookup(report, "int8_speed", "variants") or {}
-    rows = {name: row for name, row in variants.items() if name.endswith("int8")}
-    if not rows:
-        return None
-    kept = f"{DEFAULT_BACKEND.get(('cpu', 'int8'), 'torch')}_int8"
-    timing = speed if any(name in speed for name in rows) else rows
-    name = (
-        kept
-        if kept in rows and kept in timing
-        else min((n for n in rows if n in timing), key=lambda n: timing[n]["seconds_per_image"])
-    )
-    row = dict(rows[name])
-    if timing is speed:
-        row.update(
-            speedup_vs_fp32=speed[name]["speedup_vs_fp32"],
-            cpu_speedup_vs_fp32=speed[name]["cpu_speedup_vs_fp32"],
-            speed_image_size=report["int8_speed"]["image_size"],
-        )
-    return name, row
-
-
-def _first_call_goal(report: dict) -> dict | None:
-    tuned, default = report.get("first_call_tuned") or {}, report.get("first_call_default") or {}
-    if "first" not in tuned:
-        return None
-    ratio = tuned["first_over_steady"]
-    contrast = (
-        f"; default allocator {default['first']:.1f} s vs {default['steady']:.1f} s ({default['first_over_steady']:.2f}x)"
-        if "first" in default
-        else ""
-    )
-    if "first_over_steady_cpu" in tuned:
-        contrast += f"; CPU time (robust to other processes) {tuned['first_over_steady_cpu']:.2f}x tuned"
-        if "first_over_steady_cpu" in default:
-            contrast += f", {default['first_over_steady_cpu']:.2f}x default"
-    met = ratio <= FIRST_CALL_GOAL
-    return _goal(
-        "first call within 15 % of the steady state (tune_cpu_runtime, batch 1)",
-        f"first {tuned['first']:.1f} s vs steady {tuned['steady']:.1f} s ({ratio:.2f}x){contrast}",
-        met,
-        ""
-        if met
-        else "the first call still grows the heap to the forward's peak (first-touch page faults, kept for "
-        "later calls) and sets up oneDNN/sdpa kernels; other processes shared the 2 cores, so single "
-        "calls vary by more than the goal's 15 %",
-        ""
-        if met
-        else "one untimed warm-up call at start-up (the app and long-running services), an otherwise idle machine",
-    )
-
-
-def _detect_goal(report: dict) -> dict | None:
-    detect = report.get("detect") or {}
-    if "ratio_to_floor" not in detect:
-        return None
-    ratio = detect["ratio_to_floor"]
-    met = ratio <= DETECT_FLOOR_GOAL
-    return _goal(
-        f"aaclip detect over {detect['num_images']} images, process start included, <= 1.4x the fp32 floor per image",
-        f"{detect['seconds_per_image']:.2f} s/image vs floor {detect['floor_seconds_per_image']:.2f} s "
-        f"({ratio:.2f}x; auto batch {detect['batch_size_auto']})",
-        met,
-        ""
-        if met
-        else "outside the FLOP count: the process start (importing torch and transformers), loading "
-        "the weights, decoding and writing overlays; inside it the forward runs at 72-78 % of the matmul "
-        "peak at best (attention over 64-wide heads, memory-bound norms/softmax/GELU); other "
-        "processes shared the 2 cores",
-        "" if met else "more images per process (start-up amortised), the int8 path (--quantize int8), a GPU",
-    )
-
-
-def _int8_misses(report: dict, row: dict) -> tuple[list[str], list[str], bool]:
-    """Why the int8 goal was missed and what would close it, one entry per missed part; and whether it was met."""
-    worst_auroc = max(abs(row["image_auroc_change_points"]), abs(row["pixel_auroc_change_points"]))
-    speed_ok = row["speedup_vs_fp32"] >= INT8_SPEEDUP_GOAL
-    corr_ok = row["map_correlation"] >= INT8_CORRELATION_GOAL
-    auroc_ok = worst_auroc <= INT8_AUROC_GOAL_POINTS
-    reasons, remedies = [], []
-    if not speed_ok:
-        reasons.append(
-            f"speed {row['speedup_vs_fp32']:.2f}x is {INT8_SPEEDUP_GOAL - row['speedup_vs_fp32']:.2f}x short: only "
-            "the linear layers (81 % of the FLOPs at 518 px) run int8; the attention matmuls (18 %) and the "
-            "memory-bound softmax, GELU and norms stay fp32 and bound the gain (Amdahl), and every linear input is "
-            "quantised per call (an extra pass over the activations); on a shared machine the wall-time ratio "
-            "also carries the other processes' load (see the CPU-time ratio)"
-        )
-        remedies.append(
-            "int8 attention (static quantisation with calibration images), fused int8 kernels (oneDNN/IPEX "
-            "graph mode), an otherwise idle machine, or bf16 on AMX CPUs / a GPU"
-        )
-    if not corr_ok:
-        reasons.append(f"map correlation {row['map_correlation']:.4f} below 0.99")
-        remedies.append("keep the adapters and the last layers in fp32, or per-channel weight scales")
-    if not auroc_ok:
-        reasons.append(
-            f"AUROC change {worst_auroc:.2f} points above 0.5 (image AUROC over {report['int8']['num_images']} "
-            "images moves in steps of several points)"
-        )
-        remedies.append("a larger evaluation set to resolve sub-point changes; per-channel weight scales")
-    return reasons, remedies, speed_ok and corr_ok and auroc_ok
-
-
-def _int8_goal(report: dict) -> dict | None:
-    best = best_int8(report)
-    if not best:
-        return None
-    name, row = best
-    reasons, remedies, met = _int8_misses(report, row)
-    cpu_note = f" (CPU time {row['cpu_speedup_vs_fp32']:.2f}x)" if "cpu_speedup_vs_fp32" in row else ""
-    size_note = f" at {report['int8']['image_size']} px" if "image_size" in report["int8"] else ""
-    if "speed_image_size" in row:
-        size_note = f" (speed at {row['speed_image_size']} px, accuracy{size_note})"
-    return _goal(
-        "int8 >= 1.8x fp32 at batch 4, map correlation >= 0.99, AUROC change <= 0.5 points",
-        f"{name}{size_note}: {row['speedup_vs_fp32']:.2f}x{cpu_note}, correlation {row['map_correlation']:.4f}, image "
-        f"AUROC {row['image_auroc_change_points']:+.2f} / pixel AUROC {row['pixel_auroc_change_points']:+.2f} "
-        "points",
-        met,
-        "; ".join(reasons),
-        "; ".join(remedies),
-    )
-
-
-def _backends_goal(report: dict) -> dict | None:
-    backends = lookup(report, "backends", "backends") or {}
-    if not backends:
-        return None
-    from aaclip_hf.runtime.backends import DEFAULT_BACKEND
-
-    default = DEFAULT_BACKEND.get(("cpu", "none"), "torch")
-    winners, names = [], set()
-    for batch in lookup(report, "backends", "batches") or []:
-        cells = [
-            (name, row["batches"][str(batch)]["seconds_per_image"])
-            for name, row in backends.items()
-            if "seconds_per_image" in (row.get("batches", {}).get(str(batch)) or {})
-        ]
-        if cells:
-            winner = min(cells, key=lambda cell: cell[1])
-            names.add(winner[0])
-            winners.append(f"batch {batch}: {winner[0]} ({winner[1]:.2f} s/image)")
-    met = names <= {default}
-    return _goal(
-        "torch.compile and ONNX Runtime measured against eager fp32; the winner is the CPU default",
-        "; ".join(winners) + f"; CPU fp32 default (`--backend auto`): {default}",
-        met,
-        ""
-        if met
-        else "kept eager torch: onnx's lead is 1.1-1.4x in CPU time at batch 4 and was not reproducible at "
-        "batch 1 across runs (docs/performance.md, section 6), while the first run of every model pays the "
-        "export (tens of seconds at 224 px, about 40 s and 1.2 GB of cache at 518 px) and the onnx tower "
-        "lacks output_attentions, all hidden states and position interpolation",
-        ""
-        if met
-        else "`--backend onnx` on long-running stations (the export is cached); make it the CPU default once "
-        "an idle-machine run confirms the batch-1 gain",
-    )
-
-
-def runtime_goals(report: dict) -> list[dict]:
-    """The runtime goals (first call, detect, int8, backends) the report has the numbers for."""
-    goals = [_first_call_goal(report), _detect_goal(report), _int8_goal(report), _backends_goal(report)]
-    return [goal for goal in goals if goal is not None]

@@ -27,6 +27,10 @@ VIT_B16_224 = {
     "vision_adapter_layers": 3,
 }
 
+# The execution paths the int8 rows compare (aaclip_hf/benchmark/workers_int8.py), each against eager fp32.
+INT8_SPEED_PATHS = ["bf16", "torch_int8", "onnx_int8", "onnx_static_int8", "openvino_fp32", "openvino_int8"]
+INT8_ACCURACY_PATHS = [*INT8_SPEED_PATHS, "openvino_int8_normals"]
+
 PRESETS: dict[str, dict[str, Any]] = {
     "full": {
         "model": VIT_L_518,
@@ -43,18 +47,28 @@ PRESETS: dict[str, dict[str, Any]] = {
         "metrics": {"num_maps": 400, "size": 518, "check_f1": True},
         # runtime rows: kept short on 2 shared cores (each ViT-L/14 518 px forward is 7-30 s there)
         "first_call": {"calls": 3},
-        "detect": {"num_images": 8, "height": 480, "width": 640},
+        # 6 images, fp32 with the default flags and each variant's flags; each run a fresh process, profiled by phase
+        "detect": {
+            "num_images": 6,
+            "height": 480,
+            "width": 640,
+            "rounds": 2,
+            "variants": {"int8": ["--quantize", "int8"]},
+        },
         "int8": {
             "classes": ["bottle", "carpet"],
-            "good": 3,
-            "defects_per_kind": 1,
+            "good": 10,
+            "defects_per_kind": 3,
             "kinds": ["scratch", "hole", "stain"],
+            # normal training images per class: the "calibrated on your own good images" path
+            "normals_per_class": 2,
             "batch": 4,
-            # ViT-L/14's towers (same GEMM shapes and depth) at 224 px: 6x fewer FLOPs, so the 4 paths x 12 images
-            # fit in minutes on 2 shared cores; attention is 4 % of the FLOPs here against 18 % at 518 px.
+            # ViT-L/14's towers (same GEMM shapes and depth) at 224 px: 6x fewer FLOPs, so every path x 38 images
+            # fits in minutes on 2 shared cores; attention is 4 % of the FLOPs here against 18 % at 518 px.
             "image_size": 224,
+            "paths": INT8_ACCURACY_PATHS,
         },
-        "int8_speed": {"batch": 4, "rounds": 2},
+        "int8_speed": {"batches": [1, 4], "rounds": 2, "paths": INT8_SPEED_PATHS},
         "backends": {"batches": [1, 4], "compile": True, "image_size": 224, "repeats": 2},
         "gpu": {"repeats": 5, "stage2_batch": 8, "stage2_steps": 30, "stage2_warmup_steps": 5, "stage2_lr": 5e-4},
     },
@@ -71,15 +85,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stage2_batch": 2,
         "metrics": {"num_maps": 40, "size": 518, "check_f1": False},
         "first_call": {"calls": 3},
-        "detect": {"num_images": 8, "height": 480, "width": 640},
+        "detect": {
+            "num_images": 6,
+            "height": 480,
+            "width": 640,
+            "rounds": 1,
+            "variants": {"int8": ["--quantize", "int8"]},
+        },
         "int8": {
             "classes": ["bottle", "carpet"],
             "good": 4,
             "defects_per_kind": 1,
             "kinds": ["scratch", "hole", "stain", "crack"],
+            "normals_per_class": 2,
             "batch": 4,
+            "paths": INT8_ACCURACY_PATHS,
         },
-        "int8_speed": {"batch": 4, "rounds": 2},
+        "int8_speed": {"batches": [1, 4], "rounds": 2, "paths": INT8_SPEED_PATHS},
         "backends": {"batches": [1, 4], "compile": True, "repeats": 2},
         "gpu": {"repeats": 5, "stage2_batch": 8, "stage2_steps": 30, "stage2_warmup_steps": 5, "stage2_lr": 5e-4},
     },

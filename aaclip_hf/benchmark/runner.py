@@ -78,21 +78,16 @@ def machine_info() -> dict:
     """CPU model and SIMD flags, core and thread counts, torch/Python versions, the CUDA device if any."""
     import torch
 
+    from aaclip_hf.runtime.cpu import SIMD_FLAGS, cpu_flags
+
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        pass
-    simd = [
-        name for name in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f" {name}" in flags
-    ]
+    flags = cpu_flags()
+    simd = [name for name in SIMD_FLAGS if name in flags]
     return {
         "cpu": cpu,
         "simd": simd,

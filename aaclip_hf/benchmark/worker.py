@@ -15,8 +15,9 @@ import sys
 from .metrics import worker_metrics
 from .presets import PRESETS
 from .workers_gpu import worker_gpu
+from .workers_int8 import worker_backends, worker_int8, worker_int8_speed
 from .workers_model import worker_load, worker_peak, worker_save, worker_vision
-from .workers_runtime import worker_backends, worker_detect, worker_first_call, worker_int8, worker_int8_speed
+from .workers_runtime import worker_detect, worker_first_call
 from .workers_training import worker_stage1, worker_stage2
 
 

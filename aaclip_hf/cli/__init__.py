@@ -16,6 +16,7 @@ import sys
 from ..version import __version__
 from . import app, bench, classes, convert, data, demo, detect, evaluate, hub, info, train
 from .errors import report_failure
+from .lean import skip_unused_imports
 
 
 # In the order of the workflow: set up, data, train, use, publish.
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if known.command is None:
         parser.print_help()
         return 0
+    skip_unused_imports(known.command)  # before the subcommand's arguments import the library
     command = commands[known.command]
     command.add_argument("-h", "--help", action="help", help="show this help message and exit")
     known.configure(command)

@@ -34,12 +34,29 @@ __all__ = ["CALIBRATION_IMAGES", "CALIBRATION_SEED", "calibration_digest", "cali
 # (the map correlation against fp32 is measured in `aaclip bench`), so the default is small.
 CALIBRATION_IMAGES = 4
 CALIBRATION_SEED = 0
-# The drawing: a coarse illumination grid upsampled to the picture, a sinusoidal texture, a few hard-edged shapes
-# and Gaussian sensor noise (8-bit levels).
+# The drawing: a coarse illumination grid upsampled to the picture, a 1/f ("pink") texture (the power spectrum of
+# natural images falls off as 1/f^2, so every scale of structure a 14 px patch can see is present), a sinusoidal
+# pattern, a few hard-edged shapes and Gaussian sensor noise (amplitudes in 8-bit levels).
 _ILLUMINATION_CELLS = 4
-_TEXTURE_PERIODS = (6.0, 40.0)
+_ILLUMINATION_LEVELS = (40, 215)
+_TEXTURE_LEVELS = (10, 45)
+_PATTERN_PERIODS = (6.0, 40.0)
+_PATTERN_LEVELS = (5, 30)
 _SHAPES = (2, 6)
+_SHAPE_SIZES = (0.05, 0.4)
 _NOISE_LEVELS = 4.0
+
+
+def _pink_noise(rng: np.random.Generator, size: int) -> np.ndarray:
+    """`(size, size)` noise with a 1/f amplitude spectrum, scaled to unit standard deviation."""
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.rfftfreq(size)[None, :]
+    radius = np.sqrt(fx**2 + fy**2)
+    radius[0, 0] = 1.0
+    spectrum = (rng.normal(size=radius.shape) + 1j * rng.normal(size=radius.shape)) / radius
+    spectrum[0, 0] = 0.0
+    field = np.fft.irfft2(spectrum, s=(size, size))
+    return (field / (field.std() + 1e-12)).astype(np.float32)
 
 
 def synthetic_pictures(count: int, size: int, seed: int = CALIBRATION_SEED) -> list[Image.Image]:
@@ -49,17 +66,21 @@ def synthetic_pictures(count: int, size: int, seed: int = CALIBRATION_SEED) -> l
     pictures = []
     for index in range(count):
         rng = np.random.default_rng([seed, index])
-        cells = rng.uniform(40, 215, (_ILLUMINATION_CELLS, _ILLUMINATION_CELLS, 3)).astype(np.uint8)
-        base = np.asarray(Image.fromarray(cells).resize((size, size), Image.BICUBIC), dtype=np.float32)
+        # a surface colour lit unevenly: brightness varies across the picture, hue only a little (as under one light)
+        colour = rng.uniform(*_ILLUMINATION_LEVELS, 3)
+        light = rng.uniform(0.6, 1.2, (_ILLUMINATION_CELLS, _ILLUMINATION_CELLS, 1))
+        cells = np.clip(colour * light * rng.uniform(0.9, 1.1, (_ILLUMINATION_CELLS, _ILLUMINATION_CELLS, 3)), 0, 255)
+        base = np.asarray(Image.fromarray(cells.astype(np.uint8)).resize((size, size), Image.BICUBIC), np.float32)
+        base += rng.uniform(*_TEXTURE_LEVELS) * _pink_noise(rng, size)[..., None] * rng.uniform(0.8, 1.0, 3)
         y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-        angle, period = rng.uniform(0, np.pi), rng.uniform(*_TEXTURE_PERIODS)
+        angle, period = rng.uniform(0, np.pi), rng.uniform(*_PATTERN_PERIODS)
         wave = np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period)
-        base += rng.uniform(5, 30) * wave[..., None] * rng.uniform(0.5, 1.0, 3)
+        base += rng.uniform(*_PATTERN_LEVELS) * wave[..., None] * rng.uniform(0.5, 1.0, 3)
         picture = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(picture)
         for _ in range(int(rng.integers(*_SHAPES))):
-            x0, y0 = rng.uniform(0, size * 0.8, 2)
-            w, h = rng.uniform(size * 0.05, size * 0.4, 2)
+            x0, y0 = rng.uniform(0, size * (1 - _SHAPE_SIZES[0]), 2)
+            w, h = rng.uniform(size * _SHAPE_SIZES[0], size * _SHAPE_SIZES[1], 2)
             colour = tuple(int(c) for c in rng.integers(0, 256, 3))
             box = (float(x0), float(y0), float(x0 + w), float(y0 + h))
             (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=colour)
