@@ -46,6 +46,7 @@ def run_app(args: argparse.Namespace) -> int:
     from ..errors import InvalidInputError, MissingExtraError
     from ..runtime.backends import apply_backend
     from ..runtime.loading import check_model_source
+    from .backend_options import backend_options
 
     if not 0 < args.port < 65536:
         raise InvalidInputError(f"--port must be in 1..65535, got {args.port}")
@@ -57,9 +58,10 @@ def run_app(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise MissingExtraError(f"{INSTALL_HINT} ({error})") from error
     backend, quantize = getattr(args, "backend", "auto"), getattr(args, "quantize", "none")
+    options = backend_options(args)
 
     def prepare(model) -> None:
-        apply_backend(model, backend, quantize)
+        apply_backend(model, backend, quantize, **options)
 
     space_app.main(
         args.model,

@@ -134,9 +134,10 @@ def _detect(args: argparse.Namespace) -> int:
     from ..runtime.backends import apply_backend
     from ..runtime.loading import load_model_and_processor
     from ..runtime.outputs import safe_text
+    from .backend_options import backend_options
 
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
-    model, _ = apply_backend(model, args.backend, args.quantize)
+    model, _ = apply_backend(model, args.backend, args.quantize, **backend_options(args))
     records = detect(
         model, processor, args.images, args.output, class_name=args.class_name, threshold=args.threshold,
         pixel_threshold=args.pixel_threshold, domain=args.domain, use_references=args.use_references,

@@ -135,6 +135,7 @@ def _evaluate_and_save(args: argparse.Namespace, accelerator) -> int:
     from ..evaluation.protocols import evaluate
     from ..runtime.backends import apply_backend
     from ..runtime.loading import load_model_and_processor
+    from .backend_options import backend_options
 
     samples = load_samples(
         args.data,
@@ -148,7 +149,7 @@ def _evaluate_and_save(args: argparse.Namespace, accelerator) -> int:
         kept = verify_samples(samples, skip_bad_files=True, progress=not args.no_progress)
         skipped, samples = len(samples) - len(kept), kept
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
-    model, _ = apply_backend(model, args.backend, args.quantize)
+    model, _ = apply_backend(model, args.backend, args.quantize, **backend_options(args))
     # after the backend: the banks' patches come from the same tower as the test images'
     if args.few_shot is not None:
         references = _few_shot_references(args, model, processor, samples)

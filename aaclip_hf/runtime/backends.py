@@ -102,6 +102,14 @@ def add_backend_arguments(parser, quantize: bool = True) -> None:
             "(the 'openvino' extra; else ONNX Runtime's or torch's dynamic int8); speed and accuracy in "
             "docs/performance.md",
         )
+        parser.add_argument(
+            "--calibration-images",
+            nargs="+",
+            default=None,
+            metavar="IMAGE_OR_FOLDER",
+            help="with --quantize int8: a few normal images of your parts that calibrate the static int8 tower "
+            "(default: built-in pictures); cached by their pixels",
+        )
 
 
 def backend_available(backend: str, quantize: str = "none") -> bool:
@@ -351,6 +359,8 @@ def apply_backend(
         from transformers.utils import logging as hf_logging
 
         progress = hf_logging.is_progress_bar_enabled()
+    if calibration is not None and not (chosen == "openvino" or onnx_int8 == "static") and quantize == "int8":
+        logger.warning("the %s backend quantises dynamically: the calibration images are not used", chosen)
     if chosen == "torch":
         if quantize == "int8":
             quantize_dynamic_int8(model)
