@@ -53,7 +53,7 @@ def test_openvino_gives_torchs_detections_and_int8_tracks_them(folders, tmp_path
     int8 = _detect(model, images, tmp_path / "int8", "--quantize", "int8")  # auto: OpenVINO + NNCF
     a = np.concatenate([m.ravel() for _, m in eager.values()])
     b = np.concatenate([m.ravel() for _, m in int8.values()])
-    assert np.corrcoef(a, b)[0, 1] >= 0.98 and not np.array_equal(a, b)
+    assert np.corrcoef(a, b)[0, 1] >= 0.99 and not np.array_equal(a, b)
     entries = sorted(path.parent.name for path in (tmp_path / "cache" / "openvino").glob("*/vision_tower.xml"))
     assert len(entries) == 2 and any("-int8-" in name for name in entries)
     # Own calibration images: another quantised tower, cached under their pixels.

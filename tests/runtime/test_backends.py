@@ -119,13 +119,14 @@ def test_cache_dir_from_environment(monkeypatch, tmp_path):
 
 
 # Each int8 path against fp32 on inputs like the calibration's (images, not white noise). The dynamic paths quantise
-# activations per call; the static ones (OpenVINO/NNCF, ONNX Runtime QDQ) fix the ranges from 4 calibration pictures,
-# and NNCF quantises the attention's Q K^T too, so a 32-wide 4-layer tower loses more there: its bound is looser.
+# activations per call; the static ones fix the ranges from 8 calibration pictures and lose more on a 32-wide 4-layer
+# tower (a few int8 steps span its small activations): NNCF (MINMAX ranges, SmoothQuant) stays above 0.99 here,
+# ONNX Runtime's QDQ (min/max per tensor) above 0.98.
 INT8_PATHS = [
     pytest.param("torch", {}, 0.999, id="torch-dynamic"),
     pytest.param("onnx", {}, 0.999, id="onnx-dynamic", marks=needs_onnxruntime),
-    pytest.param("onnx", {"onnx_int8": "static"}, 0.99, id="onnx-static", marks=needs_onnxruntime),
-    pytest.param("openvino", {}, 0.98, id="openvino-nncf", marks=needs_openvino),
+    pytest.param("onnx", {"onnx_int8": "static"}, 0.98, id="onnx-static", marks=needs_onnxruntime),
+    pytest.param("openvino", {}, 0.99, id="openvino-nncf", marks=needs_openvino),
 ]
 
 
