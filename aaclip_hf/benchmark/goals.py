@@ -46,6 +46,21 @@ def _vision_goal(report: dict) -> dict | None:
     )
 
 
+def _references_goal(report: dict) -> dict | None:
+    refs = lookup(report, "vision_sdpa", "references")
+    if not refs:
+        return None
+    share = refs["search_share"]
+    return _goal(
+        f"few-shot bank search ({refs['shots']}-shot) <= 10 % of the forward",
+        f"{100 * share:.1f} % ({refs['seconds_search']:.3f} of {refs['seconds_zero_shot']:.2f} s; bank "
+        f"{refs['bank_bytes'] / 2**20:.1f} MiB per class)",
+        share <= 0.10,
+        "" if share <= 0.10 else "the search is one matmul per level against every bank row",
+        "" if share <= 0.10 else "a smaller bank: aaclip add-references --coreset-ratio (PatchCore's greedy coreset)",
+    )
+
+
 def _parameters_goal(report: dict) -> dict:
     reduction = lookup(report, "save", "parameter_reduction") or (
         1 - report["parameters"]["inference_only_parameters"] / report["parameters"]["full_parameters"]
@@ -109,6 +124,7 @@ def evaluate_goals(report: dict) -> list[dict]:
     """Every goal the report has the numbers for, in the report's order; the runtime goals last."""
     goals = [
         _vision_goal(report),
+        _references_goal(report),
         _parameters_goal(report),
         _metrics_goal(report),
         _stage1_goal(report),

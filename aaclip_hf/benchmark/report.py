@@ -166,6 +166,27 @@ def _anchors_section(report: dict) -> list[str]:
     ]
 
 
+def _references_section(report: dict) -> list[str]:
+    refs = lookup(report, "vision_sdpa", "references")
+    if not refs:
+        return []
+    return [
+        "",
+        f"## Few-shot references: the bank and its search (batch 1, {refs['shots']}-shot, sdpa)",
+        "",
+        "| bank rows / level | bank size | build once (s) | zero-shot forward (s) | few-shot forward (s) | "
+        "search (s) | search / forward |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {refs['bank_rows_per_level']} | {refs['bank_bytes'] / 2**20:.1f} MiB | {refs['seconds_bank']:.2f} | "
+        f"{refs['seconds_zero_shot']:.2f} | {refs['seconds_few_shot']:.2f} | {refs['seconds_search']:.3f} | "
+        f"{100 * refs['search_share']:.1f} % |",
+        "",
+        f"The search compares every patch with every bank row per level ({refs['flops_search'] / 1e9:.1f} GFLOP), "
+        f"{refs['chunk_size']} rows at a time (`reference_chunk_size`), so its extra memory stays below "
+        "batch x patches x chunk floats whatever the bank's size.",
+    ]
+
+
 def _inference_only_section(report: dict) -> list[str]:
     save = report.get("save")
     if not (save and "full" in save):
@@ -263,7 +284,8 @@ def _stage2_section(report: dict) -> list[str]:
 def to_markdown(report: dict) -> str:
     """`report.md`: header, goals, FLOPs, then one section per measured part, the raw-numbers pointer last."""
     lines = _header(report) + _merged_note(report) + _goals_table(report) + _flops_section(report)
-    lines += _vision_section(report) + _anchors_section(report) + _inference_only_section(report)
+    lines += _vision_section(report) + _anchors_section(report) + _references_section(report)
+    lines += _inference_only_section(report)
     lines += _metrics_section(report) + _stage1_section(report) + _stage2_section(report)
     lines += runtime_markdown(report)
     gpu = report.get("gpu")

@@ -61,7 +61,43 @@ def worker_vision(preset: dict, attn: str) -> dict:
             }
         if attn == "sdpa":
             out["anchors"] = _anchor_timings(preset, model, config, flops_per_image)
+            out["references"] = _reference_timings(preset, model, config)
     return out
+
+
+# Normal references per class in the few-shot row (the shots of the peers' few-shot tables: 1, 2, 4).
+REFERENCE_SHOTS = 4
+
+
+def _reference_timings(preset: dict, model, config) -> dict:
+    """Batch 1 zero-shot against `REFERENCE_SHOTS`-shot: the bank (built once per class), the nearest-neighbour
+    search over it (its share of the zero-shot forward), and its size."""
+    import torch
+
+    size = config.vision_config.image_size
+    generator = torch.Generator().manual_seed(3)
+    references = torch.randn(REFERENCE_SHOTS, 3, size, size, generator=generator)
+    pixels = torch.randn(1, 3, size, size, generator=generator)
+    anchors = torch.nn.functional.normalize(torch.randn(1, config.projection_dim, 2, generator=generator), dim=1)
+    bank_seconds, bank = timed(lambda: model.reference_features(references), 0, 1)
+    patch_embeds = model.get_vision_features(pixels)[0]
+    warmup, iterations = preset["warmup"], preset["iterations"]
+    zero_seconds, _ = timed(lambda: model(pixels, text_anchors=anchors), warmup, iterations)
+    few_seconds, _ = timed(lambda: model(pixels, text_anchors=anchors, references=bank), warmup, iterations)
+    search_seconds, _ = timed(lambda: model.reference_distance_grid(patch_embeds, bank), warmup, iterations)
+    levels, rows, width = bank.shape
+    return {
+        "shots": REFERENCE_SHOTS,
+        "bank_rows_per_level": rows,
+        "bank_bytes": bank.numel() * bank.element_size(),
+        "chunk_size": config.reference_chunk_size,
+        "seconds_bank": bank_seconds,
+        "seconds_zero_shot": zero_seconds,
+        "seconds_few_shot": few_seconds,
+        "seconds_search": search_seconds,
+        "search_share": search_seconds / zero_seconds,
+        "flops_search": 2 * levels * patch_embeds[0].shape[1] * rows * width,
+    }
 
 
 def _anchor_timings(preset: dict, model, config, flops_per_image: float) -> dict:

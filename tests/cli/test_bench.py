@@ -32,6 +32,18 @@ def test_goals_and_markdown_from_a_report():
         "vision_sdpa": {
             "attn": "sdpa",
             "batches": {"1": {"seconds_per_image": 0.04, "gflops_per_second": 50.0, "memory": {"peak_delta": 2**30}}},
+            "references": {
+                "shots": 4,
+                "bank_rows_per_level": 5476,
+                "bank_bytes": 64 * 2**20,
+                "chunk_size": 4096,
+                "seconds_bank": 40.0,
+                "seconds_zero_shot": 10.0,
+                "seconds_few_shot": 10.3,
+                "seconds_search": 0.3,
+                "search_share": 0.03,
+                "flops_search": 46e9,
+            },
         },
         "stage1": {
             "speedup": 4.5,
@@ -55,9 +67,12 @@ def test_goals_and_markdown_from_a_report():
     assert "50 %" in goals["vision forward >= 85 % of the measured fp32 matmul peak"]["value"]
     assert goals["inference-only model >= 25 % fewer parameters"]["met"] is True  # 30 % fewer
     assert goals["stage 1 (5 epochs) with cached frozen features >= 4x faster"]["met"] is True
+    search = goals["few-shot bank search (4-shot) <= 10 % of the forward"]
+    assert search["met"] is True and search["value"].startswith("3.0 % (0.300 of 10.00 s; bank 64.0 MiB")
     report["goals"] = list(goals.values())
     text = to_markdown(report)
     assert "| sdpa | 1 | 0.04 | 50.0 | 50 % | 1.00 GiB |" in text
+    assert "| 5476 | 64.0 MiB | 40.00 | 10.00 | 10.30 | 0.300 | 3.0 % |" in text
     json.dumps(report)
 
 
