@@ -11,7 +11,7 @@ Phases: `imports` (the modules `aaclip detect` needs), `load` (checked loading o
 set-up: export and quantisation, or the cache), `decode` (image files, in the prefetch thread), `preprocess`
 (resize and normalise), `forward` (the model), `maps` (post-processing to image-sized maps and masks), `overlays`
 (drawing the pictures), `png` (encoding and writing them), `tables` (detections.json/csv). Spans of other threads
-overlap the main thread's; `critical_path` in `summarise` counts only the main thread.
+overlap the main thread's; `detect_phases.summarise` counts them.
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ import time
 from pathlib import Path
 
 
-__all__ = ["PHASES", "profile_detect", "summarise"]
-
-PHASES = ("imports", "load", "backend", "decode", "preprocess", "forward", "maps", "overlays", "png", "tables")
+__all__ = ["profile_detect"]
 
 
 def _timer(spans: list, phase: str, function):
@@ -73,36 +71,6 @@ def profile_detect(argv: list[str]) -> dict:
     _wrap(spans, detect_module, "_write_tables", "tables")
     code = main(argv)
     return {"started": started, "imports_seconds": imports - started, "spans": spans, "exit_code": code}
-
-
-def summarise(profile: dict, process_start: float, process_end: float) -> dict:
-    """Seconds per phase (all threads) and on the main thread, the process's own start-up before our first line
-    (`interpreter`), and what no phase covers on the main thread (`other`: argument parsing, output folder, exit)."""
-    main_thread = threading.main_thread().name
-    total = process_end - process_start
-    per_phase = dict.fromkeys(PHASES, 0.0)
-    on_main = dict.fromkeys(PHASES, 0.0)
-    covered = []
-    for phase, start, end, thread in profile["spans"]:
-        per_phase[phase] += end - start
-        if thread == main_thread:
-            on_main[phase] += end - start
-            covered.append((start, end))
-    covered.sort()
-    union, last = 0.0, float("-inf")  # nested spans (a forward inside a pipeline call) count once
-    for start, end in covered:
-        if end > last:
-            union += end - max(start, last)
-            last = end
-    interpreter = max(profile["started"] - process_start, 0.0)
-    return {
-        "total_seconds": total,
-        "interpreter_seconds": interpreter,
-        "phase_seconds": per_phase,
-        "main_thread_seconds": on_main,
-        "other_seconds": max(total - interpreter - union, 0.0),
-        "exit_code": profile["exit_code"],
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from .goals_runtime import lookup
 
 __all__ = ["runtime_markdown"]
 
-# The phases of a detect run, in the order they happen (aaclip_hf/benchmark/detect_profile.py).
+# The phases of a detect run, in the order they happen (`detect_phases.PHASES` less `decode`, which runs in the prefetch thread).
 DETECT_COLUMNS = ("imports", "load", "backend", "preprocess", "forward", "maps", "overlays", "png", "tables")
 
 
@@ -167,6 +167,9 @@ def _int8_speed_section(report: dict) -> list[str]:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {_setup(speed, name)} |")
     for name, error in (speed.get("errors") or {}).items():
         lines.append(f"| {name} | {error} |" + " |" * len(sizes))
+    if speed.get("calibration_images"):
+        counts = ", ".join(f"{name} {count}" for name, count in speed["calibration_images"].items())
+        lines += ["", f"Calibration pictures where not the default: {counts} (memory; speed does not depend on them)."]
     choice = speed.get("dtype_auto")
     if choice:
         lines += [

@@ -36,11 +36,16 @@ PATHS = {
 EXPORTED = ("onnx", "openvino")
 
 
-def _paths(base, names: list[str], tmp: str, calibration=None) -> tuple[dict, dict, dict, dict]:
-    """`(models, set-up seconds, warm set-up seconds, errors)` for the named paths on copies of `base`."""
+def _paths(
+    base, names: list[str], tmp: str, calibration=None, counts: dict | None = None
+) -> tuple[dict, dict, dict, dict]:
+    """`(models, set-up seconds, warm set-up seconds, errors)` for the named paths on copies of `base`;
+    `calibration` for the `_normals` paths, `counts` of default calibration pictures per path where not the
+    default."""
     import torch
 
     from aaclip_hf.runtime.backends import apply_backend
+    from aaclip_hf.runtime.calibration import calibration_pixels
 
     models: dict[str, Any] = {}
     setup: dict[str, float] = {}
@@ -56,6 +61,8 @@ def _paths(base, names: list[str], tmp: str, calibration=None) -> tuple[dict, di
             else:
                 backend, quantize, options = PATHS[name.removesuffix("_normals")]
                 options = {**options, "calibration": calibration} if name.endswith("_normals") else options
+                if name in (counts or {}):
+                    options = {**options, "calibration": calibration_pixels(base.config, count=counts[name])}
                 cache = Path(tmp) / "cache" / name
                 models[name] = apply_backend(copy.deepcopy(base), backend, quantize, cache, progress=False, **options)[
                     0
@@ -197,7 +204,8 @@ def worker_int8_speed(preset: dict, tmp: str) -> dict:
     size = config.vision_config.image_size
     choice = choose_cpu_dtype().to_dict()  # the probe, before anything else loads the machine
     names = ["fp32", *spec["paths"]]
-    models, setup, warm, errors = _paths(random_model(config), names, tmp)
+    counts = spec.get("calibration_images")
+    models, setup, warm, errors = _paths(random_model(config), names, tmp, counts=counts)
     batches: dict[str, Any] = {}
     with torch.inference_mode():
         for batch in spec["batches"]:
@@ -229,6 +237,7 @@ def worker_int8_speed(preset: dict, tmp: str) -> dict:
         "setup_seconds": setup,
         "warm_setup_seconds": warm,
         "errors": errors,
+        "calibration_images": counts or {},
         "dtype_auto": choice,
         "cpu_flags": sorted(cpu_flags()),
     }

@@ -86,7 +86,7 @@ def _profiled_detect(folder: Path, images: Path, tmp: str, label: str, flags: li
     starts to after it exits, its CPU time, and the seconds per phase."""
     import json
 
-    from .detect_profile import summarise
+    from .detect_phases import summarise
 
     result = Path(tmp) / f"profile-{label}.json"
     command = [

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -295,3 +296,27 @@ def test_gpu_section_dry_run_on_cpu(tmp_path):
         assert row in text
     raw = json.loads(text.split("```json\n")[1].split("\n```")[0])
     assert len(raw["stage2"]["loss_curve"]) == 3
+
+
+def test_detect_phase_summary_from_hand_spans():
+    from aaclip_hf.benchmark.detect_phases import summarise
+
+    main = threading.main_thread().name
+    profile = {
+        "started": 10.5,  # the interpreter took 0.5 s before our first line
+        "exit_code": 0,
+        "spans": [
+            ["imports", 10.5, 12.0, main],
+            ["forward", 13.0, 15.0, main],
+            ["maps", 14.0, 14.5, main],  # nested in the forward: the main thread's union counts it once
+            ["decode", 12.0, 16.0, "prefetch"],  # another thread: in the phase totals, not on the critical path
+        ],
+    }
+    summary = summarise(profile, process_start=10.0, process_end=17.0)
+    assert summary["total_seconds"] == 7.0
+    assert summary["interpreter_seconds"] == 0.5
+    assert summary["phase_seconds"]["decode"] == 4.0
+    assert summary["main_thread_seconds"]["decode"] == 0.0
+    assert summary["main_thread_seconds"]["maps"] == 0.5
+    # 7 s - 0.5 s interpreter - (1.5 s imports + 2 s forward with its nested maps) = 3 s uncovered
+    assert summary["other_seconds"] == pytest.approx(3.0)
