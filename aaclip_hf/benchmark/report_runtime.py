@@ -130,11 +130,30 @@ def _int8_section(report: dict) -> list[str]:
         "",
         f"Maps are the summed anomaly maps at the model's input size (fp32 range "
         f"{int8['variants']['fp32']['map_range_fp32']:.3g}); {int8['num_pixels']:,} pixels, "
-        f"{int8['anomalous_pixels']:,} anomalous. Random weights: the AUROCs themselves mean nothing, their change is "
-        "the measurement. Static int8 paths are calibrated on the default pictures (runtime/calibration.py); "
+        f"{int8['anomalous_pixels']:,} anomalous. Random weights: the zero-shot AUROCs are near chance and their "
+        "changes count swaps among near-tied scores. Static int8 paths are calibrated on the default pictures (runtime/calibration.py); "
         f"openvino_int8_normals on {int8.get('calibration_normals', '?')} normal training images of the benchmark's "
         "classes (what passing your own good images gives).",
     ]
+    few_shot = {name: row["few_shot"] for name, row in int8["variants"].items() if "few_shot" in row}
+    if few_shot:
+        lines += [
+            "",
+            f"Few-shot, from the same forward calls: each class's bank of {int8.get('references_per_class', '?')} "
+            "normal training images, built once by the fp32 model (as `aaclip add-references` stores it); maps are "
+            "the anomaly probability at the model's input size. The bank's nearest-neighbour distance separates "
+            "images even with random weights, so these AUROCs carry signal and their changes are what the int8 "
+            "goal is judged on.",
+            "",
+            "| path | max / mean abs map diff | map correlation | image AUROC (change) | pixel AUROC (change) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in few_shot.items():
+            lines.append(
+                f"| {name} | {row['max_abs_map_diff']:.3g} / {row['mean_abs_map_diff']:.3g} | "
+                f"{row['map_correlation']:.5f} | {100 * row['image_auroc']:.2f} ({row['image_auroc_change_points']:+.2f})"
+                f" | {100 * row['pixel_auroc']:.2f} ({row['pixel_auroc_change_points']:+.2f}) |"
+            )
     return lines
 
 

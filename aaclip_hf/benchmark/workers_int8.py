@@ -81,9 +81,10 @@ def _call(model, pixels, **kwargs):
     return model(pixels.to(next(model.parameters()).dtype), **kwargs)
 
 
-def _synthetic_eval_set(preset: dict, tmp: str, size: int):
-    """The synthetic benchmark's test images at the model size (pixel values, masks, labels) and its normal training
-    images (PIL), for calibrating on the classes' own good images."""
+def _synthetic_eval_set(preset: dict, tmp: str, size: int) -> dict:
+    """The synthetic benchmark's test images at the model size (`pixels`, `masks`, `labels`, `classes`) and its
+    normal training images (`normals` as PIL for calibrating on the classes' own good images, `normal_pixels` per
+    class for the few-shot banks)."""
     import numpy as np
     from PIL import Image
 
@@ -102,11 +103,15 @@ def _synthetic_eval_set(preset: dict, tmp: str, size: int):
         defect_kinds=spec["kinds"],
         progress=False,
     )
-    samples = load_samples(root, "test")
+    samples = sorted(load_samples(root, "test"), key=lambda s: s.class_name)  # one class per batch
     processor = AAClipProcessor()
     processor.image_processor.size = {"height": size, "width": size}
-    images = [Image.open(s.image_path).convert("RGB") for s in samples]
-    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def pixels_of(items):
+        return processor(images=[Image.open(s.image_path).convert("RGB") for s in items], return_tensors="pt")[
+            "pixel_values"
+        ]
+
     masks = []
     for s in samples:
         if s.mask_path:
@@ -114,24 +119,44 @@ def _synthetic_eval_set(preset: dict, tmp: str, size: int):
             masks.append(np.asarray(mask) > 0)
         else:
             masks.append(np.zeros((size, size), dtype=bool))
-    normals = [Image.open(s.image_path).convert("RGB") for s in load_samples(root, "train")]
-    return pixels, np.stack(masks), np.array([s.label for s in samples]), normals
+    train = load_samples(root, "train")
+    return {
+        "pixels": pixels_of(samples),
+        "masks": np.stack(masks),
+        "labels": np.array([s.label for s in samples]),
+        "classes": [s.class_name for s in samples],
+        "normals": [Image.open(s.image_path).convert("RGB") for s in train],
+        "normal_pixels": {
+            name: pixels_of([s for s in train if s.class_name == name])
+            for name in sorted({s.class_name for s in train})
+        },
+    }
 
 
-def _int8_row(name: str, maps: dict, scores: dict, seconds: dict, cpu_seconds: dict, masks, labels, n: int) -> dict:
-    """One path's speed and accuracy against fp32 on the same images."""
+def _batches(classes: list[str], batch: int) -> list[tuple[str, int, int]]:
+    """`(class, first, end)` slices of at most `batch` consecutive images of one class (the bank is per class)."""
+    slices, first = [], 0
+    while first < len(classes):
+        end = first
+        while end < len(classes) and end - first < batch and classes[end] == classes[first]:
+            end += 1
+        slices.append((classes[first], first, end))
+        first = end
+    return slices
+
+
+def _accuracy(name: str, maps: dict, scores: dict, masks, labels) -> dict:
+    """One path's maps and scores against fp32's on the same images."""
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    reference = maps["fp32"].ravel()
-    flat = maps[name].ravel()
+    reference, flat = maps["fp32"].ravel(), maps[name].ravel()
+    image_auroc, pixel_auroc = roc_auc_score(labels, scores[name]), roc_auc_score(masks.ravel(), flat)
     return {
-        "seconds_per_image": seconds[name] / n,
-        "speedup_vs_fp32": seconds["fp32"] / seconds[name],
-        "cpu_seconds_per_image": cpu_seconds[name] / n,
-        "cpu_speedup_vs_fp32": cpu_seconds["fp32"] / cpu_seconds[name],
-        "image_auroc": float(roc_auc_score(labels, scores[name])),
-        "pixel_auroc": float(roc_auc_score(masks.ravel(), flat)),
+        "image_auroc": float(image_auroc),
+        "pixel_auroc": float(pixel_auroc),
+        "image_auroc_change_points": 100 * float(image_auroc - roc_auc_score(labels, scores["fp32"])),
+        "pixel_auroc_change_points": 100 * float(pixel_auroc - roc_auc_score(masks.ravel(), reference)),
         "max_abs_map_diff": float(np.abs(flat - reference).max()),
         "mean_abs_map_diff": float(np.abs(flat - reference).mean()),
         "map_correlation": float(np.corrcoef(flat, reference)[0, 1]),
@@ -141,53 +166,84 @@ def _int8_row(name: str, maps: dict, scores: dict, seconds: dict, cpu_seconds: d
 
 def worker_int8(preset: dict, tmp: str) -> dict:
     """Every path against fp32 on the same weights and synthetic test images, batch by batch side by side: s/image
-    at the preset batch, map differences and correlation, image/pixel AUROC and their change."""
+    at the preset batch, and the accuracy of two settings from the same forward: zero-shot (the summed anomaly maps
+    and image scores from the text anchors alone) and few-shot (the maps and scores with a bank of the class's
+    normal training images, built once by the fp32 model as `add-references` stores it).
+
+    Random weights leave the zero-shot scores of different images near-tied (fp32 AUROC near chance), so their AUROC
+    changes mostly count swaps among ties; the bank's nearest-neighbour distance separates the images even with
+    random weights, so the few-shot setting measures what a path's rounding does to a score that carries signal."""
     import numpy as np
     import torch
+
+    from aaclip_hf.modeling.modeling_aaclip import upsample_grid
 
     spec = preset["int8"]
     config = section_config(preset, "int8")
     size = config.vision_config.image_size
-    pixels, masks, labels, normals = _synthetic_eval_set(preset, tmp, size)
+    data = _synthetic_eval_set(preset, tmp, size)
+    pixels = data["pixels"]
     names = ["fp32", *spec["paths"]]
-    models, setup, warm, errors = _paths(random_model(config), names, tmp, calibration=normals)
+    base = random_model(config)
+    with torch.inference_mode():
+        banks = {name: base.reference_features(images) for name, images in data["normal_pixels"].items()}
+    models, setup, warm, errors = _paths(base, names, tmp, calibration=data["normals"])
     batch = spec["batch"]
     seconds = dict.fromkeys(models, 0.0)
     cpu_seconds = dict.fromkeys(models, 0.0)
-    maps: dict[str, list] = {name: [] for name in models}
-    scores: dict[str, list] = {name: [] for name in models}
+    settings = ("zero_shot", "few_shot")
+    maps: dict = {setting: {name: [] for name in models} for setting in settings}
+    scores: dict = {setting: {name: [] for name in models} for setting in settings}
     with torch.inference_mode():
         for model in models.values():  # warm-up (untimed): first-touch pages, session set-up
             _call(model, pixels[:batch])
-        for first in range(0, len(pixels), batch):
-            chunk = pixels[first : first + batch]
+        for class_name, first, end in _batches(data["classes"], batch):
+            chunk = pixels[first:end]
             for name, model in models.items():  # interleaved: load changes hit every path alike
+                bank = banks[class_name].to(next(model.parameters()).dtype)
                 cpu, start = time.process_time(), time.perf_counter()
-                out = _call(model, chunk, output_size=size)
+                out = _call(model, chunk, output_size=size, references=bank)
                 seconds[name] += time.perf_counter() - start
                 cpu_seconds[name] += time.process_time() - cpu
-                maps[name].append(out.anomaly_map.float().numpy())
-                scores[name].append(out.image_score.float().numpy())
-    maps = {k: np.concatenate(v) for k, v in maps.items()}
-    scores = {k: np.concatenate(v) for k, v in scores.items()}
-    n = len(pixels)
-    result: dict[str, Any] = {
+                zero_shot = model.image_scores(
+                    model.anomaly_probability(out.anomaly_map_grid), out.image_embeds, out.text_anchors
+                )[0]
+                maps["zero_shot"][name].append(out.anomaly_map.float().numpy())
+                scores["zero_shot"][name].append(zero_shot.float().numpy())
+                maps["few_shot"][name].append(upsample_grid(out.anomaly_probability_grid, size).float().numpy())
+                scores["few_shot"][name].append(out.image_score.float().numpy())
+    masks, labels, n = data["masks"], data["labels"], len(pixels)
+    variants = {}
+    for name in models:
+        row = {
+            "seconds_per_image": seconds[name] / n,
+            "speedup_vs_fp32": seconds["fp32"] / seconds[name],
+            "cpu_seconds_per_image": cpu_seconds[name] / n,
+            "cpu_speedup_vs_fp32": cpu_seconds["fp32"] / cpu_seconds[name],
+        }
+        for setting in settings:
+            joined_maps = {k: np.concatenate(v) for k, v in maps[setting].items()}
+            joined_scores = {k: np.concatenate(v) for k, v in scores[setting].items()}
+            accuracy = _accuracy(name, joined_maps, joined_scores, masks, labels)
+            if setting == "zero_shot":
+                row.update(accuracy)
+            else:
+                row["few_shot"] = accuracy
+        variants[name] = row
+    return {
         "image_size": size,
         "num_images": n,
         "num_anomalous": int(labels.sum()),
-        "calibration_normals": len(normals),
+        "calibration_normals": len(data["normals"]),
+        "references_per_class": spec.get("normals_per_class", 1),
         "batch_size": batch,
         "setup_seconds": setup,
         "warm_setup_seconds": warm,
         "errors": errors,
         "num_pixels": int(masks.size),
         "anomalous_pixels": int(masks.sum()),
-        "variants": {name: _int8_row(name, maps, scores, seconds, cpu_seconds, masks, labels, n) for name in models},
+        "variants": variants,
     }
-    for row in result["variants"].values():
-        row["image_auroc_change_points"] = 100 * (row["image_auroc"] - result["variants"]["fp32"]["image_auroc"])
-        row["pixel_auroc_change_points"] = 100 * (row["pixel_auroc"] - result["variants"]["fp32"]["pixel_auroc"])
-    return result
 
 
 def worker_int8_speed(preset: dict, tmp: str) -> dict:

@@ -24,12 +24,8 @@ from .bench_report import base_report
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _int8_row(seconds, corr, image_change, pixel_change):
+def _accuracy_row(corr, image_change, pixel_change):
     return {
-        "seconds_per_image": seconds,
-        "speedup_vs_fp32": 8.0 / seconds,
-        "cpu_seconds_per_image": seconds * 2,
-        "cpu_speedup_vs_fp32": 8.0 / seconds,
         "image_auroc": 0.5 + image_change / 100,
         "pixel_auroc": 0.6 + pixel_change / 100,
         "max_abs_map_diff": 0.1,
@@ -39,6 +35,15 @@ def _int8_row(seconds, corr, image_change, pixel_change):
         "image_auroc_change_points": image_change,
         "pixel_auroc_change_points": pixel_change,
     }
+
+
+def _int8_row(seconds, corr, image_change, pixel_change):
+    return {
+        "seconds_per_image": seconds,
+        "speedup_vs_fp32": 8.0 / seconds,
+        "cpu_seconds_per_image": seconds * 2,
+        "cpu_speedup_vs_fp32": 8.0 / seconds,
+    } | _accuracy_row(corr, image_change, pixel_change)
 
 
 PHASES = ("imports", "load", "backend", "preprocess", "forward", "maps", "overlays", "png", "tables")
@@ -200,10 +205,41 @@ def test_missed_int8_and_dtype_goals_say_by_how_much_and_why():
     assert _goals(report)["--dtypeauto:"]["met"] is True
 
 
+def test_int8_accuracy_is_judged_on_the_few_shot_setting_where_it_was_measured():
+    report = _report()
+    row = _int8_row(2.5, 0.998, -2.78, -0.59)  # zero-shot: rank swaps among near-tied random-weight scores
+    row["few_shot"] = _accuracy_row(0.9995, 0.28, -0.3)
+    report["int8"]["variants"]["openvino_int8"] = row
+    int8 = _goals(report)["int8>="]
+    assert int8["met"] is True
+    assert "few-shot image AUROC +0.28 / pixel AUROC -0.30 points (judged)" in int8["value"]
+    assert "zero-shot image AUROC -2.78 / pixel AUROC -0.59 points" in int8["value"]
+    assert "map correlation 0.9980" in int8["value"]  # the lower of the two settings' correlations
+
+    row["few_shot"] = _accuracy_row(0.985, 0.28, -0.8)
+    int8 = _goals(report)["int8>="]
+    assert int8["met"] is False
+    assert "few-shot AUROC change 0.80 points above 0.5" in int8["reason"]
+    assert "steps of 0.28 points (one swapped pair)" in int8["reason"]  # 100 / (18 x 20)
+    assert "map correlation 0.9850 below 0.99" in int8["reason"]
+
+
+def test_int8_accuracy_batches_never_mix_classes():
+    from aaclip_hf.benchmark.workers_int8 import _batches
+
+    classes = ["bottle"] * 5 + ["carpet"] * 3
+    assert _batches(classes, 4) == [("bottle", 0, 4), ("bottle", 4, 5), ("carpet", 5, 8)]
+    assert _batches([], 4) == []
+
+
 def test_runtime_rows_in_the_markdown():
     report = _report()
+    report["int8"]["references_per_class"] = 2
+    report["int8"]["variants"]["openvino_int8"]["few_shot"] = _accuracy_row(0.9990, 0.28, -0.3)
     report["goals"] = evaluate_goals(report)
     text = to_markdown(report)
+    assert "bank of 2 normal training images" in text
+    assert "| openvino_int8 | 0.1 / 0.01 | 0.99900 | 50.28 (+0.28) | 59.70 (-0.30) |" in text
     assert "| tune_cpu_runtime() | 8.40, 8.00, 7.60 | 1.08x | - | - | - |" in text
     assert "= **33.3 s**" in text
     assert "| fp32, default flags; all runs 48.0, 50.0 s | 48.0 | 1.44x | 91.2 | 0.05 | 3.00 |" in text
