@@ -51,6 +51,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stage2_batch": 2,
         "metrics": {"num_maps": 400, "size": 518, "check_f1": True},
         # runtime rows: kept short on 2 shared cores (each ViT-L/14 518 px forward is 7-30 s there)
+        "startup": {"rounds": 5},
         "first_call": {"calls": 3},
         # 6 images, fp32 with the default flags and each variant's flags; each run a fresh process, profiled by phase
         "detect": {
@@ -94,6 +95,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stage1": {"image_size": 224, "num_images": 4, "batch_size": 2, "epochs": 5},
         "stage2_batch": 2,
         "metrics": {"num_maps": 40, "size": 518, "check_f1": False},
+        "startup": {"rounds": 5},
         "first_call": {"calls": 3},
         "detect": {
             "num_images": 6,
@@ -154,6 +156,7 @@ SECTIONS = (
     "stage2",
     "stage1",
     "metrics",
+    "startup",
     "first_call",
     "detect",
     "int8",
@@ -161,4 +164,4 @@ SECTIONS = (
     "backends",
 )
 # `--only` shorthands: the runtime rows (allocator, batching, int8, backends).
-SECTION_GROUPS = {"runtime": ("first_call", "detect", "int8", "int8_speed", "backends")}
+SECTION_GROUPS = {"runtime": ("startup", "first_call", "detect", "int8", "int8_speed", "backends")}

@@ -14,6 +14,28 @@ __all__ = ["runtime_markdown"]
 DETECT_COLUMNS = ("imports", "load", "backend", "preprocess", "forward", "maps", "overlays", "png", "tables")
 
 
+def _startup_section(report: dict) -> list[str]:
+    startup = report.get("startup") or {}
+    if "median_seconds" not in startup:
+        return []
+    lines = [
+        "",
+        f"## Start-up (a fresh interpreter per command, {startup['rounds']} rounds alternating)",
+        "",
+        "| command | median s | best s | all runs |",
+        "|---|---|---|---|",
+    ]
+    for name, median in startup["median_seconds"].items():
+        runs = ", ".join(f"{value:.2f}" for value in startup["seconds"][name])
+        lines.append(f"| {name} | {median:.2f} | {startup['best_seconds'][name]:.2f} | {runs} |")
+    lines += [
+        "",
+        "`aaclip` is the installed console script; `import CLIP classes` imports transformers' CLIPConfig, "
+        "CLIPImageProcessor, CLIPModel, CLIPProcessor and CLIPTokenizer.",
+    ]
+    return lines
+
+
 def _first_call_section(report: dict) -> list[str]:
     tuned, default = report.get("first_call_tuned") or {}, report.get("first_call_default") or {}
     if not ("first" in tuned or "first" in default):
@@ -237,9 +259,10 @@ def _backends_section(report: dict) -> list[str]:
 
 
 def runtime_markdown(report: dict) -> list[str]:
-    """The runtime sections of the report: first call, detect, int8 (accuracy and speed), backends."""
+    """The runtime sections of the report: start-up, first call, detect, int8 (accuracy and speed), backends."""
     return (
-        _first_call_section(report)
+        _startup_section(report)
+        + _first_call_section(report)
         + _detect_section(report)
         + _int8_section(report)
         + _int8_speed_section(report)

@@ -17,7 +17,7 @@ from .presets import PRESETS
 from .workers_gpu import worker_gpu
 from .workers_int8 import worker_backends, worker_int8, worker_int8_speed
 from .workers_model import worker_load, worker_peak, worker_save, worker_vision
-from .workers_runtime import worker_detect, worker_first_call
+from .workers_runtime import worker_detect, worker_first_call, worker_startup
 from .workers_training import worker_stage1, worker_stage2
 
 
@@ -32,6 +32,7 @@ WORKERS = {
     "stage1": worker_stage1,
     "stage2": worker_stage2,
     "gpu": worker_gpu,
+    "startup": worker_startup,
     "first_call": worker_first_call,
     "detect": worker_detect,
     "int8": worker_int8,

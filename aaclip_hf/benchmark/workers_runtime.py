@@ -1,5 +1,6 @@
-"""Workers that measure the runtime: the first call against the steady state, and `aaclip detect` from process
-start to exit against the fp32 floor, phase by phase. Each runs in its own process. (int8, bf16 and the backends:
+"""Workers that measure the runtime: start-up (`aaclip --help`/`--version` and `import aaclip_hf` against
+transformers' own imports), the first call against the steady state, and `aaclip detect` from process start to exit
+against the fp32 floor, phase by phase. Each runs in its own process. (int8, bf16 and the backends:
 `workers_int8.py`.)"""
 
 from __future__ import annotations
@@ -12,6 +13,50 @@ from pathlib import Path
 
 from .common import preset_config, random_model
 from .workers_model import matmul_peak
+
+
+def startup_commands() -> dict[str, list[str]]:
+    """The start-up commands, each a fresh interpreter: the `aaclip` console script as users run it, the package
+    import, and what they are compared with (an empty interpreter, a bare transformers import, and the transformers
+    CLIP classes the package registers beside)."""
+    script = Path(sys.executable).with_name("aaclip")
+    aaclip = (
+        [str(script)]
+        if script.is_file()
+        else [sys.executable, "-c", "import sys; from aaclip_hf.cli import main; sys.exit(main())"]
+    )
+    python = [sys.executable, "-c"]
+    return {
+        "python": [*python, "pass"],
+        "import transformers": [*python, "import transformers"],
+        "import CLIP classes": [
+            *python,
+            "from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer",
+        ],
+        "import aaclip_hf": [*python, "import aaclip_hf"],
+        "aaclip --help": [*aaclip, "--help"],
+        "aaclip --version": [*aaclip, "--version"],
+    }
+
+
+def worker_startup(preset: dict) -> dict:
+    """Each start-up command `rounds` times, the commands alternating round by round so a change of load hits all
+    of them alike; the median and best wall seconds per command (process start to exit)."""
+    import statistics
+
+    commands = startup_commands()
+    seconds: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(preset["startup"]["rounds"]):
+        for name, argv in commands.items():
+            start = time.perf_counter()
+            subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            seconds[name].append(time.perf_counter() - start)
+    return {
+        "rounds": preset["startup"]["rounds"],
+        "seconds": seconds,
+        "median_seconds": {name: statistics.median(values) for name, values in seconds.items()},
+        "best_seconds": {name: min(values) for name, values in seconds.items()},
+    }
 
 
 def worker_first_call(preset: dict, tuned: bool) -> dict:

@@ -80,6 +80,33 @@ def _report():
     fp32_run, int8_run = _run(48.0, 38.0), _run(24.0, 14.0, flags=("--quantize", "int8"))
     return {
         **base_report(),
+        "startup": {
+            "rounds": 3,
+            "seconds": {
+                "python": [0.05, 0.04, 0.05],
+                "import transformers": [1.5, 1.4, 1.6],
+                "import CLIP classes": [6.0, 5.5, 6.5],
+                "import aaclip_hf": [0.2, 0.1, 0.2],
+                "aaclip --help": [0.3, 0.2, 0.3],
+                "aaclip --version": [0.2, 0.2, 0.2],
+            },
+            "median_seconds": {
+                "python": 0.05,
+                "import transformers": 1.5,
+                "import CLIP classes": 6.0,
+                "import aaclip_hf": 0.2,
+                "aaclip --help": 0.3,
+                "aaclip --version": 0.2,
+            },
+            "best_seconds": {
+                "python": 0.04,
+                "import transformers": 1.4,
+                "import CLIP classes": 5.5,
+                "import aaclip_hf": 0.1,
+                "aaclip --help": 0.2,
+                "aaclip --version": 0.2,
+            },
+        },
         "first_call_default": {"seconds": [20.0, 9.0, 11.0], "first": 20.0, "steady": 10.0, "first_over_steady": 2.0},
         "first_call_tuned": {
             "seconds": [8.4, 8.0, 7.6],
@@ -172,6 +199,10 @@ def _goals(report):
 
 def test_runtime_goals_from_hand_numbers():
     goals = _goals(_report())
+    startup = goals["aaclip--help"]
+    assert startup["met"] is True
+    assert "aaclip --help 0.30 s vs import transformers 1.50 s" in startup["value"]
+    assert "import aaclip_hf 0.20 s vs import CLIP classes 6.00 s" in startup["value"]
     first = goals["firstcall"]
     assert first["met"] is True and "1.08x" in first["value"] and "2.00x" in first["value"]
     detect = goals["aaclipdetect"]  # 48 s against a 33.3 s floor: 1.44x misses 1.25x by 0.19x
@@ -188,6 +219,25 @@ def test_runtime_goals_from_hand_numbers():
     backends = goals["torch.compile,ONNX"]
     assert backends["value"].startswith("batch 1: onnx (7.50 s/image); batch 4: torch (7.00 s/image)")
     assert backends["met"] is False and backends["reason"]  # two winners (onnx, torch): one default cannot be both
+
+
+def test_a_slow_start_up_says_which_command_and_by_how_much():
+    report = _report()
+    report["startup"]["median_seconds"]["aaclip --version"] = 2.0
+    startup = _goals(report)["aaclip--help"]
+    assert (
+        startup["met"] is False and "aaclip --version is 0.50 s slower than import transformers" in startup["reason"]
+    )
+
+
+def test_the_start_up_commands_run_as_users_type_them():
+    from aaclip_hf.benchmark.workers_runtime import startup_commands
+
+    commands = startup_commands()
+    assert set(commands) >= {"import transformers", "import CLIP classes", "aaclip --help", "aaclip --version"}
+    version = subprocess.run(commands["aaclip --version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("aaclip")
+    subprocess.run(commands["import aaclip_hf"], check=True)
 
 
 def test_missed_int8_and_dtype_goals_say_by_how_much_and_why():
@@ -239,6 +289,7 @@ def test_runtime_rows_in_the_markdown():
     report["goals"] = evaluate_goals(report)
     text = to_markdown(report)
     assert "bank of 2 normal training images" in text
+    assert "| aaclip --help | 0.30 | 0.20 | 0.30, 0.20, 0.30 |" in text
     assert "| openvino_int8 | 0.1 / 0.01 | 0.99900 | 50.28 (+0.28) | 59.70 (-0.30) |" in text
     assert "| tune_cpu_runtime() | 8.40, 8.00, 7.60 | 1.08x | - | - | - |" in text
     assert "= **33.3 s**" in text
@@ -279,7 +330,7 @@ def test_only_runtime_and_merge_keep_the_earlier_sections(tmp_path, monkeypatch)
     (tmp_path / "report.json").write_text(json.dumps(earlier))
     monkeypatch.setattr(bench, "print", lambda *a, **k: None, raising=False)
     bench.run_bench(args)
-    assert spawned == ["first_call", "first_call", "detect", "int8", "int8_speed", "backends"]
+    assert spawned == ["startup", "first_call", "first_call", "detect", "int8", "int8_speed", "backends"]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["vision_sdpa"] == {"attn": "sdpa", "batches": {}}  # kept from the earlier run
     assert report["first_call_tuned"] == {"error": "not run in this test"}  # replaced by this run
