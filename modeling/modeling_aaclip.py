@@ -107,6 +107,11 @@ def gaussian_blur2d(maps: torch.Tensor, kernel_size: int, sigma: float) -> torch
     return F.conv2d(maps, taps.view(1, 1, -1, 1)).reshape(shape)
 
 
+def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in fp32, or as it is when already fp32 or wider."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def upsample_grid(grid: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Bilinear (align_corners=True) resize of `(B, G, G)` maps to `(B, *size)`."""
     return F.interpolate(grid[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
@@ -576,12 +581,14 @@ class AAClipModel(StoredClassesMixin, AAClipPreTrainedModel):
             return_dict=True,
         )
         post_layernorm = self.vision_model.post_layernorm
+        # Features leave in fp32 or wider whatever the tower's dtype: the scores compare cosines near 1, which
+        # bf16's 8-bit mantissa would round to steps of 2^-8 (a no-op for an fp32 model).
         patch_embeds = tuple(
-            F.normalize(projection(post_layernorm(outputs.hidden_states[layer][:, 1:])), dim=-1)
+            F.normalize(_at_least_fp32(projection(post_layernorm(outputs.hidden_states[layer][:, 1:]))), dim=-1)
             for projection, layer in zip(self.seg_projections, self.config.feature_layers)
         )
         last_patches = post_layernorm(outputs.last_hidden_state[:, 1:])
-        image_embeds = F.normalize(self.det_projection(last_patches), dim=-1).mean(dim=1)
+        image_embeds = F.normalize(_at_least_fp32(self.det_projection(last_patches)), dim=-1).mean(dim=1)
         hidden_states = outputs.hidden_states
         if wanted is not None:
             hidden_states = tuple(state if i in wanted else None for i, state in enumerate(hidden_states))
@@ -691,7 +698,7 @@ class AAClipModel(StoredClassesMixin, AAClipPreTrainedModel):
                 f"references must be a bank (levels={expected[0]}, rows>0, {expected[1]}) from reference_features, "
                 f"got {tuple(bank.shape)}"
             )
-        chunk = self.config.reference_chunk_size
+        chunk, bank = self.config.reference_chunk_size, bank.to(patch_embeds[0].dtype)
         levels = [nearest_neighbour_distance(f, level, chunk).unsqueeze(-1) for f, level in zip(patch_embeds, bank)]
         return self._blur(self._to_grid(torch.cat(levels, dim=-1)), domain).mean(dim=1)
 
@@ -778,7 +785,7 @@ class AAClipModel(StoredClassesMixin, AAClipPreTrainedModel):
             raise InvalidInputError(
                 f"text_anchors must be (batch, {self.config.projection_dim}, 2), got {tuple(text_anchors.shape)}"
             )
-        text_anchors = text_anchors.to(device=pixel_values.device, dtype=self.dtype).expand(batch_size, -1, -1)
+        text_anchors = _at_least_fp32(text_anchors.to(pixel_values.device)).expand(batch_size, -1, -1)
 
         # 2. multi-level patch features and the image feature
         patch_embeds, image_embeds, vision_outputs = self._vision_branch(

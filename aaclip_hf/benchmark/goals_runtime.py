@@ -154,7 +154,7 @@ def _overlay_goal(report: dict) -> dict | None:
 
 
 def best_int8(report: dict) -> tuple[str, dict] | None:
-    """The int8 path `--quantize int8` uses on CPU (`DEFAULT_BACKEND`), else the fastest: its accuracy from the int8
+    """The int8 path `--quantize int8` uses on CPU without calibration images (`DEFAULT_BACKEND`), else the fastest: its accuracy from the int8
     row, its speed from the int8_speed row at `INT8_GOAL_BATCH` (the preset's full image size) where measured."""
     from aaclip_hf.runtime.backends import DEFAULT_BACKEND
 
@@ -252,6 +252,22 @@ def _settings_note(row: dict) -> str:
     return f"few-shot {_changes(row['few_shot'])} (judged); zero-shot {_changes(row)}"
 
 
+def _calibrated_note(report: dict) -> str:
+    """What `--quantize int8 --calibration-images` gives: the calibrated path's speed and its accuracy when calibrated
+    on the benchmark classes' own normal images (the `_normals` row)."""
+    from aaclip_hf.runtime.backends import DEFAULT_BACKEND
+
+    name = f"{DEFAULT_BACKEND.get(('cpu', 'int8+calibration'), 'torch')}_int8"
+    row = lookup(report, "int8", "variants", f"{name}_normals")
+    speed = lookup(report, "int8_speed", "batches", INT8_GOAL_BATCH, name)
+    if not row or not speed:
+        return ""
+    return (
+        f"; with your own normal images (--calibration-images): {name} {speed['speedup_vs_fp32']:.2f}x, map "
+        f"correlation {judged_accuracy(row)['map_correlation']:.4f}, {_settings_note(row)}"
+    )
+
+
 def _int8_goal(report: dict) -> dict | None:
     best = best_int8(report)
     if not best:
@@ -266,7 +282,8 @@ def _int8_goal(report: dict) -> dict | None:
         f"int8 >= {INT8_SPEEDUP_GOAL}x the fp32 forward, map correlation >= {INT8_CORRELATION_GOAL}, AUROC change <= "
         f"{INT8_AUROC_GOAL_POINTS} points",
         f"{name}{size_note}: {row['speedup_vs_fp32']:.2f}x{cpu_note}, map correlation "
-        f"{judged_accuracy(row)['map_correlation']:.4f}, {_settings_note(row)}; CPU: {_flags(report)}",
+        f"{judged_accuracy(row)['map_correlation']:.4f}, {_settings_note(row)}{_calibrated_note(report)}; CPU: "
+        f"{_flags(report)}",
         met,
         "; ".join(reasons),
         "; ".join(remedies),

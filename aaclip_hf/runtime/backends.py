@@ -11,8 +11,9 @@ backend returns `AAClipOutput` with the same maps (to float rounding) and suppor
   `onnx_int8="static"` selects its static QDQ quantiser, calibrated like OpenVINO's). Needs the `onnx` extra.
 * `openvino`: the tower converted once to OpenVINO IR (`runtime/openvino_tower.py`); with `--quantize int8`,
   NNCF's post-training int8 calibrated on a few images (attention's `Q K^T` included). Needs the `openvino` extra.
-* `auto`: `DEFAULT_BACKEND` for the device and quantisation, chosen from `aaclip bench` (docs/performance.md,
-  section 6); where the chosen backend's extra is not installed, the next of `AUTO_FALLBACKS` that is.
+* `auto`: `DEFAULT_BACKEND` for the device and quantisation (int8 with or without your own calibration images),
+  chosen from `aaclip bench` (docs/performance.md, section 6); where the chosen backend's extra is not installed,
+  the next of `AUTO_FALLBACKS` that is.
 
 Exported and quantised towers are cached (`runtime/cache.py`: `$AACLIP_CACHE/<backend>`, else
 `~/.cache/aaclip_hf/<backend>`), keyed by a SHA-256 of the tower's weights, its config, the feature layers and
@@ -60,11 +61,15 @@ __all__ = [
 ]
 
 BACKEND_CHOICES = ("auto", "torch", "compile", "onnx", "openvino")
-# Per (device type, quantize), chosen from the benchmark (docs/performance.md, section 6: CPU fp32 stays eager
-# torch, int8 runs on OpenVINO with NNCF's static int8, the fastest int8 path measured on AVX2 and AVX-512 CPUs).
+# Per (device type, quantize), chosen from the benchmark (docs/performance.md, section 6). CPU fp32 stays eager
+# torch. CPU int8 without calibration images runs ONNX Runtime's dynamic int8, which needs none and kept the maps and
+# AUROCs within the accuracy bounds; with your own normal images (`int8+calibration`: `--calibration-images`,
+# `calibration=`) it runs OpenVINO with NNCF's static int8, the fastest path measured, which stays within the bounds
+# when calibrated on the parts' own images (on generic pictures it moved the few-shot pixel AUROC by about a point).
 DEFAULT_BACKEND = {
     ("cpu", "none"): "torch",
-    ("cpu", "int8"): "openvino",
+    ("cpu", "int8"): "onnx",
+    ("cpu", "int8+calibration"): "openvino",
     ("cuda", "none"): "torch",
     ("mps", "none"): "torch",
 }
@@ -98,17 +103,17 @@ def add_backend_arguments(parser, quantize: bool = True) -> None:
             "--quantize",
             choices=QUANTIZE_CHOICES,
             default="none",
-            help="int8 vision tower (CPU): with --backend auto, OpenVINO + NNCF static int8 calibrated once and cached "
-            "(the 'openvino' extra; else ONNX Runtime's or torch's dynamic int8); speed and accuracy in "
-            "docs/performance.md",
+            help="int8 vision tower (CPU): with --backend auto, ONNX Runtime's dynamic int8 (the 'onnx' extra, else "
+            "torch's), or with --calibration-images OpenVINO + NNCF static int8 (the 'openvino' extra), built once "
+            "and cached; speed and accuracy in docs/performance.md",
         )
         parser.add_argument(
             "--calibration-images",
             nargs="+",
             default=None,
             metavar="IMAGE_OR_FOLDER",
-            help="with --quantize int8: a few normal images of your parts that calibrate the static int8 tower "
-            "(default: built-in pictures); cached by their pixels",
+            help="with --quantize int8: a few normal images of your parts; --backend auto then runs OpenVINO's "
+            "static int8 calibrated on them (the fastest int8 path), cached by their pixels",
         )
 
 
@@ -125,9 +130,9 @@ def _missing_extra(backend: str, quantize: str) -> MissingExtraError:
     return MissingExtraError(f"{flags} needs {', '.join(missing)}, which is not installed: {BACKEND_EXTRAS[backend]}")
 
 
-def resolve_backend(backend: str, device: str | torch.device, quantize: str = "none") -> str:
-    """`auto` -> the default for the device (and quantisation) among the installed backends; other names are checked
-    (device, installed extra) and returned."""
+def resolve_backend(backend: str, device: str | torch.device, quantize: str = "none", calibrated: bool = False) -> str:
+    """`auto` -> the default for the device and quantisation (int8 with your own `calibrated` images or without)
+    among the installed backends; other names are checked (device, installed extra) and returned."""
     if backend not in BACKEND_CHOICES:
         raise InvalidInputError(f"--backend must be one of {BACKEND_CHOICES}, got {backend!r}")
     if quantize not in QUANTIZE_CHOICES:
@@ -136,7 +141,8 @@ def resolve_backend(backend: str, device: str | torch.device, quantize: str = "n
     if quantize == "int8" and device.type != "cpu":
         raise InvalidInputError(f"--quantize int8 runs on the CPU only (int8 CPU kernels), got device {device}")
     if backend == "auto":
-        chosen = DEFAULT_BACKEND.get((device.type, quantize), "torch")
+        setting = f"{quantize}+calibration" if quantize == "int8" and calibrated else quantize
+        chosen = DEFAULT_BACKEND.get((device.type, setting), "torch")
         for candidate in (chosen, *AUTO_FALLBACKS.get(chosen, ())):
             if backend_available(candidate, quantize):
                 if candidate != chosen:
@@ -352,7 +358,7 @@ def apply_backend(
     build progress bar (None: transformers' progress-bar setting, which `--no-progress` turns off).
     """
     device = next(model.parameters()).device
-    chosen = resolve_backend(backend, device, quantize)
+    chosen = resolve_backend(backend, device, quantize, calibrated=calibration is not None)
     if chosen != "torch" or quantize == "int8":
         model.pin_vision_fingerprint()  # the same weights in another form: stored references and thresholds apply
     if progress is None:

@@ -150,6 +150,7 @@ def _report():
                 "torch_int8": _int8_row(4.0, 0.995, 0.0, -0.2),
                 "onnx_int8": _int8_row(5.0, 0.999, 0.0, 0.0),
                 "openvino_int8": _int8_row(2.5, 0.998, -0.3, -0.4),
+                "openvino_int8_normals": _int8_row(2.5, 0.999, 0.0, 0.1),
             },
         },
         "int8_speed": {
@@ -166,8 +167,10 @@ def _report():
                 "flags": ["avx2", "fma", "avx512_bf16"],
             },
             "batches": {
-                "1": _speed({"fp32": 8.0, "bf16": 5.0, "openvino_int8": 4.0}, 8.0),
-                "4": _speed({"fp32": 7.0, "bf16": 4.0, "torch_int8": 5.0, "openvino_int8": 3.5}, 7.0),
+                "1": _speed({"fp32": 8.0, "bf16": 5.0, "onnx_int8": 4.0, "openvino_int8": 4.0}, 8.0),
+                "4": _speed(
+                    {"fp32": 7.0, "bf16": 4.0, "torch_int8": 5.0, "onnx_int8": 3.5, "openvino_int8": 3.5}, 7.0
+                ),
             },
         },
         "backends": {
@@ -211,9 +214,14 @@ def test_runtime_goals_from_hand_numbers():
     assert "imports 3.0 s" in detect["reason"] and "avx2" in detect["value"]
     overlays = goals["overlaysand"]
     assert overlays["met"] is True and overlays["value"].startswith("1.7 %")
-    int8 = goals["int8>="]  # the kept path (DEFAULT_BACKEND: openvino), speed at 518 px batch 4: 7 / 3.5 = 2.0x
-    assert int8["value"].startswith("openvino_int8 (speed at 518 px batch 4, accuracy at 224 px): 2.00x")
+    int8 = goals["int8>="]  # the kept path (DEFAULT_BACKEND: onnx), speed at 518 px batch 4: 7 / 3.5 = 2.0x
+    assert int8["value"].startswith("onnx_int8 (speed at 518 px batch 4, accuracy at 224 px): 2.00x")
     assert int8["met"] is True
+    # with calibration images: the openvino row's speed, the accuracy of its row calibrated on the classes' normals
+    assert (
+        "with your own normal images (--calibration-images): openvino_int8 2.00x, map correlation 0.9990"
+        in (int8["value"])
+    )
     dtype = goals["--dtypeauto:"]  # bf16 1.75x faster, accurate: bf16 is right, and the probe picked it
     assert dtype["met"] is True and "picked bfloat16" in dtype["value"] and "so bfloat16 is right" in dtype["value"]
     backends = goals["torch.compile,ONNX"]
@@ -242,11 +250,11 @@ def test_the_start_up_commands_run_as_users_type_them():
 
 def test_missed_int8_and_dtype_goals_say_by_how_much_and_why():
     report = _report()
-    report["int8"]["variants"]["openvino_int8"] = _int8_row(6.0, 0.98, -1.0, 0.0)
-    report["int8_speed"]["batches"]["4"] = _speed({"fp32": 7.0, "bf16": 6.8, "openvino_int8": 4.375}, 7.0)
+    report["int8"]["variants"]["onnx_int8"] = _int8_row(6.0, 0.98, -1.0, 0.0)
+    report["int8_speed"]["batches"]["4"] = _speed({"fp32": 7.0, "bf16": 6.8, "onnx_int8": 4.375}, 7.0)
     goals = _goals(report)
     int8 = goals["int8>="]
-    assert int8["met"] is False and int8["value"].startswith("openvino_int8 (speed at 518 px batch 4")
+    assert int8["met"] is False and int8["value"].startswith("onnx_int8 (speed at 518 px batch 4")
     assert "1.60x" in int8["value"] and "0.20x short" in int8["reason"] and "this CPU (avx2)" in int8["reason"]
     assert "0.9800 below 0.99" in int8["reason"] and "1.00 points" in int8["reason"]
     dtype = goals["--dtypeauto:"]  # bf16 only 1.03x faster in the forward: fp32 is right, the probe said bf16
@@ -259,7 +267,7 @@ def test_int8_accuracy_is_judged_on_the_few_shot_setting_where_it_was_measured()
     report = _report()
     row = _int8_row(2.5, 0.998, -2.78, -0.59)  # zero-shot: rank swaps among near-tied random-weight scores
     row["few_shot"] = _accuracy_row(0.9995, 0.28, -0.3)
-    report["int8"]["variants"]["openvino_int8"] = row
+    report["int8"]["variants"]["onnx_int8"] = row
     int8 = _goals(report)["int8>="]
     assert int8["met"] is True
     assert "few-shot image AUROC +0.28 / pixel AUROC -0.30 points (judged)" in int8["value"]

@@ -1,5 +1,6 @@
-"""The backend switch through `aaclip detect`: --backend openvino gives torch's detections, --quantize int8 tracks them,
---calibration-images keys the quantised tower, and a missing extra is one line naming it (exit status 2)."""
+"""The backend switch through `aaclip detect`: --backend openvino gives torch's detections, --quantize int8 tracks them
+(ONNX Runtime's dynamic int8, or OpenVINO's static int8 with --calibration-images, which key the quantised tower),
+and a missing extra is one line naming it (exit status 2)."""
 
 from __future__ import annotations
 
@@ -50,15 +51,29 @@ def test_openvino_gives_torchs_detections_and_int8_tracks_them(folders, tmp_path
     for image, (score, anomaly_map) in eager.items():
         assert openvino[image][0] == pytest.approx(score, abs=1e-4)
         np.testing.assert_allclose(openvino[image][1], anomaly_map, atol=1e-4)
-    int8 = _detect(model, images, tmp_path / "int8", "--quantize", "int8")  # auto: OpenVINO + NNCF
+    # auto with your own normal images: OpenVINO + NNCF static int8 calibrated on them
+    int8 = _detect(model, images, tmp_path / "int8", "--quantize", "int8", "--calibration-images", str(images))
     a = np.concatenate([m.ravel() for _, m in eager.values()])
     b = np.concatenate([m.ravel() for _, m in int8.values()])
     assert np.corrcoef(a, b)[0, 1] >= 0.99 and not np.array_equal(a, b)
     entries = sorted(path.parent.name for path in (tmp_path / "cache" / "openvino").glob("*/vision_tower.xml"))
     assert len(entries) == 2 and any("-int8-" in name for name in entries)
-    # Own calibration images: another quantised tower, cached under their pixels.
-    _detect(model, images, tmp_path / "own", "--quantize", "int8", "--calibration-images", str(images))
+    # Other calibration images: another quantised tower, cached under their pixels.
+    _detect(model, images, tmp_path / "own", "--quantize", "int8", "--calibration-images", str(images / "img0.png"))
     assert len(list((tmp_path / "cache" / "openvino").glob("*/vision_tower.xml"))) == 3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="the onnx extra is not installed")
+def test_int8_without_calibration_images_runs_onnx_runtimes_dynamic_int8(folders, tmp_path, monkeypatch):
+    monkeypatch.setenv("AACLIP_CACHE", str(tmp_path / "cache"))
+    model, images = folders
+    eager = _detect(model, images, tmp_path / "eager", "--backend", "torch")
+    int8 = _detect(model, images, tmp_path / "int8", "--quantize", "int8")
+    a = np.concatenate([m.ravel() for _, m in eager.values()])
+    b = np.concatenate([m.ravel() for _, m in int8.values()])
+    assert np.corrcoef(a, b)[0, 1] >= 0.99 and not np.array_equal(a, b)
+    assert list((tmp_path / "cache" / "onnx").glob(f"*/{backends.ONNX_INT8_FILE}"))
+    assert not (tmp_path / "cache" / "openvino").exists()
 
 
 def test_a_missing_extra_is_one_line_naming_it(folders, tmp_path, capsys, monkeypatch):
