@@ -6,11 +6,11 @@ interleaved call by call so a change of load hits all of them alike.
 The paths (`PATHS`):
 - `fp32`: eager torch, the reference precision; `bf16`: eager torch in bf16 (`--dtype bfloat16`);
 - `torch_int8`: torch's dynamic int8 linear layers (`--backend torch --quantize int8`);
-- `onnx_int8`: ONNX Runtime's dynamic int8 (`--backend onnx --quantize int8`); `onnx_static_int8`: its static QDQ
+- `onnx_int8`: ONNX Runtime's dynamic int8 (`--quantize int8`); `onnx_static_int8`: its static QDQ
   int8 calibrated on the default pictures (library option `onnx_int8="static"`);
 - `openvino_fp32`: OpenVINO (`--backend openvino`); `openvino_int8`: NNCF's post-training int8 calibrated on the
-  default pictures (`--quantize int8`); in the accuracy worker also `openvino_int8_normals`, calibrated on normal
-  images of the benchmark's classes (what `calibration=` with your own good images gives).
+  default pictures (`--backend openvino --quantize int8`); in the accuracy worker also `openvino_int8_normals`,
+  calibrated on normal images of the benchmark's classes (what `--quantize int8 --calibration-images` gives).
 Each exported path builds in its own empty cache, so its set-up time is the first run's export and quantisation;
 `warm_setup_seconds` is a second set-up from that cache (what every later run pays: weights hash, file check, load).
 """

@@ -1,8 +1,10 @@
 """`--calibration-images`: your own normal images calibrate the static int8 tower of `--quantize int8`.
 
-Static int8 fixes each activation's range from a few calibration images (`aaclip_hf/runtime/calibration.py`). By
-default these are deterministic built-in pictures; images of your own good parts give ranges that fit your data
-better (the `openvino_int8_normals` row of `aaclip bench`, docs/performance.md). The quantised tower is cached
+Static int8 fixes each activation's range from a few calibration images (`aaclip_hf/runtime/calibration.py`).
+Without them `--quantize int8` quantises dynamically (ONNX Runtime); with images of your own good parts `auto` runs
+OpenVINO's static int8 calibrated on them, the fastest int8 path, whose ranges then fit your data (the
+`openvino_int8_normals` row of `aaclip bench`, docs/performance.md; `--backend openvino` without them calibrates on
+deterministic built-in pictures). The quantised tower is cached
 under a key that includes their pixels, so the same images reuse it.
 """
 

@@ -13,7 +13,8 @@ on the exported vision graph instead.
 Static quantisation fixes the activations' ranges too, from a few calibration images, so no range is computed at
 run time and two-activation products (attention) can run in int8 as well: ONNX Runtime's `quantize_static` in QDQ
 format (`quantize_onnx_static_int8`, measured by `aaclip bench`; https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html)
-and NNCF on OpenVINO (`runtime/openvino_tower.py`, what `--quantize int8` uses where OpenVINO is installed).
+and NNCF on OpenVINO (`runtime/openvino_tower.py`, what `--quantize int8 --calibration-images` uses where
+OpenVINO is installed).
 """
 
 from __future__ import annotations
