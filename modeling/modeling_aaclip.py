@@ -785,12 +785,13 @@ class AAClipModel(StoredClassesMixin, AAClipPreTrainedModel):
             raise InvalidInputError(
                 f"text_anchors must be (batch, {self.config.projection_dim}, 2), got {tuple(text_anchors.shape)}"
             )
-        text_anchors = _at_least_fp32(text_anchors.to(pixel_values.device)).expand(batch_size, -1, -1)
+        text_anchors = text_anchors.to(pixel_values.device).expand(batch_size, -1, -1)
 
-        # 2. multi-level patch features and the image feature
+        # 2. multi-level patch features and the image feature (fp32 or wider); the anchors are scored with them
         patch_embeds, image_embeds, vision_outputs = self._vision_branch(
             pixel_values, interpolate_pos_encoding, output_hidden_states, bool(output_attentions)
         )
+        text_anchors = text_anchors.to(patch_embeds[0].dtype)
         # 3. zero-shot maps, the few-shot map, and the per-image scores
         grids = self.anomaly_grids(patch_embeds, text_anchors, domain)
         grid_sum = torch.stack(grids).sum(dim=0)

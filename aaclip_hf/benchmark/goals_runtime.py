@@ -1,5 +1,5 @@
-"""The runtime goals: start-up, the first call, `aaclip detect` from process start to exit against the fp32 floor, overlays
-and writing, int8 (speed at the full image size, accuracy on the synthetic benchmark), `--dtype auto` and the fp32
+"""The runtime goals: start-up, the first call, `aaclip detect` from process start to exit against the fp32 floor,
+overlays and writing, int8 (speed at the full image size, accuracy on the synthetic benchmark), `--dtype auto` and the fp32
 backends. Each says what was measured and, when missed, by how much, why (from the report's own numbers) and what
 would close it. Timings are never asserted; a missed goal is a row of the report."""
 
@@ -154,8 +154,9 @@ def _overlay_goal(report: dict) -> dict | None:
 
 
 def best_int8(report: dict) -> tuple[str, dict] | None:
-    """The int8 path `--quantize int8` uses on CPU without calibration images (`DEFAULT_BACKEND`), else the fastest: its accuracy from the int8
-    row, its speed from the int8_speed row at `INT8_GOAL_BATCH` (the preset's full image size) where measured."""
+    """The int8 path `--quantize int8` uses on CPU without calibration images (`DEFAULT_BACKEND`), else the
+    fastest: its accuracy from the int8 row, its speed from the int8_speed row at `INT8_GOAL_BATCH` (the preset's
+    full image size) where measured."""
     from aaclip_hf.runtime.backends import DEFAULT_BACKEND
 
     variants = lookup(report, "int8", "variants") or {}
@@ -187,10 +188,12 @@ def judged_accuracy(row: dict) -> dict:
     zero-shot one."""
     settings = {"zero-shot": row, **({"few-shot": row["few_shot"]} if "few_shot" in row else {})}
     setting = "few-shot" if "few_shot" in row else "zero-shot"
-    judged = settings[setting]
+    changes = {metric: settings[setting][f"{metric}_auroc_change_points"] for metric in ("image", "pixel")}
+    metric = max(changes, key=lambda name: abs(changes[name]))
     return {
         "map_correlation": min(values["map_correlation"] for values in settings.values()),
-        "auroc_change_points": max(judged["image_auroc_change_points"], judged["pixel_auroc_change_points"], key=abs),
+        "auroc_change_points": changes[metric],
+        "metric": metric,
         "setting": setting,
     }
 
@@ -226,21 +229,22 @@ def _int8_misses(report: dict, name: str, row: dict) -> tuple[list[str], list[st
         remedies.append("a CPU with AMX or AVX512-VNNI int8, an otherwise idle machine, or a GPU")
     if not corr_ok:
         reasons.append(f"map correlation {accuracy['map_correlation']:.4f} below {INT8_CORRELATION_GOAL}")
-        remedies.append("calibrate on your own normal images (calibration=), or keep the last layers in fp32")
+        remedies.append("--calibration-images of your own normal parts (OpenVINO's static int8 calibrated on them)")
     if not auroc_ok:
         images = lookup(report, "int8", "num_images")
         anomalous = lookup(report, "int8", "num_anomalous")
-        step = (
-            f"steps of {100 / (anomalous * (images - anomalous)):.2f} points (one swapped pair)"
-            if images and anomalous and images > anomalous
-            else "coarse steps"
-        )
+        step = ""
+        if accuracy["metric"] == "image" and images and anomalous and images > anomalous:
+            step = (
+                f" (image AUROC over {images} images moves in steps of "
+                f"{100 / (anomalous * (images - anomalous)):.2f} points: one swapped pair)"
+            )
         reasons.append(
-            f"{accuracy['setting']} AUROC change {worst_auroc:.2f} points above {INT8_AUROC_GOAL_POINTS} (image AUROC "
-            f"over {images} images moves in {step})"
+            f"{accuracy['setting']} {accuracy['metric']} AUROC change {worst_auroc:.2f} points above "
+            f"{INT8_AUROC_GOAL_POINTS}{step}"
         )
         remedies.append(
-            "calibrate on the classes' own normal images (the openvino_int8_normals row); a larger evaluation set"
+            "--calibration-images of your own normal parts (the openvino_int8_normals row); a larger evaluation set"
         )
     return reasons, remedies, speed_ok and corr_ok and auroc_ok
 

@@ -28,12 +28,12 @@ VIT_B16_224 = {
 }
 
 # The execution paths the int8 rows compare (aaclip_hf/benchmark/workers_int8.py), each against eager fp32. ONNX
-# Runtime's static quantiser comes first: its calibrator is the most memory-hungry step (13.2 GB peak for one ViT-L/14
-# image at 518 px, 21.9 GB for three), so it runs while the fewest other models are loaded.
+# Runtime's static quantiser comes first: its calibrator is the most memory-hungry step (13.2 GB peak measured for one
+# ViT-L/14 image at 518 px: it records every quantised tensor's values), so it runs while the fewest models are loaded.
 INT8_SPEED_PATHS = ["onnx_static_int8", "bf16", "torch_int8", "onnx_int8", "openvino_fp32", "openvino_int8"]
 INT8_ACCURACY_PATHS = [*INT8_SPEED_PATHS, "openvino_int8_normals"]
-# At 518 px ONNX Runtime's static calibration gets one picture (the default 8 do not fit 24 GB); its speed does not
-# depend on the ranges, and its accuracy is measured at 224 px with the default 8.
+# At 518 px ONNX Runtime's static calibration gets one picture, which bounds its memory on a 24 GB machine; its speed
+# does not depend on the ranges, and its accuracy is measured at 224 px with the default 8.
 SPEED_CALIBRATION_IMAGES = {"onnx_static_int8": 1}
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 
+from .detect_phases import PHASES
 from .goals_runtime import lookup
 
 
 __all__ = ["runtime_markdown"]
 
-# The phases of a detect run, in the order they happen (`detect_phases.PHASES` less `decode`, which runs in the prefetch thread).
-DETECT_COLUMNS = ("imports", "load", "backend", "preprocess", "forward", "maps", "overlays", "png", "tables")
+# The phases of a detect run in the order they happen, less `decode` (it runs in the prefetch thread, overlapped).
+DETECT_COLUMNS = tuple(phase for phase in PHASES if phase != "decode")
 
 
 def _startup_section(report: dict) -> list[str]:
@@ -152,8 +153,9 @@ def _int8_section(report: dict) -> list[str]:
         "",
         f"Maps are the summed anomaly maps at the model's input size (fp32 range "
         f"{int8['variants']['fp32']['map_range_fp32']:.3g}); {int8['num_pixels']:,} pixels, "
-        f"{int8['anomalous_pixels']:,} anomalous. Random weights: the zero-shot AUROCs are near chance and their "
-        "changes count swaps among near-tied scores. Static int8 paths are calibrated on the default pictures (runtime/calibration.py); "
+        f"{int8['anomalous_pixels']:,} anomalous. Random weights leave the zero-shot scores uninformative (image "
+        "AUROC near chance, pixel AUROC inverted) and near-tied, so their changes count swaps among ties. Static int8 "
+        "paths are calibrated on the default pictures (runtime/calibration.py); "
         f"openvino_int8_normals on {int8.get('calibration_normals', '?')} normal training images of the benchmark's "
         "classes (what passing your own good images gives).",
     ]

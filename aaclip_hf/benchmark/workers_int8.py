@@ -7,7 +7,7 @@ The paths (`PATHS`):
 - `fp32`: eager torch, the reference precision; `bf16`: eager torch in bf16 (`--dtype bfloat16`);
 - `torch_int8`: torch's dynamic int8 linear layers (`--backend torch --quantize int8`);
 - `onnx_int8`: ONNX Runtime's dynamic int8 (`--quantize int8`); `onnx_static_int8`: its static QDQ
-  int8 calibrated on the default pictures (library option `onnx_int8="static"`);
+  int8 calibrated on the default pictures (library option `onnx_int8="static"`; one picture in the speed row);
 - `openvino_fp32`: OpenVINO (`--backend openvino`); `openvino_int8`: NNCF's post-training int8 calibrated on the
   default pictures (`--backend openvino --quantize int8`); in the accuracy worker also `openvino_int8_normals`,
   calibrated on normal images of the benchmark's classes (what `--quantize int8 --calibration-images` gives).
@@ -200,6 +200,7 @@ def worker_int8(preset: dict, tmp: str) -> dict:
         for class_name, first, end in _batches(data["classes"], batch):
             chunk = pixels[first:end]
             for name, model in models.items():  # interleaved: load changes hit every path alike
+                # a stored bank is kept in the model's dtype (the checked loader casts it), as here
                 bank = banks[class_name].to(next(model.parameters()).dtype)
                 cpu, start = time.process_time(), time.perf_counter()
                 out = _call(model, chunk, output_size=size, references=bank)
@@ -213,23 +214,23 @@ def worker_int8(preset: dict, tmp: str) -> dict:
                 maps["few_shot"][name].append(upsample_grid(out.anomaly_probability_grid, size).float().numpy())
                 scores["few_shot"][name].append(out.image_score.float().numpy())
     masks, labels, n = data["masks"], data["labels"], len(pixels)
+    joined = {
+        setting: (
+            {k: np.concatenate(v) for k, v in maps[setting].items()},
+            {k: np.concatenate(v) for k, v in scores[setting].items()},
+        )
+        for setting in settings
+    }
     variants = {}
     for name in models:
-        row = {
+        variants[name] = {
             "seconds_per_image": seconds[name] / n,
             "speedup_vs_fp32": seconds["fp32"] / seconds[name],
             "cpu_seconds_per_image": cpu_seconds[name] / n,
             "cpu_speedup_vs_fp32": cpu_seconds["fp32"] / cpu_seconds[name],
+            **_accuracy(name, *joined["zero_shot"], masks, labels),
+            "few_shot": _accuracy(name, *joined["few_shot"], masks, labels),
         }
-        for setting in settings:
-            joined_maps = {k: np.concatenate(v) for k, v in maps[setting].items()}
-            joined_scores = {k: np.concatenate(v) for k, v in scores[setting].items()}
-            accuracy = _accuracy(name, joined_maps, joined_scores, masks, labels)
-            if setting == "zero_shot":
-                row.update(accuracy)
-            else:
-                row["few_shot"] = accuracy
-        variants[name] = row
     return {
         "image_size": size,
         "num_images": n,

@@ -558,7 +558,7 @@ def _score_batch(model, batch: dict, run: _Run) -> dict[str, torch.Tensor]:
     for (batch_domain, name), positions in groups.items():
         select = torch.tensor(positions, device=device)
         bank = None if name is None else run.references.bank(name)
-        bank = None if bank is None else bank.to(device=device, dtype=parameter.dtype)
+        bank = None if bank is None else bank.to(device=device)  # the model scores it with its fp32 features
         out = model(  # grid-level maps only: _consume resizes each to its image's size
             pixel_values=pixel_values[select],
             class_ids=model.class_ids([names[p] for p in positions]),

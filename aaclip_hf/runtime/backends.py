@@ -113,7 +113,7 @@ def add_backend_arguments(parser, quantize: bool = True) -> None:
             default=None,
             metavar="IMAGE_OR_FOLDER",
             help="with --quantize int8: a few normal images of your parts; --backend auto then runs OpenVINO's "
-            "static int8 calibrated on them (the fastest int8 path), cached by their pixels",
+            "static int8 calibrated on them (the fastest int8 path; the 'openvino' extra), cached by their pixels",
         )
 
 

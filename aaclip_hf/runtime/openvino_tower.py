@@ -5,7 +5,8 @@ Conversion: `openvino.convert_model` traces the tower (sdpa attention, which Ope
 (https://docs.openvino.ai/2025/openvino-workflow/model-preparation/convert-model-pytorch.html). The result is saved
 as OpenVINO IR (`.xml` + `.bin`, fp32 weights) in the cache.
 
-int8 (`--quantize int8 --calibration-images`, or `--backend openvino --quantize int8`): NNCF's post-training quantisation (`nncf.quantize`, mode `ModelType.TRANSFORMER`,
+int8 (`--quantize int8 --calibration-images`, or `--backend openvino --quantize int8`): NNCF's post-training
+quantisation (`nncf.quantize`, mode `ModelType.TRANSFORMER`,
 https://docs.openvino.ai/2025/openvino-workflow/model-optimization-guide/quantizing-models-post-training/basic-quantization-flow.html)
 calibrated on a few images (`runtime/calibration.py`): int8 weights (per output channel) and int8 activations
 with ranges fixed by the calibration, for every linear layer and for the attention's `Q K^T` product (NNCF

@@ -277,9 +277,14 @@ def test_int8_accuracy_is_judged_on_the_few_shot_setting_where_it_was_measured()
     row["few_shot"] = _accuracy_row(0.985, 0.28, -0.8)
     int8 = _goals(report)["int8>="]
     assert int8["met"] is False
-    assert "few-shot AUROC change 0.80 points above 0.5" in int8["reason"]
-    assert "steps of 0.28 points (one swapped pair)" in int8["reason"]  # 100 / (18 x 20)
+    assert "few-shot pixel AUROC change 0.80 points above 0.5" in int8["reason"]
+    assert "steps of" not in int8["reason"]  # a pixel AUROC over 1.9M pixels has no coarse steps
     assert "map correlation 0.9850 below 0.99" in int8["reason"]
+
+    row["few_shot"] = _accuracy_row(0.999, -0.83, 0.1)
+    int8 = _goals(report)["int8>="]
+    assert "few-shot image AUROC change 0.83 points above 0.5" in int8["reason"]
+    assert "steps of 0.28 points: one swapped pair" in int8["reason"]  # 100 / (18 x 20)
 
 
 def test_int8_accuracy_batches_never_mix_classes():

@@ -210,6 +210,10 @@ def test_explicit_anchors_equal_stored_ones(tiny_model, pixel_values):
     anchors = tiny_model.text_anchors_for(["bottle"])
     explicit = tiny_model(pixel_values, text_anchors=anchors, output_size=TINY_IMAGE_SIZE)
     torch.testing.assert_close(stored.anomaly_map, explicit.anomaly_map)
+    # anchors of another dtype (float64 from numpy) are scored in the features' dtype
+    wide = tiny_model(pixel_values, text_anchors=anchors.double(), output_size=TINY_IMAGE_SIZE)
+    assert wide.anomaly_map.dtype == torch.float32
+    torch.testing.assert_close(stored.anomaly_map, wide.anomaly_map)
 
 
 @torch.no_grad()

@@ -119,6 +119,25 @@ def test_bad_references_are_one_clear_error(tiny_model, processor):
         tiny_model(_pixels(processor, 1), references=torch.zeros(4, 0, 24))
 
 
+@torch.no_grad()
+def test_a_bf16_model_scores_in_fp32(tiny_model, processor):
+    """bf16 would round cosines near 1 to steps of 2^-8: the features leave the bf16 heads in fp32, and the anchors
+    and the bank are scored there, so the distances equal a float64 computation on the same features."""
+    model = tiny_model.to(torch.bfloat16)
+    pixels = _pixels(processor, 2).to(torch.bfloat16)
+    bank = model.reference_features(_pixels(processor, 3, seed=1).to(torch.bfloat16))
+    assert bank.dtype == torch.float32
+    out = model(pixels, references=bank.to(torch.bfloat16))  # a bank stored in bf16 is widened, not the features cut
+    assert out.patch_embeds[0].dtype == out.anomaly_probability_grid.dtype == out.image_score.dtype == torch.float32
+    rounded = bank.to(torch.bfloat16).double()
+    domain = model.config.default_domain
+    levels = []
+    for features, rows in zip(out.patch_embeds, rounded):
+        distance = 1 - (features.double() @ rows.T).amax(dim=-1)  # float64, on the same features
+        levels.append(model._blur(model._to_grid(distance.unsqueeze(-1).float()), domain)[:, 0])
+    torch.testing.assert_close(out.reference_distance_grid, torch.stack(levels).mean(dim=0), atol=1e-6, rtol=0)
+
+
 # ---------------------------------------------------------------------------------- storage and trust
 
 
@@ -189,25 +208,6 @@ def test_banks_are_checked_before_a_cast_and_a_backend_pins_the_weights_it_was_m
 
 
 # ---------------------------------------------------------------------------------- the pipeline
-
-
-@torch.no_grad()
-def test_a_bf16_model_scores_in_fp32(tiny_model, processor):
-    """bf16 would round cosines near 1 to steps of 2^-8: the features leave the bf16 heads in fp32, and the anchors
-    and the bank are scored there, so the distances equal a float64 computation on the same features."""
-    model = tiny_model.to(torch.bfloat16)
-    pixels = _pixels(processor, 2).to(torch.bfloat16)
-    bank = model.reference_features(_pixels(processor, 3, seed=1).to(torch.bfloat16))
-    assert bank.dtype == torch.float32
-    out = model(pixels, references=bank.to(torch.bfloat16))  # a bank stored in bf16 is widened, not the features cut
-    assert out.patch_embeds[0].dtype == out.anomaly_probability_grid.dtype == out.image_score.dtype == torch.float32
-    rounded = bank.to(torch.bfloat16).double()
-    domain = model.config.default_domain
-    levels = []
-    for features, rows in zip(out.patch_embeds, rounded):
-        distance = 1 - (features.double() @ rows.T).amax(dim=-1)  # float64, on the same features
-        levels.append(model._blur(model._to_grid(distance.unsqueeze(-1).float()), domain)[:, 0])
-    torch.testing.assert_close(out.reference_distance_grid, torch.stack(levels).mean(dim=0), atol=1e-6, rtol=0)
 
 
 def test_the_pipeline_uses_stored_references_and_takes_ad_hoc_ones(tiny_model, processor):
