@@ -107,10 +107,8 @@ def _synthetic_eval_set(preset: dict, tmp: str, size: int) -> dict:
     processor = AAClipProcessor()
     processor.image_processor.size = {"height": size, "width": size}
 
-    def pixels_of(items):
-        return processor(images=[Image.open(s.image_path).convert("RGB") for s in items], return_tensors="pt")[
-            "pixel_values"
-        ]
+    def pixels_of(images: list):
+        return processor(images=images, return_tensors="pt")["pixel_values"]
 
     masks = []
     for s in samples:
@@ -120,14 +118,15 @@ def _synthetic_eval_set(preset: dict, tmp: str, size: int) -> dict:
         else:
             masks.append(np.zeros((size, size), dtype=bool))
     train = load_samples(root, "train")
+    normals = [Image.open(s.image_path).convert("RGB") for s in train]
     return {
-        "pixels": pixels_of(samples),
+        "pixels": pixels_of([Image.open(s.image_path).convert("RGB") for s in samples]),
         "masks": np.stack(masks),
         "labels": np.array([s.label for s in samples]),
         "classes": [s.class_name for s in samples],
-        "normals": [Image.open(s.image_path).convert("RGB") for s in train],
+        "normals": normals,
         "normal_pixels": {
-            name: pixels_of([s for s in train if s.class_name == name])
+            name: pixels_of([image for image, s in zip(normals, train) if s.class_name == name])
             for name in sorted({s.class_name for s in train})
         },
     }
@@ -145,23 +144,29 @@ def _batches(classes: list[str], batch: int) -> list[tuple[str, int, int]]:
     return slices
 
 
-def _accuracy(name: str, maps: dict, scores: dict, masks, labels) -> dict:
-    """One path's maps and scores against fp32's on the same images."""
+def _accuracy(maps: dict, scores: dict, masks, labels) -> dict:
+    """Every path's maps and scores against fp32's on the same images (fp32's AUROCs computed once)."""
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    reference, flat = maps["fp32"].ravel(), maps[name].ravel()
-    image_auroc, pixel_auroc = roc_auc_score(labels, scores[name]), roc_auc_score(masks.ravel(), flat)
-    return {
-        "image_auroc": float(image_auroc),
-        "pixel_auroc": float(pixel_auroc),
-        "image_auroc_change_points": 100 * float(image_auroc - roc_auc_score(labels, scores["fp32"])),
-        "pixel_auroc_change_points": 100 * float(pixel_auroc - roc_auc_score(masks.ravel(), reference)),
-        "max_abs_map_diff": float(np.abs(flat - reference).max()),
-        "mean_abs_map_diff": float(np.abs(flat - reference).mean()),
-        "map_correlation": float(np.corrcoef(flat, reference)[0, 1]),
-        "map_range_fp32": float(reference.max() - reference.min()),
+    pixel_labels, reference = masks.ravel(), maps["fp32"].ravel()
+    aurocs = {
+        name: (roc_auc_score(labels, scores[name]), roc_auc_score(pixel_labels, maps[name].ravel())) for name in maps
     }
+    rows = {}
+    for name, (image_auroc, pixel_auroc) in aurocs.items():
+        flat = maps[name].ravel()
+        rows[name] = {
+            "image_auroc": float(image_auroc),
+            "pixel_auroc": float(pixel_auroc),
+            "image_auroc_change_points": 100 * float(image_auroc - aurocs["fp32"][0]),
+            "pixel_auroc_change_points": 100 * float(pixel_auroc - aurocs["fp32"][1]),
+            "max_abs_map_diff": float(np.abs(flat - reference).max()),
+            "mean_abs_map_diff": float(np.abs(flat - reference).mean()),
+            "map_correlation": float(np.corrcoef(flat, reference)[0, 1]),
+            "map_range_fp32": float(reference.max() - reference.min()),
+        }
+    return rows
 
 
 def worker_int8(preset: dict, tmp: str) -> dict:
@@ -214,23 +219,26 @@ def worker_int8(preset: dict, tmp: str) -> dict:
                 maps["few_shot"][name].append(upsample_grid(out.anomaly_probability_grid, size).float().numpy())
                 scores["few_shot"][name].append(out.image_score.float().numpy())
     masks, labels, n = data["masks"], data["labels"], len(pixels)
-    joined = {
-        setting: (
+    accuracy = {
+        setting: _accuracy(
             {k: np.concatenate(v) for k, v in maps[setting].items()},
             {k: np.concatenate(v) for k, v in scores[setting].items()},
+            masks,
+            labels,
         )
         for setting in settings
     }
-    variants = {}
-    for name in models:
-        variants[name] = {
+    variants = {
+        name: {
             "seconds_per_image": seconds[name] / n,
             "speedup_vs_fp32": seconds["fp32"] / seconds[name],
             "cpu_seconds_per_image": cpu_seconds[name] / n,
             "cpu_speedup_vs_fp32": cpu_seconds["fp32"] / cpu_seconds[name],
-            **_accuracy(name, *joined["zero_shot"], masks, labels),
-            "few_shot": _accuracy(name, *joined["few_shot"], masks, labels),
+            **accuracy["zero_shot"][name],
+            "few_shot": accuracy["few_shot"][name],
         }
+        for name in models
+    }
     return {
         "image_size": size,
         "num_images": n,
